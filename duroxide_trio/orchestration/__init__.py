@@ -1,0 +1,1 @@
+"""The deterministic replay engine (pure: no anyio, no I/O, no clock)."""

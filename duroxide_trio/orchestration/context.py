@@ -1,0 +1,496 @@
+"""OrchestrationContext and durable futures. Pure: no anyio, no I/O, no clock.
+
+Orchestration code awaits ``DurableFuture`` objects only. A future's ``__await__`` yields a private
+sentinel to the replay engine, which drives the coroutine with ``send()``; anything else that is awaited
+(``trio.sleep``, an asyncio future) yields something else and fails the instance with a message naming it.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Coroutine, Generator, Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from ..history import (
+    ActivityScheduled,
+    CustomStatusUpdated,
+    ErrorDetails,
+    ExternalSubscribed,
+    OrchestrationChained,
+    QueueSubscribed,
+    SubOrchestrationScheduled,
+    TimerCreated,
+)
+
+if TYPE_CHECKING:
+    from .replay import Turn
+
+__all__ = [
+    "ActivityFailed",
+    "Backoff",
+    "DurableFuture",
+    "OrchestrationContext",
+    "RetryPolicy",
+    "SubOrchestrationFailed",
+    "TaskFailed",
+]
+
+_UUID_NAMESPACE = uuid.UUID("5a1e0c3e-7d0b-4f5c-9a59-6c7b1d2f8e10")
+
+
+class _Blocked:
+    """The only value a durable future yields to the engine."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<blocked on a durable future>"
+
+
+BLOCKED = _Blocked()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Errors visible to orchestration code
+
+
+class TaskFailed(Exception):
+    """A scheduled task failed; ``details`` says why."""
+
+    def __init__(self, details: ErrorDetails) -> None:
+        super().__init__(details.message)
+        self.details = details
+
+
+class ActivityFailed(TaskFailed):
+    """An activity raised (or timed out, or was poisoned)."""
+
+
+class SubOrchestrationFailed(TaskFailed):
+    """A sub-orchestration ended Failed."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Retry policy
+
+
+@attrs.frozen
+class Backoff:
+    """Delay before retry attempt ``n`` (1 = after the first failure), in seconds."""
+
+    kind: str = "exponential"
+    base: float = 0.1
+    factor: float = 2.0
+    cap: float = 30.0
+
+    @classmethod
+    def none(cls) -> Backoff:
+        return cls("none", 0.0, 1.0, 0.0)
+
+    @classmethod
+    def fixed(cls, delay: float) -> Backoff:
+        return cls("fixed", delay, 1.0, delay)
+
+    @classmethod
+    def linear(cls, base: float, cap: float = 30.0) -> Backoff:
+        return cls("linear", base, 1.0, cap)
+
+    @classmethod
+    def exponential(cls, base: float = 0.1, factor: float = 2.0, cap: float = 30.0) -> Backoff:
+        return cls("exponential", base, factor, cap)
+
+    def delay_for_attempt(self, attempt: int) -> float:
+        if self.kind == "none":
+            return 0.0
+        if self.kind == "fixed":
+            return self.base
+        if self.kind == "linear":
+            return min(self.base * attempt, self.cap)
+        return min(self.base * (self.factor ** (attempt - 1)), self.cap)
+
+
+@attrs.frozen
+class RetryPolicy:
+    """Retry an activity up to ``max_attempts`` times with ``backoff`` between attempts (durable timers).
+    ``timeout`` (seconds) bounds each attempt: an attempt that times out is cancelled and retried."""
+
+    max_attempts: int = 3
+    backoff: Backoff = attrs.field(factory=Backoff.exponential)
+    timeout: float | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError(f"RetryPolicy.max_attempts must be >= 1, got {self.max_attempts}")
+        if self.timeout is not None and self.timeout <= 0:
+            raise ValueError(f"RetryPolicy.timeout must be positive, got {self.timeout}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Futures
+
+
+class DurableFuture:
+    """Something the orchestration waits for: an activity, a timer, an event, a sub-orchestration, or a
+    ``join``/``select`` of those. Await it, or pass it to ``ctx.join`` / ``ctx.select``."""
+
+    __slots__ = ("_ctx", "_done", "_value", "_exc", "_seq", "_cancelled", "__weakref__")
+
+    def __init__(self, ctx: OrchestrationContext) -> None:
+        self._ctx = ctx
+        self._done = False
+        self._value: Any = None
+        self._exc: BaseException | None = None
+        self._seq = 0
+        self._cancelled = False
+
+    def done(self) -> bool:
+        self._poll()
+        return self._done
+
+    def _poll(self) -> None:
+        """Composite futures check their children here."""
+
+    def _resolve(self, value: Any) -> None:
+        if self._done:
+            return
+        self._done, self._value = True, value
+        self._seq = self._ctx._turn._next_seq()
+
+    def _reject(self, exc: BaseException) -> None:
+        if self._done:
+            return
+        self._done, self._exc = True, exc
+        self._seq = self._ctx._turn._next_seq()
+
+    def _cancel(self) -> None:
+        """The orchestration no longer wants this result (a select loser)."""
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        while True:
+            self._poll()
+            if self._done:
+                break
+            yield BLOCKED
+        if self._exc is not None:
+            raise self._exc
+        return self._value
+
+
+class _LeafFuture(DurableFuture):
+    """A future bound to one scheduling action / history event."""
+
+    __slots__ = ("action",)
+
+    def __init__(self, ctx: OrchestrationContext) -> None:
+        super().__init__(ctx)
+        self.action: Action | None = None
+
+    def _cancel(self) -> None:
+        if self._done or self._cancelled:
+            return
+        self._cancelled = True
+        self._ctx._turn._cancel_leaf(self)
+
+
+class _NeverFuture(DurableFuture):
+    __slots__ = ()
+
+
+class _JoinFuture(DurableFuture):
+    __slots__ = ("_children", "_return_exceptions")
+
+    def __init__(self, ctx: OrchestrationContext, children: list[DurableFuture], return_exceptions: bool) -> None:
+        super().__init__(ctx)
+        self._children = children
+        self._return_exceptions = return_exceptions
+
+    def _poll(self) -> None:
+        if self._done:
+            return
+        for c in self._children:
+            c._poll()
+        if not all(c._done for c in self._children):
+            return
+        failed = [c for c in self._children if c._exc is not None]
+        if failed and not self._return_exceptions:
+            self._reject(min(failed, key=lambda c: c._seq)._exc)  # type: ignore[arg-type]
+            return
+        self._resolve([c._exc if c._exc is not None else c._value for c in self._children])
+
+
+class _SelectFuture(DurableFuture):
+    __slots__ = ("_children",)
+
+    def __init__(self, ctx: OrchestrationContext, children: list[DurableFuture]) -> None:
+        super().__init__(ctx)
+        self._children = children
+
+    def _poll(self) -> None:
+        if self._done:
+            return
+        for c in self._children:
+            c._poll()
+        ready = [(c._seq, i) for i, c in enumerate(self._children) if c._done]
+        if not ready:
+            return
+        _, index = min(ready)
+        for i, c in enumerate(self._children):
+            if i != index:
+                c._cancel()
+        winner = self._children[index]
+        if winner._exc is not None:
+            self._reject(winner._exc)
+        else:
+            self._resolve((index, winner._value))
+
+    def _cancel(self) -> None:
+        if self._done or self._cancelled:
+            return
+        self._cancelled = True
+        for c in self._children:
+            c._cancel()
+
+
+class _TaskFuture(DurableFuture):
+    """A coroutine run by the engine alongside the orchestration (used for activity retries)."""
+
+    __slots__ = ("_coro",)
+
+    def __init__(self, ctx: OrchestrationContext, coro: Coroutine[Any, Any, Any]) -> None:
+        super().__init__(ctx)
+        self._coro = coro
+
+    def _step(self) -> bool:
+        """Advance the coroutine; returns True if it finished."""
+        if self._done or self._cancelled:
+            return True
+        try:
+            yielded = self._ctx._turn._send(self._coro, self)
+        except StopIteration as stop:
+            self._resolve(stop.value)
+            return True
+        except BaseException as exc:  # noqa: BLE001 - delivered to whoever awaits the task
+            self._reject(exc)
+            return True
+        if yielded is not BLOCKED:
+            self._ctx._turn._bad_await(yielded, self._coro)
+        return False
+
+    def _cancel(self) -> None:
+        if self._done or self._cancelled:
+            return
+        self._cancelled = True
+        for f in list(self._ctx._turn._open_leaves_of_task(self)):
+            f._cancel()
+        self._ctx._turn._close_coroutine(self._coro)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Actions: what the code decided, to be matched against (or appended to) history
+
+
+@attrs.define(eq=False)
+class Action:
+    kind: Any  # the history event kind to record
+    future: _LeafFuture | None = None
+    target: _LeafFuture | None = None  # for cancellation breadcrumbs
+    auto_instance: bool = False  # sub-orchestration with a derived instance id
+    event_id: int | None = None
+    task: _TaskFuture | None = None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The context
+
+
+class _ReplaySafeLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    def __init__(self, logger: logging.Logger, ctx: OrchestrationContext) -> None:
+        super().__init__(logger, {})
+        self._ctx = ctx
+
+    def isEnabledFor(self, level: int) -> bool:  # noqa: N802 - logging API
+        return not self._ctx.is_replaying and self.logger.isEnabledFor(level)
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        return f"[{self._ctx.instance_id}] {msg}", kwargs
+
+
+class OrchestrationContext:
+    """What orchestration code uses to schedule durable work. Every call is recorded in history and must
+    happen in the same order, with the same arguments, on every replay."""
+
+    def __init__(
+        self,
+        turn: Turn,
+        *,
+        instance_id: str,
+        execution_id: int,
+        name: str,
+        version: str,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self._turn = turn
+        self.instance_id = instance_id
+        self.execution_id = execution_id
+        self.name = name
+        self.version = version
+        self._uuid_counter = 0
+        self.logger = _ReplaySafeLogger(logger or logging.getLogger("duroxide_trio.orchestration"), self)
+
+    # --- metadata ---
+    @property
+    def is_replaying(self) -> bool:
+        return self._turn.replaying
+
+    def now(self) -> datetime:
+        """Deterministic UTC time: the time of the history event the code is resuming from."""
+        return datetime.fromtimestamp(self._turn.current_ms / 1000.0, tz=UTC)
+
+    def new_uuid(self) -> uuid.UUID:
+        """Deterministic UUID: the same sequence on every replay of this execution."""
+        self._uuid_counter += 1
+        return uuid.uuid5(_UUID_NAMESPACE, f"{self.instance_id}:{self.execution_id}:{self._uuid_counter}")
+
+    # --- scheduling ---
+    def schedule_activity(
+        self,
+        name: str,
+        input: Any = None,
+        *,
+        retry: RetryPolicy | None = None,
+        tag: str | None = None,
+        session_id: str | None = None,
+    ) -> DurableFuture:
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"activity name must be a non-empty string, got {name!r}")
+        encoded = self._turn.encode(input, f"input of activity {name!r}")
+        if retry is None:
+            return self._activity(name, encoded, tag, session_id)
+        return self._spawn(self._retry_loop(name, encoded, retry, tag, session_id))
+
+    def _activity(self, name: str, encoded: str | None, tag: str | None, session_id: str | None) -> _LeafFuture:
+        fut = _LeafFuture(self)
+        self._turn._emit(Action(ActivityScheduled(name, encoded, session_id, tag), future=fut))
+        return fut
+
+    async def _retry_loop(
+        self, name: str, encoded: str | None, policy: RetryPolicy, tag: str | None, session_id: str | None
+    ) -> Any:
+        last: ActivityFailed | None = None
+        for attempt in range(1, policy.max_attempts + 1):
+            attempt_fut = self._activity(name, encoded, tag, session_id)
+            try:
+                if policy.timeout is None:
+                    return await attempt_fut
+                index, value = await self.select(attempt_fut, self.schedule_timer(policy.timeout))
+                if index == 0:
+                    return value
+                last = ActivityFailed(
+                    ErrorDetails(
+                        "application",
+                        "Timeout",
+                        f"timeout: activity {name!r} attempt {attempt} did not finish within {policy.timeout}s",
+                    )
+                )
+            except ActivityFailed as exc:
+                if exc.details.category != "application":
+                    raise
+                last = exc
+            if attempt < policy.max_attempts:
+                self.logger.warning("activity %s attempt %d failed: %s; retrying", name, attempt, last)
+                delay = policy.backoff.delay_for_attempt(attempt)
+                if delay > 0:
+                    await self.schedule_timer(delay)
+        assert last is not None
+        raise last
+
+    def schedule_timer(self, delay: float | timedelta) -> DurableFuture:
+        seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
+        if seconds < 0:
+            raise ValueError(f"timer delay must not be negative, got {seconds}")
+        fut = _LeafFuture(self)
+        fire_at = self._turn.current_ms + int(seconds * 1000)
+        self._turn._emit(Action(TimerCreated(fire_at), future=fut))
+        return fut
+
+    def wait_for_event(self, name: str) -> DurableFuture:
+        """Wait for the next external event ``name`` (``Client.raise_event``). Events raised before the
+        wait are buffered in history and delivered in arrival order."""
+        fut = _LeafFuture(self)
+        self._turn._emit(Action(ExternalSubscribed(name), future=fut))
+        return fut
+
+    def dequeue_event(self, queue: str) -> DurableFuture:
+        """Take the next message of the FIFO mailbox ``queue`` (``Client.enqueue_event``). Unconsumed
+        messages are carried across continue-as-new."""
+        fut = _LeafFuture(self)
+        self._turn._emit(Action(QueueSubscribed(queue), future=fut))
+        return fut
+
+    def schedule_sub_orchestration(
+        self, name: str, input: Any = None, *, instance_id: str | None = None, version: str | None = None
+    ) -> DurableFuture:
+        encoded = self._turn.encode(input, f"input of sub-orchestration {name!r}")
+        fut = _LeafFuture(self)
+        self._turn._emit(
+            Action(
+                SubOrchestrationScheduled(name, instance_id or "", encoded, version),
+                future=fut,
+                auto_instance=instance_id is None,
+            )
+        )
+        return fut
+
+    def start_orchestration(
+        self, name: str, instance_id: str, input: Any = None, *, version: str | None = None
+    ) -> None:
+        """Start a detached orchestration (fire and forget; no result, no parent link)."""
+        encoded = self._turn.encode(input, f"input of orchestration {name!r}")
+        self._turn._emit(Action(OrchestrationChained(name, instance_id, encoded, version)))
+
+    def continue_as_new(self, input: Any = None, *, version: str | None = None) -> DurableFuture:
+        """End this execution and start a fresh one with ``input`` (``return await ctx.continue_as_new(x)``)."""
+        encoded = self._turn.encode(input, "input of continue_as_new")
+        self._turn._continue_as_new(encoded, version)
+        return _NeverFuture(self)
+
+    def set_custom_status(self, value: Any) -> None:
+        encoded = None if value is None else self._turn.encode(value, "custom status")
+        self.custom_status = value
+        self._turn._emit(Action(CustomStatusUpdated(encoded)))
+
+    custom_status: Any = None
+
+    # --- composition ---
+    def join(self, futures: Iterable[DurableFuture], *, return_exceptions: bool = False) -> DurableFuture:
+        children = self._check_futures(list(futures), "join")
+        return _JoinFuture(self, children, return_exceptions)
+
+    def select(self, *futures: DurableFuture) -> DurableFuture:
+        """Resolve with ``(index, value)`` of the first future to complete *in history order*; the others
+        are cancelled (activities lose their lock, subscriptions are released, children are cancelled)."""
+        if len(futures) == 1 and isinstance(futures[0], (list, tuple)):
+            futures = tuple(futures[0])
+        if not futures:
+            raise ValueError("select needs at least one future")
+        return _SelectFuture(self, self._check_futures(list(futures), "select"))
+
+    def _check_futures(self, futures: Sequence[Any], what: str) -> list[DurableFuture]:
+        for f in futures:
+            if not isinstance(f, DurableFuture):
+                raise TypeError(f"ctx.{what} takes durable futures (from ctx.schedule_*), got {f!r}")
+        return list(futures)
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> _TaskFuture:
+        task = _TaskFuture(self, coro)
+        self._turn._add_task(task)
+        return task
+
+
+# Convenience for type checkers of orchestration functions.
+OrchestrationFunction = Callable[[OrchestrationContext, Any], Coroutine[Any, Any, Any]]
+

@@ -1,0 +1,453 @@
+"""The storage contract: ``Provider`` / ``ProviderAdmin`` / ``ProviderFactory``, item types, errors and the
+in-process ``Notifier``.
+
+A provider is a transactional store with two peek-lock queues (orchestrator queue, locked per instance;
+worker queue, locked per item) plus instance, execution and history tables. It never invents event ids or
+execution ids: the runtime owns all semantics. Instances are created only by ``ack_orchestration_item``
+(from its metadata), never by an enqueue. All times given to and returned by providers are seconds
+(floats) for durations and epoch milliseconds for points in time.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import time
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import anyio
+import attrs
+
+from ..history import ActivityExecute, Event, StartOrchestration, WorkItem
+
+__all__ = [
+    "CannotDeleteSubOrchestration",
+    "DeleteResult",
+    "ExecutionInfo",
+    "ExecutionMetadata",
+    "InstanceAlreadyExists",
+    "InstanceFilter",
+    "InstanceInfo",
+    "InstanceNotFound",
+    "InstanceStillRunning",
+    "Notifier",
+    "OrchestrationItem",
+    "Provider",
+    "ProviderAdmin",
+    "ProviderError",
+    "ProviderFactory",
+    "PruneOptions",
+    "PruneResult",
+    "QueueDepths",
+    "ScheduledActivity",
+    "SystemMetrics",
+    "WorkItemLease",
+    "now_ms",
+]
+
+#: Execution status strings stored by providers.
+RUNNING = "Running"
+COMPLETED = "Completed"
+FAILED = "Failed"
+CONTINUED_AS_NEW = "ContinuedAsNew"
+TERMINAL_STATUSES = frozenset({COMPLETED, FAILED, CONTINUED_AS_NEW})
+
+
+def now_ms() -> int:
+    """Wall-clock epoch milliseconds (the time base of ``visible_at``, locks and timers)."""
+    return int(time.time() * 1000)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Errors
+
+
+class ProviderError(Exception):
+    """A storage operation failed. ``retryable`` errors (busy, locked, deadlock, connection loss) may be
+    retried with backoff; permanent ones (bad or expired lock token, duplicate event, corruption) not."""
+
+    def __init__(self, operation: str, message: str, *, retryable: bool = False) -> None:
+        super().__init__(f"{operation}: {message}")
+        self.operation = operation
+        self.message = message
+        self.retryable = retryable
+
+    @classmethod
+    def transient(cls, operation: str, message: str) -> ProviderError:
+        return cls(operation, message, retryable=True)
+
+    @classmethod
+    def permanent(cls, operation: str, message: str) -> ProviderError:
+        return cls(operation, message, retryable=False)
+
+
+class InstanceAlreadyExists(ProviderError):
+    """``start_orchestration`` for an instance id that already has an instance (or a pending start)."""
+
+    def __init__(self, instance_id: str) -> None:
+        super().__init__("start_orchestration", f"instance {instance_id!r} already exists")
+        self.instance_id = instance_id
+
+
+class InstanceNotFound(ProviderError):
+    def __init__(self, operation: str, instance_id: str) -> None:
+        super().__init__(operation, f"instance {instance_id!r} not found")
+        self.instance_id = instance_id
+
+
+class InstanceStillRunning(ProviderError):
+    def __init__(self, operation: str, instance_id: str) -> None:
+        super().__init__(operation, f"instance {instance_id!r} is still running (use force=True)")
+        self.instance_id = instance_id
+
+
+class CannotDeleteSubOrchestration(ProviderError):
+    def __init__(self, operation: str, instance_id: str, parent_id: str) -> None:
+        super().__init__(
+            operation,
+            f"instance {instance_id!r} is a sub-orchestration of {parent_id!r}; delete the root instead",
+        )
+        self.instance_id = instance_id
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Item types
+
+
+@attrs.frozen
+class OrchestrationItem:
+    """One locked batch: an instance's current-execution history plus every message visible at fetch."""
+
+    instance_id: str
+    orchestration_name: str
+    version: str | None
+    execution_id: int
+    history: list[Event]
+    messages: list[WorkItem]
+    lock_token: str
+    attempt_count: int
+    history_error: str | None = None
+
+
+@attrs.frozen
+class WorkItemLease:
+    item: ActivityExecute
+    lock_token: str
+    attempt_count: int
+
+
+@attrs.frozen
+class ExecutionMetadata:
+    """What an ack tells the provider about the instance. ``name``/``version`` create the instance row if it
+    does not exist; ``status`` (one of the status strings) and ``output`` update the execution."""
+
+    orchestration_name: str | None = None
+    orchestration_version: str | None = None
+    parent_instance_id: str | None = None
+    status: str | None = None
+    output: str | None = None
+
+
+@attrs.frozen
+class ScheduledActivity:
+    instance_id: str
+    execution_id: int
+    activity_id: int
+
+
+@attrs.frozen
+class InstanceInfo:
+    instance_id: str
+    name: str
+    version: str | None
+    current_execution_id: int
+    status: str
+    output: str | None
+    custom_status: str | None
+    custom_status_version: int
+    created_at_ms: int
+    updated_at_ms: int
+    parent_instance_id: str | None = None
+
+
+@attrs.frozen
+class ExecutionInfo:
+    execution_id: int
+    status: str
+    output: str | None
+    started_at_ms: int
+    completed_at_ms: int | None
+    event_count: int
+
+
+@attrs.frozen
+class SystemMetrics:
+    total_instances: int
+    total_executions: int
+    running_instances: int
+    completed_instances: int
+    failed_instances: int
+    total_events: int
+
+
+@attrs.frozen
+class QueueDepths:
+    orchestrator_queue: int
+    worker_queue: int
+    timer_queue: int = 0
+
+
+@attrs.frozen
+class DeleteResult:
+    instances_deleted: int = 0
+    executions_deleted: int = 0
+    events_deleted: int = 0
+    queue_messages_deleted: int = 0
+
+
+@attrs.frozen
+class PruneOptions:
+    keep_last: int | None = None
+    completed_before_ms: int | None = None
+
+
+@attrs.frozen
+class PruneResult:
+    instances_processed: int = 0
+    executions_deleted: int = 0
+    events_deleted: int = 0
+
+
+@attrs.frozen
+class InstanceFilter:
+    instance_ids: list[str] | None = None
+    completed_before_ms: int | None = None
+    limit: int = 1000
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Wake-ups
+
+
+class Notifier:
+    """In-process wake-ups between a provider and the runtime/client that share it.
+
+    A provider calls :meth:`notify` after committing work to a queue (``"orchestrator"`` or ``"worker"``),
+    :meth:`notify_at` when it knows work becomes visible later (timers, delayed abandons), and
+    :meth:`notify_instance` when an instance reached a terminal state. Waiters take a generation first,
+    check the store, then wait for the generation to move, so no notification is lost in between.
+    Everything here runs on the event loop thread.
+    """
+
+    def __init__(self) -> None:
+        self._gen: dict[str, int] = {}
+        self._events: dict[str, anyio.Event] = {}
+        self._deadlines: dict[str, list[float]] = {}
+
+    # queues ---------------------------------------------------------------------------------------
+    def generation(self, key: str) -> int:
+        return self._gen.get(key, 0)
+
+    def notify(self, key: str) -> None:
+        self._gen[key] = self._gen.get(key, 0) + 1
+        ev = self._events.pop(key, None)
+        if ev is not None:
+            ev.set()
+
+    def notify_at(self, key: str, at_ms: int) -> None:
+        """Work on ``key`` becomes visible at ``at_ms`` (epoch ms)."""
+        heap = self._deadlines.setdefault(key, [])
+        heapq.heappush(heap, at_ms / 1000.0)
+        if len(heap) > 4096:  # keep it bounded: the fallback poll covers anything dropped
+            heap[:] = heapq.nsmallest(1024, heap)
+        # Waiters must recompute their timeout against the new earliest deadline.
+        ev = self._events.pop(key, None)
+        if ev is not None:
+            ev.set()
+
+    def next_deadline(self, key: str) -> float | None:
+        heap = self._deadlines.get(key)
+        now = time.time()
+        while heap and heap[0] <= now - 1.0:
+            heapq.heappop(heap)
+        return heap[0] if heap else None
+
+    async def wait(self, key: str, generation: int, timeout: float) -> None:
+        """Return when ``key`` was notified after ``generation``, a known deadline passed, or ``timeout``."""
+        deadline_end = time.monotonic() + timeout
+        while self._gen.get(key, 0) == generation:
+            remaining = deadline_end - time.monotonic()
+            nd = self.next_deadline(key)
+            if nd is not None:
+                until = nd - time.time()
+                if until <= 0:
+                    heapq.heappop(self._deadlines[key])
+                    return
+                remaining = min(remaining, until + 0.001)
+            if remaining <= 0:
+                return
+            ev = self._events.get(key)
+            if ev is None:
+                ev = self._events[key] = anyio.Event()
+            with anyio.move_on_after(remaining):
+                await ev.wait()
+
+    def notify_all(self) -> None:
+        for key in list(self._events):
+            ev = self._events.pop(key)
+            ev.set()
+        for key in list(self._gen):
+            self._gen[key] += 1
+
+    # instances -------------------------------------------------------------------------------------
+    def notify_instance(self, instance_id: str) -> None:
+        ev = self._events.pop("instance:" + instance_id, None)
+        if ev is not None:
+            ev.set()
+
+    def instance_event(self, instance_id: str) -> anyio.Event:
+        """An event set the next time ``instance_id`` is notified. Take it *before* checking the store."""
+        key = "instance:" + instance_id
+        ev = self._events.get(key)
+        if ev is None:
+            ev = self._events[key] = anyio.Event()
+        return ev
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Protocols
+
+
+@runtime_checkable
+class Provider(Protocol):
+    """The storage contract the runtime and the client use. See ``../reference`` §3 for the full rules;
+    the validation suite (``duroxide_trio.testing.validation``) is the executable definition."""
+
+    notifier: Notifier
+
+    @property
+    def name(self) -> str: ...
+
+    async def close(self) -> None: ...
+
+    async def __aenter__(self) -> Any: ...
+
+    async def __aexit__(self, *exc: object) -> None: ...
+
+    # orchestrator queue -----------------------------------------------------------------------------
+    async def fetch_orchestration_item(
+        self, lock_timeout: float, poll_timeout: float = 0.0
+    ) -> OrchestrationItem | None:
+        """Lock the instance of the oldest visible message whose instance is not locked, tag every visible
+        message of that instance with a fresh token (attempt_count + 1 each; the batch reports the max),
+        and return them with the current execution's history. ``None`` if there is no work."""
+        ...
+
+    async def ack_orchestration_item(
+        self,
+        lock_token: str,
+        execution_id: int,
+        history_delta: Sequence[Event],
+        worker_items: Sequence[ActivityExecute],
+        orchestrator_items: Sequence[WorkItem],
+        metadata: ExecutionMetadata,
+        cancelled_activities: Sequence[ScheduledActivity] = (),
+    ) -> None:
+        """Commit one turn atomically (history append, enqueues, deletion of the tagged messages, activity
+        cancellation, status) and release the lock. Unknown or expired token: permanent ProviderError."""
+        ...
+
+    async def abandon_orchestration_item(
+        self, lock_token: str, delay: float | None = None, ignore_attempt: bool = False
+    ) -> None: ...
+
+    async def renew_orchestration_item_lock(self, lock_token: str, extend_for: float) -> None: ...
+
+    async def enqueue_for_orchestrator(self, item: WorkItem, delay: float | None = None) -> None: ...
+
+    async def enqueue_start(self, item: StartOrchestration) -> None:
+        """Enqueue a start for a new instance; ``InstanceAlreadyExists`` if the id has an instance or a
+        pending start already (checked atomically with the insert)."""
+        ...
+
+    # history ----------------------------------------------------------------------------------------
+    async def read(self, instance_id: str) -> list[Event]: ...
+
+    async def read_with_execution(self, instance_id: str, execution_id: int) -> list[Event]: ...
+
+    async def append_with_execution(self, instance_id: str, execution_id: int, events: Sequence[Event]) -> None:
+        ...
+
+    # worker queue -----------------------------------------------------------------------------------
+    async def enqueue_for_worker(self, item: ActivityExecute) -> None: ...
+
+    async def fetch_work_item(self, lock_timeout: float, poll_timeout: float = 0.0) -> WorkItemLease | None: ...
+
+    async def ack_work_item(self, lock_token: str, completion: WorkItem | None) -> None: ...
+
+    async def renew_work_item_lock(self, lock_token: str, extend_for: float) -> None: ...
+
+    async def abandon_work_item(
+        self, lock_token: str, delay: float | None = None, ignore_attempt: bool = False
+    ) -> None: ...
+
+    # status -----------------------------------------------------------------------------------------
+    async def get_instance_info(self, instance_id: str) -> InstanceInfo | None: ...
+
+    async def get_custom_status(self, instance_id: str, last_seen_version: int) -> tuple[str | None, int] | None:
+        ...
+
+    def as_admin(self) -> ProviderAdmin | None: ...
+
+
+@runtime_checkable
+class ProviderAdmin(Protocol):
+    """Management operations (the Client's ``list_instances``, ``delete_instance``, ``prune_executions``...)."""
+
+    async def list_instances(self, status: str | None = None) -> list[str]: ...
+
+    async def list_executions(self, instance_id: str) -> list[int]: ...
+
+    async def read_history(self, instance_id: str, execution_id: int | None = None) -> list[Event]: ...
+
+    async def get_instance_info(self, instance_id: str) -> InstanceInfo | None: ...
+
+    async def get_execution_info(self, instance_id: str, execution_id: int) -> ExecutionInfo | None: ...
+
+    async def get_system_metrics(self) -> SystemMetrics: ...
+
+    async def get_queue_depths(self) -> QueueDepths: ...
+
+    async def list_children(self, instance_id: str) -> list[str]: ...
+
+    async def get_parent_id(self, instance_id: str) -> str | None: ...
+
+    async def get_instance_tree(self, instance_id: str) -> list[str]: ...
+
+    async def delete_instance(self, instance_id: str, force: bool = False) -> DeleteResult: ...
+
+    async def delete_instances_atomic(self, instance_ids: Sequence[str], force: bool = False) -> DeleteResult: ...
+
+    async def delete_instance_bulk(self, filter: InstanceFilter) -> DeleteResult: ...
+
+    async def prune_executions(self, instance_id: str, options: PruneOptions) -> PruneResult: ...
+
+    async def prune_executions_bulk(self, filter: InstanceFilter, options: PruneOptions) -> PruneResult: ...
+
+
+class ProviderFactory(Protocol):
+    """Creates fresh, isolated providers (for the validation suite and the stress harness).
+
+    Optional hooks used by a few validation tests: ``lock_timeout`` (seconds, short so lock-expiry tests
+    are quick), ``corrupt_instance_history(provider, instance_id)`` and
+    ``get_max_attempt_count(provider, instance_id)``; ``cleanup(provider)`` runs after use."""
+
+    async def create_provider(self) -> Provider: ...
+
+
+def provider_timeout(value: float) -> float:
+    """Clamp a user timeout to something finite (every provider call has one)."""
+    if value is None or math.isinf(value) or value <= 0:
+        return 30.0
+    return value

@@ -1,0 +1,1161 @@
+"""SQLite provider: stdlib ``sqlite3`` in WAL mode, one thread hop per provider operation.
+
+One connection per provider, owned by it and serialised with a capacity limiter of one; every operation
+is one function run in a worker thread inside one transaction (``BEGIN IMMEDIATE`` for writes, so several
+processes on one file serialise their writes and never double-process). File and in-memory modes.
+Schema changes are numbered migrations recorded in ``_duroxide_migrations``.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import anyio
+import anyio.lowlevel
+import anyio.to_thread
+
+from ..history import (
+    ActivityExecute,
+    ContinueAsNew,
+    CustomStatusUpdated,
+    Event,
+    HistoryDecodeError,
+    StartOrchestration,
+    TimerDue,
+    WorkItem,
+    decode_event,
+    decode_work_item,
+    encode_event,
+    encode_work_item,
+)
+from .base import (
+    COMPLETED,
+    FAILED,
+    RUNNING,
+    TERMINAL_STATUSES,
+    CannotDeleteSubOrchestration,
+    DeleteResult,
+    ExecutionInfo,
+    ExecutionMetadata,
+    InstanceAlreadyExists,
+    InstanceFilter,
+    InstanceInfo,
+    InstanceNotFound,
+    InstanceStillRunning,
+    Notifier,
+    OrchestrationItem,
+    ProviderError,
+    PruneOptions,
+    PruneResult,
+    QueueDepths,
+    ScheduledActivity,
+    SystemMetrics,
+    WorkItemLease,
+    now_ms,
+)
+
+__all__ = ["SqliteProvider", "SqliteFactory"]
+
+T = TypeVar("T")
+
+MIGRATIONS: list[str] = [
+    # 1: the initial schema. Sessions, tags and KV have columns/tables reserved for later features.
+    """
+    CREATE TABLE instances (
+        instance_id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        version TEXT,
+        current_execution_id INTEGER NOT NULL DEFAULT 1,
+        custom_status TEXT,
+        custom_status_version INTEGER NOT NULL DEFAULT 0,
+        parent_instance_id TEXT,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    );
+    CREATE INDEX instances_parent ON instances(parent_instance_id);
+    CREATE TABLE executions (
+        instance_id TEXT NOT NULL,
+        execution_id INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        output TEXT,
+        started_at INTEGER NOT NULL,
+        completed_at INTEGER,
+        pinned_version TEXT,
+        PRIMARY KEY (instance_id, execution_id)
+    );
+    CREATE TABLE history (
+        instance_id TEXT NOT NULL,
+        execution_id INTEGER NOT NULL,
+        event_id INTEGER NOT NULL,
+        event_type TEXT NOT NULL,
+        event_data TEXT NOT NULL,
+        PRIMARY KEY (instance_id, execution_id, event_id)
+    );
+    CREATE TABLE orchestrator_queue (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        instance_id TEXT NOT NULL,
+        work_item TEXT NOT NULL,
+        is_start INTEGER NOT NULL DEFAULT 0,
+        visible_at INTEGER NOT NULL,
+        lock_token TEXT,
+        attempt_count INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX oq_visible ON orchestrator_queue(visible_at, id);
+    CREATE INDEX oq_instance ON orchestrator_queue(instance_id);
+    CREATE INDEX oq_token ON orchestrator_queue(lock_token);
+    CREATE TABLE worker_queue (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        work_item TEXT NOT NULL,
+        visible_at INTEGER NOT NULL,
+        lock_token TEXT,
+        locked_until INTEGER,
+        attempt_count INTEGER NOT NULL DEFAULT 0,
+        instance_id TEXT,
+        execution_id INTEGER,
+        activity_id INTEGER,
+        session_id TEXT,
+        tag TEXT
+    );
+    CREATE INDEX wq_visible ON worker_queue(visible_at, id);
+    CREATE INDEX wq_token ON worker_queue(lock_token);
+    CREATE INDEX wq_activity ON worker_queue(instance_id, execution_id, activity_id);
+    CREATE TABLE instance_locks (
+        instance_id TEXT PRIMARY KEY,
+        lock_token TEXT NOT NULL,
+        locked_until INTEGER NOT NULL
+    );
+    CREATE INDEX il_token ON instance_locks(lock_token);
+    CREATE TABLE sessions (
+        session_id TEXT PRIMARY KEY,
+        worker_id TEXT NOT NULL,
+        locked_until INTEGER NOT NULL,
+        last_activity_at INTEGER NOT NULL
+    );
+    CREATE TABLE kv_store (
+        instance_id TEXT NOT NULL,
+        key TEXT NOT NULL,
+        value TEXT,
+        last_updated_at_ms INTEGER NOT NULL,
+        PRIMARY KEY (instance_id, key)
+    );
+    """,
+]
+
+
+def _is_start(item: WorkItem) -> int:
+    return 1 if isinstance(item, (StartOrchestration, ContinueAsNew)) else 0
+
+
+def _visible_at(item: WorkItem, now: int, delay: float | None = None) -> int:
+    if isinstance(item, TimerDue):
+        return item.fire_at_ms
+    return now + int((delay or 0) * 1000)
+
+
+def _ms(seconds: float) -> int:
+    return max(0, int(seconds * 1000))
+
+
+class SqliteProvider:
+    """Durable state in one SQLite file (or in memory). Use ``await SqliteProvider.open(path)``."""
+
+    def __init__(self, conn: sqlite3.Connection, path: str) -> None:
+        self._conn = conn
+        self._path = path
+        self._limiter = anyio.CapacityLimiter(1)
+        self._closed = False
+        self.notifier = Notifier()
+
+    # lifecycle -------------------------------------------------------------------------------------
+    @classmethod
+    async def open(cls, path: str | os.PathLike[str], *, busy_timeout: float = 10.0) -> SqliteProvider:
+        """Open (creating and migrating if needed) the database at ``path``; ``":memory:"`` for in-memory."""
+        path = os.fspath(path)
+
+        def _open() -> sqlite3.Connection:
+            conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
+            if path != ":memory:":
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=OFF")
+            conn.execute("PRAGMA cache_size=-65536")
+            _migrate(conn)
+            return conn
+
+        try:
+            conn = await anyio.to_thread.run_sync(_open)
+        except sqlite3.Error as exc:
+            raise ProviderError.permanent("open", f"cannot open SQLite database {path!r}: {exc}") from exc
+        return cls(conn, path)
+
+    @classmethod
+    async def in_memory(cls) -> SqliteProvider:
+        return await cls.open(":memory:")
+
+    @property
+    def name(self) -> str:
+        return "sqlite-memory" if self._path == ":memory:" else "sqlite"
+
+    @property
+    def path(self) -> str:
+        return self._path
+
+    def __repr__(self) -> str:
+        return f"SqliteProvider({self._path!r})"
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(self._conn.close, limiter=self._limiter)
+
+    async def __aenter__(self) -> SqliteProvider:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def as_admin(self) -> SqliteProvider:
+        return self
+
+    # plumbing --------------------------------------------------------------------------------------
+    async def _run(
+        self,
+        op: str,
+        fn: Callable[[sqlite3.Connection], T],
+        *,
+        write: bool = True,
+        probe: Callable[[sqlite3.Connection], bool] | None = None,
+        idle: Callable[[sqlite3.Connection], T] | None = None,
+    ) -> T:
+        """Run ``fn`` inside one transaction in a worker thread: one hop per provider operation.
+
+        With ``probe``, a cheap autocommit read runs first in the same hop; when it finds nothing,
+        ``idle`` runs instead of the write transaction (so idle polls never take the write lock)."""
+        if self._closed:
+            raise ProviderError.permanent(op, "provider is closed")
+
+        def _tx() -> T:
+            conn = self._conn
+            if probe is not None and not probe(conn):
+                assert idle is not None
+                return idle(conn)
+            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            try:
+                result = fn(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return result
+
+        try:
+            result = await anyio.to_thread.run_sync(_tx, limiter=self._limiter)
+        except ProviderError:
+            raise
+        except sqlite3.IntegrityError as exc:
+            raise ProviderError.permanent(op, f"constraint violated: {exc}") from exc
+        except sqlite3.OperationalError as exc:
+            raise ProviderError.transient(op, str(exc)) from exc
+        except sqlite3.Error as exc:
+            raise ProviderError.permanent(op, str(exc)) from exc
+        await anyio.lowlevel.checkpoint()
+        return result
+
+    # orchestrator queue ----------------------------------------------------------------------------
+    async def fetch_orchestration_item(
+        self, lock_timeout: float, poll_timeout: float = 0.0
+    ) -> OrchestrationItem | None:
+        token = uuid.uuid4().hex
+        lock_ms = _ms(lock_timeout)
+        next_visible: list[int] = []
+
+        def _fetch(conn: sqlite3.Connection) -> OrchestrationItem | None:
+            now = now_ms()
+            row = conn.execute(
+                """
+                SELECT q.instance_id FROM orchestrator_queue q
+                WHERE q.visible_at <= ?
+                  AND NOT EXISTS (SELECT 1 FROM instance_locks l
+                                  WHERE l.instance_id = q.instance_id AND l.locked_until > ?)
+                  AND (q.is_start = 1 OR EXISTS (SELECT 1 FROM instances i WHERE i.instance_id = q.instance_id))
+                ORDER BY q.id LIMIT 1
+                """,
+                (now, now),
+            ).fetchone()
+            if row is None:
+                nxt = conn.execute(
+                    "SELECT MIN(visible_at) FROM orchestrator_queue WHERE visible_at > ?", (now,)
+                ).fetchone()[0]
+                if nxt is not None:
+                    next_visible.append(nxt)
+                return None
+            instance_id = row[0]
+            conn.execute(
+                "INSERT OR REPLACE INTO instance_locks(instance_id, lock_token, locked_until) VALUES (?, ?, ?)",
+                (instance_id, token, now + lock_ms),
+            )
+            rows = conn.execute(
+                """
+                UPDATE orchestrator_queue SET lock_token = ?, attempt_count = attempt_count + 1
+                WHERE instance_id = ? AND visible_at <= ?
+                RETURNING id, work_item, attempt_count
+                """,
+                (token, instance_id, now),
+            ).fetchall()
+            rows.sort(key=lambda r: r[0])
+            errors: list[str] = []
+            messages: list[WorkItem] = []
+            for _, text, _ in rows:
+                try:
+                    messages.append(decode_work_item(text))
+                except HistoryDecodeError as exc:
+                    errors.append(str(exc))
+            attempt = max(r[2] for r in rows)
+            inst = conn.execute(
+                "SELECT name, version, current_execution_id FROM instances WHERE instance_id = ?",
+                (instance_id,),
+            ).fetchone()
+            history: list[Event] = []
+            if inst is not None:
+                name, version, execution_id = inst
+                try:
+                    history = [
+                        decode_event(t)
+                        for (t,) in conn.execute(
+                            "SELECT event_data FROM history WHERE instance_id = ? AND execution_id = ? "
+                            "ORDER BY event_id",
+                            (instance_id, execution_id),
+                        )
+                    ]
+                except HistoryDecodeError as exc:
+                    history = []
+                    errors.append(str(exc))
+            else:
+                start = next((m for m in messages if isinstance(m, (StartOrchestration, ContinueAsNew))), None)
+                name = start.name if start is not None else ""
+                version = start.version if start is not None else None
+                execution_id = start.execution_id if start is not None else 1
+            return OrchestrationItem(
+                instance_id=instance_id,
+                orchestration_name=name,
+                version=version,
+                execution_id=execution_id,
+                history=history,
+                messages=messages,
+                lock_token=token,
+                attempt_count=attempt,
+                history_error="; ".join(errors) if errors else None,
+            )
+
+        # A cheap read first (same hop): an idle poll must not take the write lock.
+        item = await self._run(
+            "fetch_orchestration_item",
+            _fetch,
+            probe=_has_orchestrator_work,
+            idle=_next_orchestrator_visible(next_visible),
+        )
+        self._note_next(next_visible)
+        return item
+
+    def _note_next(self, next_visible: list[int]) -> None:
+        if next_visible:
+            self.notifier.notify_at("orchestrator", next_visible[0])
+
+    async def ack_orchestration_item(
+        self,
+        lock_token: str,
+        execution_id: int,
+        history_delta: Sequence[Event],
+        worker_items: Sequence[ActivityExecute],
+        orchestrator_items: Sequence[WorkItem],
+        metadata: ExecutionMetadata,
+        cancelled_activities: Sequence[ScheduledActivity] = (),
+    ) -> None:
+        history_rows = [(e.event_id, e.type_name, encode_event(e)) for e in history_delta]
+        custom = [e.kind for e in history_delta if isinstance(e.kind, CustomStatusUpdated)]
+        worker_rows = [
+            (encode_work_item(w), w.instance, w.execution_id, w.id, w.session_id, w.tag) for w in worker_items
+        ]
+        orch_rows = [(o.target_instance, encode_work_item(o), _is_start(o), o) for o in orchestrator_items]
+        outcome: dict[str, Any] = {}
+
+        def _ack(conn: sqlite3.Connection) -> None:
+            now = now_ms()
+            lock = conn.execute(
+                "SELECT instance_id, locked_until FROM instance_locks WHERE lock_token = ?", (lock_token,)
+            ).fetchone()
+            if lock is None:
+                raise ProviderError.permanent(
+                    "ack_orchestration_item", f"invalid lock token {lock_token!r} (lock lost or instance deleted)"
+                )
+            instance_id, locked_until = lock
+            if locked_until <= now:
+                raise ProviderError.permanent("ack_orchestration_item", "instance lock expired")
+            conn.execute("DELETE FROM orchestrator_queue WHERE lock_token = ?", (lock_token,))
+            if metadata.orchestration_name is not None:
+                conn.execute(
+                    """
+                    INSERT INTO instances(instance_id, name, version, current_execution_id, parent_instance_id,
+                                          created_at, updated_at)
+                    VALUES (?, ?, ?, ?, ?, ?, ?)
+                    ON CONFLICT(instance_id) DO UPDATE SET name = excluded.name, version = excluded.version
+                    """,
+                    (
+                        instance_id,
+                        metadata.orchestration_name,
+                        metadata.orchestration_version,
+                        execution_id,
+                        metadata.parent_instance_id,
+                        now,
+                        now,
+                    ),
+                )
+            exists = conn.execute("SELECT 1 FROM instances WHERE instance_id = ?", (instance_id,)).fetchone()
+            if exists is not None:
+                conn.execute(
+                    "INSERT OR IGNORE INTO executions(instance_id, execution_id, status, started_at) "
+                    "VALUES (?, ?, ?, ?)",
+                    (instance_id, execution_id, RUNNING, now),
+                )
+                conn.execute(
+                    "UPDATE instances SET current_execution_id = MAX(current_execution_id, ?), updated_at = ? "
+                    "WHERE instance_id = ?",
+                    (execution_id, now, instance_id),
+                )
+            if history_rows:
+                conn.executemany(
+                    "INSERT INTO history(instance_id, execution_id, event_id, event_type, event_data) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    [(instance_id, execution_id, *r) for r in history_rows],
+                )
+            if metadata.status is not None:
+                terminal = metadata.status in TERMINAL_STATUSES
+                conn.execute(
+                    "UPDATE executions SET status = ?, output = ?, completed_at = ? "
+                    "WHERE instance_id = ? AND execution_id = ?",
+                    (metadata.status, metadata.output, now if terminal else None, instance_id, execution_id),
+                )
+            if custom:
+                conn.execute(
+                    "UPDATE instances SET custom_status = ?, custom_status_version = custom_status_version + 1 "
+                    "WHERE instance_id = ?",
+                    (custom[-1].status, instance_id),
+                )
+            if worker_rows:
+                conn.executemany(
+                    "INSERT INTO worker_queue(work_item, visible_at, attempt_count, instance_id, execution_id, "
+                    "activity_id, session_id, tag) VALUES (?, ?, 0, ?, ?, ?, ?, ?)",
+                    [(w[0], now, *w[1:]) for w in worker_rows],
+                )
+            for c in cancelled_activities:
+                conn.execute(
+                    "DELETE FROM worker_queue WHERE instance_id = ? AND execution_id = ? AND activity_id = ?",
+                    (c.instance_id, c.execution_id, c.activity_id),
+                )
+            wake_now = False
+            for target, text, is_start, item in orch_rows:
+                visible = _visible_at(item, now)
+                if visible > now:
+                    outcome.setdefault("later", []).append(visible)
+                else:
+                    wake_now = True
+                conn.execute(
+                    "INSERT INTO orchestrator_queue(instance_id, work_item, is_start, visible_at) "
+                    "VALUES (?, ?, ?, ?)",
+                    (target, text, is_start, visible),
+                )
+            conn.execute("DELETE FROM instance_locks WHERE instance_id = ?", (instance_id,))
+            if not wake_now:
+                wake_now = (
+                    conn.execute(
+                        "SELECT 1 FROM orchestrator_queue WHERE instance_id = ? AND visible_at <= ? LIMIT 1",
+                        (instance_id, now),
+                    ).fetchone()
+                    is not None
+                )
+            outcome["instance"] = instance_id
+            outcome["wake"] = wake_now
+
+        await self._run("ack_orchestration_item", _ack)
+        if worker_rows:
+            self.notifier.notify("worker")
+        if outcome.get("wake"):
+            self.notifier.notify("orchestrator")
+        for at in outcome.get("later", ()):
+            self.notifier.notify_at("orchestrator", at)
+        if metadata.status in (COMPLETED, FAILED):
+            self.notifier.notify_instance(outcome["instance"])
+
+    async def abandon_orchestration_item(
+        self, lock_token: str, delay: float | None = None, ignore_attempt: bool = False
+    ) -> None:
+        visible: list[int] = []
+
+        def _abandon(conn: sqlite3.Connection) -> None:
+            now = now_ms()
+            lock = conn.execute("SELECT instance_id FROM instance_locks WHERE lock_token = ?", (lock_token,)).fetchone()
+            if lock is None:
+                raise ProviderError.permanent("abandon_orchestration_item", f"invalid lock token {lock_token!r}")
+            conn.execute("DELETE FROM instance_locks WHERE lock_token = ?", (lock_token,))
+            if ignore_attempt:
+                conn.execute(
+                    "UPDATE orchestrator_queue SET attempt_count = MAX(attempt_count - 1, 0) WHERE lock_token = ?",
+                    (lock_token,),
+                )
+            if delay:
+                at = now + _ms(delay)
+                conn.execute(
+                    "UPDATE orchestrator_queue SET visible_at = ? WHERE lock_token = ? AND visible_at <= ?",
+                    (at, lock_token, now),
+                )
+                visible.append(at)
+
+        await self._run("abandon_orchestration_item", _abandon)
+        if visible:
+            self.notifier.notify_at("orchestrator", visible[0])
+        else:
+            self.notifier.notify("orchestrator")
+
+    async def renew_orchestration_item_lock(self, lock_token: str, extend_for: float) -> None:
+        def _renew(conn: sqlite3.Connection) -> None:
+            now = now_ms()
+            cur = conn.execute(
+                "UPDATE instance_locks SET locked_until = ? WHERE lock_token = ? AND locked_until > ?",
+                (now + _ms(extend_for), lock_token, now),
+            )
+            if cur.rowcount == 0:
+                raise ProviderError.permanent(
+                    "renew_orchestration_item_lock", "lock token invalid or lock already expired"
+                )
+
+        await self._run("renew_orchestration_item_lock", _renew)
+
+    async def enqueue_for_orchestrator(self, item: WorkItem, delay: float | None = None) -> None:
+        text = encode_work_item(item)
+        holder: list[int] = []
+
+        def _enqueue(conn: sqlite3.Connection) -> None:
+            now = now_ms()
+            visible = _visible_at(item, now, delay)
+            holder.append(visible - now)
+            conn.execute(
+                "INSERT INTO orchestrator_queue(instance_id, work_item, is_start, visible_at) VALUES (?, ?, ?, ?)",
+                (item.target_instance, text, _is_start(item), visible),
+            )
+
+        await self._run("enqueue_for_orchestrator", _enqueue)
+        if holder and holder[0] > 0:
+            self.notifier.notify_at("orchestrator", now_ms() + holder[0])
+        else:
+            self.notifier.notify("orchestrator")
+
+    async def enqueue_start(self, item: StartOrchestration) -> None:
+        text = encode_work_item(item)
+
+        def _start(conn: sqlite3.Connection) -> None:
+            exists = conn.execute(
+                "SELECT 1 FROM instances WHERE instance_id = ? "
+                "UNION ALL SELECT 1 FROM orchestrator_queue WHERE instance_id = ? AND is_start = 1 LIMIT 1",
+                (item.instance, item.instance),
+            ).fetchone()
+            if exists is not None:
+                raise InstanceAlreadyExists(item.instance)
+            conn.execute(
+                "INSERT INTO orchestrator_queue(instance_id, work_item, is_start, visible_at) VALUES (?, ?, 1, ?)",
+                (item.instance, text, now_ms()),
+            )
+
+        await self._run("enqueue_start", _start)
+        self.notifier.notify("orchestrator")
+
+    # history ---------------------------------------------------------------------------------------
+    async def read(self, instance_id: str) -> list[Event]:
+        def _read(conn: sqlite3.Connection) -> list[Event]:
+            row = conn.execute(
+                "SELECT current_execution_id FROM instances WHERE instance_id = ?", (instance_id,)
+            ).fetchone()
+            if row is None:
+                row = conn.execute(
+                    "SELECT MAX(execution_id) FROM history WHERE instance_id = ?", (instance_id,)
+                ).fetchone()
+                if row is None or row[0] is None:
+                    return []
+            return _read_history(conn, instance_id, row[0])
+
+        return await self._run("read", _read, write=False)
+
+    async def read_with_execution(self, instance_id: str, execution_id: int) -> list[Event]:
+        return await self._run(
+            "read_with_execution", lambda c: _read_history(c, instance_id, execution_id), write=False
+        )
+
+    async def append_with_execution(self, instance_id: str, execution_id: int, events: Sequence[Event]) -> None:
+        rows = [(instance_id, execution_id, e.event_id, e.type_name, encode_event(e)) for e in events]
+
+        def _append(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "INSERT INTO history(instance_id, execution_id, event_id, event_type, event_data) "
+                "VALUES (?, ?, ?, ?, ?)",
+                rows,
+            )
+
+        await self._run("append_with_execution", _append)
+
+    # worker queue ----------------------------------------------------------------------------------
+    async def enqueue_for_worker(self, item: ActivityExecute) -> None:
+        text = encode_work_item(item)
+
+        def _enqueue(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO worker_queue(work_item, visible_at, attempt_count, instance_id, execution_id, "
+                "activity_id, session_id, tag) VALUES (?, ?, 0, ?, ?, ?, ?, ?)",
+                (text, now_ms(), item.instance, item.execution_id, item.id, item.session_id, item.tag),
+            )
+
+        await self._run("enqueue_for_worker", _enqueue)
+        self.notifier.notify("worker")
+
+    async def fetch_work_item(self, lock_timeout: float, poll_timeout: float = 0.0) -> WorkItemLease | None:
+        token = uuid.uuid4().hex
+        lock_ms = _ms(lock_timeout)
+        next_visible: list[int] = []
+        bad: list[str] = []
+
+        def _fetch(conn: sqlite3.Connection) -> WorkItemLease | None:
+            while True:
+                now = now_ms()
+                row = conn.execute(
+                    """
+                    UPDATE worker_queue SET lock_token = ?, locked_until = ?, attempt_count = attempt_count + 1
+                    WHERE id = (SELECT id FROM worker_queue
+                                WHERE visible_at <= ? AND (lock_token IS NULL OR locked_until <= ?)
+                                  AND session_id IS NULL
+                                ORDER BY id LIMIT 1)
+                    RETURNING id, work_item, attempt_count
+                    """,
+                    (token, now + lock_ms, now, now),
+                ).fetchone()
+                if row is None:
+                    nxt = conn.execute(
+                        "SELECT MIN(visible_at) FROM worker_queue WHERE visible_at > ? AND lock_token IS NULL",
+                        (now,),
+                    ).fetchone()[0]
+                    if nxt is not None:
+                        next_visible.append(nxt)
+                    return None
+                try:
+                    item = decode_work_item(row[1])
+                    if not isinstance(item, ActivityExecute):
+                        raise HistoryDecodeError(f"worker queue holds a {type(item).__name__}, not ActivityExecute")
+                except HistoryDecodeError as exc:
+                    # An undecodable row can never run: drop it rather than loop on it forever.
+                    conn.execute("DELETE FROM worker_queue WHERE id = ?", (row[0],))
+                    bad.append(str(exc))
+                    continue
+                return WorkItemLease(item=item, lock_token=token, attempt_count=row[2])
+
+        lease = await self._run("fetch_work_item", _fetch, probe=_has_worker_work, idle=_nothing)
+        if next_visible:
+            self.notifier.notify_at("worker", next_visible[0])
+        if bad:
+            import logging
+
+            logging.getLogger("duroxide_trio.providers.sqlite").error("dropped undecodable work items: %s", bad)
+        return lease
+
+    async def ack_work_item(self, lock_token: str, completion: WorkItem | None) -> None:
+        text = encode_work_item(completion) if completion is not None else None
+
+        def _ack(conn: sqlite3.Connection) -> None:
+            now = now_ms()
+            row = conn.execute(
+                "DELETE FROM worker_queue WHERE lock_token = ? AND locked_until > ? RETURNING id",
+                (lock_token, now),
+            ).fetchone()
+            if row is None:
+                raise ProviderError.permanent(
+                    "ack_work_item", "lock token invalid or expired (the activity was cancelled or its lock lost)"
+                )
+            if completion is not None and text is not None:
+                conn.execute(
+                    "INSERT INTO orchestrator_queue(instance_id, work_item, is_start, visible_at) "
+                    "VALUES (?, ?, 0, ?)",
+                    (completion.target_instance, text, now),
+                )
+
+        await self._run("ack_work_item", _ack)
+        if completion is not None:
+            self.notifier.notify("orchestrator")
+
+    async def renew_work_item_lock(self, lock_token: str, extend_for: float) -> None:
+        def _renew(conn: sqlite3.Connection) -> None:
+            now = now_ms()
+            cur = conn.execute(
+                "UPDATE worker_queue SET locked_until = ? WHERE lock_token = ? AND locked_until > ?",
+                (now + _ms(extend_for), lock_token, now),
+            )
+            if cur.rowcount == 0:
+                raise ProviderError.permanent("renew_work_item_lock", "lock token invalid or expired")
+
+        await self._run("renew_work_item_lock", _renew)
+
+    async def abandon_work_item(
+        self, lock_token: str, delay: float | None = None, ignore_attempt: bool = False
+    ) -> None:
+        at_holder: list[int] = []
+
+        def _abandon(conn: sqlite3.Connection) -> None:
+            at = now_ms() + _ms(delay or 0)
+            at_holder.append(at)
+            cur = conn.execute(
+                """
+                UPDATE worker_queue SET lock_token = NULL, locked_until = NULL, visible_at = ?,
+                    attempt_count = CASE WHEN ? THEN MAX(attempt_count - 1, 0) ELSE attempt_count END
+                WHERE lock_token = ?
+                """,
+                (at, 1 if ignore_attempt else 0, lock_token),
+            )
+            if cur.rowcount == 0:
+                raise ProviderError.permanent("abandon_work_item", f"invalid lock token {lock_token!r}")
+
+        await self._run("abandon_work_item", _abandon)
+        if delay:
+            self.notifier.notify_at("worker", at_holder[0])
+        else:
+            self.notifier.notify("worker")
+
+    # status ----------------------------------------------------------------------------------------
+    async def get_instance_info(self, instance_id: str) -> InstanceInfo | None:
+        return await self._run("get_instance_info", lambda c: _instance_info(c, instance_id), write=False)
+
+    async def get_custom_status(self, instance_id: str, last_seen_version: int) -> tuple[str | None, int] | None:
+        def _get(conn: sqlite3.Connection) -> tuple[str | None, int] | None:
+            row = conn.execute(
+                "SELECT custom_status, custom_status_version FROM instances WHERE instance_id = ?",
+                (instance_id,),
+            ).fetchone()
+            if row is None or row[1] <= last_seen_version:
+                return None
+            return row[0], row[1]
+
+        return await self._run("get_custom_status", _get, write=False)
+
+    # management ------------------------------------------------------------------------------------
+    async def list_instances(self, status: str | None = None) -> list[str]:
+        def _list(conn: sqlite3.Connection) -> list[str]:
+            if status is None:
+                rows = conn.execute("SELECT instance_id FROM instances ORDER BY created_at DESC, rowid DESC")
+            else:
+                rows = conn.execute(
+                    "SELECT i.instance_id FROM instances i JOIN executions e "
+                    "ON e.instance_id = i.instance_id AND e.execution_id = i.current_execution_id "
+                    "WHERE e.status = ? ORDER BY i.created_at DESC, i.rowid DESC",
+                    (status,),
+                )
+            return [r[0] for r in rows]
+
+        return await self._run("list_instances", _list, write=False)
+
+    async def list_executions(self, instance_id: str) -> list[int]:
+        def _list(conn: sqlite3.Connection) -> list[int]:
+            return [
+                r[0]
+                for r in conn.execute(
+                    "SELECT execution_id FROM executions WHERE instance_id = ? ORDER BY execution_id",
+                    (instance_id,),
+                )
+            ]
+
+        return await self._run("list_executions", _list, write=False)
+
+    async def read_history(self, instance_id: str, execution_id: int | None = None) -> list[Event]:
+        if execution_id is None:
+            return await self.read(instance_id)
+        return await self.read_with_execution(instance_id, execution_id)
+
+    async def get_execution_info(self, instance_id: str, execution_id: int) -> ExecutionInfo | None:
+        def _get(conn: sqlite3.Connection) -> ExecutionInfo | None:
+            row = conn.execute(
+                "SELECT status, output, started_at, completed_at FROM executions "
+                "WHERE instance_id = ? AND execution_id = ?",
+                (instance_id, execution_id),
+            ).fetchone()
+            if row is None:
+                return None
+            count = conn.execute(
+                "SELECT COUNT(*) FROM history WHERE instance_id = ? AND execution_id = ?",
+                (instance_id, execution_id),
+            ).fetchone()[0]
+            return ExecutionInfo(execution_id, row[0], row[1], row[2], row[3], count)
+
+        return await self._run("get_execution_info", _get, write=False)
+
+    async def get_system_metrics(self) -> SystemMetrics:
+        def _get(conn: sqlite3.Connection) -> SystemMetrics:
+            total_instances = conn.execute("SELECT COUNT(*) FROM instances").fetchone()[0]
+            total_executions = conn.execute("SELECT COUNT(*) FROM executions").fetchone()[0]
+            counts = dict(
+                conn.execute(
+                    "SELECT e.status, COUNT(*) FROM instances i JOIN executions e "
+                    "ON e.instance_id = i.instance_id AND e.execution_id = i.current_execution_id GROUP BY e.status"
+                ).fetchall()
+            )
+            total_events = conn.execute("SELECT COUNT(*) FROM history").fetchone()[0]
+            return SystemMetrics(
+                total_instances=total_instances,
+                total_executions=total_executions,
+                running_instances=counts.get(RUNNING, 0) + counts.get("ContinuedAsNew", 0),
+                completed_instances=counts.get(COMPLETED, 0),
+                failed_instances=counts.get(FAILED, 0),
+                total_events=total_events,
+            )
+
+        return await self._run("get_system_metrics", _get, write=False)
+
+    async def get_queue_depths(self) -> QueueDepths:
+        def _get(conn: sqlite3.Connection) -> QueueDepths:
+            now = now_ms()
+            orch = conn.execute(
+                "SELECT COUNT(*) FROM orchestrator_queue q WHERE NOT EXISTS (SELECT 1 FROM instance_locks l "
+                "WHERE l.instance_id = q.instance_id AND l.locked_until > ?)",
+                (now,),
+            ).fetchone()[0]
+            work = conn.execute(
+                "SELECT COUNT(*) FROM worker_queue WHERE lock_token IS NULL OR locked_until <= ?", (now,)
+            ).fetchone()[0]
+            return QueueDepths(orchestrator_queue=orch, worker_queue=work)
+
+        return await self._run("get_queue_depths", _get, write=False)
+
+    async def list_children(self, instance_id: str) -> list[str]:
+        return await self._run("list_children", lambda c: _children(c, instance_id), write=False)
+
+    async def get_parent_id(self, instance_id: str) -> str | None:
+        def _get(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute(
+                "SELECT parent_instance_id FROM instances WHERE instance_id = ?", (instance_id,)
+            ).fetchone()
+            if row is None:
+                raise InstanceNotFound("get_parent_id", instance_id)
+            return row[0]  # type: ignore[no-any-return]
+
+        return await self._run("get_parent_id", _get, write=False)
+
+    async def get_instance_tree(self, instance_id: str) -> list[str]:
+        def _tree(conn: sqlite3.Connection) -> list[str]:
+            if conn.execute("SELECT 1 FROM instances WHERE instance_id = ?", (instance_id,)).fetchone() is None:
+                raise InstanceNotFound("get_instance_tree", instance_id)
+            return _tree_of(conn, instance_id)
+
+        return await self._run("get_instance_tree", _tree, write=False)
+
+    async def delete_instance(self, instance_id: str, force: bool = False) -> DeleteResult:
+        def _delete(conn: sqlite3.Connection) -> DeleteResult:
+            row = conn.execute(
+                "SELECT parent_instance_id FROM instances WHERE instance_id = ?", (instance_id,)
+            ).fetchone()
+            if row is None:
+                raise InstanceNotFound("delete_instance", instance_id)
+            if row[0] is not None:
+                raise CannotDeleteSubOrchestration("delete_instance", instance_id, row[0])
+            return _delete_ids(conn, _tree_of(conn, instance_id), force, "delete_instance")
+
+        result = await self._run("delete_instance", _delete)
+        self.notifier.notify_instance(instance_id)
+        return result
+
+    async def delete_instances_atomic(self, instance_ids: Sequence[str], force: bool = False) -> DeleteResult:
+        ids = list(dict.fromkeys(instance_ids))
+        return await self._run(
+            "delete_instances_atomic", lambda c: _delete_ids(c, ids, force, "delete_instances_atomic")
+        )
+
+    async def delete_instance_bulk(self, filter: InstanceFilter) -> DeleteResult:
+        def _bulk(conn: sqlite3.Connection) -> DeleteResult:
+            sql = (
+                "SELECT i.instance_id FROM instances i JOIN executions e "
+                "ON e.instance_id = i.instance_id AND e.execution_id = i.current_execution_id "
+                "WHERE i.parent_instance_id IS NULL AND e.status IN ('Completed', 'Failed')"
+            )
+            params: list[Any] = []
+            if filter.instance_ids is not None:
+                if not filter.instance_ids:
+                    return DeleteResult()
+                sql += f" AND i.instance_id IN ({','.join('?' * len(filter.instance_ids))})"
+                params.extend(filter.instance_ids)
+            if filter.completed_before_ms is not None:
+                sql += " AND e.completed_at < ?"
+                params.append(filter.completed_before_ms)
+            sql += " ORDER BY i.created_at, i.rowid LIMIT ?"
+            params.append(filter.limit)
+            roots = [r[0] for r in conn.execute(sql, params)]
+            ids: list[str] = []
+            for root in roots:
+                ids.extend(_tree_of(conn, root))
+            return _delete_ids(conn, ids, True, "delete_instance_bulk") if ids else DeleteResult()
+
+        return await self._run("delete_instance_bulk", _bulk)
+
+    async def prune_executions(self, instance_id: str, options: PruneOptions) -> PruneResult:
+        def _prune(conn: sqlite3.Connection) -> PruneResult:
+            if conn.execute("SELECT 1 FROM instances WHERE instance_id = ?", (instance_id,)).fetchone() is None:
+                raise InstanceNotFound("prune_executions", instance_id)
+            return _prune_one(conn, instance_id, options)
+
+        return await self._run("prune_executions", _prune)
+
+    async def prune_executions_bulk(self, filter: InstanceFilter, options: PruneOptions) -> PruneResult:
+        def _bulk(conn: sqlite3.Connection) -> PruneResult:
+            sql = "SELECT instance_id FROM instances"
+            params: list[Any] = []
+            if filter.instance_ids is not None:
+                if not filter.instance_ids:
+                    return PruneResult()
+                sql += f" WHERE instance_id IN ({','.join('?' * len(filter.instance_ids))})"
+                params.extend(filter.instance_ids)
+            sql += " ORDER BY created_at, rowid LIMIT ?"
+            params.append(filter.limit)
+            total = PruneResult()
+            for (iid,) in conn.execute(sql, params).fetchall():
+                r = _prune_one(conn, iid, options)
+                total = PruneResult(
+                    total.instances_processed + 1,
+                    total.executions_deleted + r.executions_deleted,
+                    total.events_deleted + r.events_deleted,
+                )
+            return total
+
+        return await self._run("prune_executions_bulk", _bulk)
+
+    # fault-injection hooks for the validation suite --------------------------------------------------
+    async def _corrupt_instance_history(self, instance_id: str) -> None:
+        await self._run(
+            "corrupt",
+            lambda c: c.execute("UPDATE history SET event_data = '{not json' WHERE instance_id = ?", (instance_id,)),
+        )
+
+    async def _max_attempt_count(self, instance_id: str) -> int:
+        def _get(conn: sqlite3.Connection) -> int:
+            row = conn.execute(
+                "SELECT MAX(attempt_count) FROM orchestrator_queue WHERE instance_id = ?", (instance_id,)
+            ).fetchone()
+            return int(row[0] or 0)
+
+        return await self._run("max_attempt_count", _get, write=False)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# helpers that run inside the worker thread
+
+
+def _has_orchestrator_work(conn: sqlite3.Connection) -> bool:
+    now = now_ms()
+    return (
+        conn.execute(
+            """
+            SELECT 1 FROM orchestrator_queue q
+            WHERE q.visible_at <= ?
+              AND NOT EXISTS (SELECT 1 FROM instance_locks l WHERE l.instance_id = q.instance_id AND l.locked_until > ?)
+              AND (q.is_start = 1 OR EXISTS (SELECT 1 FROM instances i WHERE i.instance_id = q.instance_id))
+            LIMIT 1
+            """,
+            (now, now),
+        ).fetchone()
+        is not None
+    )
+
+
+def _next_orchestrator_visible(out: list[int]) -> Callable[[sqlite3.Connection], None]:
+    def _next(conn: sqlite3.Connection) -> None:
+        nxt = conn.execute(
+            "SELECT MIN(visible_at) FROM orchestrator_queue WHERE visible_at > ?", (now_ms(),)
+        ).fetchone()[0]
+        if nxt is not None:
+            out.append(nxt)
+
+    return _next
+
+
+def _nothing(conn: sqlite3.Connection) -> None:
+    return None
+
+
+def _has_worker_work(conn: sqlite3.Connection) -> bool:
+    now = now_ms()
+    return (
+        conn.execute(
+            "SELECT 1 FROM worker_queue WHERE visible_at <= ? AND (lock_token IS NULL OR locked_until <= ?) "
+            "AND session_id IS NULL LIMIT 1",
+            (now, now),
+        ).fetchone()
+        is not None
+    )
+
+
+def _read_history(conn: sqlite3.Connection, instance_id: str, execution_id: int) -> list[Event]:
+    return [
+        decode_event(t)
+        for (t,) in conn.execute(
+            "SELECT event_data FROM history WHERE instance_id = ? AND execution_id = ? ORDER BY event_id",
+            (instance_id, execution_id),
+        )
+    ]
+
+
+def _instance_info(conn: sqlite3.Connection, instance_id: str) -> InstanceInfo | None:
+    row = conn.execute(
+        """
+        SELECT i.name, i.version, i.current_execution_id, COALESCE(e.status, 'Running'), e.output,
+               i.custom_status, i.custom_status_version, i.created_at, i.updated_at, i.parent_instance_id
+        FROM instances i LEFT JOIN executions e
+          ON e.instance_id = i.instance_id AND e.execution_id = i.current_execution_id
+        WHERE i.instance_id = ?
+        """,
+        (instance_id,),
+    ).fetchone()
+    if row is None:
+        return None
+    return InstanceInfo(instance_id, *row)
+
+
+def _children(conn: sqlite3.Connection, instance_id: str) -> list[str]:
+    return [
+        r[0]
+        for r in conn.execute(
+            "SELECT instance_id FROM instances WHERE parent_instance_id = ? ORDER BY created_at, rowid",
+            (instance_id,),
+        )
+    ]
+
+
+def _tree_of(conn: sqlite3.Connection, root: str) -> list[str]:
+    out = [root]
+    i = 0
+    while i < len(out):
+        out.extend(_children(conn, out[i]))
+        i += 1
+    return out
+
+
+def _delete_ids(conn: sqlite3.Connection, ids: list[str], force: bool, op: str) -> DeleteResult:
+    wanted = set(ids)
+    for iid in ids:
+        row = conn.execute(
+            "SELECT COALESCE(e.status, 'Running') FROM instances i LEFT JOIN executions e "
+            "ON e.instance_id = i.instance_id AND e.execution_id = i.current_execution_id WHERE i.instance_id = ?",
+            (iid,),
+        ).fetchone()
+        if row is None:
+            raise InstanceNotFound(op, iid)
+        if not force and row[0] not in TERMINAL_STATUSES - {"ContinuedAsNew"}:
+            raise InstanceStillRunning(op, iid)
+        orphans = [c for c in _children(conn, iid) if c not in wanted]
+        if orphans:
+            raise ProviderError.permanent(
+                op, f"deleting {iid!r} would orphan its sub-orchestrations {orphans!r}; include them or delete the root"
+            )
+    executions = events = messages = 0
+    for iid in ids:
+        events += conn.execute("DELETE FROM history WHERE instance_id = ?", (iid,)).rowcount
+        executions += conn.execute("DELETE FROM executions WHERE instance_id = ?", (iid,)).rowcount
+        messages += conn.execute("DELETE FROM orchestrator_queue WHERE instance_id = ?", (iid,)).rowcount
+        messages += conn.execute("DELETE FROM worker_queue WHERE instance_id = ?", (iid,)).rowcount
+        conn.execute("DELETE FROM instance_locks WHERE instance_id = ?", (iid,))
+        conn.execute("DELETE FROM kv_store WHERE instance_id = ?", (iid,))
+        conn.execute("DELETE FROM instances WHERE instance_id = ?", (iid,))
+    return DeleteResult(len(ids), executions, events, messages)
+
+
+def _prune_one(conn: sqlite3.Connection, instance_id: str, options: PruneOptions) -> PruneResult:
+    current = conn.execute(
+        "SELECT current_execution_id FROM instances WHERE instance_id = ?", (instance_id,)
+    ).fetchone()[0]
+    rows = conn.execute(
+        "SELECT execution_id, status, completed_at FROM executions WHERE instance_id = ? ORDER BY execution_id DESC",
+        (instance_id,),
+    ).fetchall()
+    keep = max(1, options.keep_last or 1)
+    victims = []
+    for rank, (eid, status, completed_at) in enumerate(rows):
+        if eid == current or status == RUNNING:
+            continue
+        if options.keep_last is not None and rank < keep:
+            continue
+        if options.completed_before_ms is not None and not (
+            completed_at is not None and completed_at < options.completed_before_ms
+        ):
+            continue
+        victims.append(eid)
+    events = 0
+    for eid in victims:
+        events += conn.execute(
+            "DELETE FROM history WHERE instance_id = ? AND execution_id = ?", (instance_id, eid)
+        ).rowcount
+        conn.execute("DELETE FROM executions WHERE instance_id = ? AND execution_id = ?", (instance_id, eid))
+    return PruneResult(1, len(victims), events)
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS _duroxide_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)"
+        )
+        done = {r[0] for r in conn.execute("SELECT version FROM _duroxide_migrations")}
+        for number, script in enumerate(MIGRATIONS, start=1):
+            if number in done:
+                continue
+            for statement in script.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute("INSERT INTO _duroxide_migrations(version, applied_at) VALUES (?, ?)", (number, now_ms()))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+class SqliteFactory:
+    """``ProviderFactory`` for SQLite: ``path=None`` makes a fresh file in a temp dir per provider,
+    ``":memory:"`` an in-memory database, anything else that file."""
+
+    def __init__(self, path: str | None = None, *, lock_timeout: float = 1.0) -> None:
+        self.path = path
+        self.lock_timeout = lock_timeout
+        self._tmpdirs: dict[int, str] = {}
+
+    @property
+    def description(self) -> str:
+        if self.path == ":memory:":
+            return "sqlite-memory"
+        return "sqlite"
+
+    async def create_provider(self) -> SqliteProvider:
+        if self.path is None:
+            import tempfile
+
+            d = tempfile.mkdtemp(prefix="duroxide-sqlite-")
+            provider = await SqliteProvider.open(os.path.join(d, "state.db"))
+            self._tmpdirs[id(provider)] = d
+            return provider
+        return await SqliteProvider.open(self.path)
+
+    async def cleanup(self, provider: SqliteProvider) -> None:
+        await provider.close()
+        d = self._tmpdirs.pop(id(provider), None)
+        if d is not None:
+            import shutil
+
+            shutil.rmtree(d, ignore_errors=True)
+
+    async def corrupt_instance_history(self, provider: SqliteProvider, instance_id: str) -> None:
+        await provider._corrupt_instance_history(instance_id)
+
+    async def get_max_attempt_count(self, provider: SqliteProvider, instance_id: str) -> int:
+        return await provider._max_attempt_count(instance_id)

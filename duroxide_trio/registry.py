@@ -1,0 +1,227 @@
+"""Registry of orchestrations (versioned) and activities, and the typed payload codec.
+
+Payloads are JSON text in storage. Each handler's type hints are recorded: inputs are structured into
+the annotated type, outputs unstructured, with one shared cattrs converter — so attrs classes,
+dataclasses, enums, datetimes and UUIDs round-trip. Plain JSON values need no hints.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import re
+import typing
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import attrs
+from cattrs.preconf.json import make_converter
+
+__all__ = ["Registry", "converter", "encode_payload", "decode_payload", "PayloadError"]
+
+#: The converter used for every payload. Register extra hooks on it for your own types.
+converter = make_converter()
+
+_VERSION_RE = re.compile(r"^\d+(\.\d+){0,2}$")
+
+
+class PayloadError(TypeError):
+    """A value could not be turned into JSON (or JSON into the annotated type)."""
+
+
+def encode_payload(value: Any, what: str = "value") -> str | None:
+    if value is None:
+        return None
+    try:
+        return json.dumps(converter.unstructure(value), separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise PayloadError(
+            f"{what} is not JSON-serialisable: {type(value).__name__} value {value!r:.200} ({exc})"
+        ) from exc
+
+
+def decode_payload(text: str | None, hint: Any = None) -> Any:
+    if text is None:
+        return None
+    value = json.loads(text)
+    if hint is None or hint is Any or value is None:
+        return value
+    try:
+        return converter.structure(value, hint)
+    except Exception as exc:
+        raise PayloadError(f"cannot convert {text[:200]!r} to {hint!r}: {exc}") from exc
+
+
+def parse_version(version: str) -> tuple[int, int, int]:
+    if not isinstance(version, str) or not _VERSION_RE.match(version):
+        raise ValueError(f"version must look like '1.0.0', got {version!r}")
+    parts = [int(p) for p in version.split(".")] + [0, 0]
+    return parts[0], parts[1], parts[2]
+
+
+def _hints(fn: Callable[..., Any]) -> tuple[Any, Any]:
+    """(input type, output type) from the annotations of ``fn(ctx, input) -> output``."""
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # noqa: BLE001 - unresolvable annotations: treat payloads as plain JSON
+        hints = {}
+    params = list(inspect.signature(fn).parameters.values())
+    input_hint = hints.get(params[1].name) if len(params) > 1 else None
+    output_hint = hints.get("return")
+    if output_hint is type(None):
+        output_hint = None
+    return input_hint, output_hint
+
+
+@attrs.frozen
+class OrchestrationHandler:
+    name: str
+    version: str
+    fn: Callable[..., Coroutine[Any, Any, Any]]
+    input_type: Any
+    output_type: Any
+    takes_input: bool
+
+    def start(self, ctx: Any, input_text: str | None) -> Coroutine[Any, Any, Any]:
+        if not self.takes_input:
+            return self.fn(ctx)
+        return self.fn(ctx, decode_payload(input_text, self.input_type))
+
+
+@attrs.frozen
+class ActivityHandler:
+    name: str
+    fn: Callable[..., Any]
+    input_type: Any
+    output_type: Any
+    is_async: bool
+    takes_input: bool
+
+
+class Registry:
+    """Orchestrations and activities by name. Register with the decorators::
+
+        @registry.activity("Charge")
+        async def charge(ctx: dt.ActivityContext, order: Order) -> Receipt: ...
+
+        @registry.orchestration("Checkout", version="1.0.0")
+        async def checkout(ctx: dt.OrchestrationContext, order: Order) -> Receipt: ...
+    """
+
+    def __init__(self) -> None:
+        self._activities: dict[str, ActivityHandler] = {}
+        self._orchestrations: dict[str, dict[tuple[int, int, int], OrchestrationHandler]] = {}
+
+    # registration ----------------------------------------------------------------------------------
+    def activity(self, name: str | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        if callable(name):  # used as @registry.activity without parentheses
+            fn = name
+            self.add_activity(fn)
+            return fn  # type: ignore[return-value]
+
+        def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+            self.add_activity(fn, name)
+            return fn
+
+        return deco
+
+    def orchestration(
+        self, name: str | None = None, *, version: str = "1.0.0"
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        if callable(name):
+            fn = name
+            self.add_orchestration(fn)
+            return fn  # type: ignore[return-value]
+
+        def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+            self.add_orchestration(fn, name, version=version)
+            return fn
+
+        return deco
+
+    def add_activity(self, fn: Callable[..., Any], name: str | None = None) -> None:
+        name = name or fn.__name__
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"activity name must be a non-empty string, got {name!r}")
+        if name.startswith("__duroxide"):
+            raise ValueError(f"activity name {name!r} is reserved")
+        if name in self._activities:
+            raise ValueError(f"activity {name!r} is already registered")
+        if not callable(fn):
+            raise TypeError(f"activity {name!r} must be a function, got {fn!r}")
+        params = list(inspect.signature(fn).parameters)
+        if not params:
+            raise TypeError(f"activity {name!r} must take an ActivityContext as its first parameter")
+        input_hint, output_hint = _hints(fn)
+        self._activities[name] = ActivityHandler(
+            name, fn, input_hint, output_hint, inspect.iscoroutinefunction(fn), len(params) > 1
+        )
+
+    def add_orchestration(self, fn: Callable[..., Any], name: str | None = None, *, version: str = "1.0.0") -> None:
+        name = name or fn.__name__
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"orchestration name must be a non-empty string, got {name!r}")
+        if not inspect.iscoroutinefunction(fn):
+            raise TypeError(f"orchestration {name!r} must be an 'async def' function")
+        key = parse_version(version)
+        versions = self._orchestrations.setdefault(name, {})
+        if key in versions:
+            raise ValueError(f"orchestration {name!r} version {version} is already registered")
+        params = list(inspect.signature(fn).parameters)
+        if not params:
+            raise TypeError(f"orchestration {name!r} must take an OrchestrationContext as its first parameter")
+        input_hint, output_hint = _hints(fn)
+        versions[key] = OrchestrationHandler(name, version, fn, input_hint, output_hint, len(params) > 1)
+
+    def merge(self, other: Registry, prefix: str = "") -> None:
+        """Add everything of ``other`` (optionally with a name prefix)."""
+        for act in other._activities.values():
+            self.add_activity(act.fn, prefix + act.name)
+        for versions in other._orchestrations.values():
+            for h in versions.values():
+                self.add_orchestration(h.fn, prefix + h.name, version=h.version)
+
+    # lookup ----------------------------------------------------------------------------------------
+    def get_activity(self, name: str) -> ActivityHandler | None:
+        return self._activities.get(name)
+
+    def resolve_orchestration(self, name: str, version: str | None = None) -> OrchestrationHandler | None:
+        """The exact ``version`` if given (``None`` if not registered), else the latest."""
+        versions = self._orchestrations.get(name)
+        if not versions:
+            return None
+        if version is None:
+            return versions[max(versions)]
+        try:
+            return versions.get(parse_version(version))
+        except ValueError:
+            return None
+
+    def has_orchestration(self, name: str) -> bool:
+        return bool(self._orchestrations.get(name))
+
+    @property
+    def orchestration_names(self) -> list[str]:
+        return sorted(self._orchestrations)
+
+    @property
+    def activity_names(self) -> list[str]:
+        return sorted(self._activities)
+
+    def versions(self, name: str) -> list[str]:
+        return [self._orchestrations[name][k].version for k in sorted(self._orchestrations.get(name, {}))]
+
+    # codec used by the engine ----------------------------------------------------------------------
+    def encode(self, value: Any, what: str) -> str | None:
+        return encode_payload(value, what)
+
+    def decode_activity_result(self, name: str, text: str | None) -> Any:
+        act = self._activities.get(name)
+        return decode_payload(text, act.output_type if act else None)
+
+    def decode_sub_result(self, name: str, text: str | None) -> Any:
+        h = self.resolve_orchestration(name)
+        return decode_payload(text, h.output_type if h else None)
+
+    def decode_event_data(self, name: str, text: str | None) -> Any:
+        return decode_payload(text)

@@ -1,0 +1,1 @@
+"""The runtime: dispatchers that fetch work from a provider, replay turns and run activities."""

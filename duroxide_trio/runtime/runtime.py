@@ -1,0 +1,159 @@
+"""``open_runtime``: a task group that owns every dispatcher task of one runtime."""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import attrs
+
+from ..providers.base import Provider, ProviderError
+from ..registry import Registry
+from .options import RuntimeOptions
+
+__all__ = ["Runtime", "RuntimeStats", "open_runtime"]
+
+log = logging.getLogger("duroxide_trio.runtime")
+
+
+@attrs.define
+class RecentError:
+    at: float
+    role: str
+    message: str
+    expected: bool
+
+
+@attrs.define
+class RuntimeStats:
+    """Counters a dashboard can read while the runtime runs."""
+
+    orchestration_turns: int = 0
+    orchestration_fetches: int = 0
+    activities_completed: int = 0
+    activities_failed: int = 0
+    activity_fetches: int = 0
+    provider_errors: int = 0
+    busy_orchestration_workers: int = 0
+    busy_activity_workers: int = 0
+    recent_errors: collections.deque[RecentError] = attrs.field(factory=lambda: collections.deque(maxlen=200))
+    error_listeners: list[Any] = attrs.field(factory=list)
+
+    def record_error(self, role: str, exc: BaseException | str, *, expected: bool) -> None:
+        message = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
+        err = RecentError(time.time(), role, message, expected)
+        self.recent_errors.append(err)
+        for listener in list(self.error_listeners):
+            listener(err, exc)
+
+
+def is_expected_provider_error(exc: BaseException) -> bool:
+    """Retried lock contention: SQLite busy/locked, PostgreSQL deadlock or serialization failure."""
+    if isinstance(exc, ProviderError) and exc.retryable:
+        text = exc.message.lower()
+        return any(w in text for w in ("locked", "busy", "deadlock", "serializ", "could not obtain lock"))
+    return False
+
+
+class Runtime:
+    """A running runtime. Created by ``open_runtime``; do not construct directly."""
+
+    def __init__(self, provider: Provider, registry: Registry, options: RuntimeOptions) -> None:
+        self.provider = provider
+        self.registry = registry
+        self.options = options
+        self.stats = RuntimeStats()
+        self._stopping = False
+        self._workers_scope: anyio.CancelScope | None = None
+        from ..client import Client
+
+        self.client = Client(provider, registry=registry)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def _wake_all(self) -> None:
+        self.provider.notifier.notify("orchestrator")
+        self.provider.notifier.notify("worker")
+
+    async def backoff_after_error(self, role: str, exc: ProviderError, failures: int) -> None:
+        self.stats.provider_errors += 1
+        expected = is_expected_provider_error(exc)
+        self.stats.record_error(role, exc, expected=expected)
+        if expected:
+            log.debug("%s: retrying after %s", role, exc)
+        else:
+            log.warning("%s: provider error (%s): %s", role, "retryable" if exc.retryable else "permanent", exc)
+        delay = min(0.01 * (2 ** min(failures, 10)), self.options.provider_retry_cap) if exc.retryable else 0.1
+        await anyio.sleep(delay)
+
+
+@asynccontextmanager
+async def open_runtime(
+    provider: Provider, registry: Registry, options: RuntimeOptions | None = None
+) -> AsyncIterator[Runtime]:
+    """Run orchestration and activity dispatchers for ``provider`` until the block exits.
+
+    Leaving the block stops fetching, lets in-flight turns and activities finish within
+    ``options.shutdown_grace``, then cancels the remaining activities and abandons their locks so another
+    process picks them up at once.
+    """
+    if not isinstance(registry, Registry):
+        raise TypeError(f"open_runtime needs a duroxide_trio.Registry, got {type(registry).__name__}")
+    options = options or RuntimeOptions()
+    if not isinstance(options, RuntimeOptions):
+        raise TypeError(f"open_runtime needs RuntimeOptions, got {type(options).__name__}")
+
+    runtime = Runtime(provider, registry, options)
+    try:
+        async with _run(runtime) as rt:
+            yield rt
+    except BaseExceptionGroup as group:
+        # The body's own exception (e.g. a TimeoutError from wait_for_orchestration) should reach the
+        # caller as itself, not wrapped in a group by our task group.
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
+
+
+@asynccontextmanager
+async def _run(runtime: Runtime) -> AsyncIterator[Runtime]:
+    options = runtime.options
+    from .activities import activity_worker
+    from .orchestrations import orchestration_worker
+
+    async with anyio.create_task_group() as outer:
+        workers_done = anyio.Event()
+
+        async def run_workers() -> None:
+            try:
+                async with anyio.create_task_group() as workers:
+                    runtime._workers_scope = workers.cancel_scope
+                    for i in range(options.orchestration_concurrency):
+                        workers.start_soon(orchestration_worker, runtime, i, name=f"orchestration-worker-{i}")
+                    for i in range(options.worker_concurrency):
+                        workers.start_soon(activity_worker, runtime, i, name=f"activity-worker-{i}")
+            finally:
+                workers_done.set()
+
+        outer.start_soon(run_workers)
+        try:
+            yield runtime
+        finally:
+            runtime._stopping = True
+            runtime._wake_all()
+            with anyio.CancelScope(shield=True):
+                with anyio.move_on_after(options.shutdown_grace):
+                    await workers_done.wait()
+                if not workers_done.is_set():
+                    log.info("shutdown grace of %.1fs passed; cancelling in-flight work", options.shutdown_grace)
+                    if runtime._workers_scope is not None:
+                        runtime._workers_scope.cancel()
+                    with anyio.move_on_after(30):
+                        await workers_done.wait()
