@@ -11,6 +11,7 @@ import inspect
 import json
 import re
 import typing
+import uuid
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -21,6 +22,8 @@ __all__ = ["Registry", "converter", "encode_payload", "decode_payload", "Payload
 
 #: The converter used for every payload. Register extra hooks on it for your own types.
 converter = make_converter()
+converter.register_unstructure_hook(uuid.UUID, str)
+converter.register_structure_hook(uuid.UUID, lambda v, _: v if isinstance(v, uuid.UUID) else uuid.UUID(str(v)))
 
 _VERSION_RE = re.compile(r"^\d+(\.\d+){0,2}$")
 

@@ -1,0 +1,1 @@
+"""Testing helpers shipped with duroxide-trio: the provider validation suite (``testing.validation``)."""

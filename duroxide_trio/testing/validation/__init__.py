@@ -1,0 +1,1 @@
+"""Provider validation suite (work in progress)."""

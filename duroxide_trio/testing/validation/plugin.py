@@ -1,0 +1,1 @@
+"""pytest plugin for the provider validation suite (work in progress: does nothing yet)."""
