@@ -35,7 +35,7 @@ from .registry import Registry, decode_payload, encode_payload, parse_version
 __all__ = ["Client", "OrchestrationState", "Status", "UnknownOrchestration", "ManagementNotAvailable"]
 
 
-class Status(str, enum.Enum):
+class Status(enum.StrEnum):
     NOT_FOUND = "NotFound"
     RUNNING = "Running"
     COMPLETED = "Completed"

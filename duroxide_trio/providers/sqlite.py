@@ -160,6 +160,16 @@ def _ms(seconds: float) -> int:
     return max(0, int(seconds * 1000))
 
 
+class _Job:
+    __slots__ = ("op", "fn", "write", "probe", "idle", "result", "error", "done")
+
+    def __init__(self, op: str, fn: Any, write: bool, probe: Any, idle: Any) -> None:
+        self.op, self.fn, self.write, self.probe, self.idle = op, fn, write, probe, idle
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.done = anyio.Event()
+
+
 class SqliteProvider:
     """Durable state in one SQLite file (or in memory). Use ``await SqliteProvider.open(path)``."""
 
@@ -167,6 +177,8 @@ class SqliteProvider:
         self._conn = conn
         self._path = path
         self._limiter = anyio.CapacityLimiter(1)
+        self._queue: list[_Job] = []
+        self._leading = False
         self._closed = False
         self.notifier = Notifier()
 
@@ -233,39 +245,66 @@ class SqliteProvider:
         probe: Callable[[sqlite3.Connection], bool] | None = None,
         idle: Callable[[sqlite3.Connection], T] | None = None,
     ) -> T:
-        """Run ``fn`` inside one transaction in a worker thread: one hop per provider operation.
+        """Run ``fn`` inside one transaction on the provider's connection, in a worker thread.
 
-        With ``probe``, a cheap autocommit read runs first in the same hop; when it finds nothing,
-        ``idle`` runs instead of the write transaction (so idle polls never take the write lock)."""
+        Operations are group-executed: the caller that finds no hop in flight becomes the leader and runs
+        every operation queued meanwhile in one thread hop (each still in its own transaction), so under
+        load many operations share one hop. With ``probe``, a cheap autocommit read runs first; when it
+        finds nothing, ``idle`` runs instead of the write transaction (idle polls never take the write
+        lock)."""
         if self._closed:
             raise ProviderError.permanent(op, "provider is closed")
+        job = _Job(op, fn, write, probe, idle)
+        self._queue.append(job)
+        if not self._leading:
+            await self._lead()
+        else:
+            await job.done.wait()
+        if job.error is not None:
+            raise job.error
+        return job.result  # type: ignore[no-any-return]
 
-        def _tx() -> T:
-            conn = self._conn
-            if probe is not None and not probe(conn):
-                assert idle is not None
-                return idle(conn)
-            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-            try:
-                result = fn(conn)
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-            return result
-
+    async def _lead(self) -> None:
+        self._leading = True
         try:
-            result = await anyio.to_thread.run_sync(_tx, limiter=self._limiter)
-        except ProviderError:
-            raise
-        except sqlite3.IntegrityError as exc:
-            raise ProviderError.permanent(op, f"constraint violated: {exc}") from exc
-        except sqlite3.OperationalError as exc:
-            raise ProviderError.transient(op, str(exc)) from exc
-        except sqlite3.Error as exc:
-            raise ProviderError.permanent(op, str(exc)) from exc
+            # Shielded: followers wait for their results, so the leader must finish its batches.
+            with anyio.CancelScope(shield=True):
+                while self._queue:
+                    batch, self._queue = self._queue, []
+                    await anyio.to_thread.run_sync(self._execute, batch, limiter=self._limiter)
+                    for job in batch:
+                        job.done.set()
+        finally:
+            self._leading = False
         await anyio.lowlevel.checkpoint()
-        return result
+
+    def _execute(self, batch: list[_Job]) -> None:
+        conn = self._conn
+        for job in batch:
+            try:
+                if job.probe is not None and not job.probe(conn):
+                    assert job.idle is not None
+                    job.result = job.idle(conn)
+                    continue
+                conn.execute("BEGIN IMMEDIATE" if job.write else "BEGIN")
+                try:
+                    job.result = job.fn(conn)
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+            except ProviderError as exc:
+                job.error = exc
+            except sqlite3.IntegrityError as exc:
+                job.error = ProviderError.permanent(job.op, f"constraint violated: {exc}")
+            except sqlite3.OperationalError as exc:
+                job.error = ProviderError.transient(job.op, str(exc))
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            except sqlite3.Error as exc:
+                job.error = ProviderError.permanent(job.op, str(exc))
+            except Exception as exc:  # noqa: BLE001 - reported to the caller of this operation only
+                job.error = ProviderError.permanent(job.op, f"{type(exc).__name__}: {exc}")
 
     # orchestrator queue ----------------------------------------------------------------------------
     async def fetch_orchestration_item(
@@ -622,76 +661,100 @@ class SqliteProvider:
         self.notifier.notify("worker")
 
     async def fetch_work_item(self, lock_timeout: float, poll_timeout: float = 0.0) -> WorkItemLease | None:
-        token = uuid.uuid4().hex
+        leases = await self.fetch_work_items(lock_timeout, 1, poll_timeout)
+        return leases[0] if leases else None
+
+    async def fetch_work_items(
+        self, lock_timeout: float, max_items: int, poll_timeout: float = 0.0
+    ) -> list[WorkItemLease]:
+        """Lock up to ``max_items`` visible work items in one round trip (each gets its own token)."""
         lock_ms = _ms(lock_timeout)
         next_visible: list[int] = []
         bad: list[str] = []
 
-        def _fetch(conn: sqlite3.Connection) -> WorkItemLease | None:
-            while True:
-                now = now_ms()
-                row = conn.execute(
-                    """
-                    UPDATE worker_queue SET lock_token = ?, locked_until = ?, attempt_count = attempt_count + 1
-                    WHERE id = (SELECT id FROM worker_queue
-                                WHERE visible_at <= ? AND (lock_token IS NULL OR locked_until <= ?)
-                                  AND session_id IS NULL
-                                ORDER BY id LIMIT 1)
-                    RETURNING id, work_item, attempt_count
-                    """,
-                    (token, now + lock_ms, now, now),
-                ).fetchone()
-                if row is None:
-                    nxt = conn.execute(
-                        "SELECT MIN(visible_at) FROM worker_queue WHERE visible_at > ? AND lock_token IS NULL",
-                        (now,),
-                    ).fetchone()[0]
-                    if nxt is not None:
-                        next_visible.append(nxt)
-                    return None
+        def _fetch(conn: sqlite3.Connection) -> list[WorkItemLease]:
+            now = now_ms()
+            rows = conn.execute(
+                "SELECT id, work_item, attempt_count FROM worker_queue "
+                "WHERE visible_at <= ? AND (lock_token IS NULL OR locked_until <= ?) AND session_id IS NULL "
+                "ORDER BY id LIMIT ?",
+                (now, now, max(1, max_items)),
+            ).fetchall()
+            leases: list[WorkItemLease] = []
+            for row_id, text, attempts in rows:
                 try:
-                    item = decode_work_item(row[1])
+                    item = decode_work_item(text)
                     if not isinstance(item, ActivityExecute):
                         raise HistoryDecodeError(f"worker queue holds a {type(item).__name__}, not ActivityExecute")
                 except HistoryDecodeError as exc:
                     # An undecodable row can never run: drop it rather than loop on it forever.
-                    conn.execute("DELETE FROM worker_queue WHERE id = ?", (row[0],))
+                    conn.execute("DELETE FROM worker_queue WHERE id = ?", (row_id,))
                     bad.append(str(exc))
                     continue
-                return WorkItemLease(item=item, lock_token=token, attempt_count=row[2])
+                token = uuid.uuid4().hex
+                conn.execute(
+                    "UPDATE worker_queue SET lock_token = ?, locked_until = ?, attempt_count = attempt_count + 1 "
+                    "WHERE id = ?",
+                    (token, now + lock_ms, row_id),
+                )
+                leases.append(WorkItemLease(item=item, lock_token=token, attempt_count=attempts + 1))
+            if not rows:
+                nxt = conn.execute(
+                    "SELECT MIN(visible_at) FROM worker_queue WHERE visible_at > ? AND lock_token IS NULL", (now,)
+                ).fetchone()[0]
+                if nxt is not None:
+                    next_visible.append(nxt)
+            return leases
 
-        lease = await self._run("fetch_work_item", _fetch, probe=_has_worker_work, idle=_nothing)
+        leases = await self._run("fetch_work_item", _fetch, probe=_has_worker_work, idle=_no_leases)
         if next_visible:
             self.notifier.notify_at("worker", next_visible[0])
         if bad:
             import logging
 
             logging.getLogger("duroxide_trio.providers.sqlite").error("dropped undecodable work items: %s", bad)
-        return lease
+        return leases
 
     async def ack_work_item(self, lock_token: str, completion: WorkItem | None) -> None:
-        text = encode_work_item(completion) if completion is not None else None
+        (error,) = await self.ack_work_items([(lock_token, completion)])
+        if error is not None:
+            raise error
 
-        def _ack(conn: sqlite3.Connection) -> None:
+    async def ack_work_items(
+        self, entries: Sequence[tuple[str, WorkItem | None]]
+    ) -> list[ProviderError | None]:
+        """Ack several work items in one round trip; one result per entry (``None`` = acked)."""
+        encoded = [(tok, c, encode_work_item(c) if c is not None else None) for tok, c in entries]
+
+        def _ack(conn: sqlite3.Connection) -> list[ProviderError | None]:
             now = now_ms()
-            row = conn.execute(
-                "DELETE FROM worker_queue WHERE lock_token = ? AND locked_until > ? RETURNING id",
-                (lock_token, now),
-            ).fetchone()
-            if row is None:
-                raise ProviderError.permanent(
-                    "ack_work_item", "lock token invalid or expired (the activity was cancelled or its lock lost)"
-                )
-            if completion is not None and text is not None:
-                conn.execute(
-                    "INSERT INTO orchestrator_queue(instance_id, work_item, is_start, visible_at) "
-                    "VALUES (?, ?, 0, ?)",
-                    (completion.target_instance, text, now),
-                )
+            results: list[ProviderError | None] = []
+            for token, completion, text in encoded:
+                row = conn.execute(
+                    "DELETE FROM worker_queue WHERE lock_token = ? AND locked_until > ? RETURNING id",
+                    (token, now),
+                ).fetchone()
+                if row is None:
+                    results.append(
+                        ProviderError.permanent(
+                            "ack_work_item",
+                            "lock token invalid or expired (the activity was cancelled or its lock lost)",
+                        )
+                    )
+                    continue
+                if completion is not None and text is not None:
+                    conn.execute(
+                        "INSERT INTO orchestrator_queue(instance_id, work_item, is_start, visible_at) "
+                        "VALUES (?, ?, 0, ?)",
+                        (completion.target_instance, text, now),
+                    )
+                results.append(None)
+            return results
 
-        await self._run("ack_work_item", _ack)
-        if completion is not None:
+        results = await self._run("ack_work_item", _ack)
+        if any(r is None and c is not None for r, (_, c) in zip(results, entries, strict=True)):
             self.notifier.notify("orchestrator")
+        return results
 
     async def renew_work_item_lock(self, lock_token: str, extend_for: float) -> None:
         def _renew(conn: sqlite3.Connection) -> None:
@@ -982,8 +1045,8 @@ def _next_orchestrator_visible(out: list[int]) -> Callable[[sqlite3.Connection],
     return _next
 
 
-def _nothing(conn: sqlite3.Connection) -> None:
-    return None
+def _no_leases(conn: sqlite3.Connection) -> list[WorkItemLease]:
+    return []
 
 
 def _has_worker_work(conn: sqlite3.Connection) -> bool:

@@ -7,6 +7,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.abc
 import anyio.to_thread
 
 from ..history import ActivityError, ActivityExecute, ActivityResult, ErrorDetails
@@ -66,38 +67,131 @@ class ActivityContext:
         return f"<ActivityContext {self.activity_name} of {self.instance_id} attempt {self.attempt}>"
 
 
-async def activity_worker(runtime: Runtime, index: int) -> None:
+MAX_BATCH = 32
+
+
+async def activity_worker(
+    runtime: Runtime, index: int, slots: anyio.Semaphore, task_group: anyio.abc.TaskGroup, acker: Acker
+) -> None:
+    """Fetch activities while slots are free (several per round trip when the provider can); each runs
+    as its own task in the runtime's task group."""
     provider = runtime.provider
     notifier = provider.notifier
     options = runtime.options
+    fetch_many = getattr(provider, "fetch_work_items", None)
     failures = 0
     while not runtime.stopping:
-        generation = notifier.generation("worker")
+        await slots.acquire()
+        held = 1
+        if fetch_many is not None:
+            while held < MAX_BATCH and slots.value > 0:
+                slots.acquire_nowait()
+                held += 1
         try:
-            lease = await provider.fetch_work_item(options.worker_lock_timeout)
-        except ProviderError as exc:
-            failures += 1
-            await runtime.backoff_after_error("activity dispatcher", exc, failures)
-            continue
-        failures = 0
-        runtime.stats.activity_fetches += 1
-        if lease is None:
-            if runtime.stopping:
-                break
-            await notifier.wait("worker", generation, options.poll_interval)
-            continue
-        runtime.stats.busy_activity_workers += 1
-        try:
-            await run_activity(runtime, lease)
+            generation = notifier.generation("worker")
+            try:
+                if fetch_many is not None:
+                    leases = await fetch_many(options.worker_lock_timeout, held)
+                else:
+                    one = await provider.fetch_work_item(options.worker_lock_timeout)
+                    leases = [one] if one is not None else []
+            except ProviderError as exc:
+                failures += 1
+                await runtime.backoff_after_error("activity dispatcher", exc, failures)
+                continue
+            failures = 0
+            runtime.stats.activity_fetches += 1
+            for lease in leases:
+                task_group.start_soon(_run_in_slot, runtime, lease, slots, acker, name=f"activity {lease.item.name}")
+                held -= 1
+            if not leases:
+                if runtime.stopping:
+                    break
+                for _ in range(held):
+                    slots.release()
+                held = 0
+                await notifier.wait("worker", generation, options.poll_interval)
         finally:
-            runtime.stats.busy_activity_workers -= 1
+            for _ in range(held):
+                slots.release()
+
+
+async def _run_in_slot(runtime: Runtime, lease: WorkItemLease, slots: anyio.Semaphore, acker: Acker) -> None:
+    runtime.stats.busy_activity_workers += 1
+    try:
+        await run_activity(runtime, lease, acker)
+    finally:
+        runtime.stats.busy_activity_workers -= 1
+        slots.release()
+        acker.poke()
+
+
+class Acker:
+    """Group commit for activity completions: everything finished while the previous ack was in flight is
+    acked in the next single round trip (when the provider has ``ack_work_items``)."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+        self._pending: list[list[Any]] = []
+        self._wake = anyio.Event()
+
+    def poke(self) -> None:
+        self._wake.set()
+
+    async def ack(self, lease: WorkItemLease, completion: Any) -> ProviderError | None:
+        entry: list[Any] = [lease, completion, anyio.Event(), None]
+        self._pending.append(entry)
+        self._wake.set()
+        await entry[2].wait()
+        result: ProviderError | None = entry[3]
+        return result
+
+    async def run(self) -> None:
+        runtime = self._runtime
+        while True:
+            if not self._pending:
+                if runtime.stopping and runtime.stats.busy_activity_workers == 0:
+                    return
+                self._wake = anyio.Event()
+                with anyio.move_on_after(0.5):
+                    await self._wake.wait()
+                continue
+            batch, self._pending = self._pending[:256], self._pending[256:]
+            results = await self._ack_batch([(e[0].lock_token, e[1]) for e in batch])
+            for entry, result in zip(batch, results, strict=True):
+                entry[3] = result
+                entry[2].set()
+
+    async def _ack_batch(self, entries: list[tuple[str, Any]]) -> list[ProviderError | None]:
+        provider = self._runtime.provider
+        many = getattr(provider, "ack_work_items", None)
+        for attempt in range(5):
+            try:
+                if many is not None:
+                    return list(await many(entries))
+                results: list[ProviderError | None] = []
+                for token, completion in entries:
+                    try:
+                        await provider.ack_work_item(token, completion)
+                        results.append(None)
+                    except ProviderError as exc:
+                        if exc.retryable:
+                            raise
+                        results.append(exc)
+                return results
+            except ProviderError as exc:
+                self._runtime.stats.record_error("activity dispatcher", exc, expected=exc.retryable)
+                if not exc.retryable or attempt == 4:
+                    return [exc] * len(entries)
+                await anyio.sleep(0.01 * (2**attempt))
+        raise AssertionError("unreachable")
 
 
 def _failure(kind: str, message: str, category: str = "application") -> ErrorDetails:
     return ErrorDetails(category, kind, message)
 
 
-async def run_activity(runtime: Runtime, lease: WorkItemLease) -> None:
+async def run_activity(runtime: Runtime, lease: WorkItemLease, acker: Acker) -> None:
     item = lease.item
     options = runtime.options
     provider = runtime.provider
@@ -113,7 +207,7 @@ async def run_activity(runtime: Runtime, lease: WorkItemLease) -> None:
             "poison",
         )
         log.error("%s", details.message)
-        await _ack(runtime, lease, error(details))
+        await _ack(acker, lease, error(details))
         return
 
     handler = runtime.registry.get_activity(item.name)
@@ -124,7 +218,7 @@ async def run_activity(runtime: Runtime, lease: WorkItemLease) -> None:
                 f"poison: activity {item.name!r} is not registered (gave up after {lease.attempt_count} attempts)",
                 "poison",
             )
-            await _ack(runtime, lease, error(details))
+            await _ack(acker, lease, error(details))
             return
         delay = options.unregistered_delay(lease.attempt_count)
         log.warning(
@@ -180,7 +274,7 @@ async def run_activity(runtime: Runtime, lease: WorkItemLease) -> None:
         runtime.stats.activities_failed += 1
     else:
         runtime.stats.activities_completed += 1
-    await _ack(runtime, lease, completion)
+    await _ack(acker, lease, completion)
 
 
 async def _invoke(runtime: Runtime, handler: Any, ctx: ActivityContext, item: ActivityExecute) -> Any:
@@ -207,15 +301,7 @@ async def _invoke(runtime: Runtime, handler: Any, ctx: ActivityContext, item: Ac
         )
 
 
-async def _ack(runtime: Runtime, lease: WorkItemLease, completion: Any) -> None:
-    for attempt in range(5):
-        try:
-            await runtime.provider.ack_work_item(lease.lock_token, completion)
-            return
-        except ProviderError as exc:
-            if not exc.retryable or attempt == 4:
-                log.info("activity %s of %s: completion not recorded (%s)", lease.item.name, lease.item.instance, exc)
-                runtime.stats.record_error("activity dispatcher", exc, expected=not exc.retryable)
-                return
-            runtime.stats.record_error("activity dispatcher", exc, expected=True)
-            await anyio.sleep(0.01 * (2**attempt))
+async def _ack(acker: Acker, lease: WorkItemLease, completion: Any) -> None:
+    error = await acker.ack(lease, completion)
+    if error is not None:
+        log.info("activity %s of %s: completion not recorded (%s)", lease.item.name, lease.item.instance, error)

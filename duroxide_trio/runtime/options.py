@@ -23,7 +23,10 @@ def _count(instance: object, attribute: attrs.Attribute, value: int) -> None:  #
 class RuntimeOptions:
     """How a runtime behaves. Defaults follow duroxide's, in seconds.
 
-    - ``orchestration_concurrency`` / ``worker_concurrency``: orchestration turns / activities in flight.
+    - ``orchestration_concurrency``: orchestration dispatchers (each runs one turn at a time).
+    - ``worker_concurrency``: activity dispatchers (fetch loops). Each fetched activity runs as its own
+      task, up to ``activity_slots`` at once per runtime (async activities are cheap; sync ones use
+      threads). ``activity_slots=worker_concurrency`` gives duroxide's one-activity-per-worker semantics.
     - ``orchestrator_lock_timeout`` / ``worker_lock_timeout``: lock durations; a crashed process's work
       becomes available to others after this long. Locks are renewed while work is in progress.
     - ``poll_interval``: the fallback poll when idle. Work committed by this process (or announced by
@@ -38,6 +41,7 @@ class RuntimeOptions:
 
     orchestration_concurrency: int = attrs.field(default=2, validator=_count)
     worker_concurrency: int = attrs.field(default=2, validator=_count)
+    activity_slots: int = attrs.field(default=100, validator=_count)
     orchestrator_lock_timeout: float = attrs.field(default=5.0, validator=_positive)
     orchestrator_lock_renewal_buffer: float = attrs.field(default=2.0, validator=_positive)
     worker_lock_timeout: float = attrs.field(default=30.0, validator=_positive)

@@ -75,7 +75,6 @@ async def _process_with_renewal(runtime: Runtime, item: OrchestrationItem) -> No
 
 
 async def process_item(runtime: Runtime, item: OrchestrationItem) -> None:
-    provider = runtime.provider
     options = runtime.options
     plan = plan_turn(item.execution_id, item.history, item.messages)
     now = now_ms()

@@ -125,7 +125,7 @@ async def open_runtime(
 @asynccontextmanager
 async def _run(runtime: Runtime) -> AsyncIterator[Runtime]:
     options = runtime.options
-    from .activities import activity_worker
+    from .activities import Acker, activity_worker
     from .orchestrations import orchestration_worker
 
     async with anyio.create_task_group() as outer:
@@ -137,8 +137,14 @@ async def _run(runtime: Runtime) -> AsyncIterator[Runtime]:
                     runtime._workers_scope = workers.cancel_scope
                     for i in range(options.orchestration_concurrency):
                         workers.start_soon(orchestration_worker, runtime, i, name=f"orchestration-worker-{i}")
-                    for i in range(options.worker_concurrency):
-                        workers.start_soon(activity_worker, runtime, i, name=f"activity-worker-{i}")
+                    slots = anyio.Semaphore(max(options.activity_slots, 1))
+                    if options.worker_concurrency:
+                        acker = Acker(runtime)
+                        workers.start_soon(acker.run, name="activity-acker")
+                        for i in range(options.worker_concurrency):
+                            workers.start_soon(
+                                activity_worker, runtime, i, slots, workers, acker, name=f"activity-dispatcher-{i}"
+                            )
             finally:
                 workers_done.set()
 
