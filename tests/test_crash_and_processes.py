@@ -72,16 +72,19 @@ async def test_sigkill_mid_orchestration_then_another_runtime_finishes(target_ki
 async def test_three_processes_share_one_database_without_double_processing(target_kind, tmp_path, request):
     target = _target(target_kind, tmp_path, request)
     log = tmp_path / "activities.log"
-    procs = [_spawn(target, "--log", str(log)) for _ in range(2)]
+    procs = [_spawn(target, "--log", str(log)) for _ in range(3)]
     try:
         for p in procs:
             await _read_line(p, "ready")
         provider = await _open(target)
         n = 40
-        async with provider, dt.open_runtime(provider, build_registry(str(log), False), OPTIONS) as rt:
+        async with provider:  # this process is only a client: the three runtimes share the work
+            client = dt.Client(provider)
             for i in range(n):
-                await rt.client.start_orchestration(f"multi-{i}", "Pipeline", i)
-            states = [await rt.client.wait_for_orchestration(f"multi-{i}", timeout=60) for i in range(n)]
+                await client.start_orchestration(f"multi-{i}", "Pipeline", i)
+            states = [
+                await client.wait_for_orchestration(f"multi-{i}", timeout=60, poll_interval=0.1) for i in range(n)
+            ]
         for i, s in enumerate(states):
             assert s.status is dt.Status.COMPLETED, s
             assert s.output == 10 * (4 * i + 6)

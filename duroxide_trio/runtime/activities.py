@@ -234,32 +234,24 @@ async def run_activity(runtime: Runtime, lease: WorkItemLease, acker: Acker) -> 
 
     ctx = ActivityContext(runtime, item, lease.attempt_count)
     completion: Any = None
-    interval = options.renewal_interval(options.worker_lock_timeout, options.worker_lock_renewal_buffer)
     lost = False
+    work_scope = anyio.CancelScope()
 
-    async def renew(scope: anyio.CancelScope) -> None:
+    def on_lost(exc: ProviderError) -> None:
         nonlocal lost
-        while True:
-            await anyio.sleep(interval)
-            try:
-                await provider.renew_work_item_lock(lease.lock_token, options.worker_lock_timeout)
-            except ProviderError as exc:
-                if exc.retryable:
-                    continue
-                lost = True
-                ctx.cancelled.set("the orchestration no longer needs this result, or the lock was lost")
-                log.info("activity %s of %s cancelled: %s", item.name, item.instance, exc)
-                await anyio.sleep(options.activity_cancellation_grace)
-                scope.cancel()
-                return
+        lost = True
+        ctx.cancelled.set("the orchestration no longer needs this result, or the lock was lost")
+        log.info("activity %s of %s cancelled: %s", item.name, item.instance, exc)
+        work_scope.deadline = anyio.current_time() + options.activity_cancellation_grace
 
+    held = runtime.leases.hold(
+        lambda: provider.renew_work_item_lock(lease.lock_token, options.worker_lock_timeout),
+        options.renewal_interval(options.worker_lock_timeout, options.worker_lock_renewal_buffer),
+        on_lost,
+    )
     try:
-        async with anyio.create_task_group() as tg:
-            work_scope = anyio.CancelScope()
-            tg.start_soon(renew, work_scope)
-            with work_scope:
-                completion = await _invoke(runtime, handler, ctx, item)
-            tg.cancel_scope.cancel()
+        with work_scope:
+            completion = await _invoke(runtime, handler, ctx, item)
     except anyio.get_cancelled_exc_class():
         # Shutdown after the grace period: give the item back at once, without counting an attempt.
         with anyio.CancelScope(shield=True), anyio.move_on_after(5):
@@ -268,6 +260,8 @@ async def run_activity(runtime: Runtime, lease: WorkItemLease, acker: Acker) -> 
             except ProviderError as exc:
                 log.warning("abandon on shutdown failed: %s", exc)
         raise
+    finally:
+        runtime.leases.release(held)
     if lost or completion is None:
         return  # cancelled by lock stealing: nobody wants the result
     if isinstance(completion, ActivityError):

@@ -55,23 +55,19 @@ async def orchestration_worker(runtime: Runtime, index: int) -> None:
 
 async def _process_with_renewal(runtime: Runtime, item: OrchestrationItem) -> None:
     options = runtime.options
-    interval = options.renewal_interval(options.orchestrator_lock_timeout, options.orchestrator_lock_renewal_buffer)
 
-    async def renew() -> None:
-        while True:
-            await anyio.sleep(interval)
-            try:
-                await runtime.provider.renew_orchestration_item_lock(item.lock_token, options.orchestrator_lock_timeout)
-            except ProviderError as exc:
-                log.warning("instance %s: lock renewal failed: %s", item.instance_id, exc)
-                return
+    def on_lost(exc: ProviderError) -> None:
+        log.warning("instance %s: lock renewal failed: %s", item.instance_id, exc)
 
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(renew)
-        try:
-            await process_item(runtime, item)
-        finally:
-            tg.cancel_scope.cancel()
+    held = runtime.leases.hold(
+        lambda: runtime.provider.renew_orchestration_item_lock(item.lock_token, options.orchestrator_lock_timeout),
+        options.renewal_interval(options.orchestrator_lock_timeout, options.orchestrator_lock_renewal_buffer),
+        on_lost,
+    )
+    try:
+        await process_item(runtime, item)
+    finally:
+        runtime.leases.release(held)
 
 
 async def process_item(runtime: Runtime, item: OrchestrationItem) -> None:

@@ -14,6 +14,7 @@ import attrs
 
 from ..providers.base import Provider, ProviderError
 from ..registry import Registry
+from .leases import LeaseRenewer
 from .options import RuntimeOptions
 
 __all__ = ["Runtime", "RuntimeStats", "open_runtime"]
@@ -70,6 +71,7 @@ class Runtime:
         self.stats = RuntimeStats()
         self._stopping = False
         self._workers_scope: anyio.CancelScope | None = None
+        self.leases = LeaseRenewer()
         from ..client import Client
 
         self.client = Client(provider, registry=registry)
@@ -146,8 +148,10 @@ async def _run(runtime: Runtime) -> AsyncIterator[Runtime]:
                                 activity_worker, runtime, i, slots, workers, acker, name=f"activity-dispatcher-{i}"
                             )
             finally:
+                runtime.leases.stop()
                 workers_done.set()
 
+        outer.start_soon(runtime.leases.run, name="lease-renewer")
         outer.start_soon(run_workers)
         try:
             yield runtime
