@@ -1,0 +1,60 @@
+"""nox sessions: tests, lint, typecheck, stress-sqlite, stress-postgres, validate-postgres.
+
+PostgreSQL sessions use $DATABASE_URL, or start a throwaway local cluster (ops/with_postgres.py).
+"""
+
+import nox
+
+nox.options.sessions = ["lint", "tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+
+def _install(session: nox.Session) -> None:
+    session.install("-e", ".[dev]")
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The whole test suite on both anyio backends (trio and asyncio)."""
+    _install(session)
+    session.run("python", "-m", "pytest", "-q", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    session.install("ruff")
+    session.run("ruff", "check", "duroxide_trio", "tests", "examples", "ops")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    _install(session)
+    session.run("mypy", "duroxide_trio")
+
+
+@nox.session(name="stress-sqlite")
+def stress_sqlite(session: nox.Session) -> None:
+    """The seeds' standard configurations on SQLite (file and in-memory), 1:1, 2:2, 4:4."""
+    _install(session)
+    args = session.posargs or ["--duration", "30"]
+    session.run("duroxide-trio", "stress", "--provider", "sqlite", "--suite", "--no-dashboard", *args)
+    session.run("duroxide-trio", "stress", "--provider", "sqlite-memory", "--suite", "--no-dashboard", *args)
+
+
+@nox.session(name="stress-postgres")
+def stress_postgres(session: nox.Session) -> None:
+    """Stress on PostgreSQL: $DATABASE_URL, or a throwaway local cluster started and removed here."""
+    _install(session)
+    args = session.posargs or ["--duration", "30"]
+    session.run(
+        "python", "ops/with_postgres.py",
+        "duroxide-trio", "stress", "--provider", "postgres", "--suite", "--no-dashboard", *args,
+    )
+
+
+@nox.session(name="validate-postgres")
+def validate_postgres(session: nox.Session) -> None:
+    """The provider validation suite against PostgreSQL."""
+    _install(session)
+    session.run("python", "ops/with_postgres.py", "duroxide-trio", "validate", "--provider", "postgres",
+                *session.posargs)
