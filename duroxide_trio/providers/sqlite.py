@@ -676,7 +676,7 @@ class SqliteProvider:
             now = now_ms()
             rows = conn.execute(
                 "SELECT id, work_item, attempt_count FROM worker_queue "
-                "WHERE visible_at <= ? AND (lock_token IS NULL OR locked_until <= ?) AND session_id IS NULL "
+                "WHERE visible_at <= ? AND (lock_token IS NULL OR locked_until <= ?) "
                 "ORDER BY id LIMIT ?",
                 (now, now, max(1, max_items)),
             ).fetchall()
@@ -1054,7 +1054,7 @@ def _has_worker_work(conn: sqlite3.Connection) -> bool:
     return (
         conn.execute(
             "SELECT 1 FROM worker_queue WHERE visible_at <= ? AND (lock_token IS NULL OR locked_until <= ?) "
-            "AND session_id IS NULL LIMIT 1",
+            "LIMIT 1",
             (now, now),
         ).fetchone()
         is not None
