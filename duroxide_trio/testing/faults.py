@@ -1,0 +1,92 @@
+"""Fault injection through a provider wrapper (never by patching internals).
+
+``FaultyProvider(inner, faults)`` forwards everything to ``inner``; for the operations named in
+``faults`` it raises an injected ``ProviderError`` according to a ``Fault`` rule before (or after) the
+real call. Use it to prove that a runtime retries, backs off and still finishes every orchestration.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+from ..providers.base import ProviderError
+
+__all__ = ["Fault", "FaultyProvider"]
+
+
+@attrs.define
+class Fault:
+    """Fail an operation: every ``every``-th call, or with ``probability``, at most ``limit`` times.
+    ``after=True`` runs the real operation first and then raises (the caller cannot know it committed)."""
+
+    every: int = 0
+    probability: float = 0.0
+    limit: int | None = None
+    retryable: bool = True
+    after: bool = False
+    message: str = "injected fault"
+    calls: int = 0
+    injected: int = 0
+
+    def should_fail(self, rng: random.Random) -> bool:
+        self.calls += 1
+        if self.limit is not None and self.injected >= self.limit:
+            return False
+        hit = (self.every > 0 and self.calls % self.every == 0) or (
+            self.probability > 0 and rng.random() < self.probability
+        )
+        if hit:
+            self.injected += 1
+        return hit
+
+
+class FaultyProvider:
+    """A provider wrapper that injects ``ProviderError``s into the named operations."""
+
+    def __init__(self, inner: Any, faults: dict[str, Fault], *, seed: int = 0) -> None:
+        self._inner = inner
+        self.faults = faults
+        self._rng = random.Random(seed)
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._inner, name)
+        fault = self.faults.get(name)
+        if fault is None or not callable(attr):
+            return attr
+        return self._wrap(name, attr, fault)
+
+    def _wrap(self, name: str, fn: Callable[..., Any], fault: Fault) -> Callable[..., Any]:
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            failing = fault.should_fail(self._rng)
+            if failing and not fault.after:
+                raise ProviderError(name, f"{fault.message} (before)", retryable=fault.retryable)
+            result = await fn(*args, **kwargs)
+            if failing:
+                raise ProviderError(name, f"{fault.message} (after commit)", retryable=fault.retryable)
+            return result
+
+        return call
+
+    @property
+    def notifier(self) -> Any:
+        return self._inner.notifier
+
+    @property
+    def name(self) -> str:
+        return f"faulty-{self._inner.name}"
+
+    def as_admin(self) -> Any:
+        return self._inner.as_admin()
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+    async def __aenter__(self) -> FaultyProvider:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._inner.close()
