@@ -501,7 +501,7 @@ def event_from_dict(d: dict[str, Any]) -> Event:
     try:
         cls = EVENT_KINDS[d["type"]]
         fields = {k: v for k, v in d.items() if k not in _ENVELOPE}
-        kind = _conv.structure(fields, cls)
+        kind: Any = _conv.structure(fields, cls)
         return Event(
             event_id=int(d["event_id"]),
             kind=kind,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import attrs
 
@@ -95,8 +95,11 @@ class Codec(Protocol):
 class Handler(Protocol):
     """A resolved orchestration: ``start(ctx, input_text)`` returns the coroutine to drive."""
 
-    name: str
-    version: str
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def version(self) -> str: ...
 
     def start(self, ctx: OrchestrationContext, input_text: str | None) -> Coroutine[Any, Any, Any]: ...
 
@@ -116,8 +119,10 @@ class TurnPlan:
 
 
 def plan_turn(execution_id: int, history: Sequence[Event], messages: Sequence[WorkItem]) -> TurnPlan:
-    starts = [m for m in messages if isinstance(m, (StartOrchestration, ContinueAsNew))]
-    others = [m for m in messages if not isinstance(m, (StartOrchestration, ContinueAsNew))]
+    starts: list[StartOrchestration | ContinueAsNew] = [
+        m for m in messages if isinstance(m, (StartOrchestration, ContinueAsNew))
+    ]
+    others: list[WorkItem] = [m for m in messages if not isinstance(m, (StartOrchestration, ContinueAsNew))]
     if history:
         first = history[0].kind
         if not isinstance(first, OrchestrationStarted):
@@ -372,6 +377,7 @@ class Turn:
     # ------------------------------------------------------------------ binding actions to events
     def _matches(self, action: Action, ev: Event) -> bool:
         a, k = action.kind, ev.kind
+        k = cast(Any, k)
         if type(a) is not type(k):
             return False
         if isinstance(a, ActivityScheduled):
