@@ -167,7 +167,7 @@ class _Job:
         self.op, self.fn, self.write, self.probe, self.idle = op, fn, write, probe, idle
         self.result: Any = None
         self.error: BaseException | None = None
-        self.done = anyio.Event()
+        self.done: anyio.Event | None = None
 
 
 class SqliteProvider:
@@ -179,6 +179,7 @@ class SqliteProvider:
         self._limiter = anyio.CapacityLimiter(1)
         self._queue: list[_Job] = []
         self._leading = False
+        self._batch_done = anyio.Event()  # followers queued now wait on the next batch's event
         self._closed = False
         self.notifier = Notifier()
 
@@ -259,6 +260,7 @@ class SqliteProvider:
         if not self._leading:
             await self._lead()
         else:
+            job.done = self._batch_done
             await job.done.wait()
         if job.error is not None:
             raise job.error
@@ -271,9 +273,9 @@ class SqliteProvider:
             with anyio.CancelScope(shield=True):
                 while self._queue:
                     batch, self._queue = self._queue, []
+                    done, self._batch_done = self._batch_done, anyio.Event()
                     await anyio.to_thread.run_sync(self._execute, batch, limiter=self._limiter)
-                    for job in batch:
-                        job.done.set()
+                    done.set()
         finally:
             self._leading = False
         await anyio.lowlevel.checkpoint()

@@ -28,22 +28,29 @@ class CancellationSignal:
     ``bool(signal)`` tells whether it is set; ``await signal`` waits for it."""
 
     def __init__(self) -> None:
-        self._event = anyio.Event()
+        self._event: anyio.Event | None = None  # created on first wait: most activities never wait
+        self._set = False
         self.reason = ""
 
     def __bool__(self) -> bool:
-        return self._event.is_set()
+        return self._set
 
     def set(self, reason: str) -> None:
-        if not self._event.is_set():
+        if not self._set:
+            self._set = True
             self.reason = reason
-            self._event.set()
+            if self._event is not None:
+                self._event.set()
 
     async def wait(self) -> None:
+        if self._set:
+            return
+        if self._event is None:
+            self._event = anyio.Event()
         await self._event.wait()
 
     def __await__(self) -> Any:
-        return self._event.wait().__await__()
+        return self.wait().__await__()
 
 
 class ActivityContext:
@@ -134,12 +141,15 @@ class Acker:
         self._runtime = runtime
         self._pending: list[list[Any]] = []
         self._wake = anyio.Event()
+        self._window: anyio.Event | None = None  # shared by every entry of the next batch
 
     def poke(self) -> None:
         self._wake.set()
 
     async def ack(self, lease: WorkItemLease, completion: Any) -> ProviderError | None:
-        entry: list[Any] = [lease, completion, anyio.Event(), None]
+        if self._window is None:
+            self._window = anyio.Event()
+        entry: list[Any] = [lease, completion, self._window, None]
         self._pending.append(entry)
         self._wake.set()
         await entry[2].wait()
@@ -156,11 +166,13 @@ class Acker:
                 with anyio.move_on_after(0.5):
                     await self._wake.wait()
                 continue
-            batch, self._pending = self._pending[:256], self._pending[256:]
+            batch, self._pending = self._pending, []
+            self._window = None
             results = await self._ack_batch([(e[0].lock_token, e[1]) for e in batch])
             for entry, result in zip(batch, results, strict=True):
                 entry[3] = result
-                entry[2].set()
+            for window in {id(e[2]): e[2] for e in batch}.values():
+                window.set()
 
     async def _ack_batch(self, entries: list[tuple[str, Any]]) -> list[ProviderError | None]:
         provider = self._runtime.provider
