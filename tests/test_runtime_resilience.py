@@ -137,3 +137,37 @@ async def test_shutdown_abandons_running_activities_for_the_next_runtime(make_pr
                 state = await rt.client.wait_for_orchestration("j-1", timeout=10)
     assert state.output == "done"
     assert attempts == [1, 1]  # the abandoned attempt was not counted against max_attempts
+
+
+async def test_long_activity_keeps_its_lock_by_renewal(make_provider):
+    reg = dt.Registry()
+    attempts: list[int] = []
+
+    @reg.activity("Slow")
+    async def slow(ctx: dt.ActivityContext) -> str:
+        attempts.append(ctx.attempt)
+        await anyio.sleep(1.5)  # three lock timeouts long
+        return "finished"
+
+    @reg.orchestration("UsesSlow")
+    async def uses_slow(ctx: dt.OrchestrationContext) -> str:
+        return await ctx.schedule_activity("Slow")
+
+    opts = dt.RuntimeOptions(worker_lock_timeout=0.5, poll_interval=0.1)
+    provider = await make_provider()
+    async with provider, dt.open_runtime(provider, reg, opts) as rt:
+        await rt.client.start_orchestration("slow-1", "UsesSlow")
+        state = await rt.client.wait_for_orchestration("slow-1", timeout=20)
+    assert state.output == "finished"
+    assert attempts == [1]  # never redelivered while it was running
+
+
+async def test_unknown_orchestration_started_without_registry_ends_as_poison(make_provider):
+    provider = await make_provider()
+    async with provider, dt.open_runtime(provider, pipeline_registry(), FAST) as rt:
+        client = dt.Client(provider)  # no registry: the name cannot be checked up front
+        await client.start_orchestration("ghost-1", "NoSuchOrchestration", 1)
+        state = await client.wait_for_orchestration("ghost-1", timeout=20)
+    assert state.status is dt.Status.FAILED
+    assert state.error.category == "poison"
+    assert "'NoSuchOrchestration' is not registered" in state.error.message
