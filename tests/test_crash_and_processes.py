@@ -11,9 +11,9 @@ import sys
 import anyio
 import anyio.to_thread
 import pytest
+from proc_runtime import OPTIONS, build_registry
 
 import duroxide_trio as dt
-from proc_runtime import OPTIONS, build_registry
 
 pytestmark = pytest.mark.anyio
 

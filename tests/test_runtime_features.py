@@ -9,9 +9,9 @@ from datetime import datetime, timedelta
 import anyio
 import attrs
 import pytest
+from helpers import FAST, run_one, running
 
 import duroxide_trio as dt
-from helpers import FAST, running, run_one
 
 pytestmark = pytest.mark.anyio
 

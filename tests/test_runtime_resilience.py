@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import anyio
 import pytest
+from helpers import FAST
 
 import duroxide_trio as dt
 from duroxide_trio.testing.faults import Fault, FaultyProvider
-from helpers import FAST
 
 pytestmark = pytest.mark.anyio
 
@@ -164,7 +164,7 @@ async def test_long_activity_keeps_its_lock_by_renewal(make_provider):
 
 async def test_unknown_orchestration_started_without_registry_ends_as_poison(make_provider):
     provider = await make_provider()
-    async with provider, dt.open_runtime(provider, pipeline_registry(), FAST) as rt:
+    async with provider, dt.open_runtime(provider, pipeline_registry(), FAST):
         client = dt.Client(provider)  # no registry: the name cannot be checked up front
         await client.start_orchestration("ghost-1", "NoSuchOrchestration", 1)
         state = await client.wait_for_orchestration("ghost-1", timeout=20)
