@@ -69,7 +69,9 @@ def postgres_url() -> Iterator[tuple[str, str]]:
         with throwaway_cluster(settings=TEST_CLUSTER_SETTINGS) as url:
             yield url, f"throwaway cluster from {find_bindir()} at {url}"
     except ClusterUnavailable as ex:
-        raise PostgresUnavailable(f"{URL_ENV} is not set and no throwaway cluster can be started: {ex}") from ex
+        raise PostgresUnavailable(
+            f"{URL_ENV} is not set and no throwaway cluster can be started: {ex}"
+        ) from ex
 
 
 def new_schema_name(prefix: str = "t") -> str:

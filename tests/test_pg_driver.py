@@ -1,7 +1,7 @@
 """Contract tests for the psycopg anyio driver and pool, on both anyio backends.
 
 Re-run on every psycopg upgrade: the driver relies on private psycopg API (see ``_driver.py``).
-Only loopback addresses are ever contacted.
+Apart from the server under test, only loopback addresses are ever contacted.
 """
 
 from __future__ import annotations
@@ -90,8 +90,14 @@ def open_fds() -> int | None:
         ("postgresql://user:pa/ss?x@host:5432/db", "postgresql://user:***@host:5432/db"),
         ("postgresql://user@host/db", "postgresql://user@host/db"),
         ("postgresql://host/db", "postgresql://host/db"),
-        ("postgresql://u:pw@h1:5432,h2:5433/db?sslmode=require", "postgresql://u:***@h1:5432,h2:5433/db?sslmode=require"),
-        ("postgresql://u@h/db?password=abc&sslmode=disable", "postgresql://u@h/db?password=***&sslmode=disable"),
+        (
+            "postgresql://u:pw@h1:5432,h2:5433/db?sslmode=require",
+            "postgresql://u:***@h1:5432,h2:5433/db?sslmode=require",
+        ),
+        (
+            "postgresql://u@h/db?password=abc&sslmode=disable",
+            "postgresql://u@h/db?password=***&sslmode=disable",
+        ),
         ("postgresql://u@h/db?sslpassword=abc", "postgresql://u@h/db?sslpassword=***"),
         ("host=h password=s3cret user=u", "host=h password=*** user=u"),
         ("host=h password = 's3 cr\\'et' dbname=x", "host=h password = *** dbname=x"),
@@ -155,7 +161,10 @@ async def test_transaction_commit_and_rollback(pg_url: str, pg_schema: str) -> N
         await conn.rollback()
         await conn.execute(sql.SQL("insert into {} values (4)").format(table))
         await conn.commit()
-        assert await fetch_one(conn, sql.SQL("select array_agg(v order by v) from {}").format(table)) == [1, 4]
+        assert await fetch_one(conn, sql.SQL("select array_agg(v order by v) from {}").format(table)) == [
+            1,
+            4,
+        ]
 
 
 @pytest.mark.parametrize("autocommit", [False, True], ids=["transaction", "autocommit"])

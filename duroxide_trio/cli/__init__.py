@@ -13,6 +13,13 @@ app = typer.Typer(
     add_completion=False,
 )
 
+
+
+@app.callback()
+def _root() -> None:
+    """Durable orchestrations on Trio/anyio: stress tests, provider validation and instance management."""
+
+
 # Each sub-module registers its commands on ``app`` when imported.
 for _module in ("stress", "validate", "instances"):
     try:

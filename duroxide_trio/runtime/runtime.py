@@ -72,6 +72,7 @@ class Runtime:
         self._stopping = False
         self._workers_scope: anyio.CancelScope | None = None
         self.leases = LeaseRenewer()
+        self._acker: Any = None
         from ..client import Client
 
         self.client = Client(provider, registry=registry)
@@ -83,6 +84,8 @@ class Runtime:
     def _wake_all(self) -> None:
         self.provider.notifier.notify("orchestrator")
         self.provider.notifier.notify("worker")
+        if self._acker is not None:
+            self._acker.poke()
 
     async def backoff_after_error(self, role: str, exc: ProviderError, failures: int) -> None:
         self.stats.provider_errors += 1
@@ -141,7 +144,7 @@ async def _run(runtime: Runtime) -> AsyncIterator[Runtime]:
                         workers.start_soon(orchestration_worker, runtime, i, name=f"orchestration-worker-{i}")
                     slots = anyio.Semaphore(max(options.activity_slots, 1))
                     if options.worker_concurrency:
-                        acker = Acker(runtime)
+                        acker = runtime._acker = Acker(runtime)
                         workers.start_soon(acker.run, name="activity-acker")
                         for i in range(options.worker_concurrency):
                             workers.start_soon(

@@ -31,7 +31,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 import select
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar, cast
@@ -50,6 +49,8 @@ from psycopg.cursor_async import AsyncCursor
 from psycopg.pq.abc import PGconn
 from psycopg.rows import AsyncRowFactory, Row, tuple_row
 from psycopg.waiting import Ready, Wait
+
+from ..._masking import mask_url
 
 __all__ = [
     "CANCEL_TIMEOUT",
@@ -80,28 +81,6 @@ _READY_R, _READY_W = int(Ready.R), int(Ready.W)
 # Passwords never appear in messages
 
 
-_URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-_URL_QUERY_PASSWORD = re.compile(r"([?&](?:ssl)?password=)[^&#]*", re.IGNORECASE)
-_KV_PASSWORD = re.compile(r"(?<![\w.])((?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'?|(?:\\.|[^\s\\])*)", re.I)
-
-
-def mask_url(url: str) -> str:
-    """Return ``url`` (a ``postgresql://`` URL or a ``key=value`` conninfo) with every password replaced by
-    ``***``: ``postgresql://user:***@host/db``, ``host=h password=*** user=u``.
-
-    Errs on the side of hiding: in a URL, everything from the first ``:`` of the user info to the *last*
-    ``@`` is masked, so a password with raw (not percent-encoded) ``@``, ``/`` or ``?`` does not leak either;
-    the price is that an ``@`` in a query parameter hides more than the password.
-    """
-    m = _URL_SCHEME.match(url)
-    if m is None:
-        return _KV_PASSWORD.sub(r"\1***", url)
-    head, rest = url[: m.end()], url[m.end() :]
-    at = rest.rfind("@")
-    if at >= 0 and ":" in rest[:at]:
-        user = rest[: rest.index(":")]
-        rest = f"{user}:***{rest[at:]}"
-    return head + _URL_QUERY_PASSWORD.sub(r"\1***", rest)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -291,7 +270,9 @@ class AnyioConnection(psycopg.AsyncConnection[Row]):
         params = conninfo_to_dict(conninfo, **kwargs)
         # Enforced here; not handed to libpq (which only reads it in blocking mode, and only as an int).
         timeout = _timeout_from(params.pop("connect_timeout", None))
-        attempts = await anyio.to_thread.run_sync(conninfo_attempts, params)  # getaddrinfo blocks
+        # getaddrinfo blocks: resolve in a worker thread (never abandoned; the resolver's own timeouts
+        # bound it). IP addresses and unix socket paths are not resolved at all.
+        attempts = await anyio.to_thread.run_sync(conninfo_attempts, params)
         failures: list[tuple[psycopg.Error, str]] = []
         conn: AnyioConnection[Row] | None = None
         for attempt in attempts:
@@ -300,10 +281,8 @@ class AnyioConnection(psycopg.AsyncConnection[Row]):
                 with anyio.fail_after(timeout):
                     conn = await _drive_conn(cls._connect_gen(make_conninfo("", **attempt)))  # private
             except TimeoutError:
-                failures.append(
-                    (e.ConnectionTimeout(f"connection timeout expired: {where} did not answer within "
-                                         f"{timeout:g} s (connect_timeout)"), where)
-                )
+                message = f"connection timeout expired: {where} did not answer within {timeout:g} s"
+                failures.append((e.ConnectionTimeout(f"{message} (connect_timeout)"), where))
             except psycopg.Error as ex:
                 failures.append((ex, where))
             else:
@@ -405,6 +384,6 @@ async def connect(
     if not connect_timeout > 0:
         raise ValueError(f"connect_timeout must be a positive number of seconds, not {connect_timeout!r}")
     conn: AnyioConnection[Any] = await AnyioConnection.connect(
-        conninfo, connect_timeout=connect_timeout, autocommit=autocommit, **kw
+        conninfo, connect_timeout=str(connect_timeout), autocommit=autocommit, **kw
     )
     return conn

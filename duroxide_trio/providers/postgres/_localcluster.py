@@ -103,7 +103,9 @@ def _os_user(name: str) -> pwd.struct_passwd:
     shell = "/usr/sbin/nologin" if os.path.exists("/usr/sbin/nologin") else "/bin/false"
     proc = subprocess.run(
         [useradd, "--system", "--no-create-home", "--user-group", "--shell", shell, name],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     try:
         return pwd.getpwnam(name)  # may also have been created concurrently by another process
@@ -148,10 +150,19 @@ def throwaway_cluster(
 
     def run(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
         if owner is None:
-            return subprocess.run(list(args), cwd=base, env=env, capture_output=True, text=True, timeout=timeout)
+            return subprocess.run(
+                list(args), cwd=base, env=env, capture_output=True, text=True, timeout=timeout
+            )
         return subprocess.run(
-            list(args), cwd=base, env=env, capture_output=True, text=True, timeout=timeout,
-            user=owner.pw_uid, group=owner.pw_gid, extra_groups=[],
+            list(args),
+            cwd=base,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            user=owner.pw_uid,
+            group=owner.pw_gid,
+            extra_groups=[],
         )
 
     started = False
@@ -160,8 +171,19 @@ def throwaway_cluster(
         if owner is not None:
             for path in (base, sockdir):
                 os.chown(path, owner.pw_uid, owner.pw_gid)
-        proc = run(str(bin_path / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
-                   "-E", "UTF8", "--no-locale", "--no-sync", timeout=start_timeout)
+        proc = run(
+            str(bin_path / "initdb"),
+            "-D",
+            str(data),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-locale",
+            "--no-sync",
+            timeout=start_timeout,
+        )
         if proc.returncode != 0:
             raise ClusterStartError(f"initdb failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
 
@@ -175,8 +197,18 @@ def throwaway_cluster(
                 "unix_socket_directories": f"'{sockdir}'",
             }
             (data / "postgresql.auto.conf").write_text("".join(f"{k} = {v}\n" for k, v in conf.items()))
-            proc = run(str(bin_path / "pg_ctl"), "-D", str(data), "-l", str(log), "-w",
-                       "-t", str(int(start_timeout)), "start", timeout=start_timeout + 10)
+            proc = run(
+                str(bin_path / "pg_ctl"),
+                "-D",
+                str(data),
+                "-l",
+                str(log),
+                "-w",
+                "-t",
+                str(int(start_timeout)),
+                "start",
+                timeout=start_timeout + 10,
+            )
             if proc.returncode == 0:
                 started = True
                 break
@@ -192,24 +224,42 @@ def throwaway_cluster(
         shutil.rmtree(base, ignore_errors=True)
 
 
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` is still running (a zombie waiting to be reaped counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    except (OSError, IndexError):
+        pass  # no /proc: ask the kernel
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 def _stop(run: Callable[..., subprocess.CompletedProcess[str]], bin_path: Path, data: Path) -> None:
-    """``pg_ctl stop -m fast``; if that fails, SIGKILL the postmaster we started (by its pid file)."""
+    """``pg_ctl stop -m fast`` and wait for the postmaster to exit; if it does not, SIGKILL the postmaster
+    we started (by the pid in its pid file)."""
     pid: int | None = None
     with contextlib.suppress(OSError, ValueError, IndexError):
         pid = int((data / "postmaster.pid").read_text().splitlines()[0])
-    try:
-        proc = run(str(bin_path / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "-t", "30", "stop",
-                   timeout=40)
-        stopped = proc.returncode == 0
-    except subprocess.TimeoutExpired:
-        stopped = False
-    if not stopped and pid is not None:
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        run(str(bin_path / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "-t", "30", "stop", timeout=40)
+    if pid is not None and not _wait_gone(pid, 10):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.05)
+        _wait_gone(pid, 10)

@@ -194,7 +194,9 @@ class Pool:
             return self._idle.pop()
         self._size += 1
         try:
-            conn = await connect(self.conninfo, connect_timeout=self.connect_timeout, autocommit=self.autocommit)
+            conn = await connect(
+                self.conninfo, connect_timeout=self.connect_timeout, autocommit=self.autocommit
+            )
         except BaseException:
             self._size -= 1
             raise
@@ -224,7 +226,9 @@ class Pool:
         if status == _IDLE:
             return True
         if status not in _ROLLBACK_OK:  # ACTIVE (abandoned mid-result) or UNKNOWN
-            logger.warning("discarding a pooled connection returned in state %s", status.name)
+            logger.warning(
+                "discarding a pooled connection returned in state %s", pq.TransactionStatus(status).name
+            )
             return False
         try:
             with anyio.fail_after(_RETURN_TIMEOUT):

@@ -1,0 +1,340 @@
+"""``duroxide-trio stress``: run the stress harness and print the comparison table.
+
+With no options it runs the fanout scenario on a temporary SQLite file for 10 seconds (no server needed)
+and exits non-zero unless every run reached 100 %.
+"""
+
+from __future__ import annotations
+
+import enum
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+
+from . import app
+from .common import database_url as resolve_database_url
+from .common import mask_url
+
+__all__ = ["stress"]
+
+
+class ProviderChoice(enum.StrEnum):
+    sqlite = "sqlite"
+    sqlite_memory = "sqlite-memory"
+    postgres = "postgres"
+
+
+class BackendChoice(enum.StrEnum):
+    trio = "trio"
+    asyncio = "asyncio"
+
+
+def _scenario_help() -> str:
+    from ..stress.scenarios import SCENARIOS
+
+    return "Scenario to run: " + ", ".join(SCENARIOS) + ", or 'all' (one run each)."
+
+
+def _preset_help() -> str:
+    from ..stress.config import PRESETS
+
+    parts = [
+        f"{name} ({p['duration']:g}s, {p['max_concurrent']} in flight, {p['tasks_per_instance']} tasks, "
+        f"{p['orchestration_concurrency']}:{p['worker_concurrency']})"
+        for name, p in PRESETS.items()
+    ]
+    return (
+        "Start from a named configuration of the seeds: "
+        + "; ".join(parts)
+        + ". Explicit options override it."
+    )
+
+
+@app.command("stress")
+def stress(
+    provider: ProviderChoice = typer.Option(
+        None,
+        "--provider",
+        help="Storage: sqlite (a temporary WAL file, the default), sqlite-memory, or postgres.",
+        case_sensitive=False,
+        show_default=False,
+    ),
+    database_url: str = typer.Option(
+        None,
+        "--database-url",
+        help="PostgreSQL URL (default: env DATABASE_URL). With --provider sqlite: a database file to use "
+        "instead of a temporary one.",
+        show_default=False,
+    ),
+    scenario: str = typer.Option("fanout", "--scenario", help=_scenario_help()),
+    duration: float = typer.Option(
+        None, "--duration", help="Seconds of load per run (default: 10).", min=0.1
+    ),
+    max_concurrent: int = typer.Option(
+        None, "--max-concurrent", help="Instances in flight (default: 20).", min=1
+    ),
+    tasks: int = typer.Option(
+        None, "--tasks", help="Tasks per instance (fan-out degree) (default: 5).", min=1
+    ),
+    activity_delay_ms: int = typer.Option(
+        None, "--activity-delay-ms", help="How long each activity sleeps (default: 10).", min=0
+    ),
+    orch_concurrency: int = typer.Option(
+        None, "--orch-concurrency", help="Orchestration dispatcher concurrency (default: 2).", min=1
+    ),
+    worker_concurrency: int = typer.Option(
+        None, "--worker-concurrency", help="Activity dispatcher concurrency (default: 2).", min=1
+    ),
+    wait_timeout: float = typer.Option(
+        None, "--wait-timeout", help="Seconds one instance may take (default: 60).", min=0.1
+    ),
+    preset: str = typer.Option(None, "--preset", help=_preset_help(), show_default=False),
+    suite: bool = typer.Option(False, "--suite", help="Run the 1:1, 2:2 and 4:4 concurrency matrix."),
+    json_path: Path = typer.Option(
+        None,
+        "--json",
+        help="Write every run's result, config, versions, provider and masked URL as JSON.",
+        dir_okay=False,
+        show_default=False,
+    ),
+    track: bool = typer.Option(
+        False, "--track", help="Append a dated entry to stress-test-results-<db-host>.md in --results-dir."
+    ),
+    track_cloud: bool = typer.Option(
+        False, "--track-cloud", help="Like --track, tagged as a cloud environment."
+    ),
+    results_dir: Path = typer.Option(
+        Path("."), "--results-dir", help="Where tracked results and crash reports go.", file_okay=False
+    ),
+    fail_fast: bool = typer.Option(
+        False, "--fail-fast", help="Stop at the first unexpected error and write stress_crash_<datetime>.log."
+    ),
+    dashboard: bool = typer.Option(
+        None,
+        "--dashboard/--no-dashboard",
+        help="Live dashboard (default: when stdout is a terminal).",
+        show_default=False,
+    ),
+    pool_max: int = typer.Option(
+        None,
+        "--pool-max",
+        envvar="DUROXIDE_PG_POOL_MAX",
+        help="PostgreSQL pool size per provider.",
+        min=1,
+        show_default=False,
+    ),
+    backend: BackendChoice = typer.Option(BackendChoice.trio, "--backend", help="anyio backend to run on."),
+) -> None:
+    """Run the stress harness and print the comparison table (exit code 1 unless every run reached 100 %)."""
+    from ..stress.config import PRESETS, SUITE_CONCURRENCY, StressConfig
+    from ..stress.scenarios import SCENARIOS
+
+    # -- provider ---------------------------------------------------------------------------------------
+    explicit_url = database_url
+    if provider is None:
+        looks_pg = bool(explicit_url) and explicit_url.lower().startswith(("postgres://", "postgresql://"))
+        provider = ProviderChoice.postgres if looks_pg else ProviderChoice.sqlite
+    kind = provider.value
+    url: str | None
+    if kind == "postgres":
+        url = resolve_database_url(explicit_url)
+        if not url:
+            raise typer.BadParameter(
+                "--provider postgres needs --database-url or the DATABASE_URL environment variable",
+                param_hint="--database-url",
+            )
+        try:
+            from ..providers.postgres import PostgresFactory
+        except ImportError as exc:
+            raise typer.BadParameter(
+                f"the PostgreSQL provider is not available: {exc}", param_hint="--provider"
+            ) from exc
+        factory: Any = PostgresFactory(url, schema=None, pool_max=pool_max)
+    elif kind == "sqlite-memory":
+        from ..providers.sqlite import SqliteFactory
+
+        url = None
+        factory = SqliteFactory(":memory:")
+    else:
+        from ..providers.sqlite import SqliteFactory
+
+        path = _sqlite_path(explicit_url)
+        url = path
+        factory = SqliteFactory(path)
+    shown_url = mask_url(url) if kind == "postgres" else (url or "temporary file")
+
+    # -- configs ----------------------------------------------------------------------------------------
+    if preset is not None and preset not in PRESETS:
+        raise typer.BadParameter(
+            f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}", param_hint="--preset"
+        )
+    if scenario != "all" and scenario not in SCENARIOS:
+        raise typer.BadParameter(
+            f"unknown scenario {scenario!r}; choose one of: {', '.join(SCENARIOS)}, all",
+            param_hint="--scenario",
+        )
+    base: dict[str, Any] = dict(PRESETS[preset]) if preset else {}
+    overrides = {
+        "duration": duration,
+        "max_concurrent": max_concurrent,
+        "tasks_per_instance": tasks,
+        "activity_delay_ms": activity_delay_ms,
+        "orchestration_concurrency": orch_concurrency,
+        "worker_concurrency": worker_concurrency,
+        "wait_timeout": wait_timeout,
+    }
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    scenarios = list(SCENARIOS) if scenario == "all" else [scenario]
+    configs: list[StressConfig] = []
+    for name in scenarios:
+        if suite:
+            for orch, worker in SUITE_CONCURRENCY:
+                configs.append(
+                    StressConfig(
+                        **(base | {"orchestration_concurrency": orch, "worker_concurrency": worker}),
+                        scenario=name,
+                    )
+                )
+        else:
+            configs.append(StressConfig(**base, scenario=name))
+
+    # -- run --------------------------------------------------------------------------------------------
+    use_dashboard = dashboard if dashboard is not None else sys.stdout.isatty()
+    out = Console(highlight=False, force_terminal=True if use_dashboard else None)
+    if not out.is_terminal:
+        out = Console(highlight=False, width=200)  # a pipe or a file: never truncate the table
+    err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 200)
+    out.print(
+        f"[bold]duroxide-trio stress[/]: provider [cyan]{kind}[/] ({shown_url}), backend {backend.value}, "
+        f"{len(configs)} run{'s' if len(configs) != 1 else ''}"
+    )
+    outcome = _run_all(
+        factory, configs, kind=kind, shown_url=shown_url, url=url, backend=backend.value, fail_fast=fail_fast,
+        use_dashboard=use_dashboard, out=out, err=err, results_dir=results_dir,
+    )  # fmt: skip
+    results, aborted = outcome
+
+    # -- report -----------------------------------------------------------------------------------------
+    from ..stress import report
+
+    if results:
+        out.print()
+        out.print(report.comparison_table(results, title=f"Stress test results ({kind}, {backend.value})"))
+    if json_path is not None:
+        report.write_json(
+            json_path, results, provider=kind, database_url=url if kind == "postgres" else None,
+            extra={"backend": backend.value, "aborted": aborted},
+        )  # fmt: skip
+        out.print(f"JSON written to {json_path}")
+    if (track or track_cloud) and results:
+        tracked, warnings = report.append_tracking(
+            results_dir,
+            results,
+            provider=kind,
+            database_url=url if kind == "postgres" else None,
+            cloud=track_cloud,
+        )
+        out.print(f"Results appended to {tracked}")
+        for w in warnings:
+            out.print(f"[bold yellow]WARNING[/] regression: {w}")
+    passed = bool(results) and aborted is None and all(r.passed for r in results)
+    if passed:
+        out.print(
+            f"[bold green]PASS[/]: every run reached 100 % ({sum(r.completed for r in results)} instances)"
+        )
+    else:
+        bad = [r for r in results if not r.passed]
+        detail = aborted or ", ".join(
+            f"{r.scenario} {r.config.concurrency_label} {r.success_rate:.2f}%" for r in bad
+        )
+        out.print(f"[bold red]FAIL[/]: {detail or 'no run completed'}")
+        raise typer.Exit(1)
+
+
+def _sqlite_path(url: str | None) -> str | None:
+    if not url:
+        return None
+    if url.startswith("sqlite:///"):
+        return url[len("sqlite:///") - 1 :] if url.startswith("sqlite:////") else url[len("sqlite:///") :]
+    if url.startswith("sqlite://"):
+        return url[len("sqlite://") :]
+    if url.startswith("sqlite:"):
+        return url[len("sqlite:") :]
+    if "://" in url:
+        raise typer.BadParameter(
+            f"--provider sqlite takes a file path or sqlite:///path, not {mask_url(url)}",
+            param_hint="--database-url",
+        )
+    return url
+
+
+def _run_all(
+    factory: Any,
+    configs: list[Any],
+    *,
+    kind: str,
+    shown_url: str,
+    url: str | None,
+    backend: str,
+    fail_fast: bool,
+    use_dashboard: bool,
+    out: Console,
+    err: Console,
+    results_dir: Path,
+) -> tuple[list[Any], str | None]:
+    import anyio
+
+    from ..stress import report
+    from ..stress.dashboard import Dashboard, PlainProgress, summary_panel
+    from ..stress.runner import StressAborted, describe_error, run
+
+    results: list[Any] = []
+    aborted: list[str] = []
+
+    async def main() -> None:
+        for i, config in enumerate(configs, 1):
+            label = f"run {i}/{len(configs)}: {config.scenario} {config.concurrency_label}"
+            try:
+                if use_dashboard:
+                    with Dashboard(out, provider=kind, url=shown_url, config=config, run_label=label) as dash:
+                        result = await run(factory, config, on_progress=dash.update, fail_fast=fail_fast)
+                    dash.finish(result)
+                else:
+                    err.print(f"{label}: {config.describe()}")
+                    progress = PlainProgress(sys.stderr, interval=2.0, label=label)
+                    result = await run(factory, config, on_progress=progress.update, fail_fast=fail_fast)
+                    err.print(
+                        f"{label}: {'PASS' if result.passed else 'FAIL'} completed {result.completed}/"
+                        f"{result.launched}, {result.orch_throughput:.1f} orch/s, p50 "
+                        f"{result.latency_ms.p50:.1f} ms"
+                    )
+                results.append(result)
+            except StressAborted as exc:
+                crash = report.write_crash_report(
+                    results_dir, error=exc.error, traceback_text=exc.traceback, provider=kind,
+                    database_url=url if kind == "postgres" else None, config=config, errors=exc.errors,
+                    result=exc.result,
+                )  # fmt: skip
+                message = f"{describe_error(exc.error)} (crash report: {crash})"
+                results.append(exc.result)
+                aborted.append(message)
+                out.print(summary_panel(exc.result, kind, shown_url, aborted=message))
+                return
+            except Exception as exc:  # noqa: BLE001 - e.g. the provider cannot be opened: report it masked
+                message = report.mask_text(describe_error(exc), url)
+                if fail_fast:
+                    crash = report.write_crash_report(
+                        results_dir, error=exc, traceback_text="".join(traceback.format_exception(exc)),
+                        provider=kind, database_url=url if kind == "postgres" else None, config=config, errors=[],
+                    )  # fmt: skip
+                    message += f" (crash report: {crash})"
+                err.print(f"[bold red]error[/] in {label}: {message}")
+                aborted.append(message)
+                return
+
+    anyio.run(main, backend=backend)
+    return results, (aborted[0] if aborted else None)

@@ -1,0 +1,163 @@
+"""``StressResult`` and the numbers it is made of."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+
+from .config import StressConfig
+
+__all__ = ["FailureRecord", "LatencyStats", "StressResult", "TimelinePoint", "latency_stats", "percentile"]
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0..100) of already sorted values, linearly interpolated; 0.0 when empty."""
+    if not sorted_values:
+        return 0.0
+    if len(sorted_values) == 1:
+        return float(sorted_values[0])
+    rank = (len(sorted_values) - 1) * min(max(q, 0.0), 100.0) / 100.0
+    low = math.floor(rank)
+    high = min(low + 1, len(sorted_values) - 1)
+    return float(sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (rank - low))
+
+
+@attrs.frozen
+class LatencyStats:
+    """Per-instance latency in milliseconds, from the start request to the observed completion.
+    Readable as attributes (``.p50``) or as a mapping (``["p50"]``)."""
+
+    mean: float = 0.0
+    p50: float = 0.0
+    p95: float = 0.0
+    p99: float = 0.0
+    max: float = 0.0
+    count: int = 0
+
+    def __getitem__(self, key: str) -> float:
+        if key not in ("mean", "p50", "p95", "p99", "max", "count"):
+            raise KeyError(key)
+        return float(getattr(self, key))
+
+    def as_dict(self) -> dict[str, float]:
+        return {k: round(float(getattr(self, k)), 3) for k in ("mean", "p50", "p95", "p99", "max")} | {
+            "count": self.count
+        }
+
+
+def latency_stats(latencies_ms: Sequence[float]) -> LatencyStats:
+    if not latencies_ms:
+        return LatencyStats()
+    values = sorted(latencies_ms)
+    return LatencyStats(
+        mean=sum(values) / len(values),
+        p50=percentile(values, 50),
+        p95=percentile(values, 95),
+        p99=percentile(values, 99),
+        max=float(values[-1]),
+        count=len(values),
+    )
+
+
+@attrs.frozen
+class FailureRecord:
+    """One instance that did not complete correctly.
+
+    ``kind``: ``infrastructure`` / ``configuration`` / ``application`` (the instance ended Failed with that
+    error category; poison counts as infrastructure), ``timeout``, ``start_error``, ``wrong_output``,
+    ``driver_error`` (the harness could not deliver the scenario's events) or ``aborted`` (fail-fast)."""
+
+    instance_id: str
+    kind: str
+    message: str
+    at_s: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+
+@attrs.frozen
+class TimelinePoint:
+    """One second of the run (``second`` counts from the start of the load phase)."""
+
+    second: int
+    completed: int
+    failed: int
+    launched: int
+    in_flight: int
+    activities: int
+    p50_ms: float
+    max_ms: float
+    rss_mb: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+
+@attrs.frozen
+class StressResult:
+    """What one stress run measured.
+
+    - ``success_rate`` = completed / launched × 100.
+    - ``orch_throughput`` = instances completed during the load phase per second of the load phase;
+      ``activity_throughput`` likewise for activities executed by the runtime. ``overall_throughput`` =
+      every completion divided by the whole run (load + drain), the figure duroxide's harness printed.
+    - ``latency_ms``: true per-instance latencies (not the inverse of the throughput).
+    - ``peak_rss_mb`` / ``cpu_percent``: this process (100 % = one core busy), sampled during the run.
+    - ``duration_s`` = load + drain; ``timeline``: one point per second for plots.
+    - ``failures``: the failed instances (capped; ``failed`` is the full count).
+    """
+
+    scenario: str
+    provider: str
+    config: StressConfig
+    launched: int
+    completed: int
+    failed: int
+    failed_infrastructure: int
+    failed_configuration: int
+    failed_application: int
+    failed_other: int
+    success_rate: float
+    orch_throughput: float
+    activity_throughput: float
+    overall_throughput: float
+    latency_ms: LatencyStats
+    peak_rss_mb: float
+    cpu_percent: float
+    duration_s: float
+    load_duration_s: float
+    drain_duration_s: float
+    activities_completed: int
+    orchestration_turns: int
+    expected_errors: int
+    unexpected_errors: int
+    backend: str
+    started_at: str
+    timeline: list[TimelinePoint] = attrs.field(factory=list)
+    failures: list[FailureRecord] = attrs.field(factory=list)
+
+    @property
+    def passed(self) -> bool:
+        """Every launched instance completed with the right output."""
+        return self.launched > 0 and self.completed == self.launched and self.failed == 0
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready (``json.dumps(result.as_dict())``)."""
+        out: dict[str, Any] = {}
+        for field in attrs.fields(StressResult):
+            value = getattr(self, field.name)
+            if field.name == "config":
+                value = self.config.as_dict()
+            elif field.name == "latency_ms":
+                value = self.latency_ms.as_dict()
+            elif field.name in ("timeline", "failures"):
+                value = [v.as_dict() for v in value]
+            elif isinstance(value, float):
+                value = round(value, 3)
+            out[field.name] = value
+        out["passed"] = self.passed
+        return out

@@ -1,0 +1,558 @@
+"""The stress runner: a pump keeps ``max_concurrent`` instances in flight against one runtime.
+
+Everything runs in task groups owned by :func:`run`: the runtime (``open_runtime``), a sampler (resource
+use, the per-second time series, progress callbacks) and the instance tasks. Each instance task is
+``start_orchestration`` + ``wait_for_orchestration`` (plus the scenario's driver, if any); its latency runs
+from the start request to the observed completion.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import resource
+import sys
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import attrs
+
+from ..providers.base import Provider, ProviderFactory
+from ..registry import Registry
+from ..runtime.options import RuntimeOptions
+from ..runtime.runtime import RecentError, Runtime, open_runtime
+from .config import StressConfig
+from .result import FailureRecord, StressResult, TimelinePoint, latency_stats, percentile
+from .scenarios import Launch, get_scenario
+
+__all__ = ["ErrorEntry", "StressAborted", "StressMonitor", "run", "run_suite", "runtime_options"]
+
+ProgressCallback = Callable[["StressMonitor"], None]
+
+#: How many failures a result lists (the counts are always complete).
+MAX_LISTED_FAILURES = 200
+#: The straggler bound after the load phase, on top of ``wait_timeout``.
+DRAIN_SLACK = 5.0
+
+
+def runtime_options(config: StressConfig) -> RuntimeOptions:
+    """The runtime options of a stress run. Dispatchers are woken in-process whenever work is committed
+    and at timer deadlines; the 100 ms poll (duroxide's stress value) is only the fallback."""
+    return RuntimeOptions(
+        orchestration_concurrency=config.orchestration_concurrency,
+        worker_concurrency=config.worker_concurrency,
+        poll_interval=0.1,
+        shutdown_grace=2.0,
+    )
+
+
+@attrs.define
+class ErrorEntry:
+    """An error shown on the dashboard: from the runtime (``role`` = the dispatcher) or the launcher."""
+
+    at: float
+    role: str
+    message: str
+    expected: bool
+
+
+class StressAborted(Exception):
+    """``fail_fast`` stopped the run at the first unexpected error.
+
+    ``error`` is that error (an exception or a message), ``traceback`` its formatted traceback,
+    ``result`` what was measured until then, ``errors`` every error seen so far."""
+
+    def __init__(
+        self, error: BaseException | str, traceback_text: str, result: StressResult, errors: list[ErrorEntry]
+    ) -> None:
+        self.error = error
+        self.traceback = traceback_text
+        self.result = result
+        self.errors = errors
+        super().__init__(f"stopped at the first unexpected error: {describe_error(error)}")
+
+
+def describe_error(error: BaseException | str) -> str:
+    return error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+
+
+def _backend() -> str:
+    try:
+        import sniffio
+
+        return sniffio.current_async_library()
+    except Exception:  # noqa: BLE001 - only for display
+        return "unknown"
+
+
+def _rss_mb() -> float:
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            pages = int(f.read().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / (1024 * 1024)
+    except (OSError, ValueError, IndexError, AttributeError):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+class _Second:
+    __slots__ = ("completed", "failed", "launched", "latencies", "in_flight", "activities", "rss")
+
+    def __init__(self) -> None:
+        self.completed = 0
+        self.failed = 0
+        self.launched = 0
+        self.latencies: list[float] = []
+        self.in_flight = 0
+        self.activities = 0
+        self.rss = 0.0
+
+
+class StressMonitor:
+    """The live state of one run, for a dashboard or a progress line (read it on the event loop thread,
+    e.g. from the ``on_progress`` callback of :func:`run`)."""
+
+    def __init__(self, config: StressConfig, provider: str, backend: str) -> None:
+        self.config = config
+        self.provider = provider
+        self.backend = backend
+        self.phase = "starting"  # starting | load | draining | done | aborted
+        self.runtime: Runtime | None = None
+        self.started_at = datetime.now(UTC)
+        self.load_start: float | None = None
+        self.load_end: float | None = None
+        self.finished_at: float | None = None
+        self.launched = 0
+        self.completed = 0
+        self.failed = 0
+        self.in_flight = 0
+        self.latencies_ms: list[float] = []
+        self.failure_counts: collections.Counter[str] = collections.Counter()
+        self.failures: list[FailureRecord] = []
+        self.errors: collections.deque[ErrorEntry] = collections.deque(maxlen=100)
+        self.expected_errors = 0
+        self.unexpected_errors = 0
+        self.peak_rss_mb = _rss_mb()
+        self.rss_mb = self.peak_rss_mb
+        self.cpu_percent = 0.0
+        self.completed_in_load = 0
+        self.activities_at_load_start = 0
+        self.activities_at_load_end: int | None = None
+        self.fatal: BaseException | str | None = None
+        self.fatal_traceback = ""
+        self._seconds: dict[int, _Second] = collections.defaultdict(_Second)
+        self._fail_fast = False
+        self._scope: anyio.CancelScope | None = None
+        self._cpu_start = (time.process_time(), time.monotonic())
+
+    # -- readings ---------------------------------------------------------------------------------------
+    @property
+    def elapsed(self) -> float:
+        """Seconds since the load phase began (0 before it)."""
+        if self.load_start is None:
+            return 0.0
+        end = self.finished_at if self.finished_at is not None else time.monotonic()
+        return end - self.load_start
+
+    @property
+    def activities_completed(self) -> int:
+        return self.runtime.stats.activities_completed if self.runtime is not None else 0
+
+    def throughput(self) -> float:
+        """Completions per second so far (of the load phase once it is over)."""
+        if self.load_start is None:
+            return 0.0
+        if self.load_end is not None:
+            return self.completed_in_load / max(self.load_end - self.load_start, 1e-9)
+        return self.completed / max(self.elapsed, 1e-9)
+
+    def activity_throughput(self) -> float:
+        if self.load_start is None:
+            return 0.0
+        if self.load_end is not None and self.activities_at_load_end is not None:
+            done = self.activities_at_load_end - self.activities_at_load_start
+            return done / max(self.load_end - self.load_start, 1e-9)
+        return (self.activities_completed - self.activities_at_load_start) / max(self.elapsed, 1e-9)
+
+    def latency_percentiles(self) -> dict[str, float]:
+        values = sorted(self.latencies_ms)
+        return {
+            "p50": percentile(values, 50),
+            "p95": percentile(values, 95),
+            "p99": percentile(values, 99),
+            "max": values[-1] if values else 0.0,
+        }
+
+    # -- recording --------------------------------------------------------------------------------------
+    def _second(self, now: float) -> _Second:
+        return self._seconds[int(max(now - (self.load_start or now), 0.0))]
+
+    def _record_completion(self, latency_ms: float, now: float) -> None:
+        self.completed += 1
+        if self.load_end is None:
+            self.completed_in_load += 1
+        self.latencies_ms.append(latency_ms)
+        sec = self._second(now)
+        sec.completed += 1
+        sec.latencies.append(latency_ms)
+
+    def _record_failure(self, instance_id: str, kind: str, message: str, now: float) -> None:
+        self.failed += 1
+        self.failure_counts[kind] += 1
+        self._second(now).failed += 1
+        if len(self.failures) < MAX_LISTED_FAILURES:
+            self.failures.append(
+                FailureRecord(instance_id, kind, message, round(now - (self.load_start or now), 3))
+            )
+        self.unexpected_errors += 1
+        self.errors.append(ErrorEntry(time.time(), "launcher", f"{instance_id}: {kind}: {message}", False))
+        if self._fail_fast:
+            self._abort(f"instance {instance_id} {kind}: {message}")
+
+    def _on_runtime_error(self, err: RecentError, exc: BaseException | str) -> None:
+        if err.expected:
+            self.expected_errors += 1
+        else:
+            self.unexpected_errors += 1
+        self.errors.append(ErrorEntry(err.at, err.role, err.message, err.expected))
+        if self._fail_fast and not err.expected:
+            self._abort(exc)
+
+    def _abort(self, error: BaseException | str) -> None:
+        if self.fatal is not None:
+            return
+        self.fatal = error
+        if isinstance(error, BaseException):
+            self.fatal_traceback = "".join(
+                traceback.format_exception(type(error), error, error.__traceback__)
+            )
+        else:
+            self.fatal_traceback = "".join(traceback.format_stack(limit=12))
+        self.phase = "aborted"
+        if self._scope is not None:
+            self._scope.cancel()
+
+    def _sample(self) -> None:
+        now = time.monotonic()
+        self.rss_mb = _rss_mb()
+        self.peak_rss_mb = max(self.peak_rss_mb, self.rss_mb)
+        cpu0, wall0 = self._cpu_start
+        self.cpu_percent = (time.process_time() - cpu0) / max(now - wall0, 1e-9) * 100.0
+        if self.load_start is not None:
+            sec = self._second(now)
+            sec.in_flight = max(sec.in_flight, self.in_flight)
+            sec.activities = self.activities_completed
+            sec.rss = max(sec.rss, self.rss_mb)
+
+    # -- the result -------------------------------------------------------------------------------------
+    def result(self, scenario: str) -> StressResult:
+        self._sample()
+        load_start = self.load_start if self.load_start is not None else time.monotonic()
+        load_end = self.load_end if self.load_end is not None else time.monotonic()
+        finished = self.finished_at if self.finished_at is not None else time.monotonic()
+        load_s = max(load_end - load_start, 1e-9)
+        total_s = max(finished - load_start, 1e-9)
+        counts = self.failure_counts
+        activities_end = (
+            self.activities_at_load_end
+            if self.activities_at_load_end is not None
+            else (self.activities_completed)
+        )
+        timeline: list[TimelinePoint] = []
+        previous_activities = self.activities_at_load_start
+        last = max(self._seconds) if self._seconds else -1
+        for s in range(last + 1):
+            sec = self._seconds.get(s) or _Second()
+            lat = sorted(sec.latencies)
+            activities = sec.activities or previous_activities
+            timeline.append(
+                TimelinePoint(
+                    second=s,
+                    completed=sec.completed,
+                    failed=sec.failed,
+                    launched=sec.launched,
+                    in_flight=sec.in_flight,
+                    activities=max(activities - previous_activities, 0),
+                    p50_ms=round(percentile(lat, 50), 3),
+                    max_ms=round(lat[-1], 3) if lat else 0.0,
+                    rss_mb=round(sec.rss, 2),
+                )
+            )
+            previous_activities = max(activities, previous_activities)
+        stats = self.runtime.stats if self.runtime is not None else None
+        return StressResult(
+            scenario=scenario,
+            provider=self.provider,
+            config=self.config,
+            launched=self.launched,
+            completed=self.completed,
+            failed=self.failed,
+            failed_infrastructure=counts["infrastructure"],
+            failed_configuration=counts["configuration"],
+            failed_application=counts["application"],
+            failed_other=self.failed
+            - counts["infrastructure"]
+            - counts["configuration"]
+            - counts["application"],
+            success_rate=(self.completed / self.launched * 100.0) if self.launched else 0.0,
+            orch_throughput=self.completed_in_load / load_s,
+            activity_throughput=max(activities_end - self.activities_at_load_start, 0) / load_s,
+            overall_throughput=self.completed / total_s,
+            latency_ms=latency_stats(self.latencies_ms),
+            peak_rss_mb=self.peak_rss_mb,
+            cpu_percent=self.cpu_percent,
+            duration_s=total_s,
+            load_duration_s=load_s,
+            drain_duration_s=max(finished - load_end, 0.0),
+            activities_completed=stats.activities_completed if stats else 0,
+            orchestration_turns=stats.orchestration_turns if stats else 0,
+            expected_errors=self.expected_errors,
+            unexpected_errors=self.unexpected_errors,
+            backend=self.backend,
+            started_at=self.started_at.isoformat(timespec="seconds"),
+            timeline=timeline,
+            failures=list(self.failures),
+        )
+
+
+_FAILED_CATEGORY = {"poison": "infrastructure", "infrastructure": "infrastructure",
+                    "configuration": "configuration", "application": "application"}  # fmt: skip
+
+
+async def run(
+    factory: ProviderFactory,
+    config: StressConfig,
+    *,
+    on_progress: ProgressCallback | None = None,
+    registry: Registry | None = None,
+    fail_fast: bool = False,
+    progress_interval: float = 0.2,
+) -> StressResult:
+    """Run one stress test: a fresh provider from ``factory``, a runtime with the config's concurrency,
+    ``max_concurrent`` instances of ``config.scenario`` in flight for ``config.duration`` seconds, then the
+    stragglers (each instance gets ``config.wait_timeout`` seconds).
+
+    - ``on_progress(monitor)`` is called every ``progress_interval`` seconds and once at the end with the
+      live :class:`StressMonitor`.
+    - ``registry``: register the scenario into this registry; names it already has are kept (so a test can
+      plant a deliberately wrong activity and see the failures counted).
+    - ``fail_fast``: stop at the first unexpected error (a runtime error that is not retried lock
+      contention, or an instance that fails) and raise :class:`StressAborted`.
+    """
+    scenario = get_scenario(config.scenario)
+    reg = registry if registry is not None else Registry()
+    scenario.register(reg, config)
+    monitor = StressMonitor(config, getattr(factory, "description", None) or "provider", _backend())
+    monitor._fail_fast = fail_fast
+    provider = await factory.create_provider()
+    monitor.provider = getattr(factory, "description", None) or provider.name
+    try:
+        async with open_runtime(provider, reg, runtime_options(config)) as runtime:
+            monitor.runtime = runtime
+            runtime.stats.error_listeners.append(monitor._on_runtime_error)
+            try:
+                with anyio.CancelScope() as scope:
+                    monitor._scope = scope
+                    await _load_and_drain(
+                        runtime, scenario.plan, config, monitor, on_progress, progress_interval
+                    )
+            finally:
+                runtime.stats.error_listeners.remove(monitor._on_runtime_error)
+                if monitor.finished_at is None:
+                    monitor.finished_at = time.monotonic()
+    finally:
+        with anyio.CancelScope(shield=True):
+            await _dispose(factory, provider)
+    result = monitor.result(config.scenario)
+    if on_progress is not None:
+        on_progress(monitor)
+    if monitor.fatal is not None:
+        raise StressAborted(monitor.fatal, monitor.fatal_traceback, result, list(monitor.errors))
+    return result
+
+
+async def run_suite(
+    factory: ProviderFactory,
+    configs: Sequence[StressConfig],
+    *,
+    on_progress: ProgressCallback | None = None,
+    fail_fast: bool = False,
+) -> list[StressResult]:
+    """Run each config in turn, each on a fresh provider; returns the results in order."""
+    results = []
+    for config in configs:
+        results.append(await run(factory, config, on_progress=on_progress, fail_fast=fail_fast))
+    return results
+
+
+async def _dispose(factory: ProviderFactory, provider: Provider) -> None:
+    cleanup = getattr(factory, "cleanup", None)
+    if cleanup is not None:
+        await cleanup(provider)
+    try:
+        await provider.close()
+    except Exception:  # noqa: BLE001 - the factory's cleanup may have closed it already
+        pass
+
+
+async def _load_and_drain(
+    runtime: Runtime,
+    plan: Callable[[int, StressConfig], Launch],
+    config: StressConfig,
+    monitor: StressMonitor,
+    on_progress: ProgressCallback | None,
+    progress_interval: float,
+) -> None:
+    client = runtime.client
+    run_id = uuid.uuid4().hex[:8]
+    slots = anyio.Semaphore(config.max_concurrent)
+    all_done = anyio.Event()
+    draining_cut = False
+
+    async def instance(seq: int) -> None:
+        instance_id = f"stress-{run_id}-{seq}"
+        launch = plan(seq, config)
+        started = time.monotonic()
+        monitor.launched += 1
+        monitor.in_flight += 1
+        monitor._second(started).launched += 1
+        try:
+            await _one_instance(client, instance_id, launch, started, config, monitor)
+        except anyio.get_cancelled_exc_class():
+            if draining_cut:
+                monitor._record_failure(
+                    instance_id,
+                    "timeout",
+                    f"still running {time.monotonic() - started:.1f}s after its start "
+                    "when the straggler bound passed",
+                    time.monotonic(),
+                )
+            raise
+        finally:
+            monitor.in_flight -= 1
+            slots.release()
+            if monitor.in_flight == 0 and monitor.load_end is not None:
+                all_done.set()
+
+    async def sampler() -> None:
+        last_progress = 0.0
+        while True:
+            monitor._sample()
+            now = time.monotonic()
+            if on_progress is not None and now - last_progress >= progress_interval:
+                last_progress = now
+                on_progress(monitor)
+            await anyio.sleep(min(progress_interval, 0.25))
+
+    async with anyio.create_task_group() as background:
+        background.start_soon(sampler)
+        monitor.load_start = time.monotonic()
+        monitor.activities_at_load_start = runtime.stats.activities_completed
+        monitor._cpu_start = (time.process_time(), monitor.load_start)
+        monitor.phase = "load"
+        load_end = monitor.load_start + config.duration
+        async with anyio.create_task_group() as instances:
+            seq = 0
+            while True:
+                remaining = load_end - time.monotonic()
+                if remaining <= 0:
+                    break
+                acquired = False
+                with anyio.move_on_after(remaining):
+                    await slots.acquire()
+                    acquired = True
+                if not acquired:
+                    break
+                if time.monotonic() >= load_end:
+                    slots.release()
+                    break
+                instances.start_soon(instance, seq)
+                seq += 1
+                await anyio.lowlevel.checkpoint()  # let the instance issue its start before the next one
+            monitor.load_end = time.monotonic()
+            monitor.activities_at_load_end = runtime.stats.activities_completed
+            monitor.phase = "draining"
+            if monitor.in_flight == 0:
+                all_done.set()
+            with anyio.move_on_after(config.wait_timeout + DRAIN_SLACK):
+                await all_done.wait()
+            if not all_done.is_set():
+                draining_cut = True
+                instances.cancel_scope.cancel()
+        monitor.finished_at = time.monotonic()
+        monitor.phase = "done"
+        background.cancel_scope.cancel()
+
+
+async def _one_instance(
+    client: Any,
+    instance_id: str,
+    launch: Launch,
+    started: float,
+    config: StressConfig,
+    monitor: StressMonitor,
+) -> None:
+    try:
+        await client.start_orchestration(instance_id, launch.orchestration, launch.input)
+    except Exception as exc:  # noqa: BLE001 - every start error is a counted failure
+        monitor._record_failure(instance_id, "start_error", describe_error(exc), time.monotonic())
+        return
+
+    driver_error: list[BaseException] = []
+    state: Any = None
+    timed_out: TimeoutError | None = None
+    async with anyio.create_task_group() as tg:
+        if launch.drive is not None:
+            drive = launch.drive
+
+            async def run_driver() -> None:
+                try:
+                    await drive(client, instance_id)
+                except Exception as exc:  # noqa: BLE001 - reported as the instance's failure
+                    driver_error.append(exc)
+                    tg.cancel_scope.cancel()
+
+            tg.start_soon(run_driver)
+        try:
+            remaining = max(config.wait_timeout - (time.monotonic() - started), 0.0)
+            state = await client.wait_for_orchestration(instance_id, timeout=remaining)
+        except TimeoutError as exc:
+            timed_out = exc
+        except Exception as exc:  # noqa: BLE001 - e.g. a provider error while polling
+            monitor._record_failure(instance_id, "wait_error", describe_error(exc), time.monotonic())
+            tg.cancel_scope.cancel()
+            return
+        tg.cancel_scope.cancel()
+
+    now = time.monotonic()
+    if driver_error:
+        monitor._record_failure(instance_id, "driver_error", describe_error(driver_error[0]), now)
+        return
+    if timed_out is not None or state is None:
+        monitor._record_failure(
+            instance_id,
+            "timeout",
+            f"not finished {config.wait_timeout:g}s after its start ({timed_out})",
+            now,
+        )
+        return
+    if state.status.value == "Failed":
+        details = state.error
+        category = _FAILED_CATEGORY.get(details.category if details else "", "application")
+        message = f"{details.category}/{details.kind}: {details.message}" if details else "failed"
+        monitor._record_failure(instance_id, category, message, now)
+        return
+    try:
+        reason = launch.check(state.output, state)
+    except Exception as exc:  # noqa: BLE001 - a check that cannot even read the output
+        reason = f"wrong output: {describe_error(exc)}"
+    if reason is not None:
+        monitor._record_failure(instance_id, "wrong_output", reason, now)
+        return
+    monitor._record_completion((now - started) * 1000.0, now)
