@@ -23,7 +23,9 @@ def _count(instance: object, attribute: attrs.Attribute, value: int) -> None:  #
 class RuntimeOptions:
     """How a runtime behaves. Defaults follow duroxide's, in seconds.
 
-    - ``orchestration_concurrency``: orchestration dispatchers (each runs one turn at a time).
+    - ``orchestration_concurrency``: orchestration dispatchers (fetch loops). Each fetched batch is
+      replayed and committed as its own task, up to ``orchestration_slots`` turns in flight per runtime
+      (a turn's commit overlaps the next fetch; one instance is never in two turns at once — it is locked).
     - ``worker_concurrency``: activity dispatchers (fetch loops). Each fetched activity runs as its own
       task, up to ``activity_slots`` at once per runtime (async activities are cheap; sync ones use
       threads). ``activity_slots=worker_concurrency`` gives duroxide's one-activity-per-worker semantics.
@@ -40,6 +42,7 @@ class RuntimeOptions:
     """
 
     orchestration_concurrency: int = attrs.field(default=2, validator=_count)
+    orchestration_slots: int = attrs.field(default=16, validator=_count)
     worker_concurrency: int = attrs.field(default=2, validator=_count)
     activity_slots: int = attrs.field(default=100, validator=_count)
     orchestrator_lock_timeout: float = attrs.field(default=5.0, validator=_positive)

@@ -7,6 +7,7 @@ import logging
 from typing import TYPE_CHECKING
 
 import anyio
+import anyio.abc
 import attrs
 
 from ..history import ErrorDetails, Event, OrchestrationFailed
@@ -26,31 +27,49 @@ def error_to_output(details: ErrorDetails) -> str:
     return json.dumps(attrs.asdict(details), separators=(",", ":"))
 
 
-async def orchestration_worker(runtime: Runtime, index: int) -> None:
+async def orchestration_worker(
+    runtime: Runtime, index: int, slots: anyio.Semaphore, task_group: anyio.abc.TaskGroup
+) -> None:
+    """Fetch locked batches while a turn slot is free; each turn runs as its own task, so a turn's commit
+    overlaps the next fetch (the engine itself is synchronous and fast)."""
     provider = runtime.provider
     notifier = provider.notifier
     options = runtime.options
     failures = 0
     while not runtime.stopping:
-        generation = notifier.generation("orchestrator")
+        await slots.acquire()
+        started = False
         try:
-            item = await provider.fetch_orchestration_item(options.orchestrator_lock_timeout)
-        except ProviderError as exc:
-            failures += 1
-            await runtime.backoff_after_error("orchestration dispatcher", exc, failures)
-            continue
-        failures = 0
-        runtime.stats.orchestration_fetches += 1
-        if item is None:
-            if runtime.stopping:
-                break
-            await notifier.wait("orchestrator", generation, options.poll_interval)
-            continue
-        runtime.stats.busy_orchestration_workers += 1
-        try:
-            await _process_with_renewal(runtime, item)
+            generation = notifier.generation("orchestrator")
+            try:
+                item = await provider.fetch_orchestration_item(options.orchestrator_lock_timeout)
+            except ProviderError as exc:
+                failures += 1
+                await runtime.backoff_after_error("orchestration dispatcher", exc, failures)
+                continue
+            failures = 0
+            runtime.stats.orchestration_fetches += 1
+            if item is None:
+                if runtime.stopping:
+                    break
+                slots.release()
+                started = True  # released already
+                await notifier.wait("orchestrator", generation, options.poll_interval)
+                continue
+            task_group.start_soon(_turn_in_slot, runtime, item, slots, name=f"turn {item.instance_id}")
+            started = True
         finally:
-            runtime.stats.busy_orchestration_workers -= 1
+            if not started:
+                slots.release()
+
+
+async def _turn_in_slot(runtime: Runtime, item: OrchestrationItem, slots: anyio.Semaphore) -> None:
+    runtime.stats.busy_orchestration_workers += 1
+    try:
+        await _process_with_renewal(runtime, item)
+    finally:
+        runtime.stats.busy_orchestration_workers -= 1
+        slots.release()
 
 
 async def _process_with_renewal(runtime: Runtime, item: OrchestrationItem) -> None:

@@ -140,8 +140,11 @@ async def _run(runtime: Runtime) -> AsyncIterator[Runtime]:
             try:
                 async with anyio.create_task_group() as workers:
                     runtime._workers_scope = workers.cancel_scope
+                    turn_slots = anyio.Semaphore(max(options.orchestration_slots, 1))
                     for i in range(options.orchestration_concurrency):
-                        workers.start_soon(orchestration_worker, runtime, i, name=f"orchestration-worker-{i}")
+                        workers.start_soon(
+                            orchestration_worker, runtime, i, turn_slots, workers, name=f"orchestration-dispatcher-{i}"
+                        )
                     slots = anyio.Semaphore(max(options.activity_slots, 1))
                     if options.worker_concurrency:
                         acker = runtime._acker = Acker(runtime)
