@@ -382,8 +382,8 @@ async def _events(ctx: OrchestrationContext, input: dict[str, int]) -> dict[str,
 class Events(Scenario):
     name = "events"
     description = (
-        "the harness enqueues N mailbox events right after the start and raises a positional event once the "
-        "orchestration waits for it"
+        "the harness raises a positional event and enqueues N mailbox events right after the start; both "
+        "are kept until the orchestration waits for them"
     )
 
     def register(self, registry: Registry, config: StressConfig) -> None:
@@ -403,18 +403,11 @@ class Events(Scenario):
         approval = f"approved-{seq}"
 
         async def drive(client: Client, instance_id: str) -> None:
-            for item in items:  # FIFO mailbox: kept until the orchestration dequeues it
-                await client.enqueue_event(instance_id, "StressItems", item)
-            # A positional event counts only once the orchestration waits for it: the custom status
-            # "waiting" is committed in the same turn as the subscription.
-            delay = 0.002
-            while True:
-                got = await client.get_custom_status(instance_id, 0)
-                if got is not None and got[0] == "waiting":
-                    break
-                await anyio.sleep(delay)
-                delay = min(delay * 2, 0.05)
+            # Both kinds are kept in history until the orchestration waits for them: nothing is lost when
+            # they arrive before the subscription (or even before the first turn).
             await client.raise_event(instance_id, "StressApproval", approval)
+            for item in items:  # FIFO mailbox
+                await client.enqueue_event(instance_id, "StressItems", item)
 
         expected = {"approval": approval, "items": items, "sum": sum(items)}
         return Launch("StressEvents", {"seed": seq, "tasks": n}, _equals(expected), drive)
