@@ -160,6 +160,18 @@ def _ms(seconds: float) -> int:
     return max(0, int(seconds * 1000))
 
 
+def _provider_error(op: str, exc: BaseException) -> ProviderError:
+    if isinstance(exc, ProviderError):
+        return exc
+    if isinstance(exc, sqlite3.IntegrityError):
+        return ProviderError.permanent(op, f"constraint violated: {exc}")
+    if isinstance(exc, sqlite3.OperationalError):
+        return ProviderError.transient(op, str(exc))
+    if isinstance(exc, sqlite3.Error):
+        return ProviderError.permanent(op, str(exc))
+    return ProviderError.permanent(op, f"{type(exc).__name__}: {exc}")
+
+
 class _Job:
     __slots__ = ("op", "fn", "write", "probe", "idle", "result", "error", "done")
 
@@ -281,32 +293,59 @@ class SqliteProvider:
         await anyio.lowlevel.checkpoint()
 
     def _execute(self, batch: list[_Job]) -> None:
+        """Run a batch. Several jobs share one transaction (group commit: one WAL commit for the batch),
+        each inside its own savepoint so that a failing job rolls back alone; results are reported
+        only once the commit succeeded."""
+        if len(batch) == 1:
+            self._execute_one(batch[0])
+            return
         conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error:
+            for job in batch:  # e.g. busy for longer than the busy timeout: let each job try alone
+                self._execute_one(job)
+            return
         for job in batch:
+            conn.execute("SAVEPOINT job")
             try:
                 if job.probe is not None and not job.probe(conn):
                     assert job.idle is not None
                     job.result = job.idle(conn)
-                    continue
-                conn.execute("BEGIN IMMEDIATE" if job.write else "BEGIN")
-                try:
+                else:
                     job.result = job.fn(conn)
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
-                conn.execute("COMMIT")
-            except ProviderError as exc:
-                job.error = exc
-            except sqlite3.IntegrityError as exc:
-                job.error = ProviderError.permanent(job.op, f"constraint violated: {exc}")
-            except sqlite3.OperationalError as exc:
-                job.error = ProviderError.transient(job.op, str(exc))
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-            except sqlite3.Error as exc:
-                job.error = ProviderError.permanent(job.op, str(exc))
-            except Exception as exc:  # noqa: BLE001 - reported to the caller of this operation only
-                job.error = ProviderError.permanent(job.op, f"{type(exc).__name__}: {exc}")
+                conn.execute("RELEASE job")
+            except BaseException as exc:  # noqa: BLE001 - reported to this job's caller
+                conn.execute("ROLLBACK TO job")
+                conn.execute("RELEASE job")
+                job.error = _provider_error(job.op, exc)
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            for job in batch:
+                job.result = None
+                job.error = ProviderError.transient(job.op, f"commit failed: {exc}")
+
+    def _execute_one(self, job: _Job) -> None:
+        conn = self._conn
+        try:
+            if job.probe is not None and not job.probe(conn):
+                assert job.idle is not None
+                job.result = job.idle(conn)
+                return
+            conn.execute("BEGIN IMMEDIATE" if job.write else "BEGIN")
+            try:
+                job.result = job.fn(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        except Exception as exc:  # noqa: BLE001 - reported to the caller of this operation only
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            job.error = _provider_error(job.op, exc)
 
     # orchestrator queue ----------------------------------------------------------------------------
     async def fetch_orchestration_item(
