@@ -1,0 +1,349 @@
+"""The validation suite catches broken providers: for every category, a deliberately broken wrapper around
+a real SQLite provider makes at least one of that category's tests fail (and the same tests pass through
+an unbroken wrapper, so the failure comes from the bug, not from the wrapping)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import anyio
+import attrs
+import pytest
+
+from duroxide_trio.history import ActivityExecute, Event, StartOrchestration, TimerDue, WorkItem
+from duroxide_trio.providers.base import (
+    DeleteResult,
+    ExecutionMetadata,
+    InstanceFilter,
+    OrchestrationItem,
+    ProviderError,
+    PruneOptions,
+    PruneResult,
+    ScheduledActivity,
+    WorkItemLease,
+    now_ms,
+)
+from duroxide_trio.providers.sqlite import SqliteFactory, SqliteProvider
+from duroxide_trio.testing.validation import CATEGORIES, run_test, run_validation
+
+pytestmark = pytest.mark.anyio
+
+
+class Wrapper:
+    """Delegates everything to a real SQLite provider; subclasses override one method badly."""
+
+    def __init__(self, inner: SqliteProvider) -> None:
+        self._inner = inner
+        self.notifier = inner.notifier
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    @property
+    def name(self) -> str:
+        return f"broken-{self._inner.name}"
+
+    def as_admin(self) -> Wrapper:
+        return self
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+    async def _sql(self, sql: str, params: Sequence[Any] = ()) -> None:
+        await self._inner._run("broken", lambda conn: conn.execute(sql, params))
+
+
+class WrapperFactory:
+    def __init__(self, wrapper: type[Wrapper]) -> None:
+        self.inner = SqliteFactory(":memory:")
+        self.wrapper = wrapper
+        self.lock_timeout = self.inner.lock_timeout
+
+    async def create_provider(self) -> Wrapper:
+        return self.wrapper(await self.inner.create_provider())
+
+    async def cleanup(self, provider: Wrapper) -> None:
+        await self.inner.cleanup(provider._inner)
+
+    async def corrupt_instance_history(self, provider: Wrapper, instance_id: str) -> None:
+        await self.inner.corrupt_instance_history(provider._inner, instance_id)
+
+    async def get_max_attempt_count(self, provider: Wrapper, instance_id: str) -> int:
+        return await self.inner.get_max_attempt_count(provider._inner, instance_id)
+
+
+# --- the bugs ---------------------------------------------------------------------------------------------
+
+
+class NonAtomicAck(Wrapper):
+    """Writes the turn's outgoing work before (and apart from) the history append."""
+
+    async def ack_orchestration_item(
+        self,
+        lock_token: str,
+        execution_id: int,
+        history_delta: Sequence[Event],
+        worker_items: Sequence[ActivityExecute],
+        orchestrator_items: Sequence[WorkItem],
+        metadata: ExecutionMetadata,
+        cancelled_activities: Sequence[ScheduledActivity] = (),
+    ) -> None:
+        for w in worker_items:
+            await self._inner.enqueue_for_worker(w)
+        for o in orchestrator_items:
+            await self._inner.enqueue_for_orchestrator(o)
+        await self._inner.ack_orchestration_item(
+            lock_token, execution_id, history_delta, [], [], metadata, cancelled_activities
+        )
+
+
+class AckSkipsLockCheck(Wrapper):
+    """Trusts any token it handed out: re-creates the instance lock before acking (stale, expired, reused
+    or deleted locks all 'work')."""
+
+    def __init__(self, inner: SqliteProvider) -> None:
+        super().__init__(inner)
+        self._instances: dict[str, str] = {}
+        self._lock = anyio.Lock()  # make "re-lock, then ack" one step, so a repeated ack really succeeds
+
+    async def fetch_orchestration_item(
+        self, lock_timeout: float, poll_timeout: float = 0.0
+    ) -> OrchestrationItem | None:
+        item = await self._inner.fetch_orchestration_item(lock_timeout, poll_timeout)
+        if item is not None:
+            self._instances[item.lock_token] = item.instance_id
+        return item
+
+    async def ack_orchestration_item(self, lock_token: str, *args: Any, **kwargs: Any) -> None:
+        async with self._lock:
+            instance = self._instances.get(lock_token)
+            if instance is not None:
+                await self._sql(
+                    "INSERT OR REPLACE INTO instance_locks(instance_id, lock_token, locked_until) VALUES (?, ?, ?)",
+                    (instance, lock_token, now_ms() + 60_000),
+                )
+            await self._inner.ack_orchestration_item(lock_token, *args, **kwargs)
+
+
+class AckAcceptsUnknownToken(Wrapper):
+    """Treats an ack with an unknown token as an idempotent success."""
+
+    async def ack_orchestration_item(self, lock_token: str, *args: Any, **kwargs: Any) -> None:
+        try:
+            await self._inner.ack_orchestration_item(lock_token, *args, **kwargs)
+        except ProviderError as exc:
+            if "invalid lock token" not in str(exc):
+                raise
+
+
+class FetchIgnoresLocks(Wrapper):
+    """Fetches as if no instance were locked."""
+
+    async def fetch_orchestration_item(
+        self, lock_timeout: float, poll_timeout: float = 0.0
+    ) -> OrchestrationItem | None:
+        await self._sql("DELETE FROM instance_locks")
+        return await self._inner.fetch_orchestration_item(lock_timeout, poll_timeout)
+
+
+class AckDeletesLateMessages(Wrapper):
+    """An ack that also consumes the messages that arrived after the fetch."""
+
+    async def ack_orchestration_item(self, lock_token: str, *args: Any, **kwargs: Any) -> None:
+        await self._sql(
+            "DELETE FROM orchestrator_queue WHERE lock_token IS NOT ? AND instance_id = "
+            "(SELECT instance_id FROM instance_locks WHERE lock_token = ?)",
+            (lock_token, lock_token),
+        )
+        await self._inner.ack_orchestration_item(lock_token, *args, **kwargs)
+
+
+class RenewNeverFails(Wrapper):
+    """Worker lock renewal that extends whatever row carries the token and never reports failure."""
+
+    async def renew_work_item_lock(self, lock_token: str, extend_for: float) -> None:
+        await self._sql(
+            "UPDATE worker_queue SET locked_until = ? WHERE lock_token = ?",
+            (now_ms() + int(extend_for * 1000), lock_token),
+        )
+
+
+class ReadsFirstExecution(Wrapper):
+    """``read`` returns the first execution instead of the latest."""
+
+    async def read(self, instance_id: str) -> list[Any]:
+        return await self._inner.read_with_execution(instance_id, 1)
+
+
+class IgnoresDelays(Wrapper):
+    """Enqueued timers and delayed messages are visible at once."""
+
+    async def enqueue_for_orchestrator(self, item: WorkItem, delay: float | None = None) -> None:
+        if isinstance(item, TimerDue):
+            item = attrs.evolve(item, fire_at_ms=now_ms())
+        await self._inner.enqueue_for_orchestrator(item, None)
+
+
+class DropsEarlyMessages(Wrapper):
+    """duroxide's behaviour, not ours: messages for instances that do not exist (yet) are dropped."""
+
+    async def fetch_orchestration_item(
+        self, lock_timeout: float, poll_timeout: float = 0.0
+    ) -> OrchestrationItem | None:
+        await self._sql(
+            "DELETE FROM orchestrator_queue WHERE instance_id NOT IN (SELECT instance_id FROM instances) "
+            "AND instance_id NOT IN (SELECT instance_id FROM orchestrator_queue WHERE is_start = 1)"
+        )
+        return await self._inner.fetch_orchestration_item(lock_timeout, poll_timeout)
+
+
+class AcceptsDuplicateStarts(Wrapper):
+    """``enqueue_start`` without the existence check."""
+
+    async def enqueue_start(self, item: StartOrchestration) -> None:
+        await self._inner.enqueue_for_orchestrator(item)
+
+
+class ListIgnoresStatus(Wrapper):
+    async def list_instances(self, status: str | None = None) -> list[str]:
+        return await self._inner.list_instances(None)
+
+
+class SlowEmptyPoll(Wrapper):
+    """Sleeps well past ``poll_timeout`` when there is no work."""
+
+    async def fetch_orchestration_item(
+        self, lock_timeout: float, poll_timeout: float = 0.0
+    ) -> OrchestrationItem | None:
+        item = await self._inner.fetch_orchestration_item(lock_timeout, poll_timeout)
+        if item is None:
+            await anyio.sleep(poll_timeout + 1.0)
+        return item
+
+    async def fetch_work_item(self, lock_timeout: float, poll_timeout: float = 0.0) -> WorkItemLease | None:
+        lease = await self._inner.fetch_work_item(lock_timeout, poll_timeout)
+        if lease is None:
+            await anyio.sleep(poll_timeout + 1.0)
+        return lease
+
+
+class NoAttemptCounting(Wrapper):
+    """Every delivery claims to be the first."""
+
+    async def fetch_orchestration_item(
+        self, lock_timeout: float, poll_timeout: float = 0.0
+    ) -> OrchestrationItem | None:
+        item = await self._inner.fetch_orchestration_item(lock_timeout, poll_timeout)
+        return None if item is None else attrs.evolve(item, attempt_count=1)
+
+    async def fetch_work_item(self, lock_timeout: float, poll_timeout: float = 0.0) -> WorkItemLease | None:
+        lease = await self._inner.fetch_work_item(lock_timeout, poll_timeout)
+        return None if lease is None else attrs.evolve(lease, attempt_count=1)
+
+
+class IgnoresCancelledActivities(Wrapper):
+    async def ack_orchestration_item(
+        self,
+        lock_token: str,
+        execution_id: int,
+        history_delta: Sequence[Event],
+        worker_items: Sequence[ActivityExecute],
+        orchestrator_items: Sequence[WorkItem],
+        metadata: ExecutionMetadata,
+        cancelled_activities: Sequence[ScheduledActivity] = (),
+    ) -> None:
+        await self._inner.ack_orchestration_item(
+            lock_token, execution_id, history_delta, worker_items, orchestrator_items, metadata, ()
+        )
+
+
+class DeleteIgnoresForce(Wrapper):
+    async def delete_instance(self, instance_id: str, force: bool = False) -> DeleteResult:
+        return await self._inner.delete_instance(instance_id, True)
+
+    async def delete_instances_atomic(self, instance_ids: Sequence[str], force: bool = False) -> DeleteResult:
+        return await self._inner.delete_instances_atomic(instance_ids, True)
+
+
+class PruneIgnoresKeepLast(Wrapper):
+    async def prune_executions(self, instance_id: str, options: PruneOptions) -> PruneResult:
+        return await self._inner.prune_executions(instance_id, attrs.evolve(options, keep_last=None))
+
+
+class BulkDeleteIgnoresLimit(Wrapper):
+    async def delete_instance_bulk(self, filter: InstanceFilter) -> DeleteResult:
+        return await self._inner.delete_instance_bulk(attrs.evolve(filter, limit=1000))
+
+
+class CustomStatusAlwaysChanged(Wrapper):
+    """``get_custom_status`` ignores the caller's last seen version."""
+
+    async def get_custom_status(
+        self, instance_id: str, last_seen_version: int
+    ) -> tuple[str | None, int] | None:
+        return await self._inner.get_custom_status(instance_id, -1)
+
+
+#: (category, broken wrapper, tests of that category that must catch it)
+CASES: list[tuple[str, type[Wrapper], list[str]]] = [
+    ("atomicity", NonAtomicAck, ["test_atomicity_failure_rollback"]),
+    ("atomicity", AckSkipsLockCheck, ["test_concurrent_ack_prevention"]),
+    ("error_handling", AckAcceptsUnknownToken, ["test_invalid_lock_token_on_ack"]),
+    ("error_handling", AckSkipsLockCheck, ["test_lock_expiration_during_ack"]),
+    (
+        "instance_locking",
+        FetchIgnoresLocks,
+        ["test_exclusive_instance_lock", "test_concurrent_instance_fetching"],
+    ),
+    ("instance_locking", AckDeletesLateMessages, ["test_message_tagging_during_lock"]),
+    (
+        "lock_expiration",
+        RenewNeverFails,
+        ["test_worker_lock_renewal_invalid_token", "test_worker_lock_renewal_after_ack"],
+    ),
+    ("multi_execution", ReadsFirstExecution, ["test_latest_execution_detection"]),
+    ("queue_semantics", IgnoresDelays, ["test_timer_delayed_visibility"]),
+    ("queue_semantics", DropsEarlyMessages, ["test_messages_for_unstarted_instance_kept"]),
+    (
+        "instance_creation",
+        AcceptsDuplicateStarts,
+        ["test_duplicate_start_rejected", "test_concurrent_duplicate_start"],
+    ),
+    ("management", ListIgnoresStatus, ["test_list_instances_by_status"]),
+    (
+        "long_polling",
+        SlowEmptyPoll,
+        ["test_short_poll_returns_immediately", "test_fetch_respects_timeout_upper_bound"],
+    ),
+    ("poison", NoAttemptCounting, ["test_orchestration_attempt_count_increments_on_refetch"]),
+    ("cancellation", IgnoresCancelledActivities, ["test_cancelled_activities_deleted_from_worker_queue"]),
+    ("deletion", DeleteIgnoresForce, ["test_delete_running_rejected_force_succeeds"]),
+    ("deletion", AckSkipsLockCheck, ["test_force_delete_prevents_ack_recreation"]),
+    ("pruning", PruneIgnoresKeepLast, ["test_prune_options_combinations"]),
+    ("bulk_deletion", BulkDeleteIgnoresLimit, ["test_delete_instance_bulk_safety_and_limits"]),
+    ("custom_status", CustomStatusAlwaysChanged, ["test_custom_status_polling_no_change"]),
+]
+
+
+def test_every_category_has_a_broken_provider() -> None:
+    assert {c for c, _, _ in CASES} == set(CATEGORIES)
+
+
+@pytest.mark.parametrize(
+    ("category", "wrapper", "catchers"), CASES, ids=[f"{c}-{w.__name__}" for c, w, _ in CASES]
+)
+async def test_category_catches_bug(category: str, wrapper: type[Wrapper], catchers: list[str]) -> None:
+    tests = {t.__name__: t for t in CATEGORIES[category]}
+    # The wrapping itself is harmless: the catching tests pass through an unbroken wrapper.
+    for name in catchers:
+        outcome, message = await run_test(WrapperFactory(Wrapper), tests[name])
+        assert outcome == "passed", f"{name} fails through a pass-through wrapper: {message}"
+    report = await run_validation(WrapperFactory(wrapper), [category])
+    result = report.categories[category]
+    assert result.failed > 0, f"no {category} test caught {wrapper.__name__}"
+    missed = [name for name in catchers if name not in result.failures]
+    assert not missed, f"{missed} did not catch {wrapper.__name__}; failures: {result.failures}"
+    for r in result.results:
+        if r.outcome == "failed":
+            assert r.message, f"{r.name} failed without a message"
