@@ -263,3 +263,64 @@ def _stop(run: Callable[..., subprocess.CompletedProcess[str]], bin_path: Path, 
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
         _wait_gone(pid, 10)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# python -m duroxide_trio.providers.postgres._localcluster [--fast] [--set name=value ...]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Start a throwaway cluster, print its URL on stdout, and stop and remove it on Ctrl-C or SIGTERM."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(
+        prog="python -m duroxide_trio.providers.postgres._localcluster",
+        description="Run a throwaway PostgreSQL cluster from the local binaries until Ctrl-C; print its URL.",
+    )
+    parser.add_argument(
+        "--fast", action="store_true", help="fsync/synchronous_commit/full_page_writes off (tests only)"
+    )
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="NAME=VALUE", help="extra server setting (repeatable)"
+    )
+    args = parser.parse_args(argv)
+    settings: dict[str, str] = {}
+    if args.fast:
+        settings.update(fsync="off", synchronous_commit="off", full_page_writes="off")
+    for item in args.set:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            parser.error(f"--set expects NAME=VALUE, got {item!r}")
+        settings[name.strip()] = value.strip()
+
+    def _terminate(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        with throwaway_cluster(settings=settings) as url:
+            print(url, flush=True)
+            print(
+                "PostgreSQL is running; press Ctrl-C to stop it and remove its data.",
+                file=sys.stderr,
+                flush=True,
+            )
+            try:
+                while True:
+                    time.sleep(3600)
+            except KeyboardInterrupt:
+                print("stopping PostgreSQL and removing its data...", file=sys.stderr, flush=True)
+    except ClusterUnavailable as ex:
+        print(f"cannot start a throwaway PostgreSQL: {ex}", file=sys.stderr)
+        return 2
+    except ClusterStartError as ex:
+        print(f"PostgreSQL failed to start: {ex}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # Ctrl-C while starting: the cluster was removed on the way out
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

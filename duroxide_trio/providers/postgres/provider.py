@@ -1,0 +1,1246 @@
+"""PostgreSQL provider: psycopg 3 on anyio (Trio or asyncio), one server round trip per operation.
+
+    provider = await PostgresProvider.connect(url, schema="duroxide", pool_max=10)
+    async with provider, dt.open_runtime(provider, registry) as runtime:
+        ...
+
+Design (see ``migrations/0001_initial.sql`` for the server side):
+
+- Everything lives in one schema (created on first connect), every identifier is quoted, and the schema
+  is migrated by numbered ``migrations/NNNN_*.sql`` files, tracked in ``<schema>._duroxide_migrations``
+  and applied under a transaction-level advisory lock keyed by the schema, so any number of processes
+  starting at once migrate exactly once.
+- Every hot operation (fetch-and-lock of an orchestration item, the turn ack, fetch and ack of work
+  items, batch forms included, enqueues, abandons) is one call of a PL/pgSQL function: one round trip on
+  an autocommit connection, prepared after first use. Time is always passed in as epoch milliseconds.
+  Domain errors come back as custom SQLSTATEs (``DX001``...), never recognised by their text.
+- Wake-ups: the committing functions ``pg_notify`` ONE channel per schema (``duroxide:<schema>``, see
+  ``channel_name``) with small payloads: ``o``/``w`` (orchestrator/worker work visible now),
+  ``o<ms>[,<ms>...]``/``w<ms>`` (visible at those epoch-ms: timers, delays), ``d<instance id>`` (instance
+  Completed/Failed). ``async with provider`` runs ONE listener connection (its own, not from the pool)
+  in a task group owned by that ``async with`` block (or an owner runs ``provider.run_listener`` in its
+  own task group); it maps notifications from *other* processes onto ``provider.notifier`` (notify /
+  notify_at / notify_instance); this provider's own commits notify in-process directly, so their echoes
+  are ignored (recognised by the sending backend pid). If the listener connection drops it logs, backs
+  off and reconnects; the runtime's fallback poll covers the gap. A provider used without a listener
+  works the same, minus cross-process wake-ups.
+- Errors: deadlocks, serialisation failures, connection loss, pool timeouts and ``0A000`` (cached plan
+  invalidated by a concurrent migration) are retryable ``ProviderError``; bad or expired lock tokens,
+  duplicate events and everything else are permanent. Reads are retried internally on transient errors;
+  a pooled connection the server closed while it sat idle is detected before use and replaced.
+- The password of the URL never appears in ``repr``, error messages or log records.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.resources
+import logging
+import re
+import select
+import uuid
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import anyio
+import anyio.abc
+import psycopg
+from psycopg import pq, sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from ...history import (
+    ActivityExecute,
+    ContinueAsNew,
+    CustomStatusUpdated,
+    Event,
+    HistoryDecodeError,
+    StartOrchestration,
+    TimerDue,
+    WorkItem,
+    decode_event,
+    decode_work_item,
+    encode_event,
+    encode_work_item,
+)
+from ..base import (
+    COMPLETED,
+    FAILED,
+    CannotDeleteSubOrchestration,
+    DeleteResult,
+    ExecutionInfo,
+    ExecutionMetadata,
+    InstanceAlreadyExists,
+    InstanceFilter,
+    InstanceInfo,
+    InstanceNotFound,
+    InstanceStillRunning,
+    Notifier,
+    OrchestrationItem,
+    ProviderError,
+    PruneOptions,
+    PruneResult,
+    QueueDepths,
+    ScheduledActivity,
+    SystemMetrics,
+    WorkItemLease,
+    now_ms,
+)
+from ._driver import AnyioConnection, connect, mask_url
+from ._pool import Pool, PoolClosed
+
+__all__ = ["PostgresFactory", "PostgresProvider"]
+
+logger = logging.getLogger("duroxide_trio.providers.postgres")
+
+DEFAULT_SCHEMA = "duroxide"
+MIGRATIONS_TABLE = "_duroxide_migrations"
+_MIGRATION_FILE = re.compile(r"^(\d{4})_[A-Za-z0-9_]+\.sql$")
+
+#: SQLSTATEs that mean "try again": the transaction was rolled back or never ran.
+_TRANSIENT_STATES = frozenset({"40001", "40P01", "55P03", "57014", "0A000"})
+#: SQLSTATE classes that mean "try again": connection exceptions, insufficient resources, operator
+#: intervention (admin shutdown, crash recovery).
+_TRANSIENT_CLASSES = ("08", "53", "57")
+#: Rolled back for sure, so even a write is safe to re-run at once.
+_RERUN_STATES = frozenset({"40001", "40P01"})
+
+_IDLE = pq.TransactionStatus.IDLE
+_INTERNAL_RETRIES = 3
+
+
+def _ms(seconds: float | None) -> int:
+    return max(0, int((seconds or 0) * 1000))
+
+
+def _is_start(item: WorkItem) -> bool:
+    return isinstance(item, (StartOrchestration, ContinueAsNew))
+
+
+def _visible_at(item: WorkItem, now: int, delay: float | None = None) -> int:
+    if isinstance(item, TimerDue):
+        return item.fire_at_ms
+    return now + _ms(delay)
+
+
+def _hash64(text: str) -> int:
+    """A stable signed 64-bit integer for ``text`` (advisory-lock keys, seeds)."""
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big", signed=True)
+
+
+def channel_name(schema: str) -> str:
+    """The NOTIFY channel of ``schema`` (at most 63 bytes, PostgreSQL's identifier limit)."""
+    name = f"duroxide:{schema}"
+    if len(name.encode()) > 63:
+        name = "duroxide:" + hashlib.blake2b(schema.encode(), digest_size=16).hexdigest()
+    return name
+
+
+def _row_id(token: str) -> int | None:
+    """Work-item tokens are ``'<row id>.<random>'``; None for anything else."""
+    head, dot, _ = token.partition(".")
+    if not dot or not head.isdigit() or len(head) > 18:
+        return None
+    return int(head)
+
+
+def _load_migrations() -> list[tuple[int, str, str]]:
+    """``(version, file name, sql)`` of the embedded migrations, in order."""
+    folder = importlib.resources.files(__package__) / "migrations"
+    out = []
+    for entry in folder.iterdir():
+        m = _MIGRATION_FILE.match(entry.name)
+        if m is not None:
+            out.append((int(m.group(1)), entry.name, entry.read_text(encoding="utf-8")))
+    out.sort()
+    versions = [v for v, _, _ in out]
+    if not out or len(set(versions)) != len(versions):
+        raise RuntimeError(f"bad migration set in {folder}: {[n for _, n, _ in out]}")
+    return out
+
+
+def _connection_dead(conn: AnyioConnection[Any]) -> bool:
+    """True if an idle pooled connection was closed by the server (terminated backend, restart): the
+    server's goodbye is already waiting in the socket. Costs one non-blocking poll."""
+    if conn.closed or conn.broken:
+        return True
+    try:
+        fd = conn.pgconn.socket
+    except psycopg.OperationalError:
+        return True
+    try:
+        if hasattr(select, "poll"):
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            if not poller.poll(0):
+                return False
+        else:  # pragma: no cover - Windows
+            readable, _, _ = select.select([fd], [], [], 0)
+            if not readable:
+                return False
+        conn.pgconn.consume_input()
+    except (OSError, psycopg.Error):
+        return True
+    while conn.pgconn.notifies() is not None:  # nothing listens on pool connections; drop strays
+        pass
+    return conn.pgconn.status != pq.ConnStatus.OK or conn.pgconn.transaction_status != _IDLE
+
+
+class _StaleConnection(Exception):
+    pass
+
+
+class _Queries:
+    """Every statement the provider sends, built once for one (quoted) schema."""
+
+    def __init__(self, s: str) -> None:
+        self.fetch_orch = f"SELECT * FROM {s}.fetch_orchestration_item(%s, %s, %s)"
+        self.ack_orch = (
+            f"SELECT * FROM {s}.ack_orchestration_item(%s, %s, %s, "
+            "%b::bigint[], %b::text[], %b::text[], "
+            "%b::text[], %b::text[], %b::bigint[], %b::bigint[], %b::text[], %b::text[], "
+            "%b::text[], %b::text[], %b::boolean[], %b::bigint[], "
+            "%b::text[], %b::bigint[], %b::bigint[], "
+            "%s, %s, %s, %s, %s, %s, %s)"
+        )
+        self.abandon_orch = f"SELECT {s}.abandon_orchestration_item(%s, %s, %s, %s)"
+        self.renew_orch = (
+            f"UPDATE {s}.instance_locks SET locked_until = %s WHERE lock_token = %s AND locked_until > %s"
+        )
+        self.enqueue_orch = f"SELECT {s}.enqueue_orchestrator(%s, %s, %s, %s, %s)"
+        self.enqueue_start = f"SELECT {s}.enqueue_start(%s, %s, %s)"
+        self.enqueue_worker = f"SELECT {s}.enqueue_worker(%s, %s, %s, %s, %s, %s, %s)"
+        self.fetch_work = f"SELECT * FROM {s}.fetch_work_items(%s, %s, %s::integer, %s)"
+        self.ack_work = f"SELECT {s}.ack_work_items(%s, %b::bigint[], %b::text[], %b::text[], %b::text[])"
+        self.renew_work = (
+            f"UPDATE {s}.worker_queue SET locked_until = %s, visible_at = %s "
+            "WHERE id = %s AND lock_token = %s AND locked_until > %s"
+        )
+        self.abandon_work = f"SELECT {s}.abandon_work_item(%s, %s, %s, %s, %s)"
+        self.drop_work = f"DELETE FROM {s}.worker_queue WHERE id = ANY(%b::bigint[])"
+        self.read = (
+            f"SELECT h.event_data FROM {s}.history h WHERE h.instance_id = %(id)s AND h.execution_id = "
+            f"COALESCE((SELECT i.current_execution_id FROM {s}.instances i WHERE i.instance_id = %(id)s), "
+            f"(SELECT max(x.execution_id) FROM {s}.history x WHERE x.instance_id = %(id)s)) "
+            "ORDER BY h.event_id"
+        )
+        self.read_execution = f"SELECT event_data FROM {s}.history WHERE instance_id = %s AND execution_id = %s ORDER BY event_id"
+        self.append = (
+            f"INSERT INTO {s}.history (instance_id, execution_id, event_id, event_type, event_data) "
+            "SELECT %s, %s, u.i, u.t, u.d FROM unnest(%b::bigint[], %b::text[], %b::text[]) AS u(i, t, d)"
+        )
+        self.instance_info = (
+            "SELECT i.name, i.version, i.current_execution_id, COALESCE(e.status, 'Running'), e.output, "
+            "i.custom_status, i.custom_status_version, i.created_at, i.updated_at, i.parent_instance_id "
+            f"FROM {s}.instances i LEFT JOIN {s}.executions e "
+            "ON e.instance_id = i.instance_id AND e.execution_id = i.current_execution_id "
+            "WHERE i.instance_id = %s"
+        )
+        self.custom_status = (
+            f"SELECT custom_status, custom_status_version FROM {s}.instances WHERE instance_id = %s"
+        )
+        self.list_instances = f"SELECT instance_id FROM {s}.instances ORDER BY created_at DESC, seq DESC"
+        self.list_instances_by_status = (
+            f"SELECT i.instance_id FROM {s}.instances i JOIN {s}.executions e "
+            "ON e.instance_id = i.instance_id AND e.execution_id = i.current_execution_id "
+            "WHERE e.status = %s ORDER BY i.created_at DESC, i.seq DESC"
+        )
+        self.list_executions = (
+            f"SELECT execution_id FROM {s}.executions WHERE instance_id = %s ORDER BY execution_id"
+        )
+        self.execution_info = (
+            "SELECT e.status, e.output, e.started_at, e.completed_at, "
+            f"(SELECT count(*) FROM {s}.history h WHERE h.instance_id = e.instance_id "
+            "AND h.execution_id = e.execution_id) "
+            f"FROM {s}.executions e WHERE e.instance_id = %s AND e.execution_id = %s"
+        )
+        self.metrics = (
+            f"SELECT (SELECT count(*) FROM {s}.instances), (SELECT count(*) FROM {s}.executions), "
+            f"(SELECT count(*) FROM {s}.history), "
+            "count(*) FILTER (WHERE e.status IN ('Running', 'ContinuedAsNew')), "
+            "count(*) FILTER (WHERE e.status = 'Completed'), count(*) FILTER (WHERE e.status = 'Failed') "
+            f"FROM {s}.instances i JOIN {s}.executions e "
+            "ON e.instance_id = i.instance_id AND e.execution_id = i.current_execution_id"
+        )
+        self.queue_depths = (
+            f"SELECT (SELECT count(*) FROM {s}.orchestrator_queue q WHERE NOT EXISTS ("
+            f"SELECT 1 FROM {s}.instance_locks l WHERE l.instance_id = q.instance_id AND l.locked_until > %(now)s)), "
+            f"(SELECT count(*) FROM {s}.worker_queue WHERE lock_token IS NULL OR locked_until <= %(now)s)"
+        )
+        self.children = (
+            f"SELECT instance_id FROM {s}.instances WHERE parent_instance_id = %s ORDER BY created_at, seq"
+        )
+        self.parent = f"SELECT parent_instance_id FROM {s}.instances WHERE instance_id = %s"
+        self.tree = (
+            f"SELECT {s}.instance_tree(%(id)s) WHERE EXISTS "
+            f"(SELECT 1 FROM {s}.instances WHERE instance_id = %(id)s)"
+        )
+        self.delete_instance = f"SELECT * FROM {s}.delete_instance(%s, %s)"
+        self.delete_instances = f"SELECT * FROM {s}.delete_instances(%b::text[], %s)"
+        self.delete_bulk = f"SELECT * FROM {s}.delete_instance_bulk(%b::text[], %s::bigint, %s::integer)"
+        self.prune = f"SELECT * FROM {s}.prune_executions(%s, %s::integer, %s::bigint)"
+        self.prune_bulk = (
+            f"SELECT * FROM {s}.prune_executions_bulk(%b::text[], %s::integer, %s::integer, %s::bigint)"
+        )
+        self.corrupt = f"UPDATE {s}.history SET event_data = '{{not json' WHERE instance_id = %s"
+        self.max_attempt = f"SELECT max(attempt_count) FROM {s}.orchestrator_queue WHERE instance_id = %s"
+
+
+Fetch = Literal["none", "one", "all", "rowcount"]
+
+
+class PostgresProvider:
+    """Durable state in a PostgreSQL schema. Create with ``await PostgresProvider.connect(url)``; run it
+    with ``async with provider:`` (which also owns the LISTEN connection for cross-process wake-ups)."""
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        schema: str,
+        quoted_schema: str,
+        pool: Pool,
+        command_timeout: float,
+        connect_timeout: float,
+        listen_conninfo: str,
+        prepare: bool = True,
+    ) -> None:
+        self._url = url
+        self._prepare = prepare
+        self._schema = schema
+        self._pool = pool
+        self._q = _Queries(quoted_schema)
+        self._channel = channel_name(schema)
+        self._command_timeout = command_timeout
+        self._connect_timeout = connect_timeout
+        self._listen_conninfo = listen_conninfo
+        self._password = str(conninfo_to_dict(url).get("password") or "")
+        self._own: dict[int, AnyioConnection[Any]] = {}  # backend pid -> pool connection
+        self._closed = False
+        self._entered = 0
+        self._exit_stack: contextlib.AsyncExitStack | None = None
+        self._listener_scopes: set[anyio.CancelScope] = set()
+        self._listener_pid: int | None = None
+        self.notifier = Notifier()
+
+    # lifecycle -------------------------------------------------------------------------------------
+    @classmethod
+    async def connect(
+        cls,
+        url: str,
+        *,
+        schema: str = DEFAULT_SCHEMA,
+        pool_max: int | None = None,
+        connect_timeout: float = 10.0,
+        acquire_timeout: float = 30.0,
+        command_timeout: float = 30.0,
+        application_name: str | None = None,
+        prepared_statements: bool = True,
+    ) -> PostgresProvider:
+        """Connect to ``url`` (a ``postgresql://`` URL or a libpq conninfo), create and migrate ``schema``
+        if needed, and return the provider.
+
+        ``pool_max``: pooled connections (default: env ``DUROXIDE_PG_POOL_MAX``, else 10); one more is used
+        for LISTEN while the provider runs as ``async with provider:``. ``connect_timeout`` bounds each
+        connection attempt, ``acquire_timeout`` the wait for a pooled connection, ``command_timeout``
+        every provider operation. ``prepared_statements=False`` for PgBouncer in transaction mode."""
+        if not isinstance(schema, str) or not schema or "\x00" in schema or len(schema.encode()) > 63:
+            raise ValueError(f"schema must be a non-empty name of at most 63 bytes, not {schema!r}")
+        masked = mask_url(url)
+        try:
+            params = conninfo_to_dict(url)
+        except psycopg.Error as ex:
+            raise ProviderError.permanent("connect", f"bad connection string {masked}: {ex}") from None
+        extra: dict[str, Any] = {}
+        if "application_name" not in params:
+            extra["application_name"] = (application_name or f"duroxide-trio:{schema}")[:63]
+        pool_conninfo = make_conninfo(url, **extra)
+        listen_extra = dict(extra)
+        if "application_name" in listen_extra:
+            listen_extra["application_name"] = (str(listen_extra["application_name"])[:56] + ":listen")[:63]
+        listen_extra.update(keepalives=1, keepalives_idle=30, keepalives_interval=10, keepalives_count=3)
+        listen_conninfo = make_conninfo(url, **listen_extra)
+
+        holder: list[PostgresProvider] = []
+
+        async def configure(conn: AnyioConnection[Any]) -> None:
+            if not prepared_statements:
+                conn.prepare_threshold = None
+            if holder:
+                holder[0]._remember(conn)
+
+        pool = Pool(
+            pool_conninfo,
+            max_size=pool_max,
+            acquire_timeout=acquire_timeout,
+            connect_timeout=connect_timeout,
+            configure=configure,
+            autocommit=True,
+        )
+        try:
+            with anyio.fail_after(max(command_timeout, connect_timeout) + 60):
+                async with pool.connection() as conn:
+                    quoted = sql.Identifier(schema).as_string(conn)
+                    await _migrate(conn, schema, quoted)
+                    first = conn
+        except BaseException as ex:
+            with anyio.CancelScope(shield=True):
+                await pool.close()
+            if isinstance(ex, TimeoutError):
+                raise ProviderError.transient("connect", f"connecting to {masked} timed out") from None
+            if isinstance(ex, psycopg.Error):
+                message = _scrub(f"cannot connect to {masked} / migrate schema {schema!r}: {ex}", params)
+                retryable = isinstance(ex, psycopg.OperationalError)
+                raise ProviderError("connect", message, retryable=retryable) from None
+            raise
+        provider = cls(
+            url=url,
+            schema=schema,
+            quoted_schema=quoted,
+            pool=pool,
+            command_timeout=command_timeout,
+            connect_timeout=connect_timeout,
+            listen_conninfo=listen_conninfo,
+            prepare=prepared_statements,
+        )
+        provider._remember(first)
+        holder.append(provider)
+        logger.debug("connected to %s, schema %r", masked, schema)
+        return provider
+
+    @property
+    def name(self) -> str:
+        return "postgres"
+
+    @property
+    def schema(self) -> str:
+        return self._schema
+
+    @property
+    def url(self) -> str:
+        """The connection URL with its password masked."""
+        return mask_url(self._url)
+
+    @property
+    def channel(self) -> str:
+        """The NOTIFY channel this provider's schema uses."""
+        return self._channel
+
+    @property
+    def listening(self) -> bool:
+        """Whether the LISTEN connection is up (only inside ``async with provider``)."""
+        return self._listener_pid is not None
+
+    def __repr__(self) -> str:
+        state = " closed" if self._closed else ""
+        return f"PostgresProvider({mask_url(self._url)!r}, schema={self._schema!r}){state}"
+
+    async def __aenter__(self) -> PostgresProvider:
+        """Start the LISTEN task (owned by this ``async with`` block) and return the provider."""
+        if self._closed:
+            raise ProviderError.permanent("open", "provider is closed")
+        self._entered += 1
+        if self._entered > 1:
+            return self
+        stack = contextlib.AsyncExitStack()
+        await stack.__aenter__()
+        try:
+            tg = await stack.enter_async_context(anyio.create_task_group())
+            await tg.start(self.run_listener)
+        except BaseException:
+            self._entered -= 1
+            await stack.__aexit__(None, None, None)
+            raise
+        self._exit_stack = stack
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        self._entered -= 1
+        if self._entered > 0:
+            return
+        try:
+            await self.close()  # cancels the listener
+        finally:
+            stack, self._exit_stack = self._exit_stack, None
+            if stack is not None:
+                # The body's exception is not handed to the task group: it propagates unchanged (not
+                # wrapped in an ExceptionGroup). The task group only waits for the cancelled listener.
+                await stack.__aexit__(None, None, None)
+
+    async def close(self) -> None:
+        """Stop listening and close the pool (idempotent). Operations afterwards raise ProviderError."""
+        if self._closed:
+            return
+        self._closed = True
+        for scope in list(self._listener_scopes):
+            scope.cancel()
+        with anyio.CancelScope(shield=True):
+            await self._pool.close()
+
+    def as_admin(self) -> PostgresProvider:
+        return self
+
+    # plumbing --------------------------------------------------------------------------------------
+    def _scrub(self, text: str) -> str:
+        if self._password:
+            text = text.replace(self._password, "***")
+        return text
+
+    def _error(self, op: str, ex: psycopg.Error) -> ProviderError:
+        """Map a psycopg error to a ProviderError (typed where the function raised a DX SQLSTATE)."""
+        state = ex.sqlstate or ""
+        diag = ex.diag
+        message = self._scrub(diag.message_primary or str(ex) or type(ex).__name__)
+        detail = diag.message_detail or ""
+        if state == "DX003":
+            return InstanceAlreadyExists(detail)
+        if state == "DX004":
+            return InstanceNotFound(op, detail)
+        if state == "DX005":
+            return InstanceStillRunning(op, detail)
+        if state == "DX006":
+            return CannotDeleteSubOrchestration(op, detail, diag.message_hint or "")
+        if state.startswith("DX"):
+            return ProviderError.permanent(op, message)
+        if isinstance(ex, PoolClosed):
+            return ProviderError.permanent(op, "provider is closed")
+        if state in _TRANSIENT_STATES or state[:2] in _TRANSIENT_CLASSES:
+            return ProviderError.transient(op, f"{message} (SQLSTATE {state})")
+        if state == "23505":
+            return ProviderError.permanent(op, f"duplicate: {message}")
+        if isinstance(ex, (psycopg.OperationalError, psycopg.InterfaceError)):
+            return ProviderError.transient(op, f"connection problem: {message}")
+        return ProviderError.permanent(op, f"{message} (SQLSTATE {state or 'none'})")
+
+    async def _exec(
+        self,
+        op: str,
+        query: str,
+        params: Sequence[Any] | dict[str, Any] | None,
+        fetch: Fetch,
+        *,
+        idempotent: bool = False,
+    ) -> Any:
+        """Run one statement on a pooled autocommit connection: one round trip.
+
+        Retried here: a connection found dead before use (always safe), a deadlock or serialisation
+        failure (rolled back), and, for ``idempotent`` operations, any transient error."""
+        if self._closed:
+            raise ProviderError.permanent(op, "provider is closed")
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                with anyio.fail_after(self._command_timeout):
+                    async with self._pool.connection() as conn:
+                        if _connection_dead(conn):
+                            await conn.close()  # the pool discards it
+                            raise _StaleConnection
+                        try:
+                            cur = await conn.execute(query, params, prepare=self._prepare)
+                        except psycopg.errors.FeatureNotSupported:
+                            # 0A000, e.g. "cached plan must not change result type" after a migration
+                            # redefined a function: this connection's prepared statements are stale.
+                            await conn.close()
+                            raise _StaleConnection from None
+                        if fetch == "one":
+                            return await cur.fetchone()
+                        if fetch == "all":
+                            return await cur.fetchall()
+                        if fetch == "rowcount":
+                            return cur.rowcount
+                        return None
+            except _StaleConnection:
+                if attempt <= self._pool.max_size + 1:
+                    continue
+                raise ProviderError.transient(
+                    op, "no live database connection (server restarting?)"
+                ) from None
+            except TimeoutError:
+                raise ProviderError.transient(op, f"timed out after {self._command_timeout:g} s") from None
+            except psycopg.Error as ex:
+                error = self._error(op, ex)
+                if error.retryable and not self._closed:
+                    if (ex.sqlstate or "") in _RERUN_STATES:
+                        limit = _INTERNAL_RETRIES
+                    elif idempotent:  # e.g. every pooled connection was cut at once: try each, then a new one
+                        limit = self._pool.max_size + _INTERNAL_RETRIES
+                    else:
+                        limit = 0
+                    if attempt < limit:
+                        logger.debug("%s: retrying after %s", op, error)
+                        await anyio.sleep(0.002 * attempt)
+                        continue
+                raise error from None
+
+    async def _one(self, op: str, query: str, params: Any, *, idempotent: bool = False) -> Any:
+        return await self._exec(op, query, params, "one", idempotent=idempotent)
+
+    async def _all(self, op: str, query: str, params: Any, *, idempotent: bool = False) -> list[Any]:
+        rows: list[Any] = await self._exec(op, query, params, "all", idempotent=idempotent)
+        return rows
+
+    def _remember(self, conn: AnyioConnection[Any]) -> None:
+        """Note a pool connection's backend pid: NOTIFYs it sends are our own commits."""
+        if len(self._own) > 4 * self._pool.max_size:
+            self._own = {pid: c for pid, c in self._own.items() if not c.closed}
+        self._own[conn.info.backend_pid] = conn
+
+    # LISTEN ----------------------------------------------------------------------------------------
+    async def run_listener(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Hold the LISTEN connection and map notifications from other processes onto ``self.notifier``,
+        until the provider closes or the caller's scope is cancelled.
+
+        ``async with provider`` runs this in a task group it owns; an owner with its own task group may
+        run it instead (``await tg.start(provider.run_listener)``). With ``tg.start`` it reports started
+        once listening (or after the first failure: polling works meanwhile). If the connection drops it
+        logs, backs off (0.1 s doubling to 5 s) and reconnects, then wakes every waiter once, since
+        notifications may have been missed. Returns at once if a listener already runs."""
+        if self._closed or self._listener_scopes:
+            task_status.started()
+            return
+        started = False
+        delay = 0.1
+        listen = sql.SQL("LISTEN {}").format(sql.Identifier(self._channel))
+        with anyio.CancelScope() as scope:
+            self._listener_scopes.add(scope)
+            try:
+                while True:
+                    conn: AnyioConnection[Any] | None = None
+                    try:
+                        conn = await connect(
+                            self._listen_conninfo, connect_timeout=self._connect_timeout, autocommit=True
+                        )
+                        with anyio.fail_after(self._command_timeout):
+                            await conn.execute(listen)
+                        self._listener_pid = conn.info.backend_pid
+                        if started:
+                            logger.info("LISTEN connection to %s re-established", mask_url(self._url))
+                            self.notifier.notify_all()  # notifications may have been missed meanwhile
+                        else:
+                            started = True
+                            task_status.started()
+                        delay = 0.1
+                        async with contextlib.aclosing(conn.notifies()) as notifications:
+                            async for notification in notifications:
+                                self._on_notify(notification)
+                    except Exception as ex:
+                        message = self._scrub(str(ex)) or type(ex).__name__
+                        logger.warning(
+                            "LISTEN connection to %s (schema %r) failed: %s; reconnecting in %.1f s",
+                            mask_url(self._url),
+                            self._schema,
+                            message,
+                            delay,
+                        )
+                    finally:
+                        self._listener_pid = None
+                        if conn is not None:
+                            with anyio.CancelScope(shield=True):
+                                with contextlib.suppress(Exception):
+                                    await conn.close()
+                    if not started:
+                        started = True
+                        task_status.started()
+                    await anyio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+            finally:
+                self._listener_scopes.discard(scope)
+
+    def _on_notify(self, notification: psycopg.Notify) -> None:
+        own = self._own.get(notification.pid)
+        if own is not None and not own.closed:
+            return  # our own commit: already notified in-process
+        payload = notification.payload
+        if not payload:
+            return
+        kind, rest = payload[0], payload[1:]
+        if kind == "d":
+            self.notifier.notify_instance(rest)
+            return
+        key = "orchestrator" if kind == "o" else "worker" if kind == "w" else None
+        if key is None:
+            return
+        if not rest:
+            self.notifier.notify(key)
+            return
+        now = now_ms()
+        for part in rest.split(","):
+            try:
+                at = int(part)
+            except ValueError:
+                continue
+            if at <= now:
+                self.notifier.notify(key)
+            else:
+                self.notifier.notify_at(key, at)
+
+    # orchestrator queue ----------------------------------------------------------------------------
+    async def fetch_orchestration_item(
+        self, lock_timeout: float, poll_timeout: float = 0.0
+    ) -> OrchestrationItem | None:
+        token = uuid.uuid4().hex
+        row = await self._one(
+            "fetch_orchestration_item", self._q.fetch_orch, (now_ms(), _ms(lock_timeout), token)
+        )
+        (
+            instance_id,
+            name,
+            version,
+            execution_id,
+            has_instance,
+            texts,
+            attempt,
+            history_texts,
+            next_visible,
+        ) = row
+        if instance_id is None:
+            if next_visible is not None:
+                self.notifier.notify_at("orchestrator", next_visible)
+            return None
+        errors: list[str] = []
+        messages: list[WorkItem] = []
+        for text in texts:
+            try:
+                messages.append(decode_work_item(text))
+            except HistoryDecodeError as exc:
+                errors.append(str(exc))
+        history: list[Event] = []
+        if has_instance:
+            try:
+                history = [decode_event(t) for t in history_texts]
+            except HistoryDecodeError as exc:
+                history = []
+                errors.append(str(exc))
+        else:
+            start = next((m for m in messages if isinstance(m, (StartOrchestration, ContinueAsNew))), None)
+            name = start.name if start is not None else ""
+            version = start.version if start is not None else None
+            execution_id = start.execution_id if start is not None else 1
+        return OrchestrationItem(
+            instance_id=instance_id,
+            orchestration_name=name,
+            version=version,
+            execution_id=execution_id,
+            history=history,
+            messages=messages,
+            lock_token=token,
+            attempt_count=attempt,
+            history_error="; ".join(errors) if errors else None,
+        )
+
+    async def ack_orchestration_item(
+        self,
+        lock_token: str,
+        execution_id: int,
+        history_delta: Sequence[Event],
+        worker_items: Sequence[ActivityExecute],
+        orchestrator_items: Sequence[WorkItem],
+        metadata: ExecutionMetadata,
+        cancelled_activities: Sequence[ScheduledActivity] = (),
+    ) -> None:
+        now = now_ms()
+        custom = [e.kind for e in history_delta if isinstance(e.kind, CustomStatusUpdated)]
+        orch_visible = [_visible_at(o, now) for o in orchestrator_items]
+        params = (
+            lock_token,
+            now,
+            execution_id,
+            [e.event_id for e in history_delta],
+            [e.type_name for e in history_delta],
+            [encode_event(e) for e in history_delta],
+            [encode_work_item(w) for w in worker_items],
+            [w.instance for w in worker_items],
+            [w.execution_id for w in worker_items],
+            [w.id for w in worker_items],
+            [w.session_id for w in worker_items],
+            [w.tag for w in worker_items],
+            [o.target_instance for o in orchestrator_items],
+            [encode_work_item(o) for o in orchestrator_items],
+            [_is_start(o) for o in orchestrator_items],
+            orch_visible,
+            [c.instance_id for c in cancelled_activities],
+            [c.execution_id for c in cancelled_activities],
+            [c.activity_id for c in cancelled_activities],
+            metadata.orchestration_name,
+            metadata.orchestration_version,
+            metadata.parent_instance_id,
+            metadata.status,
+            metadata.output,
+            bool(custom),
+            custom[-1].status if custom else None,
+        )
+        instance_id, wake = await self._one("ack_orchestration_item", self._q.ack_orch, params)
+        if worker_items:
+            self.notifier.notify("worker")
+        if wake:
+            self.notifier.notify("orchestrator")
+        for at in orch_visible:
+            if at > now:
+                self.notifier.notify_at("orchestrator", at)
+        if metadata.status in (COMPLETED, FAILED):
+            self.notifier.notify_instance(instance_id)
+
+    async def abandon_orchestration_item(
+        self, lock_token: str, delay: float | None = None, ignore_attempt: bool = False
+    ) -> None:
+        row = await self._one(
+            "abandon_orchestration_item",
+            self._q.abandon_orch,
+            (lock_token, now_ms(), _ms(delay), ignore_attempt),
+        )
+        if row[0] is not None:
+            self.notifier.notify_at("orchestrator", row[0])
+        else:
+            self.notifier.notify("orchestrator")
+
+    async def renew_orchestration_item_lock(self, lock_token: str, extend_for: float) -> None:
+        now = now_ms()
+        count = await self._exec(
+            "renew_orchestration_item_lock",
+            self._q.renew_orch,
+            (now + _ms(extend_for), lock_token, now),
+            "rowcount",
+            idempotent=True,
+        )
+        if count == 0:
+            raise ProviderError.permanent(
+                "renew_orchestration_item_lock", "lock token invalid or lock already expired"
+            )
+
+    async def enqueue_for_orchestrator(self, item: WorkItem, delay: float | None = None) -> None:
+        now = now_ms()
+        visible = _visible_at(item, now, delay)
+        await self._exec(
+            "enqueue_for_orchestrator",
+            self._q.enqueue_orch,
+            (item.target_instance, encode_work_item(item), _is_start(item), visible, now),
+            "none",
+        )
+        if visible > now:
+            self.notifier.notify_at("orchestrator", visible)
+        else:
+            self.notifier.notify("orchestrator")
+
+    async def enqueue_start(self, item: StartOrchestration) -> None:
+        await self._exec(
+            "enqueue_start", self._q.enqueue_start, (item.instance, encode_work_item(item), now_ms()), "none"
+        )
+        self.notifier.notify("orchestrator")
+
+    # history ---------------------------------------------------------------------------------------
+    async def read(self, instance_id: str) -> list[Event]:
+        rows = await self._all("read", self._q.read, {"id": instance_id}, idempotent=True)
+        return self._decode_history("read", rows)
+
+    async def read_with_execution(self, instance_id: str, execution_id: int) -> list[Event]:
+        rows = await self._all(
+            "read_with_execution", self._q.read_execution, (instance_id, execution_id), idempotent=True
+        )
+        return self._decode_history("read_with_execution", rows)
+
+    def _decode_history(self, op: str, rows: list[Any]) -> list[Event]:
+        try:
+            return [decode_event(r[0]) for r in rows]
+        except HistoryDecodeError as exc:
+            raise ProviderError.permanent(op, str(exc)) from None
+
+    async def append_with_execution(
+        self, instance_id: str, execution_id: int, events: Sequence[Event]
+    ) -> None:
+        await self._exec(
+            "append_with_execution",
+            self._q.append,
+            (
+                instance_id,
+                execution_id,
+                [e.event_id for e in events],
+                [e.type_name for e in events],
+                [encode_event(e) for e in events],
+            ),
+            "none",
+        )
+
+    # worker queue ----------------------------------------------------------------------------------
+    async def enqueue_for_worker(self, item: ActivityExecute) -> None:
+        await self._exec(
+            "enqueue_for_worker",
+            self._q.enqueue_worker,
+            (
+                encode_work_item(item),
+                item.instance,
+                item.execution_id,
+                item.id,
+                item.session_id,
+                item.tag,
+                now_ms(),
+            ),
+            "none",
+        )
+        self.notifier.notify("worker")
+
+    async def fetch_work_item(self, lock_timeout: float, poll_timeout: float = 0.0) -> WorkItemLease | None:
+        leases = await self.fetch_work_items(lock_timeout, 1, poll_timeout)
+        return leases[0] if leases else None
+
+    async def fetch_work_items(
+        self, lock_timeout: float, max_items: int, poll_timeout: float = 0.0
+    ) -> list[WorkItemLease]:
+        """Lock up to ``max_items`` visible work items in one round trip (each gets its own token)."""
+        rows = await self._all(
+            "fetch_work_item",
+            self._q.fetch_work,
+            (now_ms(), _ms(lock_timeout), max(1, int(max_items)), uuid.uuid4().hex),
+        )
+        found: list[tuple[int, WorkItemLease]] = []
+        bad: list[tuple[int, str]] = []
+        for row_id, token, text, attempts, next_visible in rows:
+            if row_id is None:
+                if next_visible is not None:
+                    self.notifier.notify_at("worker", next_visible)
+                continue
+            try:
+                item = decode_work_item(text)
+                if not isinstance(item, ActivityExecute):
+                    raise HistoryDecodeError(
+                        f"worker queue holds a {type(item).__name__}, not ActivityExecute"
+                    )
+            except HistoryDecodeError as exc:
+                bad.append((row_id, str(exc)))
+                continue
+            found.append((row_id, WorkItemLease(item=item, lock_token=token, attempt_count=attempts)))
+        if bad:
+            # An undecodable row can never run: drop it rather than loop on it forever.
+            logger.error("dropping undecodable work items: %s", [m for _, m in bad])
+            with contextlib.suppress(ProviderError):
+                await self._exec("fetch_work_item", self._q.drop_work, ([i for i, _ in bad],), "none")
+        found.sort(key=lambda pair: pair[0])
+        return [lease for _, lease in found]
+
+    async def ack_work_item(self, lock_token: str, completion: WorkItem | None) -> None:
+        (error,) = await self.ack_work_items([(lock_token, completion)])
+        if error is not None:
+            raise error
+
+    async def ack_work_items(
+        self, entries: Sequence[tuple[str, WorkItem | None]]
+    ) -> list[ProviderError | None]:
+        """Ack several work items in one round trip; one result per entry (``None`` = acked)."""
+
+        def lost() -> ProviderError:
+            return ProviderError.permanent(
+                "ack_work_item", "lock token invalid or expired (the activity was cancelled or its lock lost)"
+            )
+
+        results: list[ProviderError | None] = [None] * len(entries)
+        positions: list[int] = []
+        ids: list[int] = []
+        tokens: list[str] = []
+        items: list[str | None] = []
+        targets: list[str | None] = []
+        seen: set[int] = set()
+        for k, (token, completion) in enumerate(entries):
+            row_id = _row_id(token) if isinstance(token, str) else None
+            if row_id is None or row_id in seen:
+                results[k] = lost()
+                continue
+            seen.add(row_id)
+            positions.append(k)
+            ids.append(row_id)
+            tokens.append(token)
+            items.append(encode_work_item(completion) if completion is not None else None)
+            targets.append(completion.target_instance if completion is not None else None)
+        if not ids:
+            return results
+        row = await self._one("ack_work_item", self._q.ack_work, (now_ms(), ids, tokens, items, targets))
+        enqueued = False
+        for k, ok, item in zip(positions, row[0], items, strict=True):
+            if ok:
+                enqueued = enqueued or item is not None
+            else:
+                results[k] = lost()
+        if enqueued:
+            self.notifier.notify("orchestrator")
+        return results
+
+    async def renew_work_item_lock(self, lock_token: str, extend_for: float) -> None:
+        row_id = _row_id(lock_token)
+        count = 0
+        if row_id is not None:
+            now = now_ms()
+            until = now + _ms(extend_for)
+            count = await self._exec(
+                "renew_work_item_lock",
+                self._q.renew_work,
+                (until, until, row_id, lock_token, now),
+                "rowcount",
+                idempotent=True,
+            )
+        if count == 0:
+            raise ProviderError.permanent("renew_work_item_lock", "lock token invalid or expired")
+
+    async def abandon_work_item(
+        self, lock_token: str, delay: float | None = None, ignore_attempt: bool = False
+    ) -> None:
+        row_id = _row_id(lock_token)
+        if row_id is None:
+            raise ProviderError.permanent("abandon_work_item", f"invalid lock token {lock_token!r}")
+        now = now_ms()
+        row = await self._one(
+            "abandon_work_item", self._q.abandon_work, (row_id, lock_token, now, _ms(delay), ignore_attempt)
+        )
+        if row[0] > now:
+            self.notifier.notify_at("worker", row[0])
+        else:
+            self.notifier.notify("worker")
+
+    # status ----------------------------------------------------------------------------------------
+    async def get_instance_info(self, instance_id: str) -> InstanceInfo | None:
+        row = await self._one("get_instance_info", self._q.instance_info, (instance_id,), idempotent=True)
+        if row is None:
+            return None
+        return InstanceInfo(instance_id, *row)
+
+    async def get_custom_status(
+        self, instance_id: str, last_seen_version: int
+    ) -> tuple[str | None, int] | None:
+        row = await self._one("get_custom_status", self._q.custom_status, (instance_id,), idempotent=True)
+        if row is None or row[1] <= last_seen_version:
+            return None
+        return row[0], int(row[1])
+
+    # management ------------------------------------------------------------------------------------
+    async def list_instances(self, status: str | None = None) -> list[str]:
+        if status is None:
+            rows = await self._all("list_instances", self._q.list_instances, None, idempotent=True)
+        else:
+            rows = await self._all(
+                "list_instances", self._q.list_instances_by_status, (status,), idempotent=True
+            )
+        return [r[0] for r in rows]
+
+    async def list_executions(self, instance_id: str) -> list[int]:
+        rows = await self._all("list_executions", self._q.list_executions, (instance_id,), idempotent=True)
+        return [int(r[0]) for r in rows]
+
+    async def read_history(self, instance_id: str, execution_id: int | None = None) -> list[Event]:
+        if execution_id is None:
+            return await self.read(instance_id)
+        return await self.read_with_execution(instance_id, execution_id)
+
+    async def get_execution_info(self, instance_id: str, execution_id: int) -> ExecutionInfo | None:
+        row = await self._one(
+            "get_execution_info", self._q.execution_info, (instance_id, execution_id), idempotent=True
+        )
+        if row is None:
+            return None
+        status, output, started_at, completed_at, count = row
+        return ExecutionInfo(execution_id, status, output, started_at, completed_at, int(count))
+
+    async def get_system_metrics(self) -> SystemMetrics:
+        row = await self._one("get_system_metrics", self._q.metrics, None, idempotent=True)
+        instances, executions, events, running, completed, failed = (int(v) for v in row)
+        return SystemMetrics(
+            total_instances=instances,
+            total_executions=executions,
+            running_instances=running,
+            completed_instances=completed,
+            failed_instances=failed,
+            total_events=events,
+        )
+
+    async def get_queue_depths(self) -> QueueDepths:
+        row = await self._one("get_queue_depths", self._q.queue_depths, {"now": now_ms()}, idempotent=True)
+        return QueueDepths(orchestrator_queue=int(row[0]), worker_queue=int(row[1]))
+
+    async def list_children(self, instance_id: str) -> list[str]:
+        rows = await self._all("list_children", self._q.children, (instance_id,), idempotent=True)
+        return [r[0] for r in rows]
+
+    async def get_parent_id(self, instance_id: str) -> str | None:
+        row = await self._one("get_parent_id", self._q.parent, (instance_id,), idempotent=True)
+        if row is None:
+            raise InstanceNotFound("get_parent_id", instance_id)
+        parent: str | None = row[0]
+        return parent
+
+    async def get_instance_tree(self, instance_id: str) -> list[str]:
+        row = await self._one("get_instance_tree", self._q.tree, {"id": instance_id}, idempotent=True)
+        if row is None:
+            raise InstanceNotFound("get_instance_tree", instance_id)
+        return list(row[0])
+
+    async def delete_instance(self, instance_id: str, force: bool = False) -> DeleteResult:
+        row = await self._one("delete_instance", self._q.delete_instance, (instance_id, force))
+        self.notifier.notify_instance(instance_id)
+        return DeleteResult(*(int(v) for v in row))
+
+    async def delete_instances_atomic(self, instance_ids: Sequence[str], force: bool = False) -> DeleteResult:
+        ids = list(dict.fromkeys(instance_ids))
+        if not ids:
+            return DeleteResult()
+        row = await self._one("delete_instances_atomic", self._q.delete_instances, (ids, force))
+        return DeleteResult(*(int(v) for v in row))
+
+    async def delete_instance_bulk(self, filter: InstanceFilter) -> DeleteResult:
+        if filter.instance_ids is not None and not filter.instance_ids:
+            return DeleteResult()
+        row = await self._one(
+            "delete_instance_bulk",
+            self._q.delete_bulk,
+            (filter.instance_ids, filter.completed_before_ms, filter.limit),
+        )
+        return DeleteResult(*(int(v) for v in row))
+
+    async def prune_executions(self, instance_id: str, options: PruneOptions) -> PruneResult:
+        row = await self._one(
+            "prune_executions", self._q.prune, (instance_id, options.keep_last, options.completed_before_ms)
+        )
+        return PruneResult(*(int(v) for v in row))
+
+    async def prune_executions_bulk(self, filter: InstanceFilter, options: PruneOptions) -> PruneResult:
+        if filter.instance_ids is not None and not filter.instance_ids:
+            return PruneResult()
+        row = await self._one(
+            "prune_executions_bulk",
+            self._q.prune_bulk,
+            (filter.instance_ids, filter.limit, options.keep_last, options.completed_before_ms),
+        )
+        return PruneResult(*(int(v) for v in row))
+
+    # fault-injection hooks for the validation suite --------------------------------------------------
+    async def _corrupt_instance_history(self, instance_id: str) -> None:
+        await self._exec("corrupt", self._q.corrupt, (instance_id,), "none")
+
+    async def _max_attempt_count(self, instance_id: str) -> int:
+        row = await self._one("max_attempt_count", self._q.max_attempt, (instance_id,), idempotent=True)
+        return int(row[0] or 0)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# migrations
+
+
+def _scrub(text: str, params: dict[str, Any]) -> str:
+    password = params.get("password")
+    return text.replace(str(password), "***") if password else text
+
+
+async def _migrate(conn: AnyioConnection[Any], schema: str, quoted: str) -> None:
+    """Bring ``schema`` up to the newest embedded migration. Each pending migration runs in its own
+    transaction holding an advisory lock keyed by the schema, so concurrent connects apply it once."""
+    migrations = _load_migrations()
+    table = f"{quoted}.{sql.Identifier(MIGRATIONS_TABLE).as_string(conn)}"
+    if await _latest_applied(conn, table) >= migrations[-1][0]:
+        return  # up to date: no lock needed
+    lock_key = _hash64(f"duroxide_trio:migrations:{schema}")
+    substitutions = {
+        "@schema@": quoted,
+        "@channel@": sql.Literal(channel_name(schema)).as_string(conn),
+        "@lock_seed@": str(_hash64(f"duroxide_trio:locks:{schema}")),
+    }
+    for version, file_name, text in migrations:
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key,))
+            cur = await conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,))
+            if await cur.fetchone() is None:
+                await conn.execute(f"CREATE SCHEMA {quoted}")
+            await conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {table} (version INTEGER PRIMARY KEY, name TEXT NOT NULL, "
+                "applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+            )
+            cur = await conn.execute(f"SELECT 1 FROM {table} WHERE version = %s", (version,))
+            if await cur.fetchone() is not None:
+                continue
+            script = text
+            for placeholder, value in substitutions.items():
+                script = script.replace(placeholder, value)
+            await conn.execute(script)
+            await conn.execute(f"INSERT INTO {table} (version, name) VALUES (%s, %s)", (version, file_name))
+            logger.info("schema %r: applied migration %s", schema, file_name)
+
+
+async def _latest_applied(conn: AnyioConnection[Any], table: str) -> int:
+    cur = await conn.execute("SELECT to_regclass(%s)", (table,))
+    row = await cur.fetchone()
+    if row is None or row[0] is None:
+        return 0
+    cur = await conn.execute(f"SELECT COALESCE(max(version), 0) FROM {table}")
+    row = await cur.fetchone()
+    return int(row[0]) if row is not None else 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# factory
+
+
+class PostgresFactory:
+    """``ProviderFactory`` for PostgreSQL (validation suite, stress harness): each ``create_provider()``
+    connects to a fresh schema ``duroxide_test_<random>`` that ``cleanup()`` drops again (unless
+    ``keep_schema``); with ``schema`` given, every provider uses that schema and nothing is dropped."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        schema: str | None = None,
+        pool_max: int | None = None,
+        lock_timeout: float = 1.0,
+        keep_schema: bool = False,
+    ) -> None:
+        self.url = url
+        self.schema = schema
+        self.pool_max = pool_max
+        self.lock_timeout = lock_timeout
+        self.keep_schema = keep_schema
+        self._created: dict[int, str] = {}
+
+    @property
+    def description(self) -> str:
+        return "postgres"
+
+    def __repr__(self) -> str:
+        return f"PostgresFactory({mask_url(self.url)!r}, schema={self.schema!r})"
+
+    async def create_provider(self) -> PostgresProvider:
+        schema = self.schema or f"duroxide_test_{uuid.uuid4().hex[:8]}"
+        provider = await PostgresProvider.connect(self.url, schema=schema, pool_max=self.pool_max)
+        if self.schema is None:
+            self._created[id(provider)] = schema
+        return provider
+
+    async def open_peer(self, provider: PostgresProvider) -> PostgresProvider:
+        """Another provider (its own pool) on the same schema, like a second process."""
+        return await PostgresProvider.connect(self.url, schema=provider.schema, pool_max=self.pool_max)
+
+    async def cleanup(self, provider: PostgresProvider) -> None:
+        await provider.close()
+        schema = self._created.pop(id(provider), None)
+        if schema is not None and not self.keep_schema:
+            await drop_schema(self.url, schema)
+
+    async def corrupt_instance_history(self, provider: PostgresProvider, instance_id: str) -> None:
+        await provider._corrupt_instance_history(instance_id)
+
+    async def get_max_attempt_count(self, provider: PostgresProvider, instance_id: str) -> int:
+        return await provider._max_attempt_count(instance_id)
+
+
+async def drop_schema(url: str, schema: str, *, timeout: float = 30.0) -> None:
+    """Drop ``schema`` and everything in it (its functions, tables and migration record)."""
+    try:
+        with anyio.fail_after(timeout):
+            conn = await connect(url, autocommit=True)
+            try:
+                await conn.execute("SET lock_timeout = '10s'")
+                await conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await conn.close()
+    except psycopg.Error as ex:
+        message = _scrub(str(ex), conninfo_to_dict(url))
+        raise ProviderError.transient("drop_schema", f"cannot drop schema {schema!r}: {message}") from None
+    except TimeoutError:
+        raise ProviderError.transient("drop_schema", f"dropping schema {schema!r} timed out") from None
