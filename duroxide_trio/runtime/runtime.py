@@ -158,6 +158,10 @@ async def _run(runtime: Runtime) -> AsyncIterator[Runtime]:
                 workers_done.set()
 
         outer.start_soon(runtime.leases.run, name="lease-renewer")
+        listener = getattr(runtime.provider, "run_listener", None)
+        if listener is not None:
+            # Cross-process wake-ups (PostgreSQL LISTEN); a no-op if the provider's own block runs one.
+            await outer.start(listener)
         outer.start_soon(run_workers)
         try:
             yield runtime
@@ -173,3 +177,4 @@ async def _run(runtime: Runtime) -> AsyncIterator[Runtime]:
                         runtime._workers_scope.cancel()
                     with anyio.move_on_after(30):
                         await workers_done.wait()
+            outer.cancel_scope.cancel()  # the listener (if any) runs until cancelled
