@@ -67,7 +67,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):  # PostgreSQL loads lazily so that SQLite users never import psycopg
+def __getattr__(name: str) -> object:  # PostgreSQL loads lazily so that SQLite users never import psycopg
     if name in ("PostgresProvider", "PostgresFactory"):
         from .providers import postgres
 

@@ -120,7 +120,7 @@ class Registry:
         if callable(name):  # used as @registry.activity without parentheses
             fn = name
             self.add_activity(fn)
-            return fn  # type: ignore[return-value]
+            return fn
 
         def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
             self.add_activity(fn, name)
@@ -134,7 +134,7 @@ class Registry:
         if callable(name):
             fn = name
             self.add_orchestration(fn)
-            return fn  # type: ignore[return-value]
+            return fn
 
         def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
             self.add_orchestration(fn, name, version=version)

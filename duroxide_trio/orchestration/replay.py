@@ -389,7 +389,7 @@ class Turn:
         if isinstance(a, OrchestrationChained):
             return (a.name, a.instance, a.input) == (k.name, k.instance, k.input)
         if isinstance(a, (ExternalSubscribed, QueueSubscribed)):
-            return a.name == k.name
+            return bool(a.name == k.name)
         if action.target is not None:
             return action.target.action is not None and action.target.action.event_id == ev.source_event_id
         return True  # timers and custom status match by kind

@@ -6,7 +6,7 @@ from .sqlite import SqliteFactory, SqliteProvider
 __all__ = ["Provider", "ProviderAdmin", "ProviderError", "ProviderFactory", "SqliteFactory", "SqliteProvider"]
 
 
-def __getattr__(name: str):  # PostgreSQL pieces load lazily (psycopg import cost)
+def __getattr__(name: str) -> object:  # PostgreSQL pieces load lazily (psycopg import cost)
     if name in ("PostgresProvider", "PostgresFactory"):
         from . import postgres
 

@@ -64,4 +64,5 @@ class RuntimeOptions:
         return max(timeout / 2, 0.05)
 
     def unregistered_delay(self, attempt: int) -> float:
-        return min(self.unregistered_backoff * (2 ** min(max(attempt - 1, 0), 6)), self.unregistered_backoff_cap)
+        delay = float(self.unregistered_backoff) * float(2 ** min(max(attempt - 1, 0), 6))
+        return min(delay, float(self.unregistered_backoff_cap))
