@@ -14,7 +14,10 @@ import anyio
 
 import duroxide_trio as dt
 
-OPTIONS = dt.RuntimeOptions(orchestrator_lock_timeout=1.0, worker_lock_timeout=1.0, poll_interval=0.2)
+# Few slots per process and activities that take a moment, so that several processes share the work.
+OPTIONS = dt.RuntimeOptions(
+    orchestrator_lock_timeout=1.0, worker_lock_timeout=1.0, poll_interval=0.2, activity_slots=4, orchestration_slots=4
+)
 
 
 def build_registry(log_path: str | None, crash: bool) -> dt.Registry:
@@ -25,6 +28,7 @@ def build_registry(log_path: str | None, crash: bool) -> dt.Registry:
         if crash and ctx.attempt == 1:
             print(f"in-activity {ctx.instance_id}", flush=True)
             await anyio.sleep(3600)
+        await anyio.sleep(0.02)
         if log_path:
             fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             try:
