@@ -187,9 +187,11 @@ class Client:
             raise ValueError(f"timeout must be a non-negative number of seconds, got {timeout!r}")
         deadline = time.monotonic() + timeout
         notifier = self.provider.notifier
+        final: InstanceInfo | None = None
         while True:
             event = notifier.instance_event(instance_id)
-            state = await self.get_status(instance_id)
+            # The provider may hand over the committed terminal state with its notification.
+            state = self._state(instance_id, final) if final is not None else await self.get_status(instance_id)
             if state.status.is_terminal:
                 return state
             remaining = deadline - time.monotonic()
@@ -199,6 +201,7 @@ class Client:
                 )
             with anyio.move_on_after(min(remaining, poll_interval)):
                 await event.wait()
+            final = notifier.take_final(instance_id) if event.is_set() else None
 
     async def get_custom_status(self, instance_id: str, last_seen_version: int = 0) -> tuple[Any, int] | None:
         got = await self.provider.get_custom_status(instance_id, last_seen_version)

@@ -244,6 +244,7 @@ class Notifier:
         self._gen: dict[str, int] = {}
         self._events: dict[str, anyio.Event] = {}
         self._deadlines: dict[str, list[float]] = {}
+        self._final: dict[str, InstanceInfo] = {}
 
     # queues ---------------------------------------------------------------------------------------
     def generation(self, key: str) -> int:
@@ -301,10 +302,18 @@ class Notifier:
             self._gen[key] += 1
 
     # instances -------------------------------------------------------------------------------------
-    def notify_instance(self, instance_id: str) -> None:
+    def notify_instance(self, instance_id: str, final: InstanceInfo | None = None) -> None:
+        """``instance_id`` reached a terminal state; ``final`` (optional) is its committed info, handed to
+        a waiter so that it need not read it back."""
         ev = self._events.pop("instance:" + instance_id, None)
         if ev is not None:
+            if final is not None:
+                self._final[instance_id] = final
             ev.set()
+
+    def take_final(self, instance_id: str) -> InstanceInfo | None:
+        """The terminal info passed to the last ``notify_instance`` of ``instance_id`` (once)."""
+        return self._final.pop(instance_id, None)
 
     def instance_event(self, instance_id: str) -> anyio.Event:
         """An event set the next time ``instance_id`` is notified. Take it *before* checking the store."""

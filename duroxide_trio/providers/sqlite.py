@@ -561,6 +561,8 @@ class SqliteProvider:
                 )
             outcome["instance"] = instance_id
             outcome["wake"] = wake_now
+            if metadata.status in (COMPLETED, FAILED):
+                outcome["final"] = _instance_info(conn, instance_id)
 
         await self._run("ack_orchestration_item", _ack)
         if worker_rows:
@@ -570,7 +572,7 @@ class SqliteProvider:
         for at in outcome.get("later", ()):
             self.notifier.notify_at("orchestrator", at)
         if metadata.status in (COMPLETED, FAILED):
-            self.notifier.notify_instance(outcome["instance"])
+            self.notifier.notify_instance(outcome["instance"], outcome.get("final"))
 
     async def abandon_orchestration_item(
         self, lock_token: str, delay: float | None = None, ignore_attempt: bool = False
