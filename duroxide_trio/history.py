@@ -112,11 +112,6 @@ class TimerFired:
 
 
 @attrs.frozen
-class TimerCancelled:
-    reason: str = ""
-
-
-@attrs.frozen
 class ExternalSubscribed:
     name: str
 
@@ -196,7 +191,6 @@ EventKind = (
     | ActivityCancelRequested
     | TimerCreated
     | TimerFired
-    | TimerCancelled
     | ExternalSubscribed
     | ExternalEvent
     | ExternalSubscribedCancelled
@@ -225,7 +219,6 @@ EVENT_KINDS: dict[str, type] = {
         ActivityCancelRequested,
         TimerCreated,
         TimerFired,
-        TimerCancelled,
         ExternalSubscribed,
         ExternalEvent,
         ExternalSubscribedCancelled,
@@ -252,7 +245,6 @@ DECISION_KINDS = (
     OrchestrationChained,
     CustomStatusUpdated,
     ActivityCancelRequested,
-    TimerCancelled,
     ExternalSubscribedCancelled,
     QueueSubscriptionCancelled,
     SubOrchestrationCancelRequested,

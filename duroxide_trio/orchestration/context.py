@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Coroutine, Generator, Iterable, Sequence
+from collections.abc import Coroutine, Generator, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -489,8 +489,3 @@ class OrchestrationContext:
         task = _TaskFuture(self, coro)
         self._turn._add_task(task)
         return task
-
-
-# Convenience for type checkers of orchestration functions.
-OrchestrationFunction = Callable[[OrchestrationContext, Any], Coroutine[Any, Any, Any]]
-

@@ -11,7 +11,6 @@ execution ids: the runtime owns all semantics. Instances are created only by ``a
 from __future__ import annotations
 
 import heapq
-import math
 import time
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
@@ -453,10 +452,3 @@ class ProviderFactory(Protocol):
     ``get_max_attempt_count(provider, instance_id)``; ``cleanup(provider)`` runs after use."""
 
     async def create_provider(self) -> Provider: ...
-
-
-def provider_timeout(value: float) -> float:
-    """Clamp a user timeout to something finite (every provider call has one)."""
-    if value is None or math.isinf(value) or value <= 0:
-        return 30.0
-    return value
