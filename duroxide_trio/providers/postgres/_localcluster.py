@@ -37,7 +37,9 @@ __all__ = [
     "ClusterStartError",
     "ClusterUnavailable",
     "DEFAULT_OS_USER",
+    "LocalCluster",
     "find_bindir",
+    "local_cluster",
     "throwaway_cluster",
 ]
 
@@ -135,6 +137,37 @@ def throwaway_cluster(
 
     ``settings`` are extra server settings (``{"fsync": "off"}`` makes a test cluster faster).
     """
+    with local_cluster(settings=settings, os_user=os_user, start_timeout=start_timeout, bindir=bindir) as c:
+        yield c.url
+
+
+class LocalCluster:
+    """A running throwaway cluster (from :func:`local_cluster`): its ``url``, and :meth:`restart` for
+    chaos tests (only ever a cluster this process started)."""
+
+    def __init__(self, url: str, restart: Callable[[str], None]) -> None:
+        self.url = url
+        self._restart = restart
+        self.restarts = 0
+
+    def restart(self, mode: str = "fast") -> None:
+        """``pg_ctl restart -m fast|immediate`` and wait until the server accepts connections again
+        (blocking; run it in a thread from async code). ``immediate`` is a crash: recovery runs."""
+        if mode not in ("fast", "immediate", "smart"):
+            raise ValueError(f"restart mode must be fast, immediate or smart, not {mode!r}")
+        self._restart(mode)
+        self.restarts += 1
+
+
+@contextlib.contextmanager
+def local_cluster(
+    *,
+    settings: Mapping[str, str] | None = None,
+    os_user: str = DEFAULT_OS_USER,
+    start_timeout: float = 60.0,
+    bindir: str | os.PathLike[str] | None = None,
+) -> Iterator[LocalCluster]:
+    """Like :func:`throwaway_cluster`, yielding a :class:`LocalCluster` that can also be restarted."""
     bin_path = Path(bindir) if bindir is not None else find_bindir()
     if bin_path is None:
         raise ClusterUnavailable(
@@ -217,7 +250,20 @@ def throwaway_cluster(
                     f"pg_ctl start failed ({proc.returncode}): {proc.stderr.strip()}\n"
                     f"--- server log ({log}) ---\n{_tail(log)}"
                 )
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+
+        def restart(mode: str) -> None:
+            proc = run(
+                str(bin_path / "pg_ctl"), "-D", str(data), "-l", str(log), "-m", mode, "-w",
+                "-t", str(int(start_timeout)), "restart",
+                timeout=start_timeout + 40,
+            )  # fmt: skip
+            if proc.returncode != 0:
+                raise ClusterStartError(
+                    f"pg_ctl restart failed ({proc.returncode}): {proc.stderr.strip()}\n"
+                    f"--- server log ({log}) ---\n{_tail(log)}"
+                )
+
+        yield LocalCluster(f"postgresql://postgres@127.0.0.1:{port}/postgres", restart)
     finally:
         if started:
             _stop(run, bin_path, data)

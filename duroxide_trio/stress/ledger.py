@@ -1,0 +1,167 @@
+"""The activity ledger of a chaos run: every activity execution writes one row into a table of the same
+database, so executions are counted by the database, not by the harness's memory.
+
+A row is written when an activity body has finished, just before its result is returned to the runtime:
+an execution whose process was killed before that point never produced a result either. A logical
+activity is ``(instance_id, execution_id, activity_id)``; more than one row for it is a duplicate
+execution (allowed: activities are at-least-once).
+
+``SqliteLedger`` uses a table ``chaos_ledger`` in the SQLite file; ``PostgresLedger`` a table
+``chaos_ledger`` in the run's schema. Both retry through database restarts.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from typing import Any, Protocol
+
+import anyio
+import anyio.to_thread
+import attrs
+
+__all__ = ["Ledger", "LedgerRow", "PostgresLedger", "SqliteLedger", "open_ledger"]
+
+#: How long one ledger write keeps retrying (a database restart) before it gives up.
+WRITE_RETRY_FOR = 90.0
+
+
+@attrs.frozen
+class LedgerRow:
+    instance_id: str
+    execution_id: int
+    activity_id: int
+    name: str
+    pid: int
+    attempt: int
+    at_ms: int
+
+    @property
+    def key(self) -> tuple[str, int, int]:
+        return (self.instance_id, self.execution_id, self.activity_id)
+
+
+class Ledger(Protocol):
+    async def create(self) -> None: ...
+
+    async def record(
+        self, instance_id: str, execution_id: int, activity_id: int, name: str, attempt: int
+    ) -> None: ...
+
+    async def read_all(self) -> list[LedgerRow]: ...
+
+    async def close(self) -> None: ...
+
+
+_CREATE = (
+    "CREATE TABLE IF NOT EXISTS {t} (instance_id TEXT NOT NULL, execution_id BIGINT NOT NULL, "
+    "activity_id BIGINT NOT NULL, name TEXT NOT NULL, pid INTEGER NOT NULL, attempt INTEGER NOT NULL, "
+    "at_ms BIGINT NOT NULL)"
+)
+
+
+class SqliteLedger:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._conn: sqlite3.Connection | None = None
+        self._limiter = anyio.CapacityLimiter(1)
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self._conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
+        return self._conn
+
+    async def _run(self, fn: Any) -> Any:
+        return await anyio.to_thread.run_sync(lambda: fn(self._connection()), limiter=self._limiter)
+
+    async def create(self) -> None:
+        await self._run(lambda c: c.execute(_CREATE.format(t="chaos_ledger")))
+
+    async def record(self, instance_id: str, execution_id: int, activity_id: int, name: str, attempt: int) -> None:
+        row = (instance_id, execution_id, activity_id, name, os.getpid(), attempt, int(time.time() * 1000))
+        deadline = time.monotonic() + WRITE_RETRY_FOR
+        while True:
+            try:
+                await self._run(lambda c: c.execute("INSERT INTO chaos_ledger VALUES (?, ?, ?, ?, ?, ?, ?)", row))
+                return
+            except sqlite3.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                await anyio.sleep(0.05)
+
+    async def read_all(self) -> list[LedgerRow]:
+        rows = await self._run(lambda c: c.execute("SELECT * FROM chaos_ledger").fetchall())
+        return [LedgerRow(*r) for r in rows]
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            await anyio.to_thread.run_sync(conn.close, limiter=self._limiter)
+
+
+class PostgresLedger:
+    def __init__(self, url: str, schema: str) -> None:
+        self.url = url
+        self.schema = schema
+        self._conn: Any = None
+        self._lock = anyio.Lock()
+
+    def _table(self) -> str:
+        from psycopg import sql
+
+        return sql.Identifier(self.schema, "chaos_ledger").as_string(None)
+
+    async def _execute(self, query: str, params: Any = None, *, fetch: bool = False) -> Any:
+        """One statement on the ledger's own connection; reconnects and retries through restarts."""
+        import psycopg
+
+        from ..providers.postgres._driver import connect
+
+        deadline = time.monotonic() + WRITE_RETRY_FOR
+        async with self._lock:
+            while True:
+                try:
+                    with anyio.fail_after(30):
+                        if self._conn is None or self._conn.closed:
+                            self._conn = await connect(self.url, autocommit=True, connect_timeout=5)
+                        cur = await self._conn.execute(query, params)
+                        return await cur.fetchall() if fetch else None
+                except (psycopg.OperationalError, psycopg.errors.AdminShutdown, TimeoutError, OSError):
+                    if self._conn is not None:
+                        with anyio.CancelScope(shield=True):
+                            try:
+                                await self._conn.close()
+                            except Exception:  # noqa: BLE001 - a broken connection
+                                pass
+                        self._conn = None
+                    if time.monotonic() > deadline:
+                        raise
+                    await anyio.sleep(0.2)
+
+    async def create(self) -> None:
+        await self._execute(_CREATE.format(t=self._table()))
+
+    async def record(self, instance_id: str, execution_id: int, activity_id: int, name: str, attempt: int) -> None:
+        await self._execute(
+            f"INSERT INTO {self._table()} VALUES (%s, %s, %s, %s, %s, %s, %s)",
+            (instance_id, execution_id, activity_id, name, os.getpid(), attempt, int(time.time() * 1000)),
+        )
+
+    async def read_all(self) -> list[LedgerRow]:
+        rows = await self._execute(f"SELECT * FROM {self._table()}", fetch=True)
+        return [LedgerRow(*r) for r in rows]
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            with anyio.CancelScope(shield=True):
+                await conn.close()
+
+
+def open_ledger(target: dict[str, Any]) -> SqliteLedger | PostgresLedger:
+    """The ledger of a worker target (``{"kind": "sqlite", "path": ...}`` or ``{"kind": "postgres",
+    "url": ..., "schema": ...}``)."""
+    if target["kind"] == "postgres":
+        return PostgresLedger(target["url"], target["schema"])
+    return SqliteLedger(target["path"])

@@ -1,0 +1,233 @@
+"""The verdict of a chaos run, computed from the database after the load and the drain.
+
+What it counts (see the README's "Chaos testing" section for how to read each figure):
+
+- ``lost``: the start was acknowledged but the store has no trace of the instance (it vanished).
+- ``stuck``: the instance exists but was not terminal ``stuck_after`` seconds after the last fault.
+- ``wrong_output``: terminal, but the output is not what the scenario computes (a Failed instance counts
+  here too, with its error).
+- ``completed_twice``: an execution whose history holds two terminal events, or an activity with a second
+  completion event.
+- ``lost_activity_results``: a terminal execution with an activity scheduled but never completed (nor
+  cancelled).
+- executions per logical activity, counted by the ledger (the database): ``duplicate_executions`` is a
+  figure, not a failure (activities are at-least-once), split by the fault that caused each
+  (``duplicates_by_cause``: kill / stall / restart-db / faults). ``unrecorded_completions`` counts
+  completions in history without a ledger row (0 unless the ledger itself lost writes).
+- ``drain_s``: from the last fault to the moment every launched instance was terminal.
+
+The verdict passes when lost, stuck, wrong_output, completed_twice and lost_activity_results are all 0
+and every launched instance is terminal.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from ..history import (
+    ActivityCancelRequested,
+    ActivityCompleted,
+    ActivityFailed,
+    ActivityScheduled,
+    Event,
+)
+from .chaos import ChaosTimeline
+from .ledger import LedgerRow
+
+__all__ = ["Verdict", "compute_verdict", "examine_history"]
+
+#: How many ids each failure list keeps (the counts are complete).
+MAX_LISTED = 50
+
+
+@attrs.define
+class Verdict:
+    launched: int = 0
+    terminal: int = 0
+    completed: int = 0
+    failed: int = 0
+    lost: list[str] = attrs.field(factory=list)
+    stuck: list[str] = attrs.field(factory=list)
+    wrong_output: list[str] = attrs.field(factory=list)
+    completed_twice: list[str] = attrs.field(factory=list)
+    lost_activity_results: list[str] = attrs.field(factory=list)
+    instances_examined: int = 0
+    executions_examined: int = 0
+    logical_activities: int = 0
+    activity_executions: int = 0
+    duplicate_executions: int = 0
+    duplicated_activities: int = 0
+    max_executions_per_activity: int = 0
+    duplicates_by_cause: dict[str, int] = attrs.field(factory=dict)
+    unrecorded_completions: int = 0
+    last_fault_s: float | None = None
+    all_terminal_s: float | None = None
+    drain_s: float | None = None
+    stuck_after_s: float = 0.0
+    counts: dict[str, int] = attrs.field(factory=dict)
+
+    @property
+    def reasons(self) -> list[str]:
+        out = []
+        for name in ("lost", "stuck", "wrong_output", "completed_twice", "lost_activity_results"):
+            items = getattr(self, name)
+            count = self.counts.get(name, len(items))
+            if count:
+                out.append(f"{count} {name.replace('_', ' ')} (e.g. {', '.join(items[:3])})")
+        if self.launched == 0:
+            out.append("nothing was launched")
+        elif self.terminal != self.launched and not out:
+            out.append(f"only {self.terminal} of {self.launched} instances are terminal")
+        return out
+
+    @property
+    def passed(self) -> bool:
+        return not self.reasons
+
+    @property
+    def duplicate_rate(self) -> float:
+        """Duplicate executions per logical activity, in percent."""
+        return self.duplicate_executions / self.logical_activities * 100.0 if self.logical_activities else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for field in attrs.fields(Verdict):
+            value = getattr(self, field.name)
+            if isinstance(value, list):
+                out[field.name] = self.counts.get(field.name, len(value))
+                out[field.name + "_ids"] = value[:MAX_LISTED]
+            elif isinstance(value, float):
+                out[field.name] = round(value, 3)
+            elif field.name != "counts":
+                out[field.name] = value
+        out["duplicate_rate_percent"] = round(self.duplicate_rate, 3)
+        out["passed"] = self.passed
+        out["reasons"] = self.reasons
+        return out
+
+    def _add(self, name: str, ident: str) -> None:
+        self.counts[name] = self.counts.get(name, 0) + 1
+        items: list[str] = getattr(self, name)
+        if len(items) < MAX_LISTED:
+            items.append(ident)
+
+
+def examine_history(events: Sequence[Event]) -> tuple[int, list[int], list[int], set[int]]:
+    """(terminal events, activity ids completed twice, activity ids scheduled but never completed or
+    cancelled, activity ids completed) of one execution's history."""
+    terminal = sum(1 for e in events if e.is_terminal())
+    scheduled: set[int] = set()
+    cancelled: set[int] = set()
+    completions: collections.Counter[int] = collections.Counter()
+    for e in events:
+        if isinstance(e.kind, ActivityScheduled):
+            scheduled.add(e.event_id)
+        elif isinstance(e.kind, (ActivityCompleted, ActivityFailed)) and e.source_event_id is not None:
+            completions[e.source_event_id] += 1
+        elif isinstance(e.kind, ActivityCancelRequested) and e.source_event_id is not None:
+            cancelled.add(e.source_event_id)
+    twice = sorted(k for k, n in completions.items() if n > 1)
+    missing = sorted(scheduled - set(completions) - cancelled) if terminal else []
+    return terminal, twice, missing, set(completions)
+
+
+def _cause(
+    rows: list[LedgerRow], timeline: ChaosTimeline, killed_pids: set[int], faults: bool
+) -> str:
+    """Which fault made a logical activity run more than once (its executions ``rows``, by time)."""
+    earlier = rows[:-1]
+    first_s = timeline.wall_to_s(rows[0].at_ms)
+    last_s = timeline.wall_to_s(rows[-1].at_ms)
+    if any(r.pid in killed_pids for r in earlier):
+        return "kill"
+    stalled = {e.pid for e in timeline.events if e.kind == "stall" and e.pid is not None}
+    if any(r.pid in stalled for r in earlier):
+        for e in timeline.events:
+            if e.kind == "stall" and any(r.pid == e.pid for r in earlier):
+                if e.at - 1.0 <= last_s and (e.until or e.at) + 1.0 >= first_s:
+                    return "stall"
+    for e in timeline.events:
+        if e.kind == "restart-db" and e.at - 1.0 <= last_s and (e.until or e.at) + 1.0 >= first_s:
+            return "restart-db"
+    return "faults" if faults else "other"
+
+
+async def compute_verdict(
+    provider: Any,
+    launched: Mapping[str, Any],
+    ledger_rows: Sequence[LedgerRow],
+    timeline: ChaosTimeline,
+    *,
+    killed_pids: set[int],
+    faults: bool,
+    stuck_after: float,
+    all_terminal_s: float | None,
+    load_end_s: float = 0.0,
+    registry: Any = None,
+) -> Verdict:
+    """Examine every launched instance (``launched``: instance id -> its scenario ``Launch``) and its
+    sub-orchestrations in ``provider`` (any provider with the admin API), against the ledger."""
+    from ..client import Client, Status
+
+    client = Client(provider, registry=registry)
+    admin = provider.as_admin()
+    v = Verdict(launched=len(launched), stuck_after_s=stuck_after)
+    v.last_fault_s = timeline.last_fault_end()
+    v.all_terminal_s = all_terminal_s
+    if all_terminal_s is not None:
+        v.drain_s = max(all_terminal_s - max(v.last_fault_s or 0.0, load_end_s), 0.0)
+    completed_keys: set[tuple[str, int, int]] = set()
+    for instance_id, launch in launched.items():
+        state = await client.get_status(instance_id)
+        if state.status is Status.NOT_FOUND:
+            v._add("lost", instance_id)
+            continue
+        if state.status not in (Status.COMPLETED, Status.FAILED):
+            v._add("stuck", instance_id)
+        else:
+            v.terminal += 1
+            if state.status is Status.COMPLETED:
+                v.completed += 1
+                try:
+                    reason = launch.check(state.output, state)
+                except Exception as exc:  # noqa: BLE001 - a check that cannot read the output
+                    reason = f"{type(exc).__name__}: {exc}"
+                if reason is not None:
+                    v._add("wrong_output", f"{instance_id}: {reason[:120]}")
+            else:
+                v.failed += 1
+                err = state.error
+                v._add("wrong_output", f"{instance_id}: failed {err.category if err else ''}/{err.kind if err else ''}")
+        for member in await admin.get_instance_tree(instance_id):
+            v.instances_examined += 1
+            for execution_id in await admin.list_executions(member):
+                v.executions_examined += 1
+                history = await admin.read_history(member, execution_id)
+                terminal, twice, missing, done = examine_history(history)
+                if terminal > 1:
+                    v._add("completed_twice", f"{member}#{execution_id} has {terminal} terminal events")
+                for act in twice:
+                    v._add("completed_twice", f"{member}#{execution_id} activity {act} completed twice")
+                for act in missing:
+                    v._add("lost_activity_results", f"{member}#{execution_id} activity {act}")
+                completed_keys.update((member, execution_id, a) for a in done)
+    by_key: dict[tuple[str, int, int], list[LedgerRow]] = collections.defaultdict(list)
+    for row in ledger_rows:
+        by_key[row.key].append(row)
+    v.logical_activities = len(by_key)
+    v.activity_executions = len(ledger_rows)
+    causes: collections.Counter[str] = collections.Counter()
+    for rows in by_key.values():
+        rows.sort(key=lambda r: r.at_ms)
+        v.max_executions_per_activity = max(v.max_executions_per_activity, len(rows))
+        if len(rows) > 1:
+            v.duplicated_activities += 1
+            v.duplicate_executions += len(rows) - 1
+            causes[_cause(rows, timeline, killed_pids, faults)] += len(rows) - 1
+    v.duplicates_by_cause = dict(causes)
+    v.unrecorded_completions = len(completed_keys - set(by_key))
+    return v

@@ -1,0 +1,439 @@
+"""Runtime worker processes of the multi-process stress harness (``duroxide-trio stress --processes N``).
+
+The load driver (the client) runs in the harness's process; each worker is a separate Python process
+running ``open_runtime`` with the stress config's dispatchers on the same database:
+
+    python -m duroxide_trio.stress.workers          # reads its spec from $DUROXIDE_CHAOS_WORKER (JSON)
+
+A worker prints JSON lines on stdout: ``{"t": "ready", "pid": ...}`` once its runtime runs, then
+``{"t": "stats", ...}`` every 0.25 s (turns, activities, errors). ``SIGUSR1`` stops its fault injection
+(the drain phase is fault-free), ``SIGTERM`` stops it. Every activity writes a ledger row
+(:mod:`.ledger`) before it returns its result.
+
+:class:`WorkerPool` is the harness's side: it starts, kills (SIGKILL), stalls (SIGSTOP/SIGCONT) and
+replaces worker processes and keeps each one's state (starting / running / stalled / killed / exited) and
+figures for the dashboard and the JSON result.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from typing import IO, Any
+
+import anyio
+import anyio.abc
+import attrs
+
+from ..registry import ActivityHandler, Registry
+from .chaos import ChaosTimeline
+from .config import StressConfig
+from .ledger import Ledger, open_ledger
+
+__all__ = ["WorkerPool", "WorkerProcess", "build_registry", "fault_rules", "wrap_faults"]
+
+SPEC_ENV = "DUROXIDE_CHAOS_WORKER"
+#: Provider operations the fault injector fails (before the real call).
+FAULT_OPS = (
+    "fetch_orchestration_item", "ack_orchestration_item", "abandon_orchestration_item",
+    "renew_orchestration_item_lock", "enqueue_for_orchestrator", "fetch_work_item", "fetch_work_items",
+    "ack_work_item", "ack_work_items", "renew_work_item_lock", "abandon_work_item", "read",
+)  # fmt: skip
+#: Operations failed *after* the real call committed. Fetches only with ``fetch-after=1``: a fetch whose
+#: result is lost strands its items until their lock expires (a full worker lock timeout).
+AFTER_OPS = (
+    "ack_orchestration_item", "abandon_orchestration_item", "renew_orchestration_item_lock",
+    "enqueue_for_orchestrator", "ack_work_item", "ack_work_items", "renew_work_item_lock", "abandon_work_item",
+)  # fmt: skip
+FETCH_OPS = ("fetch_orchestration_item", "fetch_work_item", "fetch_work_items")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# worker side
+
+
+def _ledgered(handler: ActivityHandler, ledger: Ledger) -> Callable[..., Any]:
+    async def run(ctx: Any, *args: Any) -> Any:
+        if handler.is_async:
+            result = await handler.fn(ctx, *args)
+        else:
+            result = await anyio.to_thread.run_sync(handler.fn, ctx, *args)
+        await ledger.record(ctx.instance_id, ctx.execution_id, ctx.activity_id, ctx.activity_name, ctx.attempt)
+        return result
+
+    if handler.takes_input:
+
+        async def with_input(ctx: Any, input: Any) -> Any:
+            return await run(ctx, input)
+
+        return with_input
+
+    async def without_input(ctx: Any) -> Any:
+        return await run(ctx)
+
+    return without_input
+
+
+def build_registry(config: StressConfig, ledger: Ledger) -> Registry:
+    """The scenario's orchestrations and activities, every activity writing its ledger row."""
+    from .scenarios import get_scenario
+
+    inner = Registry()
+    get_scenario(config.scenario).register(inner, config)
+    registry = Registry()
+    for name in inner.activity_names:
+        handler = inner.get_activity(name)
+        assert handler is not None
+        registry.add_activity(_ledgered(handler, ledger), name)
+    for name in inner.orchestration_names:
+        for version in inner.versions(name):
+            orch = inner.resolve_orchestration(name, version)
+            assert orch is not None
+            registry.add_orchestration(orch.fn, name, version=version)
+    return registry
+
+
+def fault_rules(rate: float, after_share: float, fetch_after: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(before rules, after rules) for :class:`~duroxide_trio.testing.faults.FaultyProvider`: each
+    operation fails with probability ``rate`` in total, ``after_share`` of it after the real call."""
+    from ..testing.faults import Fault
+
+    after_ops = AFTER_OPS + (FETCH_OPS if fetch_after else ())
+    before: dict[str, Any] = {}
+    after: dict[str, Any] = {}
+    for op in FAULT_OPS:
+        share = after_share if op in after_ops else 0.0
+        before[op] = Fault(probability=rate * (1.0 - share), message="injected fault")
+        if share:
+            after[op] = Fault(probability=rate * share, after=True, message="injected fault")
+    return before, after
+
+
+def wrap_faults(provider: Any, rate: float, after_share: float, fetch_after: bool, seed: int) -> Any:
+    """``provider`` inside two fault injectors (after-commit faults inside, before-call faults outside)."""
+    from ..testing.faults import FaultyProvider
+
+    before, after = fault_rules(rate, after_share, fetch_after)
+    inner = FaultyProvider(provider, after, seed=seed + 1) if after else provider
+    return FaultyProvider(inner, before, seed=seed)
+
+
+def _all_faults(wrapper: Any) -> list[Any]:
+    out: list[Any] = []
+    while hasattr(wrapper, "faults"):
+        out.extend(wrapper.faults.values())
+        wrapper = wrapper._inner
+    return out
+
+
+async def _open_provider(target: dict[str, Any]) -> Any:
+    if target["kind"] == "postgres":
+        from ..providers.postgres import PostgresProvider
+
+        return await PostgresProvider.connect(
+            target["url"], schema=target["schema"], pool_max=target.get("pool_max") or 4
+        )
+    from ..providers.sqlite import SqliteProvider
+
+    return await SqliteProvider.open(target["path"])
+
+
+def _emit(message: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(message) + "\n")
+    sys.stdout.flush()
+
+
+async def _worker(spec: dict[str, Any]) -> None:
+    from ..runtime.runtime import open_runtime
+    from .runner import runtime_options
+
+    config = StressConfig(**spec["config"])
+    target = spec["target"]
+    ledger = open_ledger(target)
+    registry = build_registry(config, ledger)
+    provider = await _open_provider(target)
+    errors: list[tuple[bool, str]] = []
+    async with provider:
+        runtime_provider = provider
+        faults = spec.get("faults")
+        if faults:
+            runtime_provider = wrap_faults(
+                provider, faults["rate"], faults["after_share"], faults["fetch_after"], spec.get("seed", 0)
+            )
+        async with open_runtime(runtime_provider, registry, runtime_options(config)) as rt:
+            rt.stats.error_listeners.append(lambda err, exc: errors.append((err.expected, err.message)))
+            _emit({"t": "ready", "pid": os.getpid()})
+            with anyio.open_signal_receiver(signal.SIGUSR1, signal.SIGTERM) as signals:
+                async with anyio.create_task_group() as tg:
+
+                    async def report() -> None:
+                        expected = unexpected = 0
+                        while True:
+                            batch, errors[:] = errors[:], []
+                            expected += sum(1 for e, _ in batch if e)
+                            unexpected += sum(1 for e, _ in batch if not e)
+                            s = rt.stats
+                            _emit({
+                                "t": "stats", "turns": s.orchestration_turns,
+                                "activities": s.activities_completed, "provider_errors": s.provider_errors,
+                                "expected": expected, "unexpected": unexpected,
+                                "recent": [m[:300] for e, m in batch if not e][:3],
+                            })  # fmt: skip
+                            await anyio.sleep(0.25)
+
+                    tg.start_soon(report)
+                    async for signum in signals:
+                        if signum == signal.SIGUSR1:
+                            for fault in _all_faults(runtime_provider):
+                                fault.probability = 0.0
+                            _emit({"t": "faults-off"})
+                        else:
+                            tg.cancel_scope.cancel()
+                            break
+    await ledger.close()
+
+
+def main() -> None:
+    spec = json.loads(os.environ[SPEC_ENV])
+    anyio.run(_worker, spec, backend=spec.get("backend", "trio"))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# harness side
+
+
+@attrs.define(eq=False)
+class WorkerProcess:
+    """One runtime process (``slot.generation``: a killed process's replacement keeps the slot)."""
+
+    slot: int
+    generation: int
+    pid: int = 0
+    state: str = "starting"  # starting | running | stalled | killed | exited | stopped
+    started_at: float = 0.0
+    ready_at: float | None = None
+    ended_at: float | None = None
+    exit_code: int | None = None
+    turns: int = 0
+    activities: int = 0
+    provider_errors: int = 0
+    expected_errors: int = 0
+    unexpected_errors: int = 0
+    stalls: int = 0
+    proc: Any = attrs.field(default=None, repr=False)
+    ready: anyio.Event = attrs.field(factory=anyio.Event, repr=False)
+
+    @property
+    def name(self) -> str:
+        return f"{self.slot}.{self.generation}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "slot": self.slot, "generation": self.generation, "pid": self.pid,
+            "state": self.state, "started_at_s": round(self.started_at, 3),
+            "ready_at_s": round(self.ready_at, 3) if self.ready_at is not None else None,
+            "ended_at_s": round(self.ended_at, 3) if self.ended_at is not None else None,
+            "exit_code": self.exit_code, "turns": self.turns, "activities": self.activities,
+            "provider_errors": self.provider_errors, "expected_errors": self.expected_errors,
+            "unexpected_errors": self.unexpected_errors, "stalls": self.stalls,
+        }  # fmt: skip
+
+
+class WorkerPool:
+    """Starts ``count`` worker processes for ``spec`` and keeps ``count`` of them alive while chaos kills
+    them. Owned by the task group passed to :meth:`run` (one reader task per process)."""
+
+    def __init__(
+        self,
+        spec: dict[str, Any],
+        count: int,
+        timeline: ChaosTimeline,
+        *,
+        log: IO[bytes] | None = None,
+        on_error: Callable[[str, str, bool], None] | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.spec = spec
+        self.count = count
+        self.timeline = timeline
+        self.processes: list[WorkerProcess] = []
+        self._log = log
+        self._on_error = on_error
+        self._rng = random.Random(seed)
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._generation: dict[int, int] = {}
+        self.stopping = False
+        self.load_end_s = 0.0
+
+    # -- lifecycle --------------------------------------------------------------------------------------
+    async def start(self, tg: anyio.abc.TaskGroup, *, timeout: float = 90.0) -> None:
+        """Start every process and wait until each one's runtime runs."""
+        self._tg = tg
+        started = [await self._spawn(slot) for slot in range(self.count)]
+        with anyio.fail_after(timeout):
+            for wp in started:
+                await wp.ready.wait()
+                if wp.state != "running":
+                    raise RuntimeError(f"runtime process {wp.name} exited during startup (code {wp.exit_code})")
+
+    async def _spawn(self, slot: int) -> WorkerProcess:
+        assert self._tg is not None
+        generation = self._generation.get(slot, -1) + 1
+        self._generation[slot] = generation
+        spec = dict(self.spec, seed=slot * 1000 + generation)
+        wp = WorkerProcess(slot=slot, generation=generation, started_at=self.timeline.now())
+        env = {**os.environ, SPEC_ENV: json.dumps(spec)}
+        wp.proc = await anyio.open_process(
+            [sys.executable, "-m", "duroxide_trio.stress.workers"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=self._log if self._log is not None else subprocess.DEVNULL,
+            env=env,
+        )
+        wp.pid = wp.proc.pid
+        self.processes.append(wp)
+        self._tg.start_soon(self._read, wp)
+        return wp
+
+    async def _read(self, wp: WorkerProcess) -> None:
+        buffer = b""
+        stream = wp.proc.stdout
+        try:
+            async for chunk in stream:
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                for line in lines:
+                    self._handle(wp, line)
+        except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
+            pass
+        code = await wp.proc.wait()
+        wp.exit_code = code
+        if wp.ended_at is None:
+            wp.ended_at = self.timeline.now()
+        if wp.state not in ("killed", "stopped"):
+            wp.state = "stopped" if self.stopping else "exited"
+            if not self.stopping and self._on_error is not None:
+                self._on_error(f"process {wp.name}", f"runtime process exited unexpectedly (code {code})", False)
+        wp.ready.set()
+
+    def _handle(self, wp: WorkerProcess, line: bytes) -> None:
+        try:
+            msg = json.loads(line)
+        except ValueError:
+            return
+        kind = msg.get("t")
+        if kind == "ready":
+            if wp.state == "starting":
+                wp.state = "running"
+            wp.ready_at = self.timeline.now()
+            wp.ready.set()
+        elif kind == "stats":
+            wp.turns = int(msg.get("turns", 0))
+            wp.activities = int(msg.get("activities", 0))
+            wp.provider_errors = int(msg.get("provider_errors", 0))
+            wp.expected_errors = int(msg.get("expected", 0))
+            wp.unexpected_errors = int(msg.get("unexpected", 0))
+            if self._on_error is not None:
+                for text in msg.get("recent", []):
+                    self._on_error(f"process {wp.name}", str(text), False)
+
+    # -- readings ---------------------------------------------------------------------------------------
+    def running(self) -> list[WorkerProcess]:
+        return [wp for wp in self.processes if wp.state == "running"]
+
+    def current(self) -> list[WorkerProcess]:
+        """The newest process of each slot."""
+        newest: dict[int, WorkerProcess] = {}
+        for wp in self.processes:
+            newest[wp.slot] = wp
+        return [newest[s] for s in sorted(newest)]
+
+    def totals(self) -> tuple[int, int]:
+        """(orchestration turns, activities completed) over every process, dead ones included."""
+        return sum(wp.turns for wp in self.processes), sum(wp.activities for wp in self.processes)
+
+    def pids_of(self, state: str) -> set[int]:
+        return {wp.pid for wp in self.processes if wp.state == state}
+
+    # -- chaos ------------------------------------------------------------------------------------------
+    async def kill_random(self) -> None:
+        """SIGKILL a random running process and start a fresh one in its slot."""
+        candidates = self.running()
+        if not candidates:
+            self.timeline.record("kill", "skipped: no running process", ok=False)
+            return
+        wp = self._rng.choice(candidates)
+        wp.state = "killed"
+        wp.ended_at = self.timeline.now()
+        try:
+            os.kill(wp.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.timeline.record("kill", f"SIGKILL process {wp.name} (pid {wp.pid})", pid=wp.pid)
+        await self._spawn(wp.slot)
+
+    async def stall_random(self, seconds: float) -> None:
+        """SIGSTOP a random running process, SIGCONT it ``seconds`` later."""
+        candidates = self.running()
+        if not candidates:
+            self.timeline.record("stall", "skipped: no running process", ok=False)
+            return
+        wp = self._rng.choice(candidates)
+        event = self.timeline.record(
+            "stall", f"SIGSTOP process {wp.name} (pid {wp.pid}) for {seconds:g}s", pid=wp.pid
+        )
+        wp.state = "stalled"
+        wp.stalls += 1
+        try:
+            os.kill(wp.pid, signal.SIGSTOP)
+            await anyio.sleep(seconds)
+        finally:
+            with anyio.CancelScope(shield=True):
+                try:
+                    os.kill(wp.pid, signal.SIGCONT)
+                except ProcessLookupError:
+                    pass
+                if wp.state == "stalled":
+                    wp.state = "running"
+                event.until = self.timeline.now()
+
+    def stop_faults(self) -> None:
+        for wp in self.processes:
+            if wp.state in ("running", "starting", "stalled"):
+                try:
+                    os.kill(wp.pid, signal.SIGUSR1)
+                except ProcessLookupError:
+                    pass
+
+    async def shutdown(self, grace: float = 5.0) -> None:
+        """SIGTERM every live process, SIGKILL what is left after ``grace``."""
+        self.stopping = True
+        live = [wp for wp in self.processes if wp.exit_code is None]
+        for wp in live:
+            if wp.state == "stalled":
+                os.kill(wp.pid, signal.SIGCONT)
+            if wp.state not in ("killed",):
+                wp.state = "stopped"
+            try:
+                os.kill(wp.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        with anyio.move_on_after(grace):
+            for wp in live:
+                await wp.proc.wait()
+        for wp in live:
+            if wp.proc.returncode is None:
+                try:
+                    wp.proc.kill()
+                except ProcessLookupError:
+                    pass
+                await wp.proc.wait()
+
+
+if __name__ == "__main__":
+    main()
