@@ -128,6 +128,30 @@ def stress(
         show_default=False,
     ),
     backend: BackendChoice = typer.Option(BackendChoice.trio, "--backend", help="anyio backend to run on."),
+    processes: int = typer.Option(
+        None, "--processes", min=1, show_default=False,
+        help="Run N runtime worker processes on the same database (PostgreSQL or a SQLite file); the load "
+        "driver stays in this process. The verdict then counts from the database (see README, Chaos testing).",
+    ),
+    chaos: list[str] = typer.Option(
+        None, "--chaos", show_default=False,
+        help="Chaos spec, repeatable (needs --processes): kill:every=3s | restart-db:every=20s[,mode=fast|"
+        "immediate] | faults:rate=0.05 | stall:every=10s,for=2s.",
+    ),
+    chaos_own_database: bool = typer.Option(
+        False, "--chaos-own-database",
+        help="Allow restart-db on the database you gave (with --chaos-restart-command); otherwise restart-db "
+        "runs on a throwaway cluster the harness starts and never touches your server.",
+    ),
+    chaos_restart_command: str = typer.Option(
+        None, "--chaos-restart-command", show_default=False,
+        help="Command that restarts your PostgreSQL for restart-db with --chaos-own-database; {mode} is "
+        "replaced by fast or immediate.",
+    ),
+    stuck_after: float = typer.Option(
+        60.0, "--stuck-after", min=1.0,
+        help="Multi-process runs: an instance not terminal this many seconds after the last fault is stuck.",
+    ),
 ) -> None:
     """Run the stress harness and print the comparison table (exit code 1 unless every run reached 100 %)."""
     from ..stress.config import PRESETS, SUITE_CONCURRENCY, StressConfig
@@ -142,7 +166,9 @@ def stress(
     url: str | None
     if kind == "postgres":
         url = resolve_database_url(explicit_url)
-        if not url:
+        from .stress_chaos import makes_own_cluster
+
+        if not url and not makes_own_cluster(chaos, chaos_own_database):
             raise typer.BadParameter(
                 "--provider postgres needs --database-url or the DATABASE_URL environment variable",
                 param_hint="--database-url",
@@ -153,7 +179,7 @@ def stress(
             raise typer.BadParameter(
                 f"the PostgreSQL provider is not available: {exc}", param_hint="--provider"
             ) from exc
-        factory: Any = PostgresFactory(url, schema=None, pool_max=pool_max)
+        factory: Any = PostgresFactory(url or "", schema=None, pool_max=pool_max)
     elif kind == "sqlite-memory":
         from ..providers.sqlite import SqliteFactory
 
@@ -201,6 +227,17 @@ def stress(
                 )
         else:
             configs.append(StressConfig(**base, scenario=name))
+
+    if processes is not None or chaos:  # the multi-process (chaos) mode: cli/stress_chaos.py
+        from .stress_chaos import run_chaos_command
+
+        run_chaos_command(
+            configs, kind=kind, url=url, processes=processes, chaos=list(chaos or []), own_database=chaos_own_database,
+            restart_command=chaos_restart_command, stuck_after=stuck_after, backend=backend.value, fail_fast=fail_fast,
+            dashboard=dashboard, json_path=json_path, track=track or track_cloud, cloud=track_cloud,
+            results_dir=results_dir, pool_max=pool_max,
+        )  # fmt: skip
+        return
 
     # -- run --------------------------------------------------------------------------------------------
     use_dashboard = dashboard if dashboard is not None else sys.stdout.isatty()

@@ -166,7 +166,13 @@ async def _worker(spec: dict[str, Any]) -> None:
                 provider, faults["rate"], faults["after_share"], faults["fetch_after"], spec.get("seed", 0)
             )
         async with open_runtime(runtime_provider, registry, runtime_options(config)) as rt:
-            rt.stats.error_listeners.append(lambda err, exc: errors.append((err.expected, err.message)))
+            from ..providers.base import ProviderError
+
+            # Under chaos every provider error is expected (injected faults, restarts, stolen locks are
+            # retried or abandoned); anything else (a bug in a dispatcher) is not.
+            rt.stats.error_listeners.append(
+                lambda err, exc: errors.append((err.expected or isinstance(exc, ProviderError), err.message))
+            )
             _emit({"t": "ready", "pid": os.getpid()})
             with anyio.open_signal_receiver(signal.SIGUSR1, signal.SIGTERM) as signals:
                 async with anyio.create_task_group() as tg:
