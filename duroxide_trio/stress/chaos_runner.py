@@ -48,6 +48,8 @@ ProgressCallback = Callable[[StressMonitor], None]
 
 #: Default of ``stuck_after``: an instance not terminal this long after the last fault is stuck.
 STUCK_AFTER = 60.0
+#: The workers' liveness ``stale_after``: short enough that a 2 s stall moves the stalled process's work.
+LEASE_STALE_AFTER = 1.5
 _MARK = {"kill": "K", "restart-db": "R", "stall": "S"}
 
 
@@ -228,14 +230,18 @@ async def run_chaos(
     backend: str = "trio",
     worker_log: str | None = None,
     seed: int | None = None,
+    liveness: bool = True,
+    lease_stale_after: float = LEASE_STALE_AFTER,
 ) -> ChaosResult:
     """Run ``config`` with ``processes`` runtime processes under ``chaos``; see the module docstring.
 
     ``worker_log``: a file that collects the workers' stderr (default: discarded). ``on_progress(monitor)``
     as for :func:`duroxide_trio.stress.run`; ``monitor.pool`` and ``monitor.chaos`` hold the processes and
     the timeline. With ``fail_fast`` the first failed or wrong instance, or a worker that exits on its
-    own, stops the run and raises :class:`StressAborted` (its ``chaos_timeline`` attribute holds the
-    timeline)."""
+    own, stops the run and raises :class:`StressAborted` (its ``chaos`` attribute holds the partial
+    :class:`ChaosResult`). ``liveness``: the workers hold process liveness leases (fast recovery, see
+    ``runtime/liveness.py``); ``lease_stale_after``: a worker without heartbeat for this long (a stall)
+    is reclaimed."""
     if processes < 1:
         raise ValueError("processes must be at least 1")
     specs = list(chaos)
@@ -252,7 +258,10 @@ async def run_chaos(
     registry = Registry()
     scenario.register(registry, config)
     timeline = ChaosTimeline()
-    spec: dict[str, Any] = {"config": config.as_dict(), "target": target.worker_target(), "backend": backend}
+    spec: dict[str, Any] = {
+        "config": config.as_dict(), "target": target.worker_target(), "backend": backend,
+        "liveness": {"enabled": liveness, "stale_after": lease_stale_after},
+    }  # fmt: skip
     if fault_spec is not None:
         spec["faults"] = {
             "rate": fault_spec.rate, "after_share": fault_spec.after_share, "fetch_after": fault_spec.fetch_after

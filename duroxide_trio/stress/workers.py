@@ -158,7 +158,14 @@ async def _worker(spec: dict[str, Any]) -> None:
     registry = build_registry(config, ledger)
     provider = await _open_provider(target)
     errors: list[tuple[bool, str]] = []
-    async with provider:
+    liveness = spec.get("liveness") or {}
+    async with provider, anyio.create_task_group() as lease_group:
+        from ..runtime.liveness import LivenessOptions, run_liveness
+
+        options = LivenessOptions.from_env()
+        options = attrs.evolve(options, **{k: v for k, v in liveness.items() if k in ("stale_after", "enabled")})
+        # The runtime takes the lease itself when it has the hook; this is then a no-op (or vice versa).
+        await lease_group.start(run_liveness, provider, options)
         runtime_provider = provider
         faults = spec.get("faults")
         if faults:
@@ -201,6 +208,7 @@ async def _worker(spec: dict[str, Any]) -> None:
                         else:
                             tg.cancel_scope.cancel()
                             break
+        lease_group.cancel_scope.cancel()
     await ledger.close()
 
 

@@ -475,6 +475,10 @@ class PostgresProvider:
         for scope in list(self._listener_scopes):
             scope.cancel()
         with anyio.CancelScope(shield=True):
+            if self._lease_conn is not None:  # the process lease dies with its connection
+                lease, self._lease_conn = self._lease_conn, None
+                with contextlib.suppress(Exception):
+                    await lease.close()
             await self._pool.close()
 
     def as_admin(self) -> PostgresProvider:
@@ -681,7 +685,7 @@ class PostgresProvider:
     async def fetch_orchestration_item(
         self, lock_timeout: float, poll_timeout: float = 0.0
     ) -> OrchestrationItem | None:
-        token = uuid.uuid4().hex
+        token = self._new_token()
         row = await self._one(
             "fetch_orchestration_item", self._q.fetch_orch, (now_ms(), _ms(lock_timeout), token)
         )
@@ -892,7 +896,7 @@ class PostgresProvider:
         rows = await self._all(
             "fetch_work_item",
             self._q.fetch_work,
-            (now_ms(), _ms(lock_timeout), max(1, int(max_items)), uuid.uuid4().hex),
+            (now_ms(), _ms(lock_timeout), max(1, int(max_items)), self._new_token()),
         )
         found: list[tuple[int, WorkItemLease]] = []
         bad: list[tuple[int, str]] = []
@@ -1111,6 +1115,98 @@ class PostgresProvider:
         return PruneResult(*(int(v) for v in row))
 
     # fault-injection hooks for the validation suite --------------------------------------------------
+    # process liveness leases (optional capability, see runtime/liveness.py and migration 0002) --------
+    _process_id: str | None = None
+    _process_key: int = 0
+    _lease_conn: AnyioConnection[Any] | None = None
+
+    def _quoted_schema(self) -> str:
+        return sql.Identifier(self._schema).as_string(None)
+
+    def _new_token(self) -> str:
+        """A fresh lock token; ``'<process>:<random>'`` once a process is registered, so survivors can
+        release exactly a dead process's locks."""
+        token = uuid.uuid4().hex
+        return f"{self._process_id}:{token}" if self._process_id else token
+
+    async def register_process(self, process_id: str) -> None:
+        """Take this process's liveness lease: a row in ``processes`` and a session-level advisory lock
+        (keyed by schema and process id) on a connection of its own, held until the connection dies or
+        :meth:`unregister_process`. Locks fetched from now on carry ``process_id``."""
+        if not process_id.isalnum():
+            raise ValueError(f"process id must be alphanumeric, got {process_id!r}")
+        self._process_key = _hash64(f"duroxide_trio:process:{self._schema}:{process_id}")
+        self._process_id = process_id
+        await self.renew_process_lease(process_id, 3600.0)
+
+    async def _lease_connection(self) -> AnyioConnection[Any]:
+        conn = self._lease_conn
+        if conn is not None and not conn.closed and not _connection_dead(conn):
+            return conn
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.close()
+        self._lease_conn = None
+        conn = await connect(self._listen_conninfo, autocommit=True, connect_timeout=self._connect_timeout)
+        try:
+            cur = await conn.execute("SELECT pg_try_advisory_lock(%s)", (self._process_key,))
+            row = await cur.fetchone()
+            if row is None or not row[0]:  # our previous session still holds it (a half-dead TCP peer)
+                raise psycopg.OperationalError("process lease is still held by a previous session")
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await conn.close()
+            raise
+        self._lease_conn = conn
+        return conn
+
+    async def renew_process_lease(
+        self, process_id: str, stale_after: float, grace: float = 1.0
+    ) -> list[str]:
+        """Heartbeat this process's lease (taking it again after a lost connection) and reclaim the
+        locks of every process whose lease is gone (advisory lock free for ``grace`` seconds, or no
+        heartbeat for ``stale_after`` seconds, by the database's clock). Returns the reclaimed ids."""
+        op = "renew_process_lease"
+        if self._closed:
+            raise ProviderError.permanent(op, "provider is closed")
+        query = f"SELECT {self._quoted_schema()}.renew_process_lease(%s, %s, %s, %s, %s)"
+        params = (process_id, self._process_key, now_ms(), _ms(stale_after), _ms(grace))
+        try:
+            with anyio.fail_after(self._command_timeout):
+                conn = await self._lease_connection()
+                cur = await conn.execute(query, params, prepare=self._prepare)
+                row = await cur.fetchone()
+        except TimeoutError:
+            raise ProviderError.transient(op, f"timed out after {self._command_timeout:g} s") from None
+        except psycopg.Error as ex:
+            if self._lease_conn is not None and _connection_dead(self._lease_conn):
+                with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                    await self._lease_conn.close()
+                self._lease_conn = None
+            raise self._error(op, ex) from None
+        reclaimed = list(row[0] or []) if row is not None else []
+        if reclaimed:
+            self.notifier.notify("orchestrator")
+            self.notifier.notify("worker")
+        return reclaimed
+
+    async def unregister_process(self, process_id: str) -> None:
+        """Give the lease back (clean shutdown): delete the row and close the lease connection."""
+        conn, self._lease_conn = self._lease_conn, None
+        self._process_id = None
+        if conn is None:
+            return
+        with anyio.CancelScope(shield=True):
+            try:
+                with anyio.move_on_after(5):
+                    await conn.execute(
+                        f"DELETE FROM {self._quoted_schema()}.processes WHERE process_id = %s", (process_id,)
+                    )
+            except psycopg.Error:
+                pass
+            finally:
+                await conn.close()
+
     async def _corrupt_instance_history(self, instance_id: str) -> None:
         await self._exec("corrupt", self._q.corrupt, (instance_id,), "none")
 
