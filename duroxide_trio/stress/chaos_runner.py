@@ -103,6 +103,8 @@ class ChaosTarget:
         return await SqliteProvider.open(self.path)
 
     async def cleanup(self) -> None:
+        if os.environ.get("DUROXIDE_CHAOS_KEEP"):  # debugging: leave the database for inspection
+            return
         if self.kind == "postgres":
             from ..providers.postgres.provider import drop_schema
 

@@ -54,6 +54,46 @@ class Ledger(Protocol):
     async def close(self) -> None: ...
 
 
+class _GroupCommit:
+    """Ledger rows written by concurrent activities share one commit: the first writer becomes the
+    leader and flushes every row queued meanwhile in one statement; the others wait for that batch.
+    (One synchronous commit per row would cap a process at about one row per disk flush.)"""
+
+    def __init__(self, flush: Any) -> None:
+        self._flush = flush
+        self._pending: list[tuple[Any, ...]] = []
+        self._leading = False
+        self._next: anyio.Event = anyio.Event()
+        self._errors: dict[int, BaseException] = {}
+
+    async def write(self, row: tuple[Any, ...]) -> None:
+        self._pending.append(row)
+        if self._leading:
+            done = self._next
+            await done.wait()
+            error = self._errors.get(id(done))
+            if error is not None:
+                raise error
+            return
+        self._leading = True
+        first_error: BaseException | None = None
+        try:
+            with anyio.CancelScope(shield=True):
+                while self._pending:
+                    batch, self._pending = self._pending, []
+                    done, self._next = self._next, anyio.Event()
+                    try:
+                        await self._flush(batch)
+                    except Exception as exc:  # noqa: BLE001 - handed to every writer of the batch
+                        self._errors[id(done)] = exc
+                        first_error = first_error or exc
+                    done.set()
+        finally:
+            self._leading = False
+        if first_error is not None:
+            raise first_error
+
+
 _CREATE = (
     "CREATE TABLE IF NOT EXISTS {t} (instance_id TEXT NOT NULL, execution_id BIGINT NOT NULL, "
     "activity_id BIGINT NOT NULL, name TEXT NOT NULL, pid INTEGER NOT NULL, attempt INTEGER NOT NULL, "
@@ -66,6 +106,7 @@ class SqliteLedger:
         self.path = path
         self._conn: sqlite3.Connection | None = None
         self._limiter = anyio.CapacityLimiter(1)
+        self._group = _GroupCommit(self._flush)
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -80,10 +121,22 @@ class SqliteLedger:
 
     async def record(self, instance_id: str, execution_id: int, activity_id: int, name: str, attempt: int) -> None:
         row = (instance_id, execution_id, activity_id, name, os.getpid(), attempt, int(time.time() * 1000))
+        await self._group.write(row)
+
+    async def _flush(self, rows: list[tuple[Any, ...]]) -> None:
+        def insert(c: sqlite3.Connection) -> None:
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                c.executemany("INSERT INTO chaos_ledger VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+
         deadline = time.monotonic() + WRITE_RETRY_FOR
         while True:
             try:
-                await self._run(lambda c: c.execute("INSERT INTO chaos_ledger VALUES (?, ?, ?, ?, ?, ?, ?)", row))
+                await self._run(insert)
                 return
             except sqlite3.OperationalError:
                 if time.monotonic() > deadline:
@@ -106,6 +159,7 @@ class PostgresLedger:
         self.schema = schema
         self._conn: Any = None
         self._lock = anyio.Lock()
+        self._group = _GroupCommit(self._flush)
 
     def _table(self) -> str:
         from psycopg import sql
@@ -143,9 +197,16 @@ class PostgresLedger:
         await self._execute(_CREATE.format(t=self._table()))
 
     async def record(self, instance_id: str, execution_id: int, activity_id: int, name: str, attempt: int) -> None:
+        await self._group.write(
+            (instance_id, execution_id, activity_id, name, os.getpid(), attempt, int(time.time() * 1000))
+        )
+
+    async def _flush(self, rows: list[tuple[Any, ...]]) -> None:
+        columns = list(zip(*rows, strict=True))
         await self._execute(
-            f"INSERT INTO {self._table()} VALUES (%s, %s, %s, %s, %s, %s, %s)",
-            (instance_id, execution_id, activity_id, name, os.getpid(), attempt, int(time.time() * 1000)),
+            f"INSERT INTO {self._table()} SELECT * FROM unnest(%s::text[], %s::bigint[], %s::bigint[], "
+            "%s::text[], %s::integer[], %s::integer[], %s::bigint[])",
+            [list(c) for c in columns],
         )
 
     async def read_all(self) -> list[LedgerRow]:

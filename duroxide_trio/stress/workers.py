@@ -182,6 +182,9 @@ async def _worker(spec: dict[str, Any]) -> None:
             )
             _emit({"t": "ready", "pid": os.getpid()})
             with anyio.open_signal_receiver(signal.SIGUSR1, signal.SIGTERM) as signals:
+                if _faults_off:
+                    for fault in _all_faults(runtime_provider):
+                        fault.probability = 0.0
                 async with anyio.create_task_group() as tg:
 
                     async def report() -> None:
@@ -212,7 +215,18 @@ async def _worker(spec: dict[str, Any]) -> None:
     await ledger.close()
 
 
+_faults_off = False
+
+
+def _early_faults_off(signum: int, frame: object) -> None:
+    global _faults_off
+    _faults_off = True
+
+
 def main() -> None:
+    # SIGUSR1 may come before the runtime's signal receiver exists (a process started just before the
+    # end of the load): its default action would kill the process.
+    signal.signal(signal.SIGUSR1, _early_faults_off)
     spec = json.loads(os.environ[SPEC_ENV])
     anyio.run(_worker, spec, backend=spec.get("backend", "trio"))
 
@@ -283,6 +297,7 @@ class WorkerPool:
         self._generation: dict[int, int] = {}
         self.stopping = False
         self.load_end_s = 0.0
+        self.faults_off = False
 
     # -- lifecycle --------------------------------------------------------------------------------------
     async def start(self, tg: anyio.abc.TaskGroup, *, timeout: float = 90.0) -> None:
@@ -300,6 +315,8 @@ class WorkerPool:
         generation = self._generation.get(slot, -1) + 1
         self._generation[slot] = generation
         spec = dict(self.spec, seed=slot * 1000 + generation)
+        if self.faults_off:
+            spec.pop("faults", None)
         wp = WorkerProcess(slot=slot, generation=generation, started_at=self.timeline.now())
         env = {**os.environ, SPEC_ENV: json.dumps(spec)}
         wp.proc = await anyio.open_process(
@@ -417,6 +434,7 @@ class WorkerPool:
                 event.until = self.timeline.now()
 
     def stop_faults(self) -> None:
+        self.faults_off = True
         for wp in self.processes:
             if wp.state in ("running", "starting", "stalled"):
                 try:
