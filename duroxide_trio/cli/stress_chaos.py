@@ -108,6 +108,10 @@ def run_chaos_command(
     if restart_db and kind != "postgres":
         raise typer.BadParameter("restart-db applies to PostgreSQL only", param_hint="--chaos")
 
+    if restart_db:  # every restart makes each connection log its reconnect: keep the output readable
+        import logging
+
+        logging.getLogger("duroxide_trio.providers.postgres").setLevel(logging.ERROR)
     use_dashboard = dashboard if dashboard is not None else sys.stdout.isatty()
     out = Console(highlight=False, force_terminal=True if use_dashboard else None)
     if not out.is_terminal:

@@ -138,21 +138,25 @@ def examine_history(events: Sequence[Event]) -> tuple[int, list[int], list[int],
 def _cause(
     rows: list[LedgerRow], timeline: ChaosTimeline, killed_pids: set[int], faults: bool
 ) -> str:
-    """Which fault made a logical activity run more than once (its executions ``rows``, by time)."""
-    earlier = rows[:-1]
-    first_s = timeline.wall_to_s(rows[0].at_ms)
-    last_s = timeline.wall_to_s(rows[-1].at_ms)
-    if any(r.pid in killed_pids for r in earlier):
-        return "kill"
-    stalled = {e.pid for e in timeline.events if e.kind == "stall" and e.pid is not None}
-    if any(r.pid in stalled for r in earlier):
-        for e in timeline.events:
-            if e.kind == "stall" and any(r.pid == e.pid for r in earlier):
-                if e.at - 1.0 <= last_s and (e.until or e.at) + 1.0 >= first_s:
-                    return "stall"
+    """Which fault made a logical activity run more than once (its executions ``rows``, by time): the
+    latest kill or stall of a process that ran an earlier execution, or restart of the database, between
+    the first execution and the last one; else the injected faults."""
+    earlier = {r.pid for r in rows[:-1]}
+    first_s = timeline.wall_to_s(rows[0].at_ms) - 0.5
+    last_s = timeline.wall_to_s(rows[-1].at_ms) + 0.5
+    best: tuple[float, str] | None = None
     for e in timeline.events:
-        if e.kind == "restart-db" and e.at - 1.0 <= last_s and (e.until or e.at) + 1.0 >= first_s:
-            return "restart-db"
+        if not e.ok or e.kind not in ("kill", "stall", "restart-db"):
+            continue
+        if e.kind in ("kill", "stall") and e.pid not in earlier:
+            continue
+        if e.kind == "kill" and e.pid not in killed_pids:
+            continue
+        end = e.until if e.until is not None else e.at
+        if e.at <= last_s and end >= first_s and (best is None or e.at > best[0]):
+            best = (e.at, e.kind)
+    if best is not None:
+        return best[1]
     return "faults" if faults else "other"
 
 

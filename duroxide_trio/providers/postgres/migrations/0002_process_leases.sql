@@ -26,14 +26,18 @@ $fn$;
 -- Heartbeat p_self (re-registering it if survivors had reclaimed it, e.g. after a stall), then reclaim
 -- every other process whose lease is gone: its advisory lock is free (its session ended), or its
 -- heartbeat is older than p_stale_ms. A process whose lock is free is only reclaimed once its heartbeat
--- is at least p_grace_ms old, so a process that is reconnecting after a database restart is not
--- reclaimed in the instant before it takes its lock again. Returns the reclaimed process ids.
+-- is at least p_grace_ms old (and the server has been up for 2 s), so a process that is reconnecting
+-- after a database restart is not reclaimed before it takes its lock again. Returns the reclaimed ids.
 CREATE FUNCTION @schema@.renew_process_lease(
     p_self TEXT, p_lock_key BIGINT, p_now BIGINT, p_stale_ms BIGINT, p_grace_ms BIGINT)
 RETURNS TEXT[]
 LANGUAGE plpgsql AS $fn$
 DECLARE
     v_now BIGINT := @schema@.db_now_ms();
+    -- After a server restart every lease connection is gone at once: live processes get 2 s to
+    -- reconnect and take their lock again before anyone counts their heartbeat as missing.
+    v_since BIGINT := (extract(epoch FROM pg_postmaster_start_time()) * 1000)::BIGINT + 2000;
+    v_beat BIGINT;
     v_row RECORD;
     v_out TEXT[] := '{}';
     v_locks INTEGER := 0;
@@ -51,8 +55,9 @@ BEGIN
         LIMIT 64
         FOR UPDATE SKIP LOCKED
     LOOP
-        IF v_row.heartbeat_at < v_now - p_stale_ms
-           OR (v_row.heartbeat_at < v_now - p_grace_ms AND pg_try_advisory_xact_lock(v_row.lock_key)) THEN
+        v_beat := GREATEST(v_row.heartbeat_at, v_since);
+        IF v_beat < v_now - p_stale_ms
+           OR (v_beat < v_now - p_grace_ms AND pg_try_advisory_xact_lock(v_row.lock_key)) THEN
             DELETE FROM @schema@.instance_locks l
             WHERE l.lock_token LIKE v_row.process_id || ':%';
             GET DIAGNOSTICS v_n = ROW_COUNT;

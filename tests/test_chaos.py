@@ -1,0 +1,188 @@
+"""Chaos: the multi-process harness under kills, stalls, injected faults and (PostgreSQL) a restart of a
+throwaway cluster, judged by the database-based verdict; plus the pieces it is made of (spec parsing,
+history examination, the process liveness lease that makes a dead process's work move in ~1.5 s)."""
+
+from __future__ import annotations
+
+import os
+
+import anyio
+import pytest
+
+import duroxide_trio as dt
+from duroxide_trio.history import (
+    ActivityCompleted,
+    ActivityExecute,
+    ActivityScheduled,
+    Event,
+    OrchestrationCompleted,
+    OrchestrationStarted,
+)
+from duroxide_trio.stress import StressConfig
+from duroxide_trio.stress.chaos import ChaosSpecError, parse_chaos
+from duroxide_trio.stress.chaos_runner import ChaosTarget, run_chaos
+from duroxide_trio.stress.verdict import examine_history
+
+pytestmark = pytest.mark.anyio
+
+
+# ---------------------------------------------------------------------------------------------------------
+# specs and history examination (pure)
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+def test_chaos_specs_parse_and_reject_nonsense(anyio_backend):
+    kill = parse_chaos("kill:every=3s")
+    assert (kill.kind, kill.every) == ("kill", 3.0)
+    restart = parse_chaos("restart-db:every=20s,mode=immediate")
+    assert (restart.every, restart.mode) == (20.0, "immediate")
+    faults = parse_chaos("faults:rate=0.05")
+    assert faults.rate == 0.05 and faults.after_share == 0.5
+    stall = parse_chaos("stall:every=10s,for=500ms")
+    assert (stall.every, stall.duration) == (10.0, 0.5)
+    for bad in ("explode:every=1s", "kill", "kill:every=soon", "faults:rate=2", "stall:every=1s",
+                "restart-db:every=1s,mode=gentle", "kill:every=1s,bogus=1"):  # fmt: skip
+        with pytest.raises(ChaosSpecError):
+            parse_chaos(bad)
+
+
+def _history(*kinds: tuple[object, int | None]) -> list[Event]:
+    return [Event(i + 1, kind, source) for i, (kind, source) in enumerate(kinds)]  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+def test_examine_history_finds_double_completions_and_lost_results(anyio_backend):
+    started = (OrchestrationStarted("X", "1.0.0"), None)
+    clean = _history(started, (ActivityScheduled("A"), None), (ActivityCompleted("1"), 2),
+                     (OrchestrationCompleted("1"), None))  # fmt: skip
+    assert examine_history(clean)[:3] == (1, [], [])
+    twice = _history(started, (ActivityScheduled("A"), None), (ActivityCompleted("1"), 2),
+                     (ActivityCompleted("1"), 2), (OrchestrationCompleted("1"), None),
+                     (OrchestrationCompleted("1"), None))  # fmt: skip
+    terminal, again, missing, _ = examine_history(twice)
+    assert terminal == 2 and again == [2] and missing == []
+    lost = _history(started, (ActivityScheduled("A"), None), (OrchestrationCompleted("1"), None))
+    assert examine_history(lost)[2] == [2]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the liveness lease, in one process: a "dead" peer is simulated by dropping its lease
+
+
+async def _peer_pair(kind: str, tmp_path, request):
+    if kind == "sqlite":
+        path = str(tmp_path / "lease.db")
+        return await dt.SqliteProvider.open(path), await dt.SqliteProvider.open(path)
+    from duroxide_trio.providers.postgres import PostgresProvider
+
+    url, schema = request.getfixturevalue("pg_url"), request.getfixturevalue("pg_schema")
+    return (await PostgresProvider.connect(url, schema=schema, pool_max=2),
+            await PostgresProvider.connect(url, schema=schema, pool_max=2))  # fmt: skip
+
+
+async def _drop_lease(provider) -> None:
+    """What SIGKILL does to a process's lease, without killing this test process."""
+    if isinstance(provider, dt.SqliteProvider):
+        fd, provider._lease_fd = provider._lease_fd, None
+        os.close(fd)  # the flock goes with the descriptor
+    else:
+        conn, provider._lease_conn = provider._lease_conn, None
+        await conn.close()  # the advisory lock goes with the session
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+async def test_dead_process_locks_are_reclaimed_at_once_and_its_late_ack_rejected(kind, tmp_path, request):
+    a, b = await _peer_pair(kind, tmp_path, request)
+    async with a, b:
+        await a.register_process("deadbeef")
+        await b.register_process("survivor")
+        await a.enqueue_for_worker(ActivityExecute("inst", 1, 7, "Work", None))
+        lease = await a.fetch_work_item(lock_timeout=300.0)  # a long lock: expiry would take 5 minutes
+        assert lease is not None and lease.lock_token.split(".")[-1].startswith("deadbeef:")
+        assert await b.fetch_work_item(lock_timeout=300.0) is None
+        assert await b.renew_process_lease("survivor", 60.0, 0.0) == []  # alive: nothing reclaimed
+        await _drop_lease(a)
+        with anyio.fail_after(5):  # the server ends the dropped session (and its lock) asynchronously
+            while (reclaimed := await b.renew_process_lease("survivor", 60.0, 0.0)) == []:
+                await anyio.sleep(0.02)
+        assert reclaimed == ["deadbeef"]
+        stolen = await b.fetch_work_item(lock_timeout=300.0)
+        assert stolen is not None and stolen.item.id == 7 and stolen.attempt_count == 2
+        with pytest.raises(dt.ProviderError):  # the dead process's late write is rejected
+            await a.ack_work_item(lease.lock_token, None)
+        await b.ack_work_item(stolen.lock_token, None)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+async def test_frozen_process_is_reclaimed_after_stale_heartbeat_then_rejoins(kind, tmp_path, request):
+    a, b = await _peer_pair(kind, tmp_path, request)
+    async with a, b:
+        await a.register_process("frozen1")
+        await b.register_process("watcher")
+        await a.enqueue_for_worker(ActivityExecute("inst-f", 1, 3, "Work", None))
+        lease = await a.fetch_work_item(lock_timeout=300.0)
+        assert lease is not None
+        await anyio.sleep(0.3)  # "frozen": no heartbeat, but the lease lock is still held
+        assert await b.renew_process_lease("watcher", 60.0, 0.0) == []
+        assert await b.renew_process_lease("watcher", 0.2, 0.0) == ["frozen1"]
+        with pytest.raises(dt.ProviderError):
+            await a.renew_work_item_lock(lease.lock_token, 300.0)
+        # It wakes up: its next heartbeat registers it again, and it is alive to the others.
+        assert await a.renew_process_lease("frozen1", 60.0) == []
+        assert await b.renew_process_lease("watcher", 60.0, 0.0) == []
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the CI chaos runs: ~30 s of load each, three runtime processes
+
+
+def _assert_clean(cr, *, min_instances: int) -> None:
+    v = cr.verdict
+    detail = f"{v.reasons}; timeline {cr.timeline}; processes {cr.process_table}"
+    assert cr.passed, detail
+    assert v.launched >= min_instances, detail
+    assert v.terminal == v.launched and v.counts == {}, detail
+    assert v.activity_executions >= v.logical_activities > 0
+    assert v.unrecorded_completions == 0
+    kills = [e for e in cr.timeline if e["kind"] == "kill" and e["ok"]]
+    assert len(kills) >= 5 and sum(p["state"] == "killed" for p in cr.process_table) == len(kills)
+    # Fast recovery: after the last fault every instance is terminal within seconds, not a lock timeout.
+    assert v.drain_s is not None and v.drain_s < 10.0, detail
+    assert cr.result.latency_ms.max < 20_000, detail
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+async def test_chaos_sqlite_kills_stalls_and_faults_leave_a_clean_verdict(anyio_backend, tmp_path):
+    config = StressConfig(duration=30, max_concurrent=12, tasks_per_instance=3, scenario="mixed")
+    chaos = [parse_chaos(s) for s in ("kill:every=3s", "faults:rate=0.05", "stall:every=9s,for=2s")]
+    cr = await run_chaos(ChaosTarget.sqlite(str(tmp_path / "chaos.db")), config, processes=3, chaos=chaos,
+                         stuck_after=45, seed=1)  # fmt: skip
+    _assert_clean(cr, min_instances=100)
+    assert any(e["kind"] == "stall" for e in cr.timeline)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+async def test_chaos_postgres_kills_faults_and_a_restart_leave_a_clean_verdict(anyio_backend):
+    import pg_support
+
+    from duroxide_trio.providers.postgres._localcluster import ClusterUnavailable, local_cluster
+
+    try:
+        cluster_cm = local_cluster(settings={"fsync": "off", "full_page_writes": "off"})
+        cluster = cluster_cm.__enter__()
+    except ClusterUnavailable as exc:  # restart-db only ever runs on a cluster the test started itself
+        if pg_support.postgres_required():
+            pytest.fail(f"no local PostgreSQL binaries for the restart chaos test: {exc}")
+        pytest.skip(f"no local PostgreSQL binaries for the restart chaos test: {exc}")
+    try:
+        config = StressConfig(duration=30, max_concurrent=12, tasks_per_instance=3, scenario="mixed")
+        chaos = [parse_chaos(s) for s in ("kill:every=3s", "faults:rate=0.05", "restart-db:every=600s,first=14s")]
+        target = ChaosTarget.postgres(cluster.url, restart=cluster.restart, owns_database=True)
+        cr = await run_chaos(target, config, processes=3, chaos=chaos, stuck_after=45, seed=2)
+    finally:
+        cluster_cm.__exit__(None, None, None)
+    _assert_clean(cr, min_instances=60)
+    restarts = [e for e in cr.timeline if e["kind"] == "restart-db"]
+    assert len(restarts) == 1 and restarts[0]["ok"], cr.timeline
+    assert cluster.restarts == 1
