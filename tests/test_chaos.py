@@ -186,3 +186,51 @@ async def test_chaos_postgres_kills_faults_and_a_restart_leave_a_clean_verdict(a
     restarts = [e for e in cr.timeline if e["kind"] == "restart-db"]
     assert len(restarts) == 1 and restarts[0]["ok"], cr.timeline
     assert cluster.restarts == 1
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the CLI
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+def test_cli_processes_and_chaos_write_the_verdict_per_process_figures_and_tracking(anyio_backend, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "chaos.json"
+    cmd = [sys.executable, "-m", "duroxide_trio.cli", "stress", "--processes", "2", "--chaos", "kill:every=1.5s",
+           "--duration", "4", "--max-concurrent", "6", "--no-dashboard", "--json", str(out), "--track",
+           "--results-dir", str(tmp_path)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Chaos verdict" in proc.stdout and "Runtime processes" in proc.stdout
+    doc = json.loads(out.read_text())
+    (run,) = doc["chaos"]
+    assert doc["passed"] and run["passed"] and run["chaos"] == ["kill:every=1.5s"]
+    assert run["verdict"]["lost"] == 0 and run["verdict"]["stuck"] == 0
+    states = {p["state"] for p in run["process_table"]}
+    assert "killed" in states and {p["slot"] for p in run["process_table"]} == {0, 1}
+    assert all(p["turns"] >= 0 and p["activities"] >= 0 for p in run["process_table"])
+    tracked = (tmp_path / "chaos-test-results-sqlite.md").read_text()
+    assert "`kill:every=1.5s`" in tracked and "| PASS |" in tracked
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--chaos", "kill:every=1s"], "needs --processes"),
+        (["--processes", "2", "--chaos", "restart-db:every=5s"], "PostgreSQL only"),
+        (["--processes", "2", "--provider", "sqlite-memory"], "share"),
+        (["--processes", "2", "--chaos", "kill:often"], "key=value"),
+    ],
+)
+def test_cli_chaos_refuses_what_it_cannot_do(anyio_backend, args, message):
+    from typer.testing import CliRunner
+
+    from duroxide_trio.cli import app
+
+    result = CliRunner().invoke(app, ["stress", "--no-dashboard", "--duration", "1", *args])
+    assert result.exit_code != 0
+    assert message in result.output, result.output
