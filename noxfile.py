@@ -1,4 +1,5 @@
-"""nox sessions: tests, lint, typecheck, stress-sqlite, stress-postgres, validate-postgres.
+"""nox sessions: tests, lint, typecheck, stress-sqlite, stress-postgres, validate-postgres, chaos-sqlite,
+chaos-postgres.
 
 PostgreSQL sessions use $DATABASE_URL, or start a throwaway local cluster (ops/with_postgres.py).
 """
@@ -58,3 +59,33 @@ def validate_postgres(session: nox.Session) -> None:
     _install(session)
     session.run("python", "ops/with_postgres.py", "duroxide-trio", "validate", "--provider", "postgres",
                 *session.posargs)
+
+
+#: Chaos specs shared by both chaos sessions (README, "Chaos testing").
+_CHAOS = ["--chaos", "kill:every=3s", "--chaos", "faults:rate=0.05"]
+
+
+@nox.session(name="chaos-sqlite")
+def chaos_sqlite(session: nox.Session) -> None:
+    """Three runtime processes on one SQLite file, 1:1, 2:2, 4:4: SIGKILL every ~3 s, SIGSTOP for 2 s every
+    ~10 s, 5 % injected provider faults; exits non-zero unless every chaos verdict is clean."""
+    _install(session)
+    args = session.posargs or ["--duration", "30"]
+    session.run(
+        "duroxide-trio", "stress", "--provider", "sqlite", "--suite", "--processes", "3", *_CHAOS,
+        "--chaos", "stall:every=10s,for=2s", "--no-dashboard", *args,
+    )
+
+
+@nox.session(name="chaos-postgres")
+def chaos_postgres(session: nox.Session) -> None:
+    """Three runtime processes on PostgreSQL, 1:1, 2:2, 4:4: kills, 5 % faults, fast and immediate
+    restarts of the server. restart-db makes the harness start its own throwaway cluster from the local
+    binaries: a server in $DATABASE_URL is never touched."""
+    _install(session)
+    args = session.posargs or ["--duration", "30"]
+    session.run(
+        "duroxide-trio", "stress", "--provider", "postgres", "--suite", "--processes", "3", *_CHAOS,
+        "--chaos", "restart-db:every=20s", "--chaos", "restart-db:every=25s,first=12s,mode=immediate",
+        "--no-dashboard", *args,
+    )

@@ -40,7 +40,7 @@ import logging
 import re
 import select
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, Literal
 
 import anyio
@@ -686,9 +686,10 @@ class PostgresProvider:
         self, lock_timeout: float, poll_timeout: float = 0.0
     ) -> OrchestrationItem | None:
         token = self._new_token()
-        row = await self._one(
-            "fetch_orchestration_item", self._q.fetch_orch, (now_ms(), _ms(lock_timeout), token)
-        )
+        async with self._releasing_unseen_claim("orchestrator", token):
+            row = await self._one(
+                "fetch_orchestration_item", self._q.fetch_orch, (now_ms(), _ms(lock_timeout), token)
+            )
         (
             instance_id,
             name,
@@ -893,11 +894,13 @@ class PostgresProvider:
         self, lock_timeout: float, max_items: int, poll_timeout: float = 0.0
     ) -> list[WorkItemLease]:
         """Lock up to ``max_items`` visible work items in one round trip (each gets its own token)."""
-        rows = await self._all(
-            "fetch_work_item",
-            self._q.fetch_work,
-            (now_ms(), _ms(lock_timeout), max(1, int(max_items)), self._new_token()),
-        )
+        salt = self._new_token()
+        async with self._releasing_unseen_claim("worker", salt):
+            rows = await self._all(
+                "fetch_work_item",
+                self._q.fetch_work,
+                (now_ms(), _ms(lock_timeout), max(1, int(max_items)), salt),
+            )
         found: list[tuple[int, WorkItemLease]] = []
         bad: list[tuple[int, str]] = []
         for row_id, token, text, attempts, next_visible in rows:
@@ -1128,6 +1131,32 @@ class PostgresProvider:
         release exactly a dead process's locks."""
         token = uuid.uuid4().hex
         return f"{self._process_id}:{token}" if self._process_id else token
+
+    @contextlib.asynccontextmanager
+    async def _releasing_unseen_claim(self, queue: str, token: str) -> AsyncIterator[None]:
+        """A fetch that failed with a transient error (the connection dropped, a timeout) may have
+        committed its claim without the caller ever seeing it: the locks would strand their work until
+        they expire (a full worker lock timeout) although this process is alive. Release exactly that
+        fetch's locks (found by its token), best effort for a few seconds, then re-raise."""
+        try:
+            yield
+        except ProviderError as exc:
+            if exc.retryable and not self._closed:
+                s = self._quoted_schema()
+                if queue == "worker":
+                    query = (f"UPDATE {s}.worker_queue SET lock_token = NULL, locked_until = NULL, visible_at = %s "
+                             "WHERE lock_token LIKE %s")  # fmt: skip
+                    params: tuple[Any, ...] = (now_ms(), "%." + token)
+                else:
+                    query, params = f"DELETE FROM {s}.instance_locks WHERE lock_token = %s", (token,)
+                with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                    while True:
+                        try:
+                            await self._exec("release_unseen_claim", query, params, "none", idempotent=True)
+                            break
+                        except ProviderError:
+                            await anyio.sleep(0.25)
+            raise
 
     async def register_process(self, process_id: str) -> None:
         """Take this process's liveness lease: a row in ``processes`` and a session-level advisory lock
