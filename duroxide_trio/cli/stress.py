@@ -152,6 +152,11 @@ def stress(
         60.0, "--stuck-after", min=1.0,
         help="Multi-process runs: an instance not terminal this many seconds after the last fault is stuck.",
     ),
+    liveness: bool = typer.Option(
+        True, "--liveness/--no-liveness",
+        help="Multi-process runs: runtime processes hold liveness leases, so a dead process's work moves in "
+        "about 1.5 s (--no-liveness: only when its locks expire, to compare).",
+    ),
 ) -> None:
     """Run the stress harness and print the comparison table (exit code 1 unless every run reached 100 %)."""
     from ..stress.config import PRESETS, SUITE_CONCURRENCY, StressConfig
@@ -235,7 +240,7 @@ def stress(
             configs, kind=kind, url=url, processes=processes, chaos=list(chaos or []), own_database=chaos_own_database,
             restart_command=chaos_restart_command, stuck_after=stuck_after, backend=backend.value, fail_fast=fail_fast,
             dashboard=dashboard, json_path=json_path, track=track or track_cloud, cloud=track_cloud,
-            results_dir=results_dir, pool_max=pool_max,
+            results_dir=results_dir, pool_max=pool_max, liveness=liveness,
         )  # fmt: skip
         return
 

@@ -90,6 +90,7 @@ def run_chaos_command(
     cloud: bool,
     results_dir: Path,
     pool_max: int | None,
+    liveness: bool = True,
 ) -> None:
     from ..stress.chaos import ChaosSpecError, parse_chaos
 
@@ -128,7 +129,7 @@ def run_chaos_command(
             configs, kind=kind, url=db_url, sqlite_path=url if kind == "sqlite" else None, processes=processes,
             specs=specs, restart=restart, harness_cluster=harness_cluster, stuck_after=stuck_after, backend=backend,
             fail_fast=fail_fast, use_dashboard=use_dashboard, out=out, err=err, results_dir=results_dir,
-            pool_max=pool_max, shown=shown,
+            pool_max=pool_max, shown=shown, liveness=liveness,
         )  # fmt: skip
     _report(results, aborted, kind=kind, url=db_url, harness_cluster=harness_cluster, json_path=json_path,
             track=track, cloud=cloud, results_dir=results_dir, out=out, backend=backend)  # fmt: skip
@@ -137,7 +138,7 @@ def run_chaos_command(
 def _run_all(
     configs: list[Any], *, kind: str, url: str | None, sqlite_path: str | None, processes: int, specs: list[Any],
     restart: Any, harness_cluster: bool, stuck_after: float, backend: str, fail_fast: bool, use_dashboard: bool,
-    out: Console, err: Console, results_dir: Path, pool_max: int | None, shown: str,
+    out: Console, err: Console, results_dir: Path, pool_max: int | None, shown: str, liveness: bool,
 ) -> tuple[list[Any], str | None]:  # fmt: skip
     import anyio
 
@@ -163,12 +164,14 @@ def _run_all(
                     with ChaosDashboard(out, provider=f"{kind} ×{processes}", url=shown, config=config,
                                         run_label=label) as dash:  # fmt: skip
                         cr = await run_chaos(target, config, processes=processes, chaos=specs, stuck_after=stuck_after,
-                                             on_progress=dash.update, fail_fast=fail_fast, backend=backend)  # fmt: skip
+                                             on_progress=dash.update, fail_fast=fail_fast, backend=backend,
+                                             liveness=liveness)  # fmt: skip
                 else:
                     err.print(f"{label}: {config.describe()}; chaos {' '.join(s.describe() for s in specs) or 'none'}")
                     progress = PlainProgress(sys.stderr, interval=2.0, label=label)
                     cr = await run_chaos(target, config, processes=processes, chaos=specs, stuck_after=stuck_after,
-                                         on_progress=progress.update, fail_fast=fail_fast, backend=backend)  # fmt: skip
+                                         on_progress=progress.update, fail_fast=fail_fast, backend=backend,
+                                         liveness=liveness)  # fmt: skip
                 for line in verdict_lines(cr):
                     err.print(f"{label}: {line}")
                 results.append(cr)

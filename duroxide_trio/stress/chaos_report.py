@@ -181,7 +181,7 @@ def append_chaos_tracking(
         c = r.config
         lines.append(
             f"| {r.scenario} {c.concurrency_label} ({c.duration:g}s, {c.max_concurrent} in flight) | {cr.processes} "
-            f"| `{cr.chaos_label}` | {v.launched} | {v.terminal} | {v.counts.get('lost', 0)} "
+            f"| `{cr.chaos_label}`{'' if cr.liveness else ' (no liveness lease)'} | {v.launched} | {v.terminal} | {v.counts.get('lost', 0)} "
             f"| {v.counts.get('stuck', 0)} | {v.counts.get('wrong_output', 0)} | {v.counts.get('completed_twice', 0)} "
             f"| {v.counts.get('lost_activity_results', 0)} | {v.duplicate_executions} ({v.duplicate_rate:.2f}%) "
             f"| {_causes(cr)} | {_s(v.drain_s)} | {r.latency_ms.p50:.0f} | {r.latency_ms.p99:.0f} "
@@ -190,7 +190,7 @@ def append_chaos_tracking(
     for cr in results:
         figures = {k: v for k, v in cr.verdict.as_dict().items() if not k.endswith("_ids")}
         data = {"scenario": cr.result.scenario, "chaos": [s.describe() for s in cr.specs],
-                "processes": cr.processes, "verdict": figures}  # fmt: skip
+                "processes": cr.processes, "liveness": cr.liveness, "verdict": figures}  # fmt: skip
         lines.append(f"<!-- chaos-data: {json.dumps(data, separators=(',', ':'))} -->")
     lines += ["", "---", ""]
     with path.open("a", encoding="utf-8") as f:

@@ -129,6 +129,7 @@ class ChaosResult:
     timeline: list[dict[str, Any]]
     process_table: list[dict[str, Any]]
     throughput: list[dict[str, Any]]
+    liveness: bool = True
 
     @property
     def passed(self) -> bool:
@@ -142,6 +143,7 @@ class ChaosResult:
         return {
             "processes": self.processes,
             "chaos": [s.describe() for s in self.specs],
+            "liveness": self.liveness,
             "verdict": self.verdict.as_dict(),
             "timeline": self.timeline,
             "process_table": self.process_table,
@@ -338,6 +340,7 @@ async def run_chaos(
     chaos_result = ChaosResult(
         result=result, verdict=verdict, processes=processes, specs=specs, timeline=timeline.as_list(),
         process_table=[wp.as_dict() for wp in pool.processes], throughput=throughput_marks(result, timeline),
+        liveness=liveness,
     )  # fmt: skip
     if monitor.fatal is not None:
         aborted = StressAborted(monitor.fatal, monitor.fatal_traceback, result, list(monitor.errors))
