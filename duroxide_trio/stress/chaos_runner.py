@@ -296,6 +296,7 @@ async def run_chaos(
     gate = WriteGate()
     verdict: Verdict | None = None
     all_terminal_s: list[float] = []
+    stuck_ids: set[str] = set()
 
     provider = await target.open_provider()
     try:
@@ -309,6 +310,7 @@ async def run_chaos(
                     await _load_and_drain(
                         provider, registry, scenario.plan, config, monitor, pool, timeline, specs, target,
                         gate, launched, stuck_after, on_progress, progress_interval, rng_seed, all_terminal_s,
+                        stuck_ids,
                     )  # fmt: skip
                 if monitor.finished_at is None:
                     monitor.finished_at = time.monotonic()
@@ -316,7 +318,7 @@ async def run_chaos(
                 if monitor.fatal is None:
                     verdict = await _with_retries(
                         lambda: _verdict(provider, registry, launched, ledger, timeline, pool, fault_spec,
-                                         stuck_after, all_terminal_s)  # fmt: skip
+                                         stuck_after, all_terminal_s, stuck_ids)  # fmt: skip
                     )
             finally:
                 with anyio.CancelScope(shield=True):
@@ -363,13 +365,14 @@ async def _with_retries(fn: Callable[[], Any], attempts: int = 5) -> Any:
 async def _verdict(
     provider: Any, registry: Any, launched: dict[str, Launch], ledger: Any, timeline: ChaosTimeline,
     pool: WorkerPool, fault_spec: ChaosSpec | None, stuck_after: float, all_terminal_s: list[float],
+    stuck_ids: set[str],
 ) -> Verdict:  # fmt: skip
     rows = await ledger.read_all()
     return await compute_verdict(
         provider, launched, rows, timeline,
         killed_pids=pool.pids_of("killed"), faults=fault_spec is not None and fault_spec.rate > 0,
         stuck_after=stuck_after, all_terminal_s=all_terminal_s[0] if all_terminal_s else None,
-        load_end_s=pool.load_end_s, registry=registry,
+        load_end_s=pool.load_end_s, registry=registry, stuck_at_deadline=stuck_ids,
     )  # fmt: skip
 
 
@@ -390,6 +393,7 @@ async def _load_and_drain(
     progress_interval: float,
     seed: int,
     all_terminal_s: list[float],
+    stuck_ids: set[str],
 ) -> None:
     from ..client import Client, Status
 
@@ -399,6 +403,9 @@ async def _load_and_drain(
     all_done = anyio.Event()
     stop_chaos = anyio.Event()
     remote: _RemoteRuntimes = monitor.runtime  # type: ignore[assignment]
+    stuck: set[str] = stuck_ids
+
+    in_flight: set[str] = set()
 
     async def instance(seq: int) -> None:
         instance_id = f"chaos-{run_id}-{seq}"
@@ -407,12 +414,14 @@ async def _load_and_drain(
         monitor.launched += 1
         monitor.in_flight += 1
         monitor._second(started).launched += 1
+        in_flight.add(instance_id)
         try:
             await _one_instance(client, instance_id, launch, started, monitor, gate, launched, Status)
         finally:
+            in_flight.discard(instance_id)
             monitor.in_flight -= 1
             slots.release()
-            if monitor.in_flight == 0 and monitor.load_end is not None:
+            if monitor.in_flight == 0 and monitor.load_end is not None and not stuck:
                 if not all_terminal_s:
                     all_terminal_s.append(timeline.now())
                 all_done.set()
@@ -504,6 +513,8 @@ async def _load_and_drain(
             with anyio.move_on_after(max(last_fault + stuck_after - timeline.now(), 0.0)):
                 await all_done.wait()
             if not all_done.is_set():
+                # Not terminal stuck_after seconds after the last fault: stuck (whatever they do later).
+                stuck.update(in_flight)
                 instances.cancel_scope.cancel()
         monitor.finished_at = time.monotonic()
         monitor.phase = "done"

@@ -160,6 +160,19 @@ def _cause(
     return "faults" if faults else "other"
 
 
+async def _describe_stuck(admin: Any, instance_id: str) -> str:
+    """What the store says about a stuck instance (for the report): status and queue depth hints."""
+    try:
+        info = await admin.get_instance_info(instance_id)
+        history = await admin.read_history(instance_id)
+    except Exception as exc:  # noqa: BLE001 - only a description
+        return f" (unreadable: {exc})"
+    if info is None:
+        return " (no instance row: its start was never processed)"
+    last = history[-1].type_name if history else "none"
+    return f" ({info.status}, {len(history)} events, last {last})"
+
+
 async def compute_verdict(
     provider: Any,
     launched: Mapping[str, Any],
@@ -172,6 +185,7 @@ async def compute_verdict(
     all_terminal_s: float | None,
     load_end_s: float = 0.0,
     registry: Any = None,
+    stuck_at_deadline: set[str] | None = None,
 ) -> Verdict:
     """Examine every launched instance (``launched``: instance id -> its scenario ``Launch``) and its
     sub-orchestrations in ``provider`` (any provider with the admin API), against the ledger."""
@@ -191,7 +205,10 @@ async def compute_verdict(
             v._add("lost", instance_id)
             continue
         if state.status not in (Status.COMPLETED, Status.FAILED):
-            v._add("stuck", instance_id)
+            v._add("stuck", instance_id + await _describe_stuck(admin, instance_id))
+        elif stuck_at_deadline and instance_id in stuck_at_deadline:
+            v.terminal += 1  # terminal by now, but only after the stuck bound
+            v._add("stuck", instance_id + " (terminal only after the stuck bound)")
         else:
             v.terminal += 1
             if state.status is Status.COMPLETED:
