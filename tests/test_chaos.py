@@ -234,3 +234,39 @@ def test_cli_chaos_refuses_what_it_cannot_do(anyio_backend, args, message):
     result = CliRunner().invoke(app, ["stress", "--no-dashboard", "--duration", "1", *args])
     assert result.exit_code != 0
     assert message in result.output, result.output
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+async def test_fail_fast_stops_at_a_runtime_process_that_dies_on_its_own_and_reports_the_timeline(
+    anyio_backend, tmp_path
+):
+    import signal
+
+    from duroxide_trio.stress import StressAborted
+    from duroxide_trio.stress import report as stress_report
+    from duroxide_trio.stress.chaos_report import chaos_appendix
+
+    sent: list[int] = []
+
+    def on_progress(monitor) -> None:
+        pool = monitor.pool
+        if not sent and monitor.elapsed > 2.5 and pool.running():
+            victim = pool.running()[0]
+            sent.append(victim.pid)
+            os.kill(victim.pid, signal.SIGTERM)  # not the harness's doing: an unexpected exit
+
+    config = StressConfig(duration=20, max_concurrent=4, tasks_per_instance=2)
+    with pytest.raises(StressAborted) as caught:
+        await run_chaos(ChaosTarget.sqlite(str(tmp_path / "ff.db")), config, processes=2,
+                        chaos=[parse_chaos("kill:every=1s")], fail_fast=True, on_progress=on_progress)  # fmt: skip
+    exc = caught.value
+    assert "exited unexpectedly" in str(exc.error)
+    crash = stress_report.write_crash_report(
+        tmp_path, error=exc.error, traceback_text=exc.traceback, provider="sqlite", database_url=None,
+        config=config, errors=exc.errors, result=exc.result,
+    )  # fmt: skip
+    with crash.open("a") as f:
+        f.write(chaos_appendix(exc.chaos))
+    text = crash.read_text()
+    assert "Chaos timeline" in text and "SIGKILL process" in text and f"pid {sent[0]}" in text
+    assert exc.result.load_duration_s < 15  # it stopped early
