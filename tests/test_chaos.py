@@ -270,3 +270,12 @@ async def test_fail_fast_stops_at_a_runtime_process_that_dies_on_its_own_and_rep
     text = crash.read_text()
     assert "Chaos timeline" in text and "SIGKILL process" in text and f"pid {sent[0]}" in text
     assert exc.result.load_duration_s < 15  # it stopped early
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+async def test_chaos_runs_against_a_provider_of_your_own_through_a_factory_path(anyio_backend, tmp_path):
+    target = ChaosTarget.custom("duroxide_trio.providers.sqlite:SqliteProvider.open", {"path": str(tmp_path / "own.db")})
+    config = StressConfig(duration=5, max_concurrent=6, tasks_per_instance=2)
+    cr = await run_chaos(target, config, processes=2, chaos=[parse_chaos("kill:every=1.5s")], seed=3)
+    assert cr.passed, cr.verdict.reasons
+    assert cr.verdict.activity_executions >= cr.verdict.logical_activities >= 2 * cr.verdict.launched > 0

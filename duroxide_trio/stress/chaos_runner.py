@@ -68,6 +68,9 @@ class ChaosTarget:
     restart: Callable[[str], None] | None = None
     owns_database: bool = False
     temporary_dir: str | None = None
+    factory: str | None = None
+    kwargs: dict[str, Any] = attrs.field(factory=dict)
+    ledger_path: str | None = None
 
     @classmethod
     def sqlite(cls, path: str | None = None) -> ChaosTarget:
@@ -86,12 +89,34 @@ class ChaosTarget:
             pool_max=pool_max, restart=restart, owns_database=owns_database,
         )  # fmt: skip
 
+    @classmethod
+    def custom(
+        cls, factory: str, kwargs: dict[str, Any] | None = None, *, ledger_path: str | None = None,
+        restart: Callable[[str], None] | None = None,
+    ) -> ChaosTarget:  # fmt: skip
+        """A provider of your own: every process calls ``factory`` (``"package.module:callable"``) with
+        ``kwargs`` to open it (on the same store). Executions are counted in an append-only ledger file
+        (default: a temporary one). ``restart``: how to restart your store for restart-db."""
+        d = None
+        if ledger_path is None:
+            d = tempfile.mkdtemp(prefix="duroxide-chaos-")
+            ledger_path = os.path.join(d, "ledger.jsonl")
+        return cls("custom", factory=factory, kwargs=dict(kwargs or {}), ledger_path=ledger_path,
+                   restart=restart, temporary_dir=d)  # fmt: skip
+
     def worker_target(self) -> dict[str, Any]:
+        if self.kind == "custom":
+            return {"kind": "custom", "factory": self.factory, "kwargs": self.kwargs, "ledger": self.ledger_path}
         if self.kind == "postgres":
             return {"kind": "postgres", "url": self.url, "schema": self.schema, "pool_max": self.pool_max}
         return {"kind": "sqlite", "path": self.path}
 
     async def open_provider(self) -> Any:
+        if self.kind == "custom":
+            from .workers import open_custom_provider
+
+            assert self.factory is not None
+            return await open_custom_provider(self.factory, self.kwargs)
         if self.kind == "postgres":
             from ..providers.postgres import PostgresProvider
 

@@ -7,7 +7,8 @@ activity is ``(instance_id, execution_id, activity_id)``; more than one row for 
 execution (allowed: activities are at-least-once).
 
 ``SqliteLedger`` uses a table ``chaos_ledger`` in the SQLite file; ``PostgresLedger`` a table
-``chaos_ledger`` in the run's schema. Both retry through database restarts.
+``chaos_ledger`` in the run's schema (both retry through database restarts); ``FileLedger`` an
+append-only file, for providers of your own.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import anyio
 import anyio.to_thread
 import attrs
 
-__all__ = ["Ledger", "LedgerRow", "PostgresLedger", "SqliteLedger", "open_ledger"]
+__all__ = ["FileLedger", "Ledger", "LedgerRow", "PostgresLedger", "SqliteLedger", "open_ledger"]
 
 #: How long one ledger write keeps retrying (a database restart) before it gives up.
 WRITE_RETRY_FOR = 90.0
@@ -220,9 +221,49 @@ class PostgresLedger:
                 await conn.close()
 
 
-def open_ledger(target: dict[str, Any]) -> SqliteLedger | PostgresLedger:
+class FileLedger:
+    """For a provider of your own: one JSON line per execution, appended with ``O_APPEND`` (atomic for
+    lines this short) to a file every process of the run can reach."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    async def create(self) -> None:
+        await anyio.to_thread.run_sync(lambda: open(self.path, "a").close())
+
+    async def record(self, instance_id: str, execution_id: int, activity_id: int, name: str, attempt: int) -> None:
+        import json
+
+        line = json.dumps([instance_id, execution_id, activity_id, name, os.getpid(), attempt,
+                           int(time.time() * 1000)]) + "\n"  # fmt: skip
+
+        def append() -> None:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, line.encode())
+            finally:
+                os.close(fd)
+
+        await anyio.to_thread.run_sync(append)
+
+    async def read_all(self) -> list[LedgerRow]:
+        import json
+
+        def read() -> list[LedgerRow]:
+            with open(self.path) as f:
+                return [LedgerRow(*json.loads(line)) for line in f if line.strip()]
+
+        return await anyio.to_thread.run_sync(read)
+
+    async def close(self) -> None:
+        return None
+
+
+def open_ledger(target: dict[str, Any]) -> SqliteLedger | PostgresLedger | FileLedger:
     """The ledger of a worker target (``{"kind": "sqlite", "path": ...}`` or ``{"kind": "postgres",
     "url": ..., "schema": ...}``)."""
     if target["kind"] == "postgres":
         return PostgresLedger(target["url"], target["schema"])
+    if target["kind"] == "custom":
+        return FileLedger(target["ledger"])
     return SqliteLedger(target["path"])

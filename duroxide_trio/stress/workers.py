@@ -131,7 +131,27 @@ def _all_faults(wrapper: Any) -> list[Any]:
     return out
 
 
+async def open_custom_provider(factory: str, kwargs: dict[str, Any]) -> Any:
+    """``"package.module:callable"`` (the callable may be dotted, e.g. ``Class.open``), called with
+    ``kwargs``; awaited if it returns an awaitable."""
+    import importlib
+    import inspect
+
+    module_name, sep, attr = factory.partition(":")
+    if not sep:
+        raise ValueError(f"provider factory must look like 'package.module:callable', not {factory!r}")
+    obj: Any = importlib.import_module(module_name)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    provider = obj(**kwargs)
+    if inspect.isawaitable(provider):
+        provider = await provider
+    return provider
+
+
 async def _open_provider(target: dict[str, Any]) -> Any:
+    if target["kind"] == "custom":
+        return await open_custom_provider(target["factory"], target.get("kwargs") or {})
     if target["kind"] == "postgres":
         from ..providers.postgres import PostgresProvider
 
