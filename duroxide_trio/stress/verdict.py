@@ -142,13 +142,14 @@ def _cause(
     latest kill or stall of a process that ran an earlier execution, or restart of the database, between
     the first execution and the last one; else the injected faults."""
     earlier = {r.pid for r in rows[:-1]}
+    every = {r.pid for r in rows}  # a stalled process finishes late: its execution may be the last row
     first_s = timeline.wall_to_s(rows[0].at_ms) - 0.5
     last_s = timeline.wall_to_s(rows[-1].at_ms) + 0.5
     best: tuple[float, str] | None = None
     for e in timeline.events:
         if not e.ok or e.kind not in ("kill", "stall", "restart-db"):
             continue
-        if e.kind in ("kill", "stall") and e.pid not in earlier:
+        if (e.kind == "kill" and e.pid not in earlier) or (e.kind == "stall" and e.pid not in every):
             continue
         if e.kind == "kill" and e.pid not in killed_pids:
             continue
