@@ -429,3 +429,25 @@ async def test_waits_that_time_out_leave_nothing_behind(make_provider):
             with pytest.raises(TimeoutError, match=r"within \d+ ms"):
                 await client.wait_for_orchestration("w", timeout=0.01)
         assert not [k for k in provider.notifier._events if k.startswith("instance:")]
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+async def test_an_activity_that_lost_its_lock_by_blocking_the_loop_says_so(tmp_path, anyio_backend):
+    reg = base_registry()
+
+    @reg.activity("Blocks")
+    async def blocks(ctx: dt.ActivityContext) -> str:
+        time.sleep(2.5)  # longer than the 1 s lock: the renewal cannot run
+        return "ok"
+
+    @reg.orchestration("UsesBlocking")
+    async def uses(ctx: dt.OrchestrationContext) -> str:
+        return str(await ctx.schedule_activity("Blocks"))
+
+    options = attrs.evolve(FAST, worker_lock_timeout=1.0, max_attempts=2, blocked_loop_threshold=0.5)
+    provider = await dt.SqliteProvider.open(tmp_path / "s.db")
+    async with provider, dt.open_runtime(provider, reg, options) as runtime:
+        await runtime.client.start_orchestration("b", "UsesBlocking")
+        state = await runtime.client.wait_for_orchestration("b", timeout=40)
+    assert state.status is dt.Status.FAILED and state.error.category == "poison"
+    assert "blocked the event loop" in state.error.message and "plain def activity" in state.error.message

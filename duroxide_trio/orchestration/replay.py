@@ -159,6 +159,7 @@ class TurnResult:
     version: str = ""
     parent_instance: str | None = None
     execution_id: int = 1
+    warnings: list[str] = attrs.field(factory=list)  # e.g. user cleanup code that raised while closed
 
 
 class _Nondeterminism(Exception):
@@ -684,7 +685,9 @@ class Turn:
             self._run()
         except _Fail as f:
             self._fail = f.details
-        return self._finalize()
+        result = self._finalize()
+        result.warnings.extend(self.cleanup_errors)
+        return result
 
     def _run(self) -> None:
         history = self.plan.history
