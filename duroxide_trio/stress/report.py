@@ -76,7 +76,7 @@ def comparison_rows(results: Sequence[StressResult]) -> list[list[str]]:
         some = lat.count > 0
         rows.append(
             [
-                row_label(r) + (" [interrupted]" if r.interrupted else ""),
+                f"{r.provider} ({r.scenario}, interrupted)" if r.interrupted else row_label(r),
                 r.config.concurrency_label,
                 str(r.completed),
                 str(r.failed),
@@ -95,10 +95,14 @@ def comparison_rows(results: Sequence[StressResult]) -> list[list[str]]:
     return rows
 
 
-def _table(results: Sequence[StressResult], title: str, columns: Sequence[int]) -> Table:
+def _table(
+    results: Sequence[StressResult], title: str, columns: Sequence[int], wrap_label: bool = False
+) -> Table:
     table = Table(title=title, title_style="bold", header_style="bold cyan")
     for i in columns:
-        table.add_column(HEADERS[i], justify="left" if i == 0 else "right", no_wrap=True)
+        table.add_column(
+            HEADERS[i], justify="left" if i == 0 else "right", no_wrap=not (wrap_label and i == 0)
+        )
     for r, row in zip(results, comparison_rows(results), strict=True):
         style = None if r.passed else ("yellow" if r.interrupted and not r.failed else "red")
         table.add_row(*(row[i] for i in columns), style=style)
@@ -109,8 +113,9 @@ def comparison_table(
     results: Sequence[StressResult], title: str = "Stress test results", *, width: int | None = None
 ) -> Table:
     """The comparison table (rich). With ``width`` (e.g. ``console.width``) it leaves out the columns of
-    ``DROP_ORDER`` one by one until it fits, so no header is cut short on a narrow terminal; the full
-    table is in ``--json``, ``--track`` and the markdown table."""
+    ``DROP_ORDER`` one by one until it fits, then lets the first column (provider and scenario) wrap
+    between words, so no header or figure is cut short on a narrow terminal; the full table is in
+    ``--json``, ``--track`` and the markdown table."""
     columns = list(range(len(HEADERS)))
     table = _table(results, title, columns)
     if width is None:
@@ -124,6 +129,8 @@ def comparison_table(
                 break
             columns.remove(drop)
             table = _table(results, title, columns)
+        if measure.measure(table).maximum > width:
+            table = _table(results, title, columns, wrap_label=True)
     finally:
         measure.file.close()
     return table
