@@ -144,6 +144,14 @@ def stress(
     from ..stress.config import PRESETS, SUITE_CONCURRENCY, StressConfig
     from ..stress.scenarios import SCENARIOS
 
+    if report_path is not None:
+        from ..stress import html_report
+
+        try:
+            html_report.require_plotly()
+        except ImportError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--report") from None
+
     # -- provider ---------------------------------------------------------------------------------------
     explicit_url = database_url
     if provider is None:
@@ -212,14 +220,6 @@ def stress(
                 )
         else:
             configs.append(StressConfig(**base, scenario=name))
-
-    if report_path is not None:
-        from ..stress import html_report
-
-        try:
-            html_report.require_plotly()
-        except ImportError as exc:
-            raise typer.BadParameter(str(exc), param_hint="--report") from None
 
     # -- run --------------------------------------------------------------------------------------------
     use_dashboard = dashboard if dashboard is not None else sys.stdout.isatty()
