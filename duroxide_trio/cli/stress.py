@@ -23,12 +23,14 @@ __all__ = ["stress"]
 
 
 class ProviderChoice(enum.StrEnum):
+    """``--provider`` values."""
     sqlite = "sqlite"
     sqlite_memory = "sqlite-memory"
     postgres = "postgres"
 
 
 class BackendChoice(enum.StrEnum):
+    """``--backend`` values (anyio backends)."""
     trio = "trio"
     asyncio = "asyncio"
 

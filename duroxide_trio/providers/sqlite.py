@@ -268,16 +268,19 @@ class SqliteProvider:
 
     @property
     def name(self) -> str:
+        """``"sqlite"`` for a file, ``"sqlite-memory"`` in memory."""
         return "sqlite-memory" if self._path == ":memory:" else "sqlite"
 
     @property
     def path(self) -> str:
+        """The database file (``":memory:"`` in memory)."""
         return self._path
 
     def __repr__(self) -> str:
         return f"SqliteProvider({self._path!r})"
 
     async def close(self) -> None:
+        """Close the connection (waits for a running operation); idempotent."""
         if self._closed:
             return
         self._closed = True
@@ -1275,17 +1278,21 @@ class SqliteFactory:
     ``":memory:"`` an in-memory database, anything else that file."""
 
     def __init__(self, path: str | None = None, *, lock_timeout: float = 1.0) -> None:
+        """Args: ``path`` (``None``: a fresh temporary file per provider; ``":memory:"``; or a file shared
+        by every provider); ``lock_timeout``: the short lock timeout lock-expiry validation tests use."""
         self.path = path
         self.lock_timeout = lock_timeout
         self._tmpdirs: dict[int, str] = {}
 
     @property
     def description(self) -> str:
+        """``"sqlite"`` or ``"sqlite-memory"`` (shown in stress results)."""
         if self.path == ":memory:":
             return "sqlite-memory"
         return "sqlite"
 
     async def create_provider(self) -> SqliteProvider:
+        """Open a provider on a fresh temporary file (``path=None``), in memory, or on ``path``."""
         if self.path is None:
             import tempfile
 
@@ -1296,6 +1303,7 @@ class SqliteFactory:
         return await SqliteProvider.open(self.path)
 
     async def cleanup(self, provider: SqliteProvider) -> None:
+        """Close ``provider`` and remove its temporary directory, if this factory made one."""
         await provider.close()
         d = self._tmpdirs.pop(id(provider), None)
         if d is not None:
@@ -1304,7 +1312,9 @@ class SqliteFactory:
             shutil.rmtree(d, ignore_errors=True)
 
     async def corrupt_instance_history(self, provider: SqliteProvider, instance_id: str) -> None:
+        """Validation hook: make the instance's stored history undecodable."""
         await provider._corrupt_instance_history(instance_id)
 
     async def get_max_attempt_count(self, provider: SqliteProvider, instance_id: str) -> int:
+        """Validation hook: the highest attempt count among the instance's queued messages."""
         return await provider._max_attempt_count(instance_id)

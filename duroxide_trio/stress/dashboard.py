@@ -75,6 +75,7 @@ class Dashboard:
         self._live.__exit__(None, None, None)
 
     def update(self, monitor: StressMonitor) -> None:
+        """The ``on_progress`` callback: redraw at most ``refresh_per_second`` times (always at the end)."""
         now = time.monotonic()
         if now - self._last < self._interval and monitor.phase not in ("done", "aborted", "interrupted"):
             return
@@ -83,10 +84,12 @@ class Dashboard:
         self._live.update(self.render(monitor), refresh=True)
 
     def finish(self, result: StressResult | None, *, aborted: str | None = None) -> None:
+        """Print the summary panel (PASS / FAIL, and why a run was aborted) that replaces the live view."""
         self.console.print(summary_panel(result, self.provider, self.url, aborted=aborted))
 
     # ---------------------------------------------------------------------------------------------------
     def render(self, m: StressMonitor) -> Group:
+        """The live view: header, roles, latency and error panels."""
         return Group(self._header(m), self._roles(m), self._latency(m), self._errors(m))
 
     def _header(self, m: StressMonitor) -> Panel:
@@ -272,6 +275,7 @@ class PlainProgress:
         self._last = time.monotonic()
 
     def update(self, m: StressMonitor) -> None:
+        """The ``on_progress`` callback: write one line every ``interval`` seconds."""
         now = time.monotonic()
         if now - self._last < self.interval:
             return

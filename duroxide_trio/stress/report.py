@@ -148,6 +148,7 @@ def markdown_table(results: Sequence[StressResult]) -> str:
 
 
 def versions() -> dict[str, str]:
+    """Python, duroxide-trio, its main dependencies and SQLite versions, for results and crash reports."""
     from importlib import metadata
 
     out = {"python": platform.python_version(), "implementation": platform.python_implementation()}
@@ -281,6 +282,8 @@ def _previous_entries(text: str) -> dict[str, dict[str, Any]]:
 
 
 def regression_warnings(result: StressResult, previous: dict[str, Any] | None) -> list[str]:
+    """Warnings when ``result`` is more than 20 % slower or its p50 more than 50 % higher than ``previous``
+    (a tracked entry)."""
     if not previous:
         return []
     warnings = []
@@ -480,6 +483,7 @@ def write_crash_report(
 
 
 def mask_text(text: str, url: str | None) -> str:
+    """``text`` with every URL's password and the password of ``url`` replaced by ``***``."""
     from .._masking import mask_url
 
     masked = mask_url(text)

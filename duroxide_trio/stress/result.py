@@ -86,11 +86,13 @@ class LatencyStats:
     count: int = 0
 
     def __getitem__(self, key: str) -> float:
+        """``stats["p50"]``: a figure by name (``KeyError`` for an unknown one)."""
         if key not in ("mean", "p50", "p95", "p99", "max", "count"):
             raise KeyError(key)
         return float(getattr(self, key))
 
     def as_dict(self) -> dict[str, float]:
+        """The figures rounded to 3 decimals, plus ``count``."""
         return {k: round(float(getattr(self, k)), 3) for k in ("mean", "p50", "p95", "p99", "max")} | {
             "count": self.count
         }
@@ -125,6 +127,7 @@ class FailureRecord:
     at_s: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
+        """Every field, JSON-ready."""
         return attrs.asdict(self)
 
 
@@ -148,6 +151,7 @@ class TimelinePoint:
     p99_ms: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
+        """Every field, JSON-ready."""
         return attrs.asdict(self)
 
 

@@ -87,6 +87,7 @@ class StressAborted(Exception):
 
 
 def describe_error(error: BaseException | str) -> str:
+    """``"<ExceptionType>: <message>"`` (a string is returned as it is)."""
     return error if isinstance(error, str) else f"{type(error).__name__}: {error}"
 
 
@@ -173,6 +174,7 @@ class StressMonitor:
 
     @property
     def activities_completed(self) -> int:
+        """Activities the runtime executed so far."""
         return self.runtime.stats.activities_completed if self.runtime is not None else 0
 
     def throughput(self) -> float:
@@ -184,6 +186,7 @@ class StressMonitor:
         return self.completed / max(self.elapsed, 1e-9)
 
     def activity_throughput(self) -> float:
+        """Activities per second so far (of the load phase once it is over)."""
         if self.load_start is None:
             return 0.0
         if self.load_end is not None and self.activities_at_load_end is not None:
@@ -192,6 +195,7 @@ class StressMonitor:
         return (self.activities_completed - self.activities_at_load_start) / max(self.elapsed, 1e-9)
 
     def latency_percentiles(self) -> dict[str, float]:
+        """p50, p95, p99 and max of the latencies so far, in ms (0 without samples)."""
         values = sorted(self.latencies_ms)
         return {
             "p50": percentile(values, 50),
@@ -274,6 +278,7 @@ class StressMonitor:
 
     # -- the result -------------------------------------------------------------------------------------
     def result(self, scenario: str) -> StressResult:
+        """The ``StressResult`` of what was measured (also for a run stopped early)."""
         self._sample()
         load_start = self.load_start if self.load_start is not None else time.monotonic()
         load_end = self.load_end if self.load_end is not None else time.monotonic()

@@ -435,10 +435,12 @@ class PostgresProvider:
 
     @property
     def name(self) -> str:
+        """``"postgres"``."""
         return "postgres"
 
     @property
     def schema(self) -> str:
+        """The schema this provider's tables live in."""
         return self._schema
 
     @property
@@ -1224,12 +1226,15 @@ class PostgresFactory:
 
     @property
     def description(self) -> str:
+        """``"postgres"`` (shown in stress results)."""
         return "postgres"
 
     def __repr__(self) -> str:
         return f"PostgresFactory({mask_url(self.url)!r}, schema={self.schema!r})"
 
     async def create_provider(self) -> PostgresProvider:
+        """Connect a provider to a fresh schema ``duroxide_test_<random>`` (or to ``schema``), created and
+        migrated."""
         schema = self.schema or f"duroxide_test_{uuid.uuid4().hex[:8]}"
         provider = await PostgresProvider.connect(self.url, schema=schema, pool_max=self.pool_max)
         if self.schema is None:
@@ -1241,15 +1246,18 @@ class PostgresFactory:
         return await PostgresProvider.connect(self.url, schema=provider.schema, pool_max=self.pool_max)
 
     async def cleanup(self, provider: PostgresProvider) -> None:
+        """Close ``provider`` and drop the schema this factory created for it (unless ``keep_schema``)."""
         await provider.close()
         schema = self._created.pop(id(provider), None)
         if schema is not None and not self.keep_schema:
             await drop_schema(self.url, schema)
 
     async def corrupt_instance_history(self, provider: PostgresProvider, instance_id: str) -> None:
+        """Validation hook: make the instance's stored history undecodable."""
         await provider._corrupt_instance_history(instance_id)
 
     async def get_max_attempt_count(self, provider: PostgresProvider, instance_id: str) -> int:
+        """Validation hook: the highest attempt count among the instance's queued messages."""
         return await provider._max_attempt_count(instance_id)
 
 
