@@ -9,7 +9,9 @@ clear message on stderr and exit code 1. Readable output by default, ``--json`` 
 from __future__ import annotations
 
 import json
+import os
 import re
+import sys
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any
@@ -99,7 +101,9 @@ def parse_when(value: str, *, now: datetime | None = None) -> datetime:
 
 
 def _console() -> Console:
-    return Console(highlight=False, soft_wrap=False)
+    # A pipe (grep, less) gets long lines rather than ids folded at 80 columns.
+    piped = not sys.stdout.isatty() and "COLUMNS" not in os.environ
+    return Console(highlight=False, soft_wrap=False, width=200 if piped else None)
 
 
 def _run(db: str | None, url: str | None, schema: str, action: Callable[[Client], Awaitable[int]]) -> None:

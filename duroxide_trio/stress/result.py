@@ -32,6 +32,8 @@ def format_ms(ms: float | None) -> str:
         return NO_VALUE
     if ms < 0:
         return "-" + format_ms(-ms)
+    if ms == 0:
+        return "0 ms"
     if ms < 1:
         return f"{ms:.2f} ms"
     if ms < 10:
