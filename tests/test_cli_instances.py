@@ -86,7 +86,7 @@ def test_list_is_a_table_with_filters_and_json(state_db: Path) -> None:
     assert lines["hello-1"][1:4] == ["Hello", "1.0.0", "Completed"]
     assert lines["parent-1"][3] == "Running"
 
-    for spelling in ("completed", "COMPLETED", "Completed"):
+    for spelling in ("completed", "COMPLETED"):
         rows = json.loads(cli("instances", "list", "--status", spelling, "--json", "--db", db).stdout)
         assert sorted(r["instance_id"] for r in rows) == ["done-2", "hello-1"]
         assert all(r["status"] == "Completed" and r["created_at"] for r in rows)
@@ -143,8 +143,11 @@ def test_unknown_ids_and_impossible_actions_fail_clearly(state_db: Path) -> None
         (("prune", "nope", "--keep-last", "1"), "no instance 'nope'"),
         (("delete", "--completed-before", "yesterday"), "cannot read 'yesterday' as a time"),
     ]
-    for args, message in cases:
-        proc = cli("instances", *args, "--db", db)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=4) as pool:  # independent read-only commands: run side by side
+        procs = list(pool.map(lambda args: cli("instances", *args, "--db", db), [a for a, _ in cases]))
+    for (args, message), proc in zip(cases, procs, strict=True):
         assert proc.returncode == 1, (args, proc.stdout, proc.stderr)
         assert message in proc.stderr, (args, proc.stderr)
         assert "force=True" not in proc.stderr
