@@ -128,6 +128,6 @@ class LeaseRenewer:
             except Exception:  # noqa: BLE001
                 log.exception("lock-lost callback raised; ignored")
             return
-        lease.due = time.monotonic() + (min(lease.interval, 1.0) if retry else lease.interval)
+        lease.due = time.monotonic() + (min(lease.interval / 4, 1.0) if retry else lease.interval)
         self._push(lease)
         self._wake.set()
