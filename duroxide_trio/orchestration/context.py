@@ -25,9 +25,32 @@ from ..history import (
     SubOrchestrationScheduled,
     TimerCreated,
 )
+from . import limits
 
 if TYPE_CHECKING:
     from .replay import Turn
+
+#: Automatic sub-orchestration ids are ``<parent>::sub::<event id>``; no other id may contain the marker.
+SUB_MARKER = "::sub::"
+
+
+def check_name(value: Any, what: str, *, optional: bool = False) -> None:
+    """A name or id: a non-empty string within the name limit (``None`` allowed if ``optional``)."""
+    if value is None and optional:
+        return
+    if not isinstance(value, str) or not value:
+        raise TypeError(f"{what} must be a non-empty string, got {value!r:.100}")
+    limits.check_text(value, limits.MAX_NAME_BYTES, what)
+
+
+def check_instance_id(value: Any, what: str = "instance_id") -> None:
+    """An instance id chosen by a user: a name that does not use the reserved ``::sub::`` marker."""
+    check_name(value, what)
+    if SUB_MARKER in value:
+        raise ValueError(
+            f"{what} {value[:200]!r} contains {SUB_MARKER!r}, which is reserved for automatic "
+            "sub-orchestration ids; choose another id"
+        )
 
 __all__ = [
     "ActivityFailed",
@@ -80,7 +103,17 @@ class SubOrchestrationFailed(TaskFailed):
 
 @attrs.frozen
 class Backoff:
-    """Delay before retry attempt ``n`` (1 = after the first failure), in seconds."""
+    """Delay before retry attempt ``n`` (1 = after the first failure), in seconds.
+
+    Build one with :meth:`none`, :meth:`fixed`, :meth:`linear` or :meth:`exponential` (the default of
+    ``RetryPolicy``: 0.1 s, doubling, at most 30 s) and pass it as ``RetryPolicy(backoff=...)``.
+
+    Attributes:
+        kind: ``"none"``, ``"fixed"``, ``"linear"`` or ``"exponential"``.
+        base: The first delay (seconds); the constant delay of ``"fixed"``.
+        factor: The growth factor of ``"exponential"``.
+        cap: The longest delay (seconds) of ``"linear"`` and ``"exponential"``.
+    """
 
     kind: str = "exponential"
     base: float = 0.1
@@ -89,21 +122,48 @@ class Backoff:
 
     @classmethod
     def none(cls) -> Backoff:
+        """Retry at once, without a timer."""
         return cls("none", 0.0, 1.0, 0.0)
 
     @classmethod
     def fixed(cls, delay: float) -> Backoff:
+        """Wait ``delay`` seconds before every retry.
+
+        Args:
+            delay: Seconds between attempts.
+        """
         return cls("fixed", delay, 1.0, delay)
 
     @classmethod
     def linear(cls, base: float, cap: float = 30.0) -> Backoff:
+        """Wait ``base * n`` seconds before retry ``n``, at most ``cap``.
+
+        Args:
+            base: Seconds added per attempt.
+            cap: The longest delay in seconds.
+        """
         return cls("linear", base, 1.0, cap)
 
     @classmethod
     def exponential(cls, base: float = 0.1, factor: float = 2.0, cap: float = 30.0) -> Backoff:
+        """Wait ``base * factor ** (n - 1)`` seconds before retry ``n``, at most ``cap``.
+
+        Args:
+            base: The first delay in seconds.
+            factor: How much each delay grows over the previous one.
+            cap: The longest delay in seconds.
+        """
         return cls("exponential", base, factor, cap)
 
     def delay_for_attempt(self, attempt: int) -> float:
+        """The delay before the retry that follows failed attempt ``attempt``.
+
+        Args:
+            attempt: The attempt that failed (1-based).
+
+        Returns:
+            Seconds to wait (``0.0`` for ``none``: the retry is scheduled at once).
+        """
         if self.kind == "none":
             return 0.0
         if self.kind == "fixed":
@@ -116,7 +176,21 @@ class Backoff:
 @attrs.frozen
 class RetryPolicy:
     """Retry an activity up to ``max_attempts`` times with ``backoff`` between attempts (durable timers).
-    ``timeout`` (seconds) bounds each attempt: an attempt that times out is cancelled and retried."""
+    ``timeout`` (seconds) bounds each attempt: an attempt that times out is cancelled and retried.
+
+    Only ``application`` failures are retried (an exception of the activity, or a timeout); poison and
+    other system failures are not. When every attempt failed, the last ``ActivityFailed`` is raised
+    (kind ``"Timeout"`` if the last attempt timed out). Each attempt is a new activity execution
+    (``ActivityContext.attempt`` says which).
+
+    Args:
+        max_attempts: Attempts in total, the first one included (at least 1).
+        backoff: The delay between attempts (default ``Backoff.exponential()``).
+        timeout: The longest an attempt may take, in seconds (``None``: no limit).
+
+    Raises:
+        ValueError: ``max_attempts`` is below 1 or ``timeout`` is not positive.
+    """
 
     max_attempts: int = 3
     backoff: Backoff = attrs.field(factory=Backoff.exponential)
@@ -148,6 +222,7 @@ class DurableFuture:
         self._cancelled = False
 
     def done(self) -> bool:
+        """True once the result (or the failure) is known, from the history replayed so far."""
         self._poll()
         return self._done
 
@@ -201,20 +276,28 @@ class _NeverFuture(DurableFuture):
 
 
 class _JoinFuture(DurableFuture):
-    __slots__ = ("_children", "_return_exceptions")
+    __slots__ = ("_children", "_return_exceptions", "_ready", "_composites")
 
     def __init__(self, ctx: OrchestrationContext, children: list[DurableFuture], return_exceptions: bool) -> None:
         super().__init__(ctx)
         self._children = children
         self._return_exceptions = return_exceptions
+        self._ready = 0  # children[:_ready] are done: each poll resumes at the first pending child
+        # Composite children (select, join, tasks) advance when polled; leaves need no polling. Polling
+        # only those keeps a join of n activities O(n) per turn instead of O(n) per completion.
+        self._composites = [c for c in children if not isinstance(c, _LeafFuture)]
 
     def _poll(self) -> None:
         if self._done:
             return
-        for c in self._children:
+        for c in self._composites:
             c._poll()
-        if not all(c._done for c in self._children):
-            return
+        children = self._children
+        n = len(children)
+        while self._ready < n:
+            if not children[self._ready]._done:
+                return
+            self._ready += 1
         failed = [c for c in self._children if c._exc is not None]
         if failed and not self._return_exceptions:
             self._reject(min(failed, key=lambda c: c._seq)._exc)  # type: ignore[arg-type]
@@ -295,12 +378,16 @@ class _TaskFuture(DurableFuture):
 
 @attrs.define(eq=False)
 class Action:
+    """Engine internal: one decision of the code (the history event ``kind`` to record or match), the
+    future it completes, the future it cancels (``target``) and, once bound, its ``event_id``."""
+
     kind: Any  # the history event kind to record
     future: _LeafFuture | None = None
     target: _LeafFuture | None = None  # for cancellation breadcrumbs
     auto_instance: bool = False  # sub-orchestration with a derived instance id
     event_id: int | None = None
     task: _TaskFuture | None = None
+    attempt: int = 1  # retry attempt of an activity (RetryPolicy), carried to ActivityContext.attempt
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -309,19 +396,36 @@ class Action:
 
 class _ReplaySafeLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
     def __init__(self, logger: logging.Logger, ctx: OrchestrationContext) -> None:
-        super().__init__(logger, {})
+        super().__init__(logger, {"instance_id": ctx.instance_id, "execution_id": ctx.execution_id,
+                                  "orchestration": ctx.name})
         self._ctx = ctx
 
     def isEnabledFor(self, level: int) -> bool:  # noqa: N802 - logging API
         return not self._ctx.is_replaying and self.logger.isEnabledFor(level)
 
     def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        kwargs["extra"] = {**self.extra, **kwargs.get("extra", {})} if self.extra else kwargs.get("extra", {})
         return f"[{self._ctx.instance_id}] {msg}", kwargs
 
 
 class OrchestrationContext:
     """What orchestration code uses to schedule durable work. Every call is recorded in history and must
-    happen in the same order, with the same arguments, on every replay."""
+    happen in the same order, with the same arguments, on every replay.
+
+    The engine creates one per turn and passes it as the orchestration's first argument. Code that
+    schedules differently from its history (after a code change) ends the instance Failed with category
+    ``configuration`` (``nondeterministic: ...``). Await only the futures this context returns: awaiting
+    anything else (``trio.sleep``, an HTTP call) fails the instance; do I/O in activities.
+
+    Attributes:
+        instance_id: This instance's id.
+        execution_id: The current execution (1, then one more per continue-as-new).
+        name: The orchestration's registered name.
+        version: The version that runs (recorded in history; replays always use it).
+        logger: A logger adapter that is silent while replaying and prefixes messages with the
+            instance id (records carry ``instance_id``, ``execution_id`` and ``orchestration``).
+        custom_status: The last value this execution gave to :meth:`set_custom_status` (``None`` before).
+    """
 
     def __init__(
         self,
@@ -344,14 +448,23 @@ class OrchestrationContext:
     # --- metadata ---
     @property
     def is_replaying(self) -> bool:
+        """True while the code re-runs through recorded history, False once it makes new decisions."""
         return self._turn.replaying
 
     def now(self) -> datetime:
-        """Deterministic UTC time: the time of the history event the code is resuming from."""
+        """Deterministic UTC time: the time of the history event the code is resuming from.
+
+        Returns:
+            A timezone-aware UTC ``datetime``, the same on every replay (use it instead of the clock).
+        """
         return datetime.fromtimestamp(self._turn.current_ms / 1000.0, tz=UTC)
 
     def new_uuid(self) -> uuid.UUID:
-        """Deterministic UUID: the same sequence on every replay of this execution."""
+        """Deterministic UUID: the same sequence on every replay of this execution.
+
+        Returns:
+            A version-5 UUID derived from the instance id, the execution id and a call counter.
+        """
         self._uuid_counter += 1
         return uuid.uuid5(_UUID_NAMESPACE, f"{self.instance_id}:{self.execution_id}:{self._uuid_counter}")
 
@@ -365,16 +478,46 @@ class OrchestrationContext:
         tag: str | None = None,
         session_id: str | None = None,
     ) -> DurableFuture:
-        if not isinstance(name, str) or not name:
-            raise TypeError(f"activity name must be a non-empty string, got {name!r}")
+        """Run activity ``name`` with ``input``; the future resolves with its result or raises
+        ``ActivityFailed``. ``retry`` retries failed (and, with ``timeout``, timed-out) attempts on durable
+        timers; ``tag`` and ``session_id`` are recorded (and checked on replay). Raises ``TypeError`` for a
+        bad name, ``PayloadError`` if ``input`` is not JSON-serialisable, ``LimitExceeded`` if it is over
+        the payload limit.
+
+        Args:
+            name: The registered activity name.
+            input: The activity's input (anything the payload converter turns into JSON; ``None``: none).
+            retry: Retry failed attempts with this policy (default: one attempt).
+            tag: A label recorded with the activity and given to it as ``ActivityContext.tag``.
+            session_id: An id recorded with the activity and given to it as ``ActivityContext.session_id``.
+
+        Returns:
+            A future of the activity's result, converted to the activity's return annotation. Awaiting it
+            raises ``ActivityFailed`` when the activity (every attempt, with ``retry``) failed or timed
+            out, or ``PayloadError`` when the result does not convert; a poisoned activity fails the
+            whole orchestration instead.
+
+        Raises:
+            TypeError: An empty or non-string name, tag or session id, or a ``retry`` that is not a
+                ``RetryPolicy``.
+            PayloadError: ``input`` cannot be turned into JSON.
+            LimitExceeded: The JSON input is over 3 MiB, or a name over 64 KiB.
+        """
+        check_name(name, "activity name")
+        check_name(tag, "activity tag", optional=True)
+        check_name(session_id, "activity session_id", optional=True)
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise TypeError(f"retry must be a dt.RetryPolicy, got {retry!r:.100}")
         encoded = self._turn.encode(input, f"input of activity {name!r}")
         if retry is None:
             return self._activity(name, encoded, tag, session_id)
         return self._spawn(self._retry_loop(name, encoded, retry, tag, session_id))
 
-    def _activity(self, name: str, encoded: str | None, tag: str | None, session_id: str | None) -> _LeafFuture:
+    def _activity(
+        self, name: str, encoded: str | None, tag: str | None, session_id: str | None, attempt: int = 1
+    ) -> _LeafFuture:
         fut = _LeafFuture(self)
-        self._turn._emit(Action(ActivityScheduled(name, encoded, session_id, tag), future=fut))
+        self._turn._emit(Action(ActivityScheduled(name, encoded, session_id, tag), future=fut, attempt=attempt))
         return fut
 
     async def _retry_loop(
@@ -382,7 +525,7 @@ class OrchestrationContext:
     ) -> Any:
         last: ActivityFailed | None = None
         for attempt in range(1, policy.max_attempts + 1):
-            attempt_fut = self._activity(name, encoded, tag, session_id)
+            attempt_fut = self._activity(name, encoded, tag, session_id, attempt)
             try:
                 if policy.timeout is None:
                     return await attempt_fut
@@ -409,9 +552,27 @@ class OrchestrationContext:
         raise last
 
     def schedule_timer(self, delay: float | timedelta) -> DurableFuture:
+        """A durable timer that fires ``delay`` (seconds or a ``timedelta``) after the current
+        deterministic time. Raises ``ValueError`` outside 0 … 100 years.
+
+        Args:
+            delay: Seconds (``int`` or ``float``) or a ``timedelta``, from ``ctx.now()``.
+
+        Returns:
+            A future that resolves with ``None`` when the timer fires (it survives restarts).
+
+        Raises:
+            TypeError: ``delay`` is not a number or a ``timedelta`` (a ``bool`` is refused).
+            ValueError: ``delay`` is negative, NaN or over 100 years.
+        """
+        if isinstance(delay, bool) or not isinstance(delay, (int, float, timedelta)):
+            raise TypeError(f"timer delay must be seconds (a number) or a timedelta, got {delay!r:.100}")
         seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
-        if seconds < 0:
-            raise ValueError(f"timer delay must not be negative, got {seconds}")
+        if not (0 <= seconds <= limits.MAX_TIMER_SECONDS):  # also rejects NaN
+            raise ValueError(
+                f"timer delay must be between 0 and {limits.MAX_TIMER_SECONDS:.0f} seconds (100 years), "
+                f"got {seconds!r}"
+            )
         fut = _LeafFuture(self)
         fire_at = self._turn.current_ms + int(seconds * 1000)
         self._turn._emit(Action(TimerCreated(fire_at), future=fut))
@@ -419,14 +580,38 @@ class OrchestrationContext:
 
     def wait_for_event(self, name: str) -> DurableFuture:
         """Wait for the next external event ``name`` (``Client.raise_event``). Events raised before the
-        wait are buffered in history and delivered in arrival order."""
+        wait are buffered in history and delivered in arrival order.
+
+        Args:
+            name: The event name.
+
+        Returns:
+            A future of the event's data (plain JSON values: dicts, lists, strings, numbers, ``None``).
+
+        Raises:
+            TypeError: ``name`` is empty or not a string.
+            LimitExceeded: ``name`` is over 64 KiB.
+        """
+        check_name(name, "event name")
         fut = _LeafFuture(self)
         self._turn._emit(Action(ExternalSubscribed(name), future=fut))
         return fut
 
     def dequeue_event(self, queue: str) -> DurableFuture:
         """Take the next message of the FIFO mailbox ``queue`` (``Client.enqueue_event``). Unconsumed
-        messages are carried across continue-as-new."""
+        messages are carried across continue-as-new.
+
+        Args:
+            queue: The mailbox name.
+
+        Returns:
+            A future of the message's data (plain JSON values).
+
+        Raises:
+            TypeError: ``queue`` is empty or not a string.
+            LimitExceeded: ``queue`` is over 64 KiB.
+        """
+        check_name(queue, "queue name")
         fut = _LeafFuture(self)
         self._turn._emit(Action(QueueSubscribed(queue), future=fut))
         return fut
@@ -434,6 +619,31 @@ class OrchestrationContext:
     def schedule_sub_orchestration(
         self, name: str, input: Any = None, *, instance_id: str | None = None, version: str | None = None
     ) -> DurableFuture:
+        """Run orchestration ``name`` as a child; the future resolves with its output or raises
+        ``SubOrchestrationFailed``. The child's id is ``<this id>::sub::<event id>`` unless
+        ``instance_id`` is given.
+
+        Args:
+            name: The registered orchestration name of the child.
+            input: The child's input (anything the payload converter turns into JSON; ``None``: none).
+            instance_id: The child's id (must not contain ``::sub::``); default: derived as above.
+            version: Run exactly this version of the child; default: the latest registered one.
+
+        Returns:
+            A future of the child's output, converted to the return annotation of the latest registered
+            version. Awaiting it raises ``SubOrchestrationFailed`` when the child failed or was cancelled
+            (or its id is taken by another instance: kind ``InstanceAlreadyExists``); a child's system
+            failure (poison, nondeterminism) fails this orchestration too.
+
+        Raises:
+            TypeError: An empty or non-string name or instance id.
+            ValueError: ``instance_id`` contains ``::sub::``.
+            PayloadError: ``input`` cannot be turned into JSON.
+            LimitExceeded: The JSON input is over 3 MiB, or a name or id over 64 KiB.
+        """
+        check_name(name, "sub-orchestration name")
+        if instance_id is not None:
+            check_instance_id(instance_id, "sub-orchestration instance_id")
         encoded = self._turn.encode(input, f"input of sub-orchestration {name!r}")
         fut = _LeafFuture(self)
         self._turn._emit(
@@ -448,31 +658,114 @@ class OrchestrationContext:
     def start_orchestration(
         self, name: str, instance_id: str, input: Any = None, *, version: str | None = None
     ) -> None:
-        """Start a detached orchestration (fire and forget; no result, no parent link)."""
+        """Start a detached orchestration (fire and forget; no result, no parent link).
+
+        The start is sent when this turn commits; the new instance runs on its own and is not cancelled
+        with this one.
+
+        Args:
+            name: The registered orchestration name.
+            instance_id: The new instance's id (must not contain ``::sub::``).
+            input: Its input (anything the payload converter turns into JSON; ``None``: none).
+            version: Run exactly this version; default: the latest registered one.
+
+        Raises:
+            TypeError: An empty or non-string name or instance id.
+            ValueError: ``instance_id`` contains ``::sub::``.
+            PayloadError: ``input`` cannot be turned into JSON.
+            LimitExceeded: The JSON input is over 3 MiB, or a name or id over 64 KiB.
+        """
+        check_name(name, "orchestration name")
+        check_instance_id(instance_id)
         encoded = self._turn.encode(input, f"input of orchestration {name!r}")
         self._turn._emit(Action(OrchestrationChained(name, instance_id, encoded, version)))
 
     def continue_as_new(self, input: Any = None, *, version: str | None = None) -> DurableFuture:
-        """End this execution and start a fresh one with ``input`` (``return await ctx.continue_as_new(x)``)."""
+        """End this execution and start a fresh one with ``input`` (``return await ctx.continue_as_new(x)``).
+
+        The new execution (``execution_id + 1``) starts with an empty history; mailbox messages not yet
+        dequeued, the custom status and the parent link are carried over. Only the first call of a turn
+        counts, and the code does not run on after it.
+
+        Args:
+            input: The next execution's input (anything the payload converter turns into JSON).
+            version: The version the next execution runs; default: the latest registered one.
+
+        Returns:
+            A future that never resolves: await it (and return) to end the execution.
+
+        Raises:
+            PayloadError: ``input`` cannot be turned into JSON.
+            LimitExceeded: The JSON input is over 3 MiB.
+        """
         encoded = self._turn.encode(input, "input of continue_as_new")
         self._turn._continue_as_new(encoded, version)
         return _NeverFuture(self)
 
     def set_custom_status(self, value: Any) -> None:
-        encoded = None if value is None else self._turn.encode(value, "custom status")
+        """Publish ``value`` as the instance's custom status (``Client.get_status(...).custom_status``).
+        Raises ``LimitExceeded`` over 256 KiB.
+
+        Clients see it once the turn commits; it is carried over by continue-as-new.
+
+        Args:
+            value: Anything the payload converter turns into JSON; ``None`` clears the status.
+
+        Raises:
+            PayloadError: ``value`` cannot be turned into JSON.
+            LimitExceeded: The JSON value is over 256 KiB.
+        """
+        encoded = None if value is None else self._turn.encode(value, "custom status", limits.MAX_CUSTOM_STATUS_BYTES)
         self.custom_status = value
         self._turn._emit(Action(CustomStatusUpdated(encoded)))
 
     custom_status: Any = None
 
+    def history_size_bytes(self) -> int:
+        """The size of this execution's history, counted as the 5 MiB history limit counts it; call
+        ``continue_as_new`` well before it reaches ``dt.MAX_HISTORY_BYTES``.
+
+        Returns:
+            Bytes: the stored events and this turn's new ones, each counted as its text fields plus a
+            small envelope. A turn whose commit would pass 5 MiB fails the instance (``LimitExceeded``).
+        """
+        return self._turn.history_size_bytes()
+
     # --- composition ---
     def join(self, futures: Iterable[DurableFuture], *, return_exceptions: bool = False) -> DurableFuture:
+        """Wait for all ``futures`` (fan-in).
+
+        Args:
+            futures: Durable futures from this context (``schedule_*``, ``select``, ``join``).
+            return_exceptions: Put the exception of a failed future in its place in the list instead of
+                raising it.
+
+        Returns:
+            A future of the results, in argument order (``[]`` for no futures). It resolves once every
+            future is done; without ``return_exceptions`` it then raises the failure that came first in
+            history order.
+
+        Raises:
+            TypeError: One of ``futures`` is not a durable future.
+        """
         children = self._check_futures(list(futures), "join")
         return _JoinFuture(self, children, return_exceptions)
 
     def select(self, *futures: DurableFuture) -> DurableFuture:
         """Resolve with ``(index, value)`` of the first future to complete *in history order*; the others
-        are cancelled (activities lose their lock, subscriptions are released, children are cancelled)."""
+        are cancelled (activities lose their lock, subscriptions are released, children are cancelled).
+
+        Args:
+            *futures: Durable futures from this context (or one list or tuple of them).
+
+        Returns:
+            A future of ``(index, value)`` of the winner; it raises the winner's exception if the first
+            future to complete failed.
+
+        Raises:
+            ValueError: No futures were given.
+            TypeError: One of ``futures`` is not a durable future.
+        """
         if len(futures) == 1 and isinstance(futures[0], (list, tuple)):
             futures = tuple(futures[0])
         if not futures:

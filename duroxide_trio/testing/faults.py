@@ -21,7 +21,9 @@ __all__ = ["Fault", "FaultyProvider"]
 @attrs.define
 class Fault:
     """Fail an operation: every ``every``-th call, or with ``probability``, at most ``limit`` times.
-    ``after=True`` runs the real operation first and then raises (the caller cannot know it committed)."""
+    ``after=True`` runs the real operation first and then raises (the caller cannot know it committed).
+    ``error`` raises that exception type (called with the message) instead of a ``ProviderError`` — a
+    provider with a bug, for proving that the runtime contains it."""
 
     every: int = 0
     probability: float = 0.0
@@ -29,10 +31,12 @@ class Fault:
     retryable: bool = True
     after: bool = False
     message: str = "injected fault"
+    error: type[Exception] | None = None
     calls: int = 0
     injected: int = 0
 
     def should_fail(self, rng: random.Random) -> bool:
+        """Count a call and decide whether it fails (``every``-th call, ``probability``, up to ``limit``)."""
         self.calls += 1
         if self.limit is not None and self.injected >= self.limit:
             return False
@@ -63,26 +67,36 @@ class FaultyProvider:
         async def call(*args: Any, **kwargs: Any) -> Any:
             failing = fault.should_fail(self._rng)
             if failing and not fault.after:
-                raise ProviderError(name, f"{fault.message} (before)", retryable=fault.retryable)
+                raise self._error(name, fault, "before")
             result = await fn(*args, **kwargs)
             if failing:
-                raise ProviderError(name, f"{fault.message} (after commit)", retryable=fault.retryable)
+                raise self._error(name, fault, "after commit")
             return result
 
         return call
 
+    @staticmethod
+    def _error(name: str, fault: Fault, when: str) -> Exception:
+        if fault.error is not None:
+            return fault.error(f"{fault.message} ({when})")
+        return ProviderError(name, f"{fault.message} ({when})", retryable=fault.retryable)
+
     @property
     def notifier(self) -> Any:
+        """The wrapped provider's notifier."""
         return self._inner.notifier
 
     @property
     def name(self) -> str:
+        """``"faulty-<wrapped name>"``."""
         return f"faulty-{self._inner.name}"
 
     def as_admin(self) -> Any:
+        """The wrapped provider's management interface (no faults injected there)."""
         return self._inner.as_admin()
 
     async def close(self) -> None:
+        """Close the wrapped provider."""
         await self._inner.close()
 
     async def __aenter__(self) -> FaultyProvider:
