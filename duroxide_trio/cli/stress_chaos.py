@@ -92,6 +92,8 @@ def run_chaos_command(
     pool_max: int | None,
     liveness: bool = True,
 ) -> None:
+    """Run the multi-process (chaos) stress mode with the options ``cli/stress.py`` parsed; exits 1 unless every
+    verdict is clean."""
     from ..stress.chaos import ChaosSpecError, parse_chaos
 
     if processes is None:

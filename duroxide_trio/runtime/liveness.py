@@ -52,6 +52,7 @@ class LivenessOptions:
 
     @classmethod
     def from_env(cls) -> LivenessOptions:
+        """The defaults, overridden by the environment variables above."""
         env = os.environ
         base = cls()
         return cls(
@@ -63,6 +64,7 @@ class LivenessOptions:
 
 
 def supports_liveness(provider: Any) -> bool:
+    """Whether ``provider`` has the process-lease capability."""
     return all(
         callable(getattr(provider, name, None))
         for name in ("register_process", "renew_process_lease", "unregister_process")

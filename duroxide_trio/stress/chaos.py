@@ -71,12 +71,15 @@ class ChaosSpec:
     text: str = ""
 
     def describe(self) -> str:
+        """The spec as the user wrote it."""
         return self.text or self.kind
 
     def as_dict(self) -> dict[str, Any]:
+        """JSON-ready fields."""
         return attrs.asdict(self)
 
     def next_delay(self, rng: random.Random, first: bool) -> float:
+        """Seconds until the next occurrence (``first`` for the first, else ``every`` ± jitter)."""
         if first and self.first is not None:
             return self.first
         spread = self.every * self.jitter
@@ -156,6 +159,7 @@ class ChaosEvent:
     pid: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
+        """JSON-ready (times in seconds since the load began)."""
         return {
             "at_s": round(self.at, 3),
             "until_s": round(self.until, 3) if self.until is not None else None,
@@ -175,6 +179,7 @@ class ChaosTimeline:
         self.events: list[ChaosEvent] = []
 
     def now(self) -> float:
+        """Seconds since the origin."""
         return time.monotonic() - self.origin
 
     def reset(self) -> None:
@@ -183,11 +188,13 @@ class ChaosTimeline:
         self.origin_wall = time.time()
 
     def wall_to_s(self, epoch_ms: int) -> float:
+        """An epoch-millisecond time (e.g. a ledger row's) in seconds since the origin."""
         return epoch_ms / 1000.0 - self.origin_wall
 
     def record(
         self, kind: str, detail: str, *, until: float | None = None, ok: bool = True, pid: int | None = None
     ) -> ChaosEvent:
+        """Append a fault that happens now; returns it (set ``until`` when it ends)."""
         event = ChaosEvent(self.now(), kind, detail, until, ok, pid)
         self.events.append(event)
         return event
@@ -198,6 +205,7 @@ class ChaosTimeline:
         return max(ends) if ends else None
 
     def as_list(self) -> list[dict[str, Any]]:
+        """Every event, JSON-ready."""
         return [e.as_dict() for e in self.events]
 
 

@@ -46,6 +46,7 @@ def _s(value: float | None) -> str:
 
 
 def verdict_table(results: Sequence[ChaosResult], title: str = "Chaos verdict") -> Table:
+    """A rich table with one row per chaos run: the verdict's figures and PASS / FAIL."""
     table = Table(title=title, header_style="bold", border_style="grey50")
     for name in ("Run", "Procs", "Chaos", "Launched", "Terminal", "Lost", "Stuck", "Wrong", "Twice",
                  "Lost results", "Dup. exec", "Caused by", "Drain s", "p99 ms", "max ms", "Verdict"):  # fmt: skip
@@ -106,6 +107,7 @@ def throughput_chart(cr: ChaosResult, width: int = 120) -> str:
 
 
 def process_table(cr: ChaosResult) -> Table:
+    """A rich table of every runtime process of a run (killed ones included)."""
     table = Table(title="Runtime processes", header_style="bold", border_style="grey50")
     for name in ("Process", "PID", "State", "Up s", "Turns", "Activities", "Errors", "Stalls"):
         table.add_column(name, justify="left" if name in ("Process", "State") else "right")

@@ -74,6 +74,7 @@ class ChaosTarget:
 
     @classmethod
     def sqlite(cls, path: str | None = None) -> ChaosTarget:
+        """A SQLite file (a temporary one when ``path`` is None, removed afterwards)."""
         if path is None:
             d = tempfile.mkdtemp(prefix="duroxide-chaos-")
             return cls("sqlite", path=os.path.join(d, "state.db"), temporary_dir=d)
@@ -84,6 +85,7 @@ class ChaosTarget:
         cls, url: str, *, schema: str | None = None, pool_max: int | None = None,
         restart: Callable[[str], None] | None = None, owns_database: bool = False,
     ) -> ChaosTarget:  # fmt: skip
+        """A fresh schema ``duroxide_chaos_<random>`` on ``url`` (dropped afterwards)."""
         return cls(
             "postgres", url=url, schema=schema or f"duroxide_chaos_{uuid.uuid4().hex[:8]}",
             pool_max=pool_max, restart=restart, owns_database=owns_database,
@@ -105,6 +107,7 @@ class ChaosTarget:
                    restart=restart, temporary_dir=d)  # fmt: skip
 
     def worker_target(self) -> dict[str, Any]:
+        """What a worker process needs to open the same store (JSON-ready)."""
         if self.kind == "custom":
             return {"kind": "custom", "factory": self.factory, "kwargs": self.kwargs, "ledger": self.ledger_path}
         if self.kind == "postgres":
@@ -112,6 +115,7 @@ class ChaosTarget:
         return {"kind": "sqlite", "path": self.path}
 
     async def open_provider(self) -> Any:
+        """Open the store in this process (the load driver's side)."""
         if self.kind == "custom":
             from .workers import open_custom_provider
 
@@ -128,6 +132,7 @@ class ChaosTarget:
         return await SqliteProvider.open(self.path)
 
     async def cleanup(self) -> None:
+        """Drop the schema / remove temporary files (unless ``$DUROXIDE_CHAOS_KEEP`` is set)."""
         if os.environ.get("DUROXIDE_CHAOS_KEEP"):  # debugging: leave the database for inspection
             return
         if self.kind == "postgres":
@@ -158,13 +163,16 @@ class ChaosResult:
 
     @property
     def passed(self) -> bool:
+        """The verdict is clean."""
         return self.verdict.passed
 
     @property
     def chaos_label(self) -> str:
+        """The chaos specs, space separated (``none`` without chaos)."""
         return " ".join(s.describe() for s in self.specs) or "none"
 
     def as_dict(self) -> dict[str, Any]:
+        """JSON-ready: processes, chaos specs, verdict, timeline, process table, throughput."""
         return {
             "processes": self.processes,
             "chaos": [s.describe() for s in self.specs],
@@ -209,6 +217,7 @@ class WriteGate:
 
     @contextlib.asynccontextmanager
     async def writing(self) -> AsyncIterator[None]:
+        """Hold the gate open for one client write (waits while a restart is in progress)."""
         while self.closed:
             await self._opened.wait()
         self._writers += 1
@@ -220,6 +229,7 @@ class WriteGate:
                 self._drained.set()
 
     async def close(self, timeout: float = 5.0) -> None:
+        """Close the gate and wait (at most ``timeout``) for the writes in flight."""
         self.closed = True
         self._opened = anyio.Event()
         with anyio.move_on_after(timeout):
@@ -228,6 +238,7 @@ class WriteGate:
                 await self._drained.wait()
 
     def open(self) -> None:
+        """Let client writes through again."""
         self.closed = False
         self._opened.set()
 
@@ -618,4 +629,5 @@ async def _one_instance(
 
 
 def format_traceback(exc: BaseException) -> str:
+    """The formatted traceback of ``exc``."""
     return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))

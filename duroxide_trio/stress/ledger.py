@@ -30,6 +30,7 @@ WRITE_RETRY_FOR = 90.0
 
 @attrs.frozen
 class LedgerRow:
+    """One activity execution as the database recorded it."""
     instance_id: str
     execution_id: int
     activity_id: int
@@ -40,19 +41,30 @@ class LedgerRow:
 
     @property
     def key(self) -> tuple[str, int, int]:
+        """The logical activity: ``(instance_id, execution_id, activity_id)``."""
         return (self.instance_id, self.execution_id, self.activity_id)
 
 
 class Ledger(Protocol):
-    async def create(self) -> None: ...
+    """What the harness needs from a ledger."""
+
+    async def create(self) -> None:
+        """Create the ledger (table or file) if missing."""
+        ...
 
     async def record(
         self, instance_id: str, execution_id: int, activity_id: int, name: str, attempt: int
-    ) -> None: ...
+    ) -> None:
+        """Record one execution (retried through database restarts)."""
+        ...
 
-    async def read_all(self) -> list[LedgerRow]: ...
+    async def read_all(self) -> list[LedgerRow]:
+        """Every recorded execution."""
+        ...
 
-    async def close(self) -> None: ...
+    async def close(self) -> None:
+        """Release the ledger's connection."""
+        ...
 
 
 class _GroupCommit:
@@ -103,6 +115,7 @@ _CREATE = (
 
 
 class SqliteLedger:
+    """The ledger as a table ``chaos_ledger`` in the run's SQLite file."""
     def __init__(self, path: str) -> None:
         self.path = path
         self._conn: sqlite3.Connection | None = None
@@ -118,9 +131,11 @@ class SqliteLedger:
         return await anyio.to_thread.run_sync(lambda: fn(self._connection()), limiter=self._limiter)
 
     async def create(self) -> None:
+        """Create the table if missing."""
         await self._run(lambda c: c.execute(_CREATE.format(t="chaos_ledger")))
 
     async def record(self, instance_id: str, execution_id: int, activity_id: int, name: str, attempt: int) -> None:
+        """Record one execution (group-committed with concurrent ones)."""
         row = (instance_id, execution_id, activity_id, name, os.getpid(), attempt, int(time.time() * 1000))
         await self._group.write(row)
 
@@ -145,16 +160,19 @@ class SqliteLedger:
                 await anyio.sleep(0.05)
 
     async def read_all(self) -> list[LedgerRow]:
+        """Every recorded execution."""
         rows = await self._run(lambda c: c.execute("SELECT * FROM chaos_ledger").fetchall())
         return [LedgerRow(*r) for r in rows]
 
     async def close(self) -> None:
+        """Close the ledger's connection."""
         if self._conn is not None:
             conn, self._conn = self._conn, None
             await anyio.to_thread.run_sync(conn.close, limiter=self._limiter)
 
 
 class PostgresLedger:
+    """The ledger as a table ``chaos_ledger`` in the run's PostgreSQL schema, on a connection of its own."""
     def __init__(self, url: str, schema: str) -> None:
         self.url = url
         self.schema = schema
@@ -195,9 +213,11 @@ class PostgresLedger:
                     await anyio.sleep(0.2)
 
     async def create(self) -> None:
+        """Create the table if missing."""
         await self._execute(_CREATE.format(t=self._table()))
 
     async def record(self, instance_id: str, execution_id: int, activity_id: int, name: str, attempt: int) -> None:
+        """Record one execution (group-committed with concurrent ones)."""
         await self._group.write(
             (instance_id, execution_id, activity_id, name, os.getpid(), attempt, int(time.time() * 1000))
         )
@@ -211,10 +231,12 @@ class PostgresLedger:
         )
 
     async def read_all(self) -> list[LedgerRow]:
+        """Every recorded execution."""
         rows = await self._execute(f"SELECT * FROM {self._table()}", fetch=True)
         return [LedgerRow(*r) for r in rows]
 
     async def close(self) -> None:
+        """Close the ledger's connection."""
         if self._conn is not None:
             conn, self._conn = self._conn, None
             with anyio.CancelScope(shield=True):
@@ -229,9 +251,11 @@ class FileLedger:
         self.path = path
 
     async def create(self) -> None:
+        """Create the file if missing."""
         await anyio.to_thread.run_sync(lambda: open(self.path, "a").close())
 
     async def record(self, instance_id: str, execution_id: int, activity_id: int, name: str, attempt: int) -> None:
+        """Append one execution."""
         import json
 
         line = json.dumps([instance_id, execution_id, activity_id, name, os.getpid(), attempt,
@@ -247,6 +271,7 @@ class FileLedger:
         await anyio.to_thread.run_sync(append)
 
     async def read_all(self) -> list[LedgerRow]:
+        """Every recorded execution."""
         import json
 
         def read() -> list[LedgerRow]:
@@ -256,6 +281,7 @@ class FileLedger:
         return await anyio.to_thread.run_sync(read)
 
     async def close(self) -> None:
+        """Nothing to release."""
         return None
 
 

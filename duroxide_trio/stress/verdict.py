@@ -46,6 +46,7 @@ MAX_LISTED = 50
 
 @attrs.define
 class Verdict:
+    """The figures of one chaos run (see the module docstring); ``counts`` holds the full count of each failure list."""
     launched: int = 0
     terminal: int = 0
     completed: int = 0
@@ -72,6 +73,7 @@ class Verdict:
 
     @property
     def reasons(self) -> list[str]:
+        """Why the verdict fails (empty when it passes)."""
         out = []
         for name in ("lost", "stuck", "wrong_output", "completed_twice", "lost_activity_results"):
             items = getattr(self, name)
@@ -86,6 +88,7 @@ class Verdict:
 
     @property
     def passed(self) -> bool:
+        """No lost, stuck, wrong, twice-completed instance and no lost activity result."""
         return not self.reasons
 
     @property
@@ -94,6 +97,7 @@ class Verdict:
         return self.duplicate_executions / self.logical_activities * 100.0 if self.logical_activities else 0.0
 
     def as_dict(self) -> dict[str, Any]:
+        """JSON-ready: every figure, up to 50 ids per failure list, ``passed`` and ``reasons``."""
         out: dict[str, Any] = {}
         for field in attrs.fields(Verdict):
             value = getattr(self, field.name)

@@ -244,6 +244,7 @@ def _early_faults_off(signum: int, frame: object) -> None:
 
 
 def main() -> None:
+    """Entry point of a worker process (``python -m duroxide_trio.stress.workers``)."""
     # SIGUSR1 may come before the runtime's signal receiver exists (a process started just before the
     # end of the load): its default action would kill the process.
     signal.signal(signal.SIGUSR1, _early_faults_off)
@@ -278,9 +279,11 @@ class WorkerProcess:
 
     @property
     def name(self) -> str:
+        """``slot.generation``."""
         return f"{self.slot}.{self.generation}"
 
     def as_dict(self) -> dict[str, Any]:
+        """JSON-ready figures and state."""
         return {
             "name": self.name, "slot": self.slot, "generation": self.generation, "pid": self.pid,
             "state": self.state, "started_at_s": round(self.started_at, 3),
@@ -395,6 +398,7 @@ class WorkerPool:
 
     # -- readings ---------------------------------------------------------------------------------------
     def running(self) -> list[WorkerProcess]:
+        """The processes whose runtime runs now."""
         return [wp for wp in self.processes if wp.state == "running"]
 
     def current(self) -> list[WorkerProcess]:
@@ -409,6 +413,7 @@ class WorkerPool:
         return sum(wp.turns for wp in self.processes), sum(wp.activities for wp in self.processes)
 
     def pids_of(self, state: str) -> set[int]:
+        """The pids of the processes in ``state``."""
         return {wp.pid for wp in self.processes if wp.state == state}
 
     # -- chaos ------------------------------------------------------------------------------------------
@@ -454,6 +459,7 @@ class WorkerPool:
                 event.until = self.timeline.now()
 
     def stop_faults(self) -> None:
+        """Switch fault injection off in every live process (and in those started later)."""
         self.faults_off = True
         for wp in self.processes:
             if wp.state in ("running", "starting", "stalled"):
