@@ -224,6 +224,8 @@ def test_cli_processes_and_chaos_write_the_verdict_per_process_figures_and_track
         (["--processes", "2", "--chaos", "restart-db:every=5s"], "PostgreSQL only"),
         (["--processes", "2", "--provider", "sqlite-memory"], "share"),
         (["--processes", "2", "--chaos", "kill:often"], "key=value"),
+        (["--processes", "2", "--provider", "postgres", "--database-url", "postgresql://u@127.0.0.1:9/db",
+          "--chaos", "restart-db:every=5s", "--chaos-own-database"], "--chaos-restart-command"),
     ],
 )
 def test_cli_chaos_refuses_what_it_cannot_do(anyio_backend, args, message):

@@ -31,7 +31,7 @@ __all__ = [
     "verdict_table",
 ]
 
-_STATE_STYLE = {"running": "green", "starting": "cyan", "stalled": "yellow", "killed": "red",
+_STATE_STYLE = {"running": "green", "starting": "cyan", "restarting": "cyan", "stalled": "yellow", "killed": "red",
                 "exited": "bold red", "stopped": "dim"}  # fmt: skip
 _BLOCKS = " ▁▂▃▄▅▆▇█"
 

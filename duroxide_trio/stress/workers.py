@@ -263,7 +263,8 @@ class WorkerProcess:
     slot: int
     generation: int
     pid: int = 0
-    state: str = "starting"  # starting | running | stalled | killed | exited | stopped
+    state: str = "starting"  # starting | restarting (a killed one's replacement) | running | stalled | killed
+    #                          | exited (on its own: a failure) | stopped (by the harness at the end)
     started_at: float = 0.0
     ready_at: float | None = None
     ended_at: float | None = None
@@ -340,7 +341,8 @@ class WorkerPool:
         spec = dict(self.spec, seed=slot * 1000 + generation)
         if self.faults_off:
             spec.pop("faults", None)
-        wp = WorkerProcess(slot=slot, generation=generation, started_at=self.timeline.now())
+        wp = WorkerProcess(slot=slot, generation=generation, started_at=self.timeline.now(),
+                           state="restarting" if generation else "starting")  # fmt: skip
         env = {**os.environ, SPEC_ENV: json.dumps(spec)}
         wp.proc = await anyio.open_process(
             [sys.executable, "-m", "duroxide_trio.stress.workers"],
@@ -382,7 +384,7 @@ class WorkerPool:
             return
         kind = msg.get("t")
         if kind == "ready":
-            if wp.state == "starting":
+            if wp.state in ("starting", "restarting"):
                 wp.state = "running"
             wp.ready_at = self.timeline.now()
             wp.ready.set()
@@ -462,7 +464,7 @@ class WorkerPool:
         """Switch fault injection off in every live process (and in those started later)."""
         self.faults_off = True
         for wp in self.processes:
-            if wp.state in ("running", "starting", "stalled"):
+            if wp.state in ("running", "starting", "restarting", "stalled"):
                 try:
                     os.kill(wp.pid, signal.SIGUSR1)
                 except ProcessLookupError:
