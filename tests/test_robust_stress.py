@@ -118,6 +118,14 @@ async def test_run_stops_at_duration_and_reports_unfinished_instances(
     assert not result.passed
     data = json.loads(json.dumps(result.as_dict()))
     assert data["unfinished"] == result.launched and data["passed"] is False
+    from rich.console import Console
+
+    from duroxide_trio.stress.dashboard import summary_panel
+
+    console = Console(width=200, record=True)
+    console.print(summary_panel(result, "sqlite", None))
+    shown = console.export_text()
+    assert f"{result.launched} instances had not finished" in shown and "FAIL" in shown
 
 
 @pytest.mark.anyio
