@@ -203,6 +203,27 @@ async def test_bad_credentials_database_or_port_give_a_clear_error(
     assert "Traceback" not in text
 
 
+async def test_a_server_that_never_answers_fails_within_the_connect_timeout() -> None:
+    """A TCP listener that accepts connections but never speaks (a hung server, a wrong service): the
+    connect ends after ``connect_timeout`` with an error naming host:port, not after minutes."""
+    import socket
+
+    with socket.socket() as tarpit:
+        tarpit.bind(("127.0.0.1", 0))
+        tarpit.listen(8)
+        port = tarpit.getsockname()[1]
+        url = f"postgresql://u:Tarp1tPw@127.0.0.1:{port}/db"
+        started = time.monotonic()
+        with pytest.raises(ProviderError) as caught:
+            await PostgresProvider.connect(url, schema="duroxide", connect_timeout=1)
+        elapsed = time.monotonic() - started
+    text = str(caught.value)
+    assert elapsed < 20, elapsed  # the bound is the connect timeout (1 s), far below the 130 s of libpq
+    assert f"127.0.0.1:{port}/db" in text and "timeout" in text
+    assert caught.value.retryable
+    assert "Tarp1tPw" not in text
+
+
 # ---------------------------------------------------------------------------------------------------------
 # 2. passwords never leak from PostgresProvider.connect
 
