@@ -22,8 +22,6 @@ __all__ = ["mask_url", "redact", "url_password_problem", "url_secrets"]
 _URL_START = re.compile(r"[a-z][a-z0-9+.-]*://", re.I)
 _QUERY_PASSWORD = re.compile(r"([?&](?:ssl)?password=)[^&#\s]*", re.I)
 _KV_PASSWORD = re.compile(r"(\b(?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.I)
-#: After the user's ``:`` a port (digits, then the end of the host part) rather than a password.
-_PORT = re.compile(r"\d*(?:[/?,]|$)")
 #: Characters that end a piece of a malformed password in a driver's message.
 _PIECE_SPLIT = re.compile(r"[@/?#:\s'\"]+")
 #: Raw characters libpq cannot read inside a URL password (it needs them percent-encoded).
@@ -42,18 +40,17 @@ def _mask_url_at(text: str, start: int) -> tuple[str, int]:
     at = token.rfind("@")  # the last @: a raw @ or / in the password does not leak
     end = token_end
     if at < 0 and ":" in token:
-        after_colon = token[token.index(":") + 1 :]
-        if not _PORT.match(after_colon):
-            # "user:pass word@host": the user info may run past whitespace, up to the last @ of the line.
-            line_end = text.find("\n", token_end)
-            line_end = len(text) if line_end < 0 else line_end
-            line_at = text.rfind("@", token_end, line_end)
-            if line_at >= 0:
-                end = line_at + 1
-                while end < len(text) and not text[end].isspace():
-                    end += 1
-                token = text[head_end:end]
-                at = token.rfind("@")
+        # "user:pass word@host": the user info may run past whitespace, up to the last @ of the line.
+        # (A URL without user info followed by an @ later on its line is masked too: safe, if terse.)
+        line_end = text.find("\n", token_end)
+        line_end = len(text) if line_end < 0 else line_end
+        line_at = text.rfind("@", token_end, line_end)
+        if line_at >= 0:
+            end = line_at + 1
+            while end < len(text) and not text[end].isspace():
+                end += 1
+            token = text[head_end:end]
+            at = token.rfind("@")
     rest = token
     if at >= 0 and ":" in rest[:at]:
         rest = f"{rest[: rest.index(':')]}:{MASK}{rest[at:]}"

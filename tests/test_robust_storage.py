@@ -257,7 +257,8 @@ def test_redact_masks_every_form_of_a_known_password() -> None:
     assert "ak4" not in mask_url(f"cannot connect to {url}: refused")
     url = "postgresql://u:Le@k5@h/db"
     assert "k5" not in redact("failed to resolve host 'k5@h'", url)
-    assert mask_url("postgresql://h:5432/db and user@x") == "postgresql://h:5432/db and user@x"
+    assert mask_url("postgresql://h:5432/db failed: refused") == "postgresql://h:5432/db failed: refused"
+    assert mask_url("postgresql://u@h:5432/db as user@x") == "postgresql://u@h:5432/db as user@x"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -466,3 +467,31 @@ async def test_sqlite_cancelled_callers_do_not_strand_the_others(tmp_path: Any) 
         assert {f"c-{i}" for i in range(5, 30)} <= set(done)
         assert await provider.get_instance_info("nothing") is None
         await provider.enqueue_start(StartOrchestration("after", "Orch", None, "1.0"))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# masking, as a property: whatever the password, pattern masking alone hides it in a message
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_PASSWORD_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 @/#?:%!$&()+,;=~-_."
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    password=st.text(alphabet=_PASSWORD_CHARS, min_size=4, max_size=24).filter(
+        lambda p: p.strip() == p and any(c.isalpha() for c in p) and "  " not in p
+    ),
+    tail=st.sampled_from(["", ": connection refused", " (schema 'x') failed", "\nnext line"]),
+)
+def test_mask_url_hides_any_password_in_a_message(password: str, tail: str) -> None:
+    from duroxide_trio._masking import mask_url, redact
+
+    url = f"postgresql://user:{password}@db.example:5432/app"
+    message = f"cannot connect to {url}{tail}"
+    for masked in (redact(message, url), redact(f'bad "{password}" here', url)):
+        assert password not in masked, masked
+    if password not in f"cannot connect to postgresql://user:***@db.example:5432/app{tail}":
+        assert password not in mask_url(message), mask_url(message)
+    assert "db.example:5432/app" in mask_url(message)
