@@ -24,11 +24,20 @@ Design (see ``migrations/0001_initial.sql`` for the server side):
   are ignored (recognised by the sending backend pid). If the listener connection drops it logs, backs
   off and reconnects; the runtime's fallback poll covers the gap. A provider used without a listener
   works the same, minus cross-process wake-ups.
-- Errors: deadlocks, serialisation failures, connection loss, pool timeouts and ``0A000`` (cached plan
-  invalidated by a concurrent migration) are retryable ``ProviderError``; bad or expired lock tokens,
-  duplicate events and everything else are permanent. Reads are retried internally on transient errors;
-  a pooled connection the server closed while it sat idle is detected before use and replaced.
-- The password of the URL never appears in ``repr``, error messages or log records.
+- Errors are classified by SQLSTATE only (``classify_sqlstate``), never by their text, and carry
+  ``ProviderError.kind``: connection exceptions (08), transaction rollback / deadlock (40), insufficient
+  resources (53), operator intervention (57P0x), lock not available (55P03), a cancelled statement (57014)
+  and ``0A000`` (cached plan invalidated by a concurrent migration) are retryable; data exceptions (22),
+  program limits (54: a key too large to index), integrity (23), the DX codes and everything else are
+  permanent, with a message saying what was invalid. Errors without a SQLSTATE (a lost connection, the
+  pool) are connection problems. Integers beyond int64 (a timer far in the future) are refused before
+  they are sent, naming the value. Reads are retried internally on transient errors; a pooled connection
+  the server closed while it sat idle is detected before use and replaced.
+- ``connect`` refuses a schema that is not a plain identifier (``ValueError`` naming it and the rule), a
+  URL whose password libpq would misread (raw ``@``, ``/``, spaces), and reports a refused or unreachable
+  server naming host:port/database, within ``connect_timeout``.
+- The password of the URL never appears in ``repr``, error messages or log records: every message built
+  from the URL or a driver's text goes through ``duroxide_trio._masking.redact``.
 """
 
 from __future__ import annotations
