@@ -367,6 +367,41 @@ async def test_sqlite_leader_under_continuous_load_gets_its_own_result(tmp_path:
     assert info_count == produced + 1  # every operation ran
 
 
+async def test_sqlite_locked_by_another_process_is_retryable_contention(tmp_path: Any) -> None:
+    """Another process holds the write lock longer than the busy timeout: every batched write gets a
+    retryable ProviderError of kind "contention" (never a raw sqlite3 error, never a hang), and the same
+    operations succeed once the lock is released."""
+    path = tmp_path / "busy.db"
+    provider = await SqliteProvider.open(path, busy_timeout=0.2)
+    other = sqlite3.connect(path, isolation_level=None)  # "another process" on the same file
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        outcomes: list[Any] = []
+
+        async def write(i: int) -> None:
+            try:
+                await provider.enqueue_start(StartOrchestration(f"b-{i}", "Orch", None, "1.0"))
+                outcomes.append("ok")
+            except BaseException as exc:  # noqa: BLE001 - collected and checked below
+                outcomes.append(exc)
+
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                for i in range(8):
+                    tg.start_soon(write, i)
+        assert len(outcomes) == 8
+        for outcome in outcomes:
+            assert isinstance(outcome, ProviderError), repr(outcome)
+            assert outcome.retryable and outcome.kind == "contention" and outcome.contention, repr(outcome)
+            assert "locked" in str(outcome)
+        other.execute("ROLLBACK")
+        await provider.enqueue_start(StartOrchestration("b-after", "Orch", None, "1.0"))
+        assert await provider.get_queue_depths() is not None
+    finally:
+        other.close()
+        await provider.close()
+
+
 async def test_sqlite_read_only_file_fails_writes_permanently_and_reads_still_work(tmp_path: Any) -> None:
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         pytest.skip("root ignores file permissions")
