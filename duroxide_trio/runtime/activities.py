@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
 import anyio.to_thread
 import attrs
+import sniffio
 
 from ..history import ActivityError, ActivityExecute, ActivityResult, ErrorDetails
 from ..orchestration import limits
@@ -83,7 +85,8 @@ class ActivityContext:
         self.cancelled = CancellationSignal()
         self.logger = logging.LoggerAdapter(
             logging.getLogger("duroxide_trio.activity"),
-            {"instance_id": item.instance, "activity": item.name},
+            {"instance_id": item.instance, "execution_id": item.execution_id, "event_id": item.id,
+             "activity": item.name, "attempt": item.attempt},
         )
 
     def __repr__(self) -> str:
@@ -116,11 +119,13 @@ async def activity_worker(
         try:
             generation = notifier.generation("worker")
             try:
+                began = time.perf_counter()
                 if fetch_many is not None:
                     leases = await fetch_many(options.worker_lock_timeout, held)
                 else:
                     one = await provider.fetch_work_item(options.worker_lock_timeout)
                     leases = [one] if one is not None else []
+                runtime.metrics.fetch_duration.record(time.perf_counter() - began, {"queue": "worker"})
             except ProviderError as exc:
                 failures += 1
                 await runtime.backoff_after_error("activity dispatcher", exc, failures)
@@ -325,10 +330,15 @@ async def run_activity(runtime: Runtime, lease: WorkItemLease, acker: Acker) -> 
             except ProviderError as exc:
                 log.warning("abandon failed: %s", exc)
         return
+    metrics = runtime.metrics
     if isinstance(plan, _Complete):
         if plan.note:
             log.error("%s", plan.note)
         runtime.stats.activities_failed += 1
+        poison = plan.completion.details.category == "poison"
+        metrics.activities.add(1, {"outcome": "poison" if poison else "failed"})
+        if poison:
+            metrics.poison.add(1, {"kind": "activity"})
         await _ack(acker, lease, plan.completion)
         return
 
@@ -340,6 +350,7 @@ async def run_activity(runtime: Runtime, lease: WorkItemLease, acker: Acker) -> 
     def on_lost(exc: BaseException) -> None:
         nonlocal lost
         lost = True
+        metrics.locks_lost.add(1, {"kind": "activity"})
         ctx.cancelled.set("the orchestration no longer needs this result, or the lock was lost")
         note = runtime.watchdog.blocked_note(key)
         log.log(logging.WARNING if note else logging.INFO, "activity %s of %s cancelled: %s%s",
@@ -351,31 +362,41 @@ async def run_activity(runtime: Runtime, lease: WorkItemLease, acker: Acker) -> 
         options.renewal_interval(options.worker_lock_timeout, options.worker_lock_renewal_buffer),
         on_lost,
     )
+    began = time.perf_counter()
     try:
         with work_scope:
-            completion = await _invoke(plan.handler, ctx, item, plan.args)
+            completion = await _invoke(runtime, plan.handler, ctx, item, plan.args)
     except anyio.get_cancelled_exc_class():
         # Shutdown after the grace period: give the item back at once, without counting an attempt.
         with anyio.CancelScope(shield=True):
             await _give_back(runtime, lease)
+        metrics.activities.add(1, {"outcome": "abandoned"})
         raise
     finally:
         runtime.leases.release(held)
     if lost or completion is None:
+        metrics.activities.add(1, {"outcome": "lost"})
         return  # cancelled by lock stealing: nobody wants the result
-    if isinstance(completion, ActivityError):
+    outcome = "failed" if isinstance(completion, ActivityError) else "completed"
+    if outcome == "failed":
         runtime.stats.activities_failed += 1
     else:
         runtime.stats.activities_completed += 1
+    metrics.activities.add(1, {"outcome": outcome})
+    metrics.activity_duration.record(time.perf_counter() - began, {"outcome": outcome})
     await _ack(acker, lease, completion)
 
 
-async def _invoke(handler: ActivityHandler, ctx: ActivityContext, item: ActivityExecute, args: tuple[Any, ...]) -> Any:
+async def _invoke(
+    runtime: Runtime, handler: ActivityHandler, ctx: ActivityContext, item: ActivityExecute, args: tuple[Any, ...]
+) -> Any:
     """Run the user's code; whatever it raises (even ``KeyboardInterrupt`` or ``SystemExit``) becomes the
     activity's failure. Under trio it runs KeyboardInterrupt-protected, so a real Ctrl-C goes to the main
     task, not into activity code. A sync activity runs in a thread that is abandoned on cancellation."""
     try:
-        if handler.is_async:
+        if handler.loop == "asyncio" and sniffio.current_async_library() == "trio":
+            value = await runtime.asyncio_loop.run(runtime.services, handler.fn(ctx, *args))
+        elif handler.is_async:
             value = await handler.fn(ctx, *args)
         else:
             value = await anyio.to_thread.run_sync(functools.partial(handler.fn, ctx, *args), abandon_on_cancel=True)
