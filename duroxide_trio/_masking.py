@@ -4,7 +4,8 @@ Two layers, both applied by :func:`redact` to every message built from a connect
 
 1. Pattern masking (:func:`mask_url`): URLs anywhere in a text (their user info, also when the password
    holds raw spaces, ``@``, ``/``, ``#`` or ``?``, and ``?password=``) and ``key=value`` conninfo strings
-   (``password=***``).
+   (``password=***``). Alone it cannot always tell where a raw password holding both a space and an
+   ``@`` ends; layer 2 covers the URL the user gave.
 2. The known password: from the URL the user gave we know the password string (also how libpq would
    read a malformed URL, its percent-decoded form and, for a malformed one, its pieces); every occurrence
    of any of them is replaced, whatever form the surrounding text takes (a driver message quoting part

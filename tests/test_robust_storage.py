@@ -527,6 +527,9 @@ def test_mask_url_hides_any_password_in_a_message(password: str, tail: str) -> N
     message = f"cannot connect to {url}{tail}"
     for masked in (redact(message, url), redact(f'bad "{password}" here', url)):
         assert password not in masked, masked
-    if password not in f"cannot connect to postgresql://user:***@db.example:5432/app{tail}":
+    # Pattern masking alone (a URL we were not given) cannot tell where a password holding both a
+    # space and an '@' ends; every message built from the user's URL also gets the known-password pass.
+    ambiguous = "@" in password and " " in password
+    if not ambiguous and password not in f"cannot connect to postgresql://user:***@db.example:5432/app{tail}":
         assert password not in mask_url(message), mask_url(message)
     assert "db.example:5432/app" in mask_url(message)
