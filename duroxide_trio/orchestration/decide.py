@@ -254,9 +254,8 @@ def refused_commit(batch: Batch, reason: str, *, now_ms: int) -> TurnResult:
 def _over_limit(plan: TurnPlan, result: TurnResult) -> ErrorDetails | None:
     """The first limit this turn's commit would break, or ``None``."""
     try:
-        for ev in result.history_delta:
-            limits.check_event(ev)
-        size = limits.history_bytes(plan.history) + limits.history_bytes(result.history_delta)
+        size = sum(limits.check_event(ev) for ev in result.history_delta)
+        size += limits.history_bytes(plan.history)
         if size > limits.MAX_HISTORY_BYTES:
             raise limits.LimitExceeded(
                 f"the history of execution {result.execution_id}", size, limits.MAX_HISTORY_BYTES,
