@@ -151,7 +151,8 @@ def append_chaos_tracking(
 ) -> Path:
     """Append a dated entry with the chaos specs and the verdict figures to
     ``chaos-test-results-<db-host>.md``."""
-    from .report import _mask, db_host, git_info, versions
+    from .._masking import mask_url
+    from .report import db_host, git_info, versions
 
     directory = Path(results_dir)
     directory.mkdir(parents=True, exist_ok=True)
@@ -171,7 +172,7 @@ def append_chaos_tracking(
         "", f"## Run: {when}", "",
         f"- **Commit**: `{commit}` (branch: `{branch}`)",
         f"- **Environment**: {'Cloud' if cloud else 'Local'} {provider} ({host})"
-        + (f", {_mask(database_url)}" if database_url and provider == "postgres" else ""),
+        + (f", {mask_url(database_url)}" if database_url and provider == "postgres" else ""),
         f"- **Machine**: {platform.system()} {platform.machine()}, {os.cpu_count()} CPUs; Python {vers['python']}",
         "",
         "| Run | Procs | Chaos | Launched | Terminal | Lost | Stuck | Wrong | Twice | Lost results | Dup. exec "

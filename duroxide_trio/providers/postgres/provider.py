@@ -1343,7 +1343,7 @@ class PostgresProvider:
         return PruneResult(*(int(v) for v in row))
 
     # fault-injection hooks for the validation suite --------------------------------------------------
-    # process liveness leases (optional capability, see runtime/liveness.py and migration 0002) --------
+    # process liveness leases (optional capability, see runtime/liveness.py and migration 0003) --------
     _process_id: str | None = None
     _process_key: int = 0
     _lease_conn: AnyioConnection[Any] | None = None

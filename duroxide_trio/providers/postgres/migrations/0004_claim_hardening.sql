@@ -1,8 +1,9 @@
--- duroxide-trio PostgreSQL schema, version 3: harden the orchestrator claim (found by the chaos
+-- duroxide-trio PostgreSQL schema, version 4: harden the claims (found by the chaos
 -- harness's review of duroxide's 2026 lessons): the instance lease is computed from the database's
 -- clock at the moment of the claim, never from a caller's timestamp that may be stale, and the claim
--- loop is bounded (50 rounds of 16 candidates). Advisory-lock keys stay scoped to the schema
--- (@lock_seed@). Same signature and results as version 1.
+-- loop is bounded (50 rounds of 16 candidates); the work-item lease (fetch_work_items of version 2) is
+-- computed the same way. Advisory-lock keys stay scoped to the schema (@lock_seed@). Same signatures
+-- and results as before, so prepared statements on pooled connections stay valid.
 
 CREATE OR REPLACE FUNCTION @schema@.fetch_orchestration_item(p_now BIGINT, p_lock_ms BIGINT, p_token TEXT)
 RETURNS TABLE (
@@ -77,5 +78,36 @@ BEGIN
     RETURN QUERY SELECT NULL::TEXT, NULL::TEXT, NULL::TEXT, NULL::BIGINT, NULL::BOOLEAN, NULL::TEXT[],
                         NULL::INTEGER, NULL::TEXT[],
                         (SELECT min(q.visible_at) FROM @schema@.orchestrator_queue q WHERE q.visible_at > p_now);
+END
+$fn$;
+
+-- Version 2's work-item fetch (session items included), with the lease from the database's clock.
+CREATE OR REPLACE FUNCTION @schema@.fetch_work_items(p_now BIGINT, p_lock_ms BIGINT, p_max INTEGER, p_salt TEXT)
+RETURNS TABLE (o_id BIGINT, o_token TEXT, o_item TEXT, o_attempt_count INTEGER, o_next_visible BIGINT)
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    -- From the database's clock at the claim (p_now may be stale: the caller waited for a connection).
+    v_until BIGINT := GREATEST(p_now, @schema@.db_now_ms()) + p_lock_ms;
+BEGIN
+    PERFORM set_config('synchronous_commit', 'off', true);
+    RETURN QUERY
+        WITH c AS (
+            SELECT w.id FROM @schema@.worker_queue w
+            WHERE w.visible_at <= p_now
+            ORDER BY w.visible_at, w.id
+            LIMIT p_max
+            FOR UPDATE SKIP LOCKED)
+        UPDATE @schema@.worker_queue w SET
+            lock_token = w.id::TEXT || '.' || p_salt,
+            locked_until = v_until,
+            visible_at = v_until,
+            attempt_count = w.attempt_count + 1
+        FROM c WHERE w.id = c.id
+        RETURNING w.id, w.lock_token, w.work_item, w.attempt_count, NULL::BIGINT;
+    IF NOT FOUND THEN
+        RETURN QUERY SELECT NULL::BIGINT, NULL::TEXT, NULL::TEXT, NULL::INTEGER,
+            (SELECT min(w.visible_at) FROM @schema@.worker_queue w
+             WHERE w.visible_at > p_now AND w.lock_token IS NULL);
+    END IF;
 END
 $fn$;

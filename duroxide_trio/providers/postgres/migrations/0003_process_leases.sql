@@ -1,4 +1,4 @@
--- duroxide-trio PostgreSQL schema, version 2: process liveness leases (fast recovery of a dead
+-- duroxide-trio PostgreSQL schema, version 3: process liveness leases (fast recovery of a dead
 -- process's locks) — an optional provider capability used by duroxide_trio.runtime.liveness.
 --
 -- Each runtime process registers a row here and holds a *session-level* advisory lock (key lock_key) on
