@@ -473,7 +473,13 @@ async def _load_and_drain(
                 on_progress(monitor)
             await anyio.sleep(min(progress_interval, 0.25))
 
+    restart_lock = anyio.Lock()  # two restart-db schedules never restart the server at the same time
+
     async def restart_db(spec: ChaosSpec) -> None:
+        async with restart_lock:
+            await _restart_db(spec)
+
+    async def _restart_db(spec: ChaosSpec) -> None:
         assert target.restart is not None
         restart = target.restart
         await gate.close()
