@@ -375,6 +375,11 @@ class WorkerPool:
             wp.state = "stopped" if self.stopping else "exited"
             if not self.stopping and self._on_error is not None:
                 self._on_error(f"process {wp.name}", f"runtime process exited unexpectedly (code {code})", False)
+            if not self.stopping and wp.ready_at is not None:
+                # Keep the slot filled (the failure is reported); one that never started is not retried.
+                await anyio.sleep(0.5)
+                if not self.stopping:
+                    await self._spawn(wp.slot)
         wp.ready.set()
 
     def _handle(self, wp: WorkerProcess, line: bytes) -> None:
