@@ -340,3 +340,35 @@ async def test_commits_retry_through_a_two_second_outage_instead_of_waiting_for_
     assert state.status is dt.Status.COMPLETED and state.output == 42
     assert provider.failed >= 3
     assert took < 10, f"{op}: took {took:.1f}s (gave up retrying and waited for the lock)"
+
+
+@pytest.mark.postgres
+async def test_advisory_lock_keys_are_scoped_to_the_schema(pg_url):
+    """A claim in progress in one schema never blocks the same instance id in another schema."""
+    import pg_support
+
+    from duroxide_trio.history import StartOrchestration
+    from duroxide_trio.providers.postgres import PostgresProvider
+    from duroxide_trio.providers.postgres.provider import _hash64
+
+    schemas = [pg_support.new_schema_name(), pg_support.new_schema_name()]
+    providers = [await PostgresProvider.connect(pg_url, schema=s, pool_max=2) for s in schemas]
+    try:
+        for p in providers:
+            await p.enqueue_start(StartOrchestration("same-id", "Orch"))
+        import psycopg
+
+        with psycopg.connect(pg_url, autocommit=True) as side:  # "another fetcher" claiming in schema 0
+            key = side.execute("SELECT hashtextextended('same-id', %s)",
+                               (_hash64(f"duroxide_trio:locks:{schemas[0]}"),)).fetchone()[0]  # fmt: skip
+            side.execute("SELECT pg_advisory_lock(%s)", (key,))
+            assert await providers[0].fetch_orchestration_item(5.0) is None  # skipped, not waited for
+            item = await providers[1].fetch_orchestration_item(5.0)
+            assert item is not None and item.instance_id == "same-id"
+            side.execute("SELECT pg_advisory_unlock(%s)", (key,))
+        again = await providers[0].fetch_orchestration_item(5.0)
+        assert again is not None and again.instance_id == "same-id"
+    finally:
+        for p, s in zip(providers, schemas, strict=True):
+            await p.close()
+            pg_support.drop_schema(pg_url, s)
