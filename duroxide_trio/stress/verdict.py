@@ -2,8 +2,10 @@
 
 What it counts (see the README's "Chaos testing" section for how to read each figure):
 
-- ``lost``: the start was acknowledged but the store has no trace of the instance (it vanished).
-- ``stuck``: the instance exists but was not terminal ``stuck_after`` seconds after the last fault.
+- ``lost``: launched (the start was acknowledged) but never terminal: not Completed or Failed in the
+  store when the verdict reads it, after the drain (listed with what the store shows).
+- ``stuck``: not terminal ``stuck_after`` seconds after the last fault (every lost instance is stuck
+  too; a stuck one may still have finished later).
 - ``wrong_output``: terminal, but the output is not what the scenario computes (a Failed instance counts
   here too, with its error).
 - ``completed_twice``: an execution whose history holds two terminal events, or an activity with a second
@@ -207,10 +209,12 @@ async def compute_verdict(
     for instance_id, launch in launched.items():
         state = await client.get_status(instance_id)
         if state.status is Status.NOT_FOUND:
-            v._add("lost", instance_id)
+            v._add("lost", instance_id + " (no instance row: its start was never processed)")
+            v._add("stuck", instance_id)
             continue
         if state.status not in (Status.COMPLETED, Status.FAILED):
-            v._add("stuck", instance_id + await _describe_stuck(admin, instance_id))
+            v._add("lost", instance_id + await _describe_stuck(admin, instance_id))
+            v._add("stuck", instance_id)
         elif stuck_at_deadline and instance_id in stuck_at_deadline:
             v.terminal += 1  # terminal by now, but only after the stuck bound
             v._add("stuck", instance_id + " (terminal only after the stuck bound)")
