@@ -91,7 +91,9 @@ async def run_liveness(
         while True:
             try:
                 if not registered:
-                    with anyio.fail_after(10):
+                    # The first attempt delays the runtime's start: keep it short (locks taken before
+                    # the lease is registered only lack the fast recovery).
+                    with anyio.fail_after(3 if not started else 10):
                         await provider.register_process(process_id)
                     registered = True
                     log.debug("process lease %s taken", process_id)
