@@ -307,6 +307,7 @@ class ActivityExecute:
     session_id: str | None = None
     tag: str | None = None
     orchestration_name: str | None = None
+    attempt: int = 1  # the RetryPolicy attempt (1-based) this execution belongs to
 
     @property
     def target_instance(self) -> str:
@@ -513,7 +514,7 @@ def encode_event(ev: Event) -> str:
 def decode_event(text: str | bytes) -> Event:
     try:
         d = json.loads(text)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, RecursionError) as exc:
         raise HistoryDecodeError(f"history event is not JSON: {exc}") from exc
     if not isinstance(d, dict):
         raise HistoryDecodeError("history event is not a JSON object")
@@ -543,7 +544,7 @@ def encode_work_item(item: WorkItem) -> str:
 def decode_work_item(text: str | bytes) -> WorkItem:
     try:
         d = json.loads(text)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, RecursionError) as exc:
         raise HistoryDecodeError(f"work item is not JSON: {exc}") from exc
     if not isinstance(d, dict):
         raise HistoryDecodeError("work item is not a JSON object")

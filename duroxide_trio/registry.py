@@ -37,22 +37,57 @@ def encode_payload(value: Any, what: str = "value") -> str | None:
         return None
     try:
         return json.dumps(converter.unstructure(value), separators=(",", ":"), allow_nan=False)
-    except (TypeError, ValueError) as exc:
+    except RecursionError:
+        raise PayloadError(f"{what} is nested too deeply to become JSON ({type(value).__name__})") from None
+    except Exception as exc:  # TypeError, ValueError (NaN), or a hook of the user's that raised
         raise PayloadError(
-            f"{what} is not JSON-serialisable: {type(value).__name__} value {value!r:.200} ({exc})"
+            f"{what} is not JSON-serialisable: {type(value).__name__} value {_short(value)} ({exc})"
         ) from exc
 
 
+def _short(value: Any) -> str:
+    try:
+        return f"{value!r:.200}"
+    except Exception:  # noqa: BLE001 - a __repr__ that raises
+        return f"<{type(value).__name__}>"
+
+
 def decode_payload(text: str | None, hint: Any = None) -> Any:
+    """JSON ``text`` as a value of type ``hint`` (plain JSON without one). Raises ``PayloadError``
+    naming the text and the type when either step fails."""
     if text is None:
         return None
-    value = json.loads(text)
-    if hint is None or hint is Any or value is None:
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise PayloadError(f"JSON text {text[:80]!r}… is nested too deeply to decode") from None
+    except ValueError as exc:
+        raise PayloadError(f"not valid JSON: {text[:200]!r} ({exc})") from None
+    if hint is None or hint is Any or hint is object or value is None:
         return value
     try:
         return converter.structure(value, hint)
+    except RecursionError:
+        raise PayloadError(f"{text[:80]!r}… is nested too deeply to convert to {_type_name(hint)}") from None
     except Exception as exc:
-        raise PayloadError(f"cannot convert {text[:200]!r} to {hint!r}: {exc}") from exc
+        raise PayloadError(f"cannot convert {text[:200]!r} to {_type_name(hint)}: {_cattrs_reason(exc)}") from exc
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__qualname__", None) or repr(hint)
+
+
+def _cattrs_reason(exc: BaseException) -> str:
+    """cattrs groups the per-field errors: name them (``missing field 'sku'``, ``wrong: unexpected``)."""
+    subs = getattr(exc, "exceptions", None)
+    if not subs:
+        return f"{type(exc).__name__}: {exc}"
+    parts = []
+    for sub in subs[:5]:
+        notes = "; ".join(getattr(sub, "__notes__", []) or [])
+        what = f"missing field {sub}" if isinstance(sub, KeyError) else f"{type(sub).__name__}: {sub}"
+        parts.append(what + (f" ({notes})" if notes else ""))
+    return ", ".join(parts)
 
 
 def parse_version(version: str) -> tuple[int, int, int]:
@@ -99,6 +134,7 @@ class ActivityHandler:
     output_type: Any
     is_async: bool
     takes_input: bool
+    loop: str | None = None  # "asyncio": run on an asyncio event loop even when the runtime runs on Trio
 
 
 class Registry:
@@ -116,14 +152,21 @@ class Registry:
         self._orchestrations: dict[str, dict[tuple[int, int, int], OrchestrationHandler]] = {}
 
     # registration ----------------------------------------------------------------------------------
-    def activity(self, name: str | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def activity(
+        self, name: str | None = None, *, loop: str | None = None
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Register an activity: ``@registry.activity("Name")`` (the name defaults to the function's).
+        The function takes an ``ActivityContext`` and at most one input; ``async def`` runs on the event
+        loop, a plain ``def`` in a worker thread. ``loop="asyncio"`` runs an ``async def`` activity on an
+        asyncio event loop (a dedicated loop thread) when the runtime runs on Trio, so asyncio-only
+        libraries work in it; under an asyncio runtime it changes nothing."""
         if callable(name):  # used as @registry.activity without parentheses
             fn = name
             self.add_activity(fn)
             return fn
 
         def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
-            self.add_activity(fn, name)
+            self.add_activity(fn, name, loop=loop)
             return fn
 
         return deco
@@ -142,8 +185,15 @@ class Registry:
 
         return deco
 
-    def add_activity(self, fn: Callable[..., Any], name: str | None = None) -> None:
+    def add_activity(self, fn: Callable[..., Any], name: str | None = None, *, loop: str | None = None) -> None:
+        """Register ``fn`` as activity ``name`` (see :meth:`activity`). Raises ``ValueError`` for a bad or
+        duplicate name or an unknown ``loop``, ``TypeError`` for a function without a context parameter."""
         name = name or fn.__name__
+        if loop not in (None, "asyncio"):
+            raise ValueError(f"activity {name!r}: loop must be None or 'asyncio', got {loop!r}")
+        if loop is not None and not inspect.iscoroutinefunction(fn):
+            raise TypeError(f"activity {name!r}: loop={loop!r} needs an 'async def' function (a plain def "
+                            "already runs in a thread of its own)")
         if not isinstance(name, str) or not name:
             raise ValueError(f"activity name must be a non-empty string, got {name!r}")
         if name.startswith("__duroxide"):
@@ -157,7 +207,7 @@ class Registry:
             raise TypeError(f"activity {name!r} must take an ActivityContext as its first parameter")
         input_hint, output_hint = _hints(fn)
         self._activities[name] = ActivityHandler(
-            name, fn, input_hint, output_hint, inspect.iscoroutinefunction(fn), len(params) > 1
+            name, fn, input_hint, output_hint, inspect.iscoroutinefunction(fn), len(params) > 1, loop
         )
 
     def add_orchestration(self, fn: Callable[..., Any], name: str | None = None, *, version: str = "1.0.0") -> None:
@@ -179,7 +229,7 @@ class Registry:
     def merge(self, other: Registry, prefix: str = "") -> None:
         """Add everything of ``other`` (optionally with a name prefix)."""
         for act in other._activities.values():
-            self.add_activity(act.fn, prefix + act.name)
+            self.add_activity(act.fn, prefix + act.name, loop=act.loop)
         for versions in other._orchestrations.values():
             for h in versions.values():
                 self.add_orchestration(h.fn, prefix + h.name, version=h.version)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import urllib.parse
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -197,42 +198,89 @@ class SqliteProvider:
 
     # lifecycle -------------------------------------------------------------------------------------
     @classmethod
-    async def open(cls, path: str | os.PathLike[str], *, busy_timeout: float = 10.0) -> SqliteProvider:
-        """Open (creating and migrating if needed) the database at ``path``; ``":memory:"`` for in-memory."""
-        path = os.fspath(path)
+    async def open(
+        cls, path: str | os.PathLike[str], *, busy_timeout: float = 10.0, create: bool = True
+    ) -> SqliteProvider:
+        """Open the database at ``path`` (``":memory:"`` for an in-memory one) and apply pending migrations.
 
-        def _open() -> sqlite3.Connection:
-            conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
-            if path != ":memory:":
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA foreign_keys=OFF")
-            conn.execute("PRAGMA cache_size=-65536")
-            _migrate(conn)
+        Args:
+            path: the database file.
+            busy_timeout: seconds a statement waits for another connection's write lock.
+            create: create the file (and the schema) when it does not exist. With ``create=False`` a
+                missing file, or a SQLite file that is not a duroxide-trio database, is an error and
+                nothing is written to disk (what read-only tools such as ``duroxide-trio instances`` use).
+
+        Returns:
+            The provider; use it as ``async with provider:`` or call :meth:`close`.
+
+        Raises:
+            ProviderError: (permanent, operation ``"open"``) the file does not exist (``create=False``),
+                is not a SQLite database, is not a duroxide-trio database (``create=False``), or cannot
+                be opened; the message names the path.
+        """
+        path = os.fspath(path)
+        memory = path == ":memory:"
+        if not create and not memory and not os.path.isfile(path):
+            why = "it is a directory" if os.path.isdir(path) else "the file does not exist"
+            raise ProviderError.permanent("open", f"no SQLite database at {path!r} ({why})")
+
+        def _open() -> sqlite3.Connection | None:  # None: a SQLite file without our tables
+            if create or memory:
+                conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
+            else:  # mode=rw never creates the file
+                uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=rw"
+                conn = sqlite3.connect(
+                    uri, timeout=busy_timeout, isolation_level=None, check_same_thread=False, uri=True
+                )
+            try:
+                if not create and not memory:
+                    known = conn.execute(
+                        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_duroxide_migrations'"
+                    ).fetchone()
+                    if known is None:
+                        conn.close()
+                        return None
+                if not memory:
+                    conn.execute("PRAGMA journal_mode=WAL")
+                    conn.execute("PRAGMA synchronous=NORMAL")
+                conn.execute("PRAGMA foreign_keys=OFF")
+                conn.execute("PRAGMA cache_size=-65536")
+                _migrate(conn)
+            except BaseException:
+                conn.close()
+                raise
             return conn
 
         try:
             conn = await anyio.to_thread.run_sync(_open)
         except sqlite3.Error as exc:
             raise ProviderError.permanent("open", f"cannot open SQLite database {path!r}: {exc}") from exc
+        if conn is None:
+            raise ProviderError.permanent(
+                "open", f"{path!r} is a SQLite database but not a duroxide-trio one (it has no duroxide tables)"
+            )
         return cls(conn, path)
 
     @classmethod
     async def in_memory(cls) -> SqliteProvider:
+        """A fresh in-memory database (gone when the provider closes); same as ``open(":memory:")``."""
         return await cls.open(":memory:")
 
     @property
     def name(self) -> str:
+        """``"sqlite"`` for a file, ``"sqlite-memory"`` in memory."""
         return "sqlite-memory" if self._path == ":memory:" else "sqlite"
 
     @property
     def path(self) -> str:
+        """The database file (``":memory:"`` in memory)."""
         return self._path
 
     def __repr__(self) -> str:
         return f"SqliteProvider({self._path!r})"
 
     async def close(self) -> None:
+        """Close the connection (waits for a running operation); idempotent."""
         if self._closed:
             return
         self._closed = True
@@ -838,6 +886,18 @@ class SqliteProvider:
     async def get_instance_info(self, instance_id: str) -> InstanceInfo | None:
         return await self._run("get_instance_info", lambda c: _instance_info(c, instance_id), write=False)
 
+    async def instance_exists(self, instance_id: str) -> bool:
+        """True if ``instance_id`` has an instance or a pending start."""
+
+        def _exists(conn: sqlite3.Connection) -> bool:
+            return conn.execute(
+                "SELECT 1 FROM instances WHERE instance_id = ? "
+                "UNION ALL SELECT 1 FROM orchestrator_queue WHERE instance_id = ? AND is_start = 1 LIMIT 1",
+                (instance_id, instance_id),
+            ).fetchone() is not None
+
+        return bool(await self._run("instance_exists", _exists, write=False))
+
     async def get_custom_status(self, instance_id: str, last_seen_version: int) -> tuple[str | None, int] | None:
         def _get(conn: sqlite3.Connection) -> tuple[str | None, int] | None:
             row = conn.execute(
@@ -933,7 +993,22 @@ class SqliteProvider:
             work = conn.execute(
                 "SELECT COUNT(*) FROM worker_queue WHERE lock_token IS NULL OR locked_until <= ?", (now,)
             ).fetchone()[0]
-            return QueueDepths(orchestrator_queue=orch, worker_queue=work)
+            oldest_orch = conn.execute(
+                "SELECT MIN(visible_at) FROM orchestrator_queue q WHERE visible_at <= ? AND NOT EXISTS ("
+                "SELECT 1 FROM instance_locks l WHERE l.instance_id = q.instance_id AND l.locked_until > ?)",
+                (now, now),
+            ).fetchone()[0]
+            oldest_work = conn.execute(
+                "SELECT MIN(visible_at) FROM worker_queue WHERE visible_at <= ? AND "
+                "(lock_token IS NULL OR locked_until <= ?)",
+                (now, now),
+            ).fetchone()[0]
+            return QueueDepths(
+                orchestrator_queue=orch,
+                worker_queue=work,
+                oldest_orchestrator_age_ms=None if oldest_orch is None else max(now - oldest_orch, 0),
+                oldest_worker_age_ms=None if oldest_work is None else max(now - oldest_work, 0),
+            )
 
         return await self._run("get_queue_depths", _get, write=False)
 
@@ -1230,17 +1305,21 @@ class SqliteFactory:
     ``":memory:"`` an in-memory database, anything else that file."""
 
     def __init__(self, path: str | None = None, *, lock_timeout: float = 1.0) -> None:
+        """Args: ``path`` (``None``: a fresh temporary file per provider; ``":memory:"``; or a file shared
+        by every provider); ``lock_timeout``: the short lock timeout lock-expiry validation tests use."""
         self.path = path
         self.lock_timeout = lock_timeout
         self._tmpdirs: dict[int, str] = {}
 
     @property
     def description(self) -> str:
+        """``"sqlite"`` or ``"sqlite-memory"`` (shown in stress results)."""
         if self.path == ":memory:":
             return "sqlite-memory"
         return "sqlite"
 
     async def create_provider(self) -> SqliteProvider:
+        """Open a provider on a fresh temporary file (``path=None``), in memory, or on ``path``."""
         if self.path is None:
             import tempfile
 
@@ -1251,6 +1330,7 @@ class SqliteFactory:
         return await SqliteProvider.open(self.path)
 
     async def cleanup(self, provider: SqliteProvider) -> None:
+        """Close ``provider`` and remove its temporary directory, if this factory made one."""
         await provider.close()
         d = self._tmpdirs.pop(id(provider), None)
         if d is not None:
@@ -1259,7 +1339,9 @@ class SqliteFactory:
             shutil.rmtree(d, ignore_errors=True)
 
     async def corrupt_instance_history(self, provider: SqliteProvider, instance_id: str) -> None:
+        """Validation hook: make the instance's stored history undecodable."""
         await provider._corrupt_instance_history(instance_id)
 
     async def get_max_attempt_count(self, provider: SqliteProvider, instance_id: str) -> int:
+        """Validation hook: the highest attempt count among the instance's queued messages."""
         return await provider._max_attempt_count(instance_id)

@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import TYPE_CHECKING
 
 import anyio
 import anyio.abc
 import attrs
 
-from ..history import ErrorDetails, Event, OrchestrationFailed
-from ..orchestration.replay import TurnResult, fail_instance, plan_turn, run_turn
+try:
+    import trio
+    import trio.lowlevel
+except ImportError:  # pragma: no cover - trio is a dependency; asyncio-only installs still work
+    trio = None  # type: ignore[assignment]
+
+from ..history import ErrorDetails
+from ..orchestration.decide import Abandon, Decision, TurnPolicy, decide_turn
+from ..orchestration.replay import TurnResult
 from ..providers.base import ExecutionMetadata, OrchestrationItem, ProviderError, ScheduledActivity, now_ms
 
 if TYPE_CHECKING:
@@ -42,7 +50,9 @@ async def orchestration_worker(
         try:
             generation = notifier.generation("orchestrator")
             try:
+                began = time.perf_counter()
                 item = await provider.fetch_orchestration_item(options.orchestrator_lock_timeout)
+                runtime.metrics.fetch_duration.record(time.perf_counter() - began, {"queue": "orchestrator"})
             except ProviderError as exc:
                 failures += 1
                 await runtime.backoff_after_error("orchestration dispatcher", exc, failures)
@@ -75,7 +85,8 @@ async def _turn_in_slot(runtime: Runtime, item: OrchestrationItem, slots: anyio.
 async def _process_with_renewal(runtime: Runtime, item: OrchestrationItem) -> None:
     options = runtime.options
 
-    def on_lost(exc: ProviderError) -> None:
+    def on_lost(exc: BaseException) -> None:
+        runtime.metrics.locks_lost.add(1, {"kind": "orchestration"})
         log.warning("instance %s: lock renewal failed: %s", item.instance_id, exc)
 
     held = runtime.leases.hold(
@@ -89,89 +100,51 @@ async def _process_with_renewal(runtime: Runtime, item: OrchestrationItem) -> No
         runtime.leases.release(held)
 
 
-async def process_item(runtime: Runtime, item: OrchestrationItem) -> None:
+def _decide(runtime: Runtime, item: OrchestrationItem) -> Decision:
+    """The pure decision, run with trio's KeyboardInterrupt protection: a real Ctrl-C is delivered at the
+    next checkpoint, so a KeyboardInterrupt seen inside is raised by the orchestration's own code."""
     options = runtime.options
-    plan = plan_turn(item.execution_id, item.history, item.messages)
-    now = now_ms()
-
-    if item.history_error is not None and item.attempt_count <= options.max_attempts:
-        log.error("instance %s: cannot read its history (%s); retrying", item.instance_id, item.history_error)
-        runtime.stats.record_error("orchestration dispatcher", item.history_error, expected=False)
-        await _abandon(runtime, item, 1.0)
-        return
-
-    if item.attempt_count > options.max_attempts or item.history_error is not None:
-        reason = item.history_error or "the turn kept failing"
-        details = ErrorDetails(
-            "poison",
-            "Orchestration",
-            f"poison: orchestration {plan.name or item.orchestration_name!r} instance {item.instance_id!r} "
-            f"exceeded {options.max_attempts} attempts ({reason})",
-        )
-        log.error("%s", details.message)
-        if item.history_error is not None:
-            # The stored history cannot be read, so the next event id is unknown: append the failure under
-            # a sentinel id far past any real one (acks are append-only).
-            result = TurnResult(
-                history_delta=[Event(99_999, OrchestrationFailed(details), None, now)],
-                status="Failed", error=details, execution_id=item.execution_id,
-                name=item.orchestration_name or "unknown", version=item.version or "0.0.0",
-            )
-        else:
-            result = fail_instance(
-                instance_id=item.instance_id, plan=plan, details=details, now_ms=now,
-                name=plan.name or item.orchestration_name or "unknown",
-                version=plan.version or item.version or "0.0.0",
-            )
-        await _ack(runtime, item, result)
-        return
-
-    if plan.action == "discard":
-        await _ack(runtime, item, TurnResult(execution_id=item.execution_id))
-        return
-
-    if plan.action == "corrupt":
-        details = ErrorDetails("configuration", "CorruptedHistory", plan.reason)
-        result = fail_instance(
-            instance_id=item.instance_id, plan=plan, details=details, now_ms=now,
-            name=item.orchestration_name or "unknown", version=item.version or "0.0.0",
-        )
-        await _ack(runtime, item, result)
-        return
-
-    handler = runtime.registry.resolve_orchestration(plan.name, plan.version)
-    if handler is None:
-        delay = options.unregistered_delay(item.attempt_count)
-        what = f"orchestration {plan.name!r}" + (f" version {plan.version}" if plan.version else "")
-        log.warning(
-            "instance %s: %s is not registered in this runtime (registered: %s); retrying in %.1fs "
-            "(attempt %d of %d)",
-            item.instance_id, what, ", ".join(runtime.registry.orchestration_names) or "none", delay,
-            item.attempt_count, options.max_attempts,
-        )
-        runtime.stats.record_error("orchestration dispatcher", f"{what} is not registered", expected=False)
-        if item.attempt_count >= options.max_attempts:
-            details = ErrorDetails(
-                "poison", "Unregistered",
-                f"poison: {what} is not registered (gave up after {item.attempt_count} attempts)",
-            )
-            result = fail_instance(
-                instance_id=item.instance_id, plan=plan, details=details, now_ms=now,
-                name=plan.name, version=plan.version or "0.0.0",
-            )
-            await _ack(runtime, item, result)
-            return
-        await _abandon(runtime, item, delay)
-        return
-
-    result = run_turn(
-        instance_id=item.instance_id, plan=plan, handler=handler, codec=runtime.registry, now_ms=now,
+    return decide_turn(
+        item,
+        handlers=runtime.registry,
+        codec=runtime.registry,
+        policy=TurnPolicy(options.max_attempts, options.unregistered_delay),
+        now_ms=now_ms(),
         logger=_user_log,
     )
-    runtime.stats.orchestration_turns += 1
-    if result.status == "Failed" and result.error is not None and result.error.category == "configuration":
-        log.error("instance %s failed: %s", item.instance_id, result.error.message)
+
+
+if trio is not None:
+    _decide = trio.lowlevel.enable_ki_protection(_decide)
+
+
+async def process_item(runtime: Runtime, item: OrchestrationItem) -> None:
+    """Decide what the batch means, then commit or abandon it (the only I/O)."""
+    began = time.perf_counter()
+    decision = _decide(runtime, item)
+    if decision.note:
+        log.log(decision.level, "%s", decision.note,
+                extra={"instance_id": item.instance_id, "execution_id": item.execution_id})
+        if decision.level >= logging.WARNING:
+            runtime.stats.record_error("orchestration dispatcher", decision.note, expected=False)
+    metrics = runtime.metrics
+    if isinstance(decision, Abandon):
+        await _abandon(runtime, item, decision.delay)
+        metrics.turns.add(1, {"outcome": "abandoned"})
+        return
+    result = decision.result
+    if decision.ran_code:
+        runtime.stats.orchestration_turns += 1
     await _ack(runtime, item, result)
+    if metrics.enabled:
+        outcome = (result.status or "running").lower().replace("continuedasnew", "continued_as_new")
+        metrics.turns.add(1, {"outcome": outcome})
+        metrics.turn_duration.record(time.perf_counter() - began, {"outcome": outcome})
+        if result.error is not None and result.error.category == "poison":
+            metrics.poison.add(1, {"kind": "orchestration"})
+        retries = sum(1 for w in result.worker_items if w.attempt > 1)
+        if retries:
+            metrics.retries.add(retries)
 
 
 async def _abandon(runtime: Runtime, item: OrchestrationItem, delay: float) -> None:
@@ -193,6 +166,18 @@ async def _ack(runtime: Runtime, item: OrchestrationItem, result: TurnResult) ->
         output=output,
     )
     cancelled = [ScheduledActivity(i, e, a) for (i, e, a) in result.cancelled_activities]
+    # A commit is never skipped by a cancellation (shutdown): a terminal state must be written.
+    with anyio.CancelScope(shield=True):
+        await _ack_retrying(runtime, item, result, metadata, cancelled)
+
+
+async def _ack_retrying(
+    runtime: Runtime,
+    item: OrchestrationItem,
+    result: TurnResult,
+    metadata: ExecutionMetadata,
+    cancelled: list[ScheduledActivity],
+) -> None:
     for attempt in range(ACK_RETRIES):
         try:
             await runtime.provider.ack_orchestration_item(
@@ -207,7 +192,7 @@ async def _ack(runtime: Runtime, item: OrchestrationItem, result: TurnResult) ->
             return
         except ProviderError as exc:
             if not exc.retryable or attempt == ACK_RETRIES - 1:
-                runtime.stats.provider_errors += 1
+                runtime.count_provider_error("orchestration dispatcher", exc)
                 runtime.stats.record_error("orchestration dispatcher", exc, expected=False)
                 log.warning(
                     "instance %s: turn not committed (%s); the lock will expire and the turn will be replayed",
@@ -216,6 +201,6 @@ async def _ack(runtime: Runtime, item: OrchestrationItem, result: TurnResult) ->
                 if exc.retryable:
                     await _abandon(runtime, item, 0.1)
                 return
-            runtime.stats.provider_errors += 1
+            runtime.count_provider_error("orchestration dispatcher", exc)
             runtime.stats.record_error("orchestration dispatcher", exc, expected=True)
             await anyio.sleep(0.01 * (2**attempt))

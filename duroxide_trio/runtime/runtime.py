@@ -14,8 +14,11 @@ import attrs
 
 from ..providers.base import Provider, ProviderError
 from ..registry import Registry
+from .asyncio_loop import AsyncioLoopThread
 from .leases import LeaseRenewer
+from .metrics import RuntimeMetrics
 from .options import RuntimeOptions
+from .watchdog import Watchdog
 
 __all__ = ["Runtime", "RuntimeStats", "open_runtime"]
 
@@ -50,7 +53,10 @@ class RuntimeStats:
         err = RecentError(time.time(), role, message, expected)
         self.recent_errors.append(err)
         for listener in list(self.error_listeners):
-            listener(err, exc)
+            try:
+                listener(err, exc)
+            except Exception:  # noqa: BLE001 - a broken listener must not stop a dispatcher
+                log.exception("error listener %r raised; ignored", listener)
 
 
 def is_expected_provider_error(exc: BaseException) -> bool:
@@ -64,7 +70,9 @@ def is_expected_provider_error(exc: BaseException) -> bool:
 class Runtime:
     """A running runtime. Created by ``open_runtime``; do not construct directly."""
 
-    def __init__(self, provider: Provider, registry: Registry, options: RuntimeOptions) -> None:
+    def __init__(
+        self, provider: Provider, registry: Registry, options: RuntimeOptions, meter_provider: Any = None
+    ) -> None:
         self.provider = provider
         self.registry = registry
         self.options = options
@@ -72,6 +80,10 @@ class Runtime:
         self._stopping = False
         self._workers_scope: anyio.CancelScope | None = None
         self.leases = LeaseRenewer()
+        self.watchdog = Watchdog(self, options.blocked_loop_threshold)
+        self.asyncio_loop = AsyncioLoopThread()
+        self.metrics = RuntimeMetrics(meter_provider)
+        self.services: Any = None  # the task group of the runtime's own services (set by open_runtime)
         self._acker: Any = None
         from ..client import Client
 
@@ -87,8 +99,12 @@ class Runtime:
         if self._acker is not None:
             self._acker.poke()
 
-    async def backoff_after_error(self, role: str, exc: ProviderError, failures: int) -> None:
+    def count_provider_error(self, role: str, exc: ProviderError) -> None:
         self.stats.provider_errors += 1
+        self.metrics.provider_errors.add(1, {"role": role, "retryable": exc.retryable})
+
+    async def backoff_after_error(self, role: str, exc: ProviderError, failures: int) -> None:
+        self.count_provider_error(role, exc)
         expected = is_expected_provider_error(exc)
         self.stats.record_error(role, exc, expected=expected)
         if expected:
@@ -101,13 +117,15 @@ class Runtime:
 
 @asynccontextmanager
 async def open_runtime(
-    provider: Provider, registry: Registry, options: RuntimeOptions | None = None
+    provider: Provider, registry: Registry, options: RuntimeOptions | None = None, *, meter_provider: Any = None
 ) -> AsyncIterator[Runtime]:
     """Run orchestration and activity dispatchers for ``provider`` until the block exits.
 
     Leaving the block stops fetching, lets in-flight turns and activities finish within
     ``options.shutdown_grace``, then cancels the remaining activities and abandons their locks so another
-    process picks them up at once.
+    process picks them up at once. ``meter_provider``: an OpenTelemetry ``MeterProvider`` for the
+    runtime's metrics (default: the global one; nothing is recorded without the ``metrics`` extra).
+    Raises ``TypeError`` for a registry or options of the wrong type.
     """
     if not isinstance(registry, Registry):
         raise TypeError(f"open_runtime needs a duroxide_trio.Registry, got {type(registry).__name__}")
@@ -115,7 +133,7 @@ async def open_runtime(
     if not isinstance(options, RuntimeOptions):
         raise TypeError(f"open_runtime needs RuntimeOptions, got {type(options).__name__}")
 
-    runtime = Runtime(provider, registry, options)
+    runtime = Runtime(provider, registry, options, meter_provider)
     try:
         async with _run(runtime) as rt:
             yield rt
@@ -133,36 +151,49 @@ async def _run(runtime: Runtime) -> AsyncIterator[Runtime]:
     from .activities import Acker, activity_worker
     from .orchestrations import orchestration_worker
 
+    acker = runtime._acker = Acker(runtime)
     async with anyio.create_task_group() as outer:
+        runtime.services = outer
         workers_done = anyio.Event()
+        acker_done = anyio.Event()
 
         async def run_workers() -> None:
             try:
                 async with anyio.create_task_group() as workers:
                     runtime._workers_scope = workers.cancel_scope
-                    turn_slots = anyio.Semaphore(max(options.orchestration_slots, 1))
+                    turn_slots = anyio.Semaphore(options.orchestration_slots)
                     for i in range(options.orchestration_concurrency):
                         workers.start_soon(
                             orchestration_worker, runtime, i, turn_slots, workers, name=f"orchestration-dispatcher-{i}"
                         )
-                    slots = anyio.Semaphore(max(options.activity_slots, 1))
-                    if options.worker_concurrency:
-                        acker = runtime._acker = Acker(runtime)
-                        workers.start_soon(acker.run, name="activity-acker")
-                        for i in range(options.worker_concurrency):
-                            workers.start_soon(
-                                activity_worker, runtime, i, slots, workers, acker, name=f"activity-dispatcher-{i}"
-                            )
+                    slots = anyio.Semaphore(options.activity_slots)
+                    for i in range(options.worker_concurrency):
+                        workers.start_soon(
+                            activity_worker, runtime, i, slots, workers, acker, name=f"activity-dispatcher-{i}"
+                        )
             finally:
-                runtime.leases.stop()
                 workers_done.set()
+                acker.poke()
+
+        async def run_acker() -> None:
+            # Outside the workers' scope: completions handed over by cancelled activities are still acked.
+            try:
+                await acker.run()
+            finally:
+                acker_done.set()
 
         outer.start_soon(runtime.leases.run, name="lease-renewer")
+        if options.blocked_loop_threshold > 0:
+            outer.start_soon(runtime.watchdog.run, name="watchdog")
+        if runtime.metrics.enabled:
+            outer.start_soon(runtime.metrics.sample_queues, runtime.provider, options.metrics_interval,
+                             name="queue-metrics")
         listener = getattr(runtime.provider, "run_listener", None)
         if listener is not None:
             # Cross-process wake-ups (PostgreSQL LISTEN); a no-op if the provider's own block runs one.
             await outer.start(listener)
-        outer.start_soon(run_workers)
+        outer.start_soon(run_acker, name="activity-acker")
+        outer.start_soon(run_workers, name="dispatchers")
         try:
             yield runtime
         finally:
@@ -177,4 +208,9 @@ async def _run(runtime: Runtime) -> AsyncIterator[Runtime]:
                         runtime._workers_scope.cancel()
                     with anyio.move_on_after(30):
                         await workers_done.wait()
+                with anyio.move_on_after(30):
+                    await acker_done.wait()
+                runtime.leases.stop()
+                runtime.watchdog.stop()
+                runtime.asyncio_loop.stop()
             outer.cancel_scope.cancel()  # the listener (if any) runs until cancelled

@@ -225,6 +225,10 @@ class _Queries:
             "ORDER BY h.event_id"
         )
         self.read_execution = f"SELECT event_data FROM {s}.history WHERE instance_id = %s AND execution_id = %s ORDER BY event_id"
+        self.instance_exists = (
+            f"SELECT 1 FROM {s}.instances WHERE instance_id = %s "
+            f"UNION ALL SELECT 1 FROM {s}.orchestrator_queue WHERE instance_id = %s AND is_start LIMIT 1"
+        )
         self.append = (
             f"INSERT INTO {s}.history (instance_id, execution_id, event_id, event_type, event_data) "
             "SELECT %s, %s, u.i, u.t, u.d FROM unnest(%b::bigint[], %b::text[], %b::text[]) AS u(i, t, d)"
@@ -265,7 +269,11 @@ class _Queries:
         self.queue_depths = (
             f"SELECT (SELECT count(*) FROM {s}.orchestrator_queue q WHERE NOT EXISTS ("
             f"SELECT 1 FROM {s}.instance_locks l WHERE l.instance_id = q.instance_id AND l.locked_until > %(now)s)), "
-            f"(SELECT count(*) FROM {s}.worker_queue WHERE lock_token IS NULL OR locked_until <= %(now)s)"
+            f"(SELECT count(*) FROM {s}.worker_queue WHERE lock_token IS NULL OR locked_until <= %(now)s), "
+            f"(SELECT min(q.visible_at) FROM {s}.orchestrator_queue q WHERE q.visible_at <= %(now)s AND NOT EXISTS ("
+            f"SELECT 1 FROM {s}.instance_locks l WHERE l.instance_id = q.instance_id AND l.locked_until > %(now)s)), "
+            f"(SELECT min(visible_at) FROM {s}.worker_queue WHERE visible_at <= %(now)s AND "
+            "(lock_token IS NULL OR locked_until <= %(now)s))"
         )
         self.children = (
             f"SELECT instance_id FROM {s}.instances WHERE parent_instance_id = %s ORDER BY created_at, seq"
@@ -336,14 +344,33 @@ class PostgresProvider:
         command_timeout: float = 30.0,
         application_name: str | None = None,
         prepared_statements: bool = True,
+        create_schema: bool = True,
     ) -> PostgresProvider:
         """Connect to ``url`` (a ``postgresql://`` URL or a libpq conninfo), create and migrate ``schema``
         if needed, and return the provider.
 
-        ``pool_max``: pooled connections (default: env ``DUROXIDE_PG_POOL_MAX``, else 10); one more is used
-        for LISTEN while the provider runs as ``async with provider:``. ``connect_timeout`` bounds each
-        connection attempt, ``acquire_timeout`` the wait for a pooled connection, ``command_timeout``
-        every provider operation. ``prepared_statements=False`` for PgBouncer in transaction mode."""
+        Args:
+            url: where to connect; a password in it never appears in messages.
+            schema: the schema holding this provider's tables (one schema per provider).
+            pool_max: pooled connections (default: env ``DUROXIDE_PG_POOL_MAX``, else 10); one more is
+                used for LISTEN while the provider runs as ``async with provider:``.
+            connect_timeout: bounds each connection attempt; ``acquire_timeout`` the wait for a pooled
+                connection; ``command_timeout`` every provider operation.
+            application_name: shown in ``pg_stat_activity`` (default ``duroxide-trio:<schema>``).
+            prepared_statements: ``False`` for PgBouncer in transaction mode.
+            create_schema: create the schema when it does not exist. With ``False`` a missing schema is
+                an error and nothing is created (what read-only tools such as ``duroxide-trio
+                instances`` use); pending migrations of an existing schema are still applied.
+
+        Returns:
+            The provider; use it as ``async with provider:`` or call ``close()``.
+
+        Raises:
+            ValueError: ``schema`` is not a valid name.
+            ProviderError: operation ``"connect"``: a bad connection string, the server cannot be
+                reached (retryable), the connection timed out (retryable), or ``schema`` does not exist
+                and ``create_schema`` is false (permanent; the message names the schema).
+        """
         if not isinstance(schema, str) or not schema or "\x00" in schema or len(schema.encode()) > 63:
             raise ValueError(f"schema must be a non-empty name of at most 63 bytes, not {schema!r}")
         masked = mask_url(url)
@@ -381,6 +408,12 @@ class PostgresProvider:
             with anyio.fail_after(max(command_timeout, connect_timeout) + 60):
                 async with pool.connection() as conn:
                     quoted = sql.Identifier(schema).as_string(conn)
+                    if not create_schema:
+                        cur = await conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,))
+                        if await cur.fetchone() is None:
+                            raise ProviderError.permanent(
+                                "connect", f"schema {schema!r} does not exist in {masked}"
+                            )
                     await _migrate(conn, schema, quoted)
                     first = conn
         except BaseException as ex:
@@ -410,10 +443,12 @@ class PostgresProvider:
 
     @property
     def name(self) -> str:
+        """``"postgres"``."""
         return "postgres"
 
     @property
     def schema(self) -> str:
+        """The schema this provider's tables live in."""
         return self._schema
 
     @property
@@ -1003,6 +1038,11 @@ class PostgresProvider:
             return None
         return InstanceInfo(instance_id, *row)
 
+    async def instance_exists(self, instance_id: str) -> bool:
+        """True if ``instance_id`` has an instance or a pending start."""
+        row = await self._one("instance_exists", self._q.instance_exists, (instance_id, instance_id), idempotent=True)
+        return row is not None
+
     async def get_custom_status(
         self, instance_id: str, last_seen_version: int
     ) -> tuple[str | None, int] | None:
@@ -1052,8 +1092,14 @@ class PostgresProvider:
         )
 
     async def get_queue_depths(self) -> QueueDepths:
-        row = await self._one("get_queue_depths", self._q.queue_depths, {"now": now_ms()}, idempotent=True)
-        return QueueDepths(orchestrator_queue=int(row[0]), worker_queue=int(row[1]))
+        now = now_ms()
+        row = await self._one("get_queue_depths", self._q.queue_depths, {"now": now}, idempotent=True)
+        return QueueDepths(
+            orchestrator_queue=int(row[0]),
+            worker_queue=int(row[1]),
+            oldest_orchestrator_age_ms=None if row[2] is None else max(now - int(row[2]), 0),
+            oldest_worker_age_ms=None if row[3] is None else max(now - int(row[3]), 0),
+        )
 
     async def list_children(self, instance_id: str) -> list[str]:
         rows = await self._all("list_children", self._q.children, (instance_id,), idempotent=True)
@@ -1199,12 +1245,15 @@ class PostgresFactory:
 
     @property
     def description(self) -> str:
+        """``"postgres"`` (shown in stress results)."""
         return "postgres"
 
     def __repr__(self) -> str:
         return f"PostgresFactory({mask_url(self.url)!r}, schema={self.schema!r})"
 
     async def create_provider(self) -> PostgresProvider:
+        """Connect a provider to a fresh schema ``duroxide_test_<random>`` (or to ``schema``), created and
+        migrated."""
         schema = self.schema or f"duroxide_test_{uuid.uuid4().hex[:8]}"
         provider = await PostgresProvider.connect(self.url, schema=schema, pool_max=self.pool_max)
         if self.schema is None:
@@ -1216,15 +1265,18 @@ class PostgresFactory:
         return await PostgresProvider.connect(self.url, schema=provider.schema, pool_max=self.pool_max)
 
     async def cleanup(self, provider: PostgresProvider) -> None:
+        """Close ``provider`` and drop the schema this factory created for it (unless ``keep_schema``)."""
         await provider.close()
         schema = self._created.pop(id(provider), None)
         if schema is not None and not self.keep_schema:
             await drop_schema(self.url, schema)
 
     async def corrupt_instance_history(self, provider: PostgresProvider, instance_id: str) -> None:
+        """Validation hook: make the instance's stored history undecodable."""
         await provider._corrupt_instance_history(instance_id)
 
     async def get_max_attempt_count(self, provider: PostgresProvider, instance_id: str) -> int:
+        """Validation hook: the highest attempt count among the instance's queued messages."""
         return await provider._max_attempt_count(instance_id)
 
 
