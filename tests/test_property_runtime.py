@@ -18,7 +18,7 @@ from typing import Any
 import anyio
 import attrs
 from helpers import FAST
-from hypothesis import HealthCheck, given, note, settings
+from hypothesis import HealthCheck, event, given, note, settings
 from hypothesis import strategies as st
 
 import duroxide_trio as dt
@@ -186,12 +186,12 @@ OPERATIONS = [
 
 faults = st.builds(
     Fault,
-    probability=st.floats(0.05, 0.5),
+    probability=st.floats(0.2, 0.9),
     after=st.booleans(),  # after=True: the call committed, the caller is told it failed
-    limit=st.integers(1, 2),  # few enough that no message reaches max_attempts (10) by faults alone
+    limit=st.integers(1, 3),  # few enough that no message reaches max_attempts (10) by faults alone
     retryable=st.booleans(),
 )
-fault_schedules = st.dictionaries(st.sampled_from(OPERATIONS), faults, max_size=4)
+fault_schedules = st.dictionaries(st.sampled_from(OPERATIONS), faults, min_size=2, max_size=5)
 
 OPTIONS = attrs.evolve(
     FAST,
@@ -267,6 +267,10 @@ def test_every_program_ends_as_it_implies_under_storage_faults(
             problems = anyio.run(_run, os.path.join(tmp, "state.db"), programs_, schedule, seed, backend="trio")
         except Exception as exc:  # noqa: BLE001 - open_runtime must not raise because of an instance
             problems = [f"the runtime stopped: {type(exc).__name__}: {exc}"]
+    injected = sum(f.injected for f in schedule.values())
+    event(f"faults injected: {'none' if injected == 0 else '1-3' if injected <= 3 else 'more'}")
+    event(f"continue-as-new: {any(s[0] == 'can' for p in programs_ for s in p)}")
+    event(f"ends: {sorted({expected(p)[0].value for p in programs_})}")
     assert not problems, "\n".join(problems)
 
 
