@@ -172,7 +172,7 @@ class InstanceCase:
     instance_id: str | None = None
     before_runtime: Callable[[dt.Client, str], Awaitable[None]] | None = None  # runs before the runtime opens
     check: Check | None = None
-    timeout: float = 15.0
+    timeout: float = 10.0
 
     @property
     def iid(self) -> str:
@@ -334,7 +334,7 @@ async def _start_healthy(env: Env, iid: str, x: int, res: CaseResult) -> None:
 
 async def _expect_healthy(env: Env, iid: str, x: int, res: CaseResult) -> None:
     try:
-        state = await env.client.wait_for_orchestration(iid, timeout=20)
+        state = await env.client.wait_for_orchestration(iid, timeout=10)
     except Exception as exc:  # noqa: BLE001
         res.problems.append(f"the healthy instance beside it did not finish: {describe(exc)}")
         return

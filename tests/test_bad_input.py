@@ -516,8 +516,13 @@ async def _watchdog_named_it(env: Env, iid: str, state: dt.OrchestrationState) -
     return problems
 
 
+async def _start_blocking(client: dt.Client, iid: str) -> None:
+    _blocked_once.discard(iid)  # every run (provider, backend) blocks once
+    await client.start_orchestration(iid, "async-activity-blocks-the-event-loop")
+
+
 @case("async-activity-blocks-the-event-loop", Expect(status=dt.Status.COMPLETED, output="woke"),
-      group="blocking", check=_watchdog_named_it, timeout=30)
+      group="blocking", check=_watchdog_named_it, timeout=30, before_runtime=_start_blocking)
 async def blocks_loop(ctx: dt.OrchestrationContext) -> str:
     return str(await ctx.schedule_activity("BlockingSleep"))
 
