@@ -34,37 +34,57 @@ class Batch(Protocol):
     """What a provider's fetch returns (``providers.base.OrchestrationItem`` has these fields)."""
 
     @property
-    def instance_id(self) -> str: ...
+    def instance_id(self) -> str:
+        """The locked instance."""
+        ...
 
     @property
-    def orchestration_name(self) -> str: ...
+    def orchestration_name(self) -> str:
+        """The stored orchestration name (a new instance: its start message's; ``""`` if there is none)."""
+        ...
 
     @property
-    def version(self) -> str | None: ...
+    def version(self) -> str | None:
+        """The stored (or requested) version; ``None``: the latest."""
+        ...
 
     @property
-    def execution_id(self) -> int: ...
+    def execution_id(self) -> int:
+        """The current execution id."""
+        ...
 
     @property
-    def history(self) -> list[Event]: ...
+    def history(self) -> list[Event]:
+        """The current execution's history, in event id order."""
+        ...
 
     @property
-    def messages(self) -> list[WorkItem]: ...
+    def messages(self) -> list[WorkItem]:
+        """Every message for the instance that was visible at fetch, in enqueue order."""
+        ...
 
     @property
-    def attempt_count(self) -> int: ...
+    def attempt_count(self) -> int:
+        """How many times these messages have been fetched (the highest count of the batch)."""
+        ...
 
     @property
-    def history_error(self) -> str | None: ...
+    def history_error(self) -> str | None:
+        """Why the history or a message could not be decoded (``None``: everything was read)."""
+        ...
 
 
 class Handlers(Protocol):
     """Resolves orchestration handlers (the ``Registry``)."""
 
-    def resolve_orchestration(self, name: str, version: str | None = None) -> Any: ...
+    def resolve_orchestration(self, name: str, version: str | None = None) -> Any:
+        """The handler of ``name`` at exactly ``version`` (the latest if ``None``), or ``None``."""
+        ...
 
     @property
-    def orchestration_names(self) -> list[str]: ...
+    def orchestration_names(self) -> list[str]:
+        """The registered orchestration names (for error messages)."""
+        ...
 
 
 @attrs.frozen

@@ -89,6 +89,8 @@ def check_text(text: str | None, limit: int, what: str, hint: str = "") -> None:
 
 
 def limit_for_field(field: str) -> int:
+    """The byte limit of an event field by name: payloads (``input``, ``result``, ``data``, ``output``)
+    3 MiB, custom status fields 256 KiB, anything else (names, ids, messages) 64 KiB."""
     if field in _PAYLOAD_FIELDS:
         return MAX_PAYLOAD_BYTES
     if field in _STATUS_FIELDS:
@@ -117,6 +119,7 @@ def event_bytes(ev: Event) -> int:
 
 
 def history_bytes(events: Any) -> int:
+    """The size ``events`` count for against :data:`MAX_HISTORY_BYTES` (sum of :func:`event_bytes`)."""
     return sum(event_bytes(ev) for ev in events)
 
 

@@ -32,6 +32,7 @@ ACK_RETRIES = 5
 
 
 def error_to_output(details: ErrorDetails) -> str:
+    """``details`` as the JSON stored as a failed execution's output (``Client.get_status`` reads it)."""
     return json.dumps(attrs.asdict(details), separators=(",", ":"))
 
 
