@@ -354,7 +354,7 @@ async def _instance_case(env: Env, case: InstanceCase, res: CaseResult) -> None:
         except Exception as exc:  # noqa: BLE001
             problems.append(f"start_orchestration raised {describe(exc)}")
     started = time.monotonic()
-    await _start_healthy(env, "healthy-beside", 5, res)
+    await _start_healthy(env, f"healthy-beside-{case.id}", 5, res)
     if not problems:
         try:
             state = await env.client.wait_for_orchestration(case.iid, timeout=case.timeout)
@@ -373,7 +373,7 @@ async def _instance_case(env: Env, case: InstanceCase, res: CaseResult) -> None:
                     problems += await case.check(env, case.iid, state)
                 except Exception as exc:  # noqa: BLE001
                     problems.append(f"check raised {describe(exc)}")
-    await _expect_healthy(env, "healthy-beside", 5, res)
+    await _expect_healthy(env, f"healthy-beside-{case.id}", 5, res)
 
 
 async def _client_case(env: Env, case: ClientCase, res: CaseResult) -> None:
@@ -401,8 +401,8 @@ async def _client_case(env: Env, case: ClientCase, res: CaseResult) -> None:
             continue
         if state.status is not dt.Status.NOT_FOUND:
             problems.append(f"instance {iid[:40]!r} exists after the call was refused ({state.status.value})")
-    await _start_healthy(env, "healthy-beside", 5, res)
-    await _expect_healthy(env, "healthy-beside", 5, res)
+    await _start_healthy(env, f"healthy-beside-{case.id}", 5, res)
+    await _expect_healthy(env, f"healthy-beside-{case.id}", 5, res)
 
 
 def _names(t: Any) -> str:
@@ -416,63 +416,74 @@ def _names(t: Any) -> str:
 BASELINE = "baseline-done"
 
 
-async def run_case(storage: Storage, registry: dt.Registry, case: Case, options: dt.RuntimeOptions,
-                   res: CaseResult, logs: list[logging.LogRecord]) -> None:
-    """One case on its own database and runtime: a baseline instance completes first, then the case runs
-    with a healthy instance beside it, then the baseline must be unchanged."""
+async def run_cases(storage: Storage, registry: dt.Registry, cases: Sequence[Case], options: dt.RuntimeOptions,
+                    results: dict[str, CaseResult], logs: list[logging.LogRecord]) -> None:
+    """Cases one after another on one database and runtime: a baseline instance completes first, then each
+    case runs with a healthy instance beside it, then the baseline must be unchanged."""
     t0 = time.monotonic()
-    provider = await storage.open(case.id)
+    provider = await storage.open(cases[0].id)
     async with provider:
         raw = dt.Client(provider)
         env = Env(provider, raw, raw, None, logs, BASELINE)
-        if isinstance(case, InstanceCase) and case.before_runtime is not None:
-            try:
-                await case.before_runtime(raw, case.iid)
-            except Exception as exc:  # noqa: BLE001
-                res.problems.append(f"setup before the runtime raised {describe(exc)}")
+        for case in cases:
+            if isinstance(case, InstanceCase) and case.before_runtime is not None:
+                try:
+                    await case.before_runtime(raw, case.iid)
+                except Exception as exc:  # noqa: BLE001
+                    results[case.id].problems.append(f"setup before the runtime raised {describe(exc)}")
         try:
             async with dt.open_runtime(provider, registry, options) as runtime:
                 env.client, env.runtime = runtime.client, runtime
                 await runtime.client.start_orchestration(BASELINE, HEALTHY, 21)
                 done = await runtime.client.wait_for_orchestration(BASELINE, timeout=20)
-                if done.output != 42:
-                    res.problems.append(f"the baseline instance ended {done}")
                 before = await snapshot(raw, BASELINE)
-                if isinstance(case, ClientCase):
-                    await _client_case(env, case, res)
-                else:
-                    await _instance_case(env, case, res)
-                after = await snapshot(raw, BASELINE)
-                if after != before:
-                    res.problems.append(f"previously completed instance changed: {before!r:.300} -> {after!r:.300}")
-                res.finished = True
+                for case in cases:
+                    res = results[case.id]
+                    if done.output != 42:
+                        res.problems.append(f"the baseline instance ended {done}")
+                    if isinstance(case, ClientCase):
+                        await _client_case(env, case, res)
+                    else:
+                        await _instance_case(env, case, res)
+                    after = await snapshot(raw, BASELINE)
+                    if after != before:
+                        res.problems.append(
+                            f"previously completed instance changed: {before!r:.300} -> {after!r:.300}")
+                        before = after
+                    res.finished = True
         except Exception as exc:  # noqa: BLE001 - the runtime stopped
-            res.crash = describe(exc) + "\n" + "".join(traceback.format_exception(exc))[-1200:]
-    res.seconds = time.monotonic() - t0
+            crash = describe(exc) + "\n" + "".join(traceback.format_exception(exc))[-1200:]
+            for case in cases:
+                results[case.id].crash = crash
+    for case in cases:
+        results[case.id].seconds = time.monotonic() - t0
 
 
 async def _run_all(storage: Storage, registry: dt.Registry, cases: Sequence[Case], options: dt.RuntimeOptions,
-                   results: dict[str, CaseResult], logs: list[logging.LogRecord], concurrency: int) -> None:
+                   results: dict[str, CaseResult], logs: list[logging.LogRecord], concurrency: int,
+                   shared: bool) -> None:
     limiter = anyio.CapacityLimiter(concurrency)
 
-    async def one(case: Case) -> None:
+    async def some(batch: Sequence[Case]) -> None:
         async with limiter:
             try:
-                await run_case(storage, registry, case, options, results[case.id], logs)
+                await run_cases(storage, registry, batch, options, results, logs)
             except anyio.get_cancelled_exc_class():
                 raise
             except BaseException as exc:  # noqa: BLE001 - KeyboardInterrupt/SystemExit escaping the runtime
-                results[case.id].crash = describe(exc)
+                for case in batch:
+                    results[case.id].crash = describe(exc)
 
     async with anyio.create_task_group() as tg:
-        for case in cases:
-            tg.start_soon(one, case)
+        for batch in ([cases] if shared else [[c] for c in cases]):
+            tg.start_soon(some, batch)
 
 
 def run_group(storage: Storage, backend: str, registry: dt.Registry, cases: Sequence[Case],
-              options: dt.RuntimeOptions, *, concurrency: int = 6) -> dict[str, CaseResult]:
-    """Run every case of a group, each isolated on its own database and runtime, ``concurrency`` at a
-    time, on a fresh event loop. Never raises: a crash is recorded on the cases it hit."""
+              options: dt.RuntimeOptions, *, concurrency: int = 6, shared: bool = False) -> dict[str, CaseResult]:
+    """Run every case of a group on a fresh event loop: each isolated on its own database and runtime,
+    ``concurrency`` at a time — or, ``shared``, one after another on one database and runtime. Never
+    raises: a crash is recorded on the cases it hit."""
     results = {c.id: CaseResult() for c in cases}
     capture = _Capture()
     logger = logging.getLogger("duroxide_trio")
@@ -480,7 +491,7 @@ def run_group(storage: Storage, backend: str, registry: dt.Registry, cases: Sequ
     logger.addHandler(capture)
     logger.setLevel(logging.DEBUG)
     try:
-        anyio.run(_run_all, storage, registry, cases, options, results, capture.records, concurrency,
+        anyio.run(_run_all, storage, registry, cases, options, results, capture.records, concurrency, shared,
                   backend=backend)
     except BaseException as exc:  # noqa: BLE001 - e.g. KeyboardInterrupt ending the whole asyncio loop
         for r in results.values():

@@ -628,12 +628,15 @@ GROUP_OPTIONS: dict[str, dt.RuntimeOptions] = {
 #: Groups that are about the event loop, not the storage: run on SQLite only (both backends).
 SQLITE_ONLY_GROUPS = {"blocking"}
 
+#: Groups whose cases share one database and runtime, one after another (client-side refusals); every
+#: other case runs isolated on its own database and runtime, so that one crash cannot hide another.
+SHARED_GROUPS = {"client"}
+
 _RESULTS: dict[tuple[str, str, str], Any] = {}
 
 
 def _group_results(request: pytest.FixtureRequest, backend: str, group: str) -> dict[str, Any]:
-    """Run the group on first use (for this provider and backend), then serve every case from the cache.
-    Each case gets its own database (a SQLite file / a PostgreSQL schema) and runtime."""
+    """Run the group on first use (for this provider and backend), then serve every case from the cache."""
     kind = request.node.callspec.params["make_provider"]
     key = (kind, backend, group)
     if key not in _RESULTS:
@@ -641,7 +644,8 @@ def _group_results(request: pytest.FixtureRequest, backend: str, group: str) -> 
         directory = str(request.getfixturevalue("tmp_path"))
         url = request.getfixturevalue("pg_url") if kind == "postgres" else None
         storage = Storage(kind, directory, url)
-        _RESULTS[key] = run_group(storage, backend, REGISTRY, cases, GROUP_OPTIONS.get(group, FAST))
+        _RESULTS[key] = run_group(storage, backend, REGISTRY, cases, GROUP_OPTIONS.get(group, FAST),
+                                  shared=group in SHARED_GROUPS)
     return _RESULTS[key]
 
 
