@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -494,6 +495,17 @@ async def _start_then_cancel(client: dt.Client, iid: str) -> None:
     await client.cancel_instance(iid, "too early")
 
 
+async def _start_then_raise(client: dt.Client, iid: str) -> None:
+    await client.start_orchestration(iid, "event-raised-before-first-turn-is-delivered")
+    await client.raise_event(iid, "go", 7)  # the instance does not exist yet: its start is pending
+
+
+@case("event-raised-before-first-turn-is-delivered", Expect(status=dt.Status.COMPLETED, output=7),
+      before_runtime=_start_then_raise)
+async def waits_for_early_event(ctx: dt.OrchestrationContext) -> Any:
+    return await ctx.wait_for_event("go")
+
+
 @case("cancel-queued-before-first-turn-wins", Expect(kind="Cancelled", fragments=("cancel", "too early")),
       before_runtime=_start_then_cancel)
 async def finishes_on_first_turn(ctx: dt.OrchestrationContext) -> str:
@@ -509,8 +521,6 @@ async def _watchdog_named_it(env: Env, iid: str, state: dt.OrchestrationState) -
     if not lines:
         return ["nothing in the logs or the error says the event loop was blocked"]
     problems = fragment_problems("\n".join(lines), (("BlockingSleep", iid), ("loop",)), "watchdog report")
-    import re
-
     if not any(re.search(r"\d+(\.\d+)?\s*(s\b|sec)", line) for line in lines):
         problems.append(f"watchdog report should say for how long: {lines[:3]!r}")
     return problems
@@ -548,6 +558,30 @@ def _id_with_nul_is_refused_or_round_trips() -> Callable[[Env], Any]:
     return call
 
 
+def _long_id_is_refused_or_round_trips() -> Callable[[Env], Any]:
+    """10 KB: under the 64 KiB limit, over PostgreSQL's btree index entry (~2.7 KB)."""
+
+    async def call(env: Env) -> list[str]:
+        iid = big(10_000, "L")
+        try:
+            await env.client.start_orchestration(iid, SINK, 1)
+        except (ValueError, ProviderError) as exc:
+            problems = fragment_problems(str(exc), (("instance_id", "instance id"), ("long", "index", "bytes")),
+                                         f"{type(exc).__name__} message")
+            state = await env.raw.get_status(iid)
+            if state.status is not dt.Status.NOT_FOUND:
+                problems.append(f"refused, but the instance exists ({state.status.value})")
+            return problems
+        except Exception as exc:  # noqa: BLE001
+            return [f"raised {describe(exc)}; expected a clear refusal naming the id's length, or acceptance"]
+        state = await env.client.wait_for_orchestration(iid, timeout=10)
+        if state.status is not dt.Status.COMPLETED:
+            return [f"accepted but ended {state.status.value}"]
+        return []
+
+    return call
+
+
 def _start(iid: str, name: str = SINK, input: Any = 1, **kw: Any) -> Callable[[Env], Any]:
     return lambda env: env.client.start_orchestration(iid, name, input, **kw)
 
@@ -558,6 +592,7 @@ CLIENT_CASES: list[ClientCase] = [
                absent=(big(70_000, "i"),)),
     ClientCase("start-root-id-with-sub-marker", _start("P::sub::2"), ValueError, ("::sub::",), absent=("P::sub::2",)),
     ClientCase("start-instance-id-with-nul", _id_with_nul_is_refused_or_round_trips(), None),
+    ClientCase("start-instance-id-10kb", _long_id_is_refused_or_round_trips(), None),
     ClientCase("start-instance-id-not-a-string", _start(123), (ValueError, TypeError), ("instance_id",)),  # type: ignore[arg-type]
     ClientCase("start-empty-orchestration-name", _start("c-empty-name", ""), ValueError, ("name",),
                absent=("c-empty-name",)),
