@@ -27,7 +27,7 @@ from ..history import (
 from . import limits
 from .replay import Codec, Handler, TurnPlan, TurnResult, fail_instance, plan_turn, run_turn
 
-__all__ = ["Abandon", "Batch", "Commit", "Decision", "Handlers", "TurnPolicy", "decide_turn"]
+__all__ = ["Abandon", "Batch", "Commit", "Decision", "Handlers", "TurnPolicy", "decide_turn", "refused_commit"]
 
 
 class Batch(Protocol):
@@ -240,12 +240,22 @@ def _decide(
     return Commit(result, ran_code=True)
 
 
+def refused_commit(batch: Batch, reason: str, *, now_ms: int) -> TurnResult:
+    """The commit to make when the storage refused a turn's commit as invalid (a value it cannot hold,
+    e.g. an id too long for PostgreSQL's index): the instance fails with the storage's reason instead of
+    replaying a turn that can never commit."""
+    details = ErrorDetails(
+        "configuration", "StorageRejected",
+        limits.truncate_message(f"the storage refused to commit this instance's turn: {reason}"),
+    )
+    return _fail(batch, details, now_ms)
+
+
 def _over_limit(plan: TurnPlan, result: TurnResult) -> ErrorDetails | None:
     """The first limit this turn's commit would break, or ``None``."""
     try:
-        for ev in result.history_delta:
-            limits.check_event(ev)
-        size = limits.history_bytes(plan.history) + limits.history_bytes(result.history_delta)
+        size = sum(limits.check_event(ev) for ev in result.history_delta)
+        size += limits.history_bytes(plan.history)
         if size > limits.MAX_HISTORY_BYTES:
             raise limits.LimitExceeded(
                 f"the history of execution {result.execution_id}", size, limits.MAX_HISTORY_BYTES,

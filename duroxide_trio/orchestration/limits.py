@@ -98,12 +98,18 @@ def limit_for_field(field: str) -> int:
     return MAX_NAME_BYTES
 
 
+_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
 def _strings(kind: Any) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
-    for a in attrs.fields(type(kind)):
-        value = getattr(kind, a.name)
+    names = _FIELDS.get(type(kind))
+    if names is None:
+        names = _FIELDS[type(kind)] = tuple(a.name for a in attrs.fields(type(kind)))
+    for name in names:
+        value = getattr(kind, name)
         if isinstance(value, str):
-            out.append((a.name, value))
+            out.append((name, value))
         elif isinstance(value, ErrorDetails):
             out.append(("error message", value.message))
         elif isinstance(value, list):  # carry_forward: (queue, data) pairs
@@ -123,10 +129,14 @@ def history_bytes(events: Any) -> int:
     return sum(event_bytes(ev) for ev in events)
 
 
-def check_event(ev: Event) -> None:
-    """Raise :class:`LimitExceeded` if one field of ``ev`` is over its limit."""
+def check_event(ev: Event) -> int:
+    """Raise :class:`LimitExceeded` if one field of ``ev`` is over its limit; else return its size (as
+    :func:`event_bytes` counts it)."""
+    size = _EVENT_OVERHEAD
     for field, text in _strings(ev.kind):
         check_text(text, limit_for_field(field), f"{field} of {ev.type_name} (event {ev.event_id})")
+        size += text_bytes(text)
+    return size
 
 
 def truncate_message(message: str, limit: int = MAX_NAME_BYTES) -> str:

@@ -447,5 +447,11 @@ if trio is not None:
 
 async def _ack(acker: Acker, lease: WorkItemLease, completion: Any) -> None:
     error = await acker.ack(lease, completion)
+    if error is not None and error.kind == "invalid" and isinstance(completion, ActivityResult):
+        # The store cannot hold this result (e.g. a NUL character on PostgreSQL): record why instead.
+        item = lease.item
+        details = _failure("StorageRejected", f"the storage refused the result of activity {item.name!r}: "
+                                              f"{error.message}", "configuration")
+        error = await acker.ack(lease, ActivityError(item.instance, item.execution_id, item.id, details))
     if error is not None:
         log.info("activity %s of %s: completion not recorded (%s)", lease.item.name, lease.item.instance, error)

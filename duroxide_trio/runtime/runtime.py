@@ -72,10 +72,7 @@ class RuntimeStats:
 
 def is_expected_provider_error(exc: BaseException) -> bool:
     """Retried lock contention: SQLite busy/locked, PostgreSQL deadlock or serialization failure."""
-    if isinstance(exc, ProviderError) and exc.retryable:
-        text = exc.message.lower()
-        return any(w in text for w in ("locked", "busy", "deadlock", "serializ", "could not obtain lock"))
-    return False
+    return isinstance(exc, ProviderError) and exc.retryable and exc.contention
 
 
 class Runtime:
