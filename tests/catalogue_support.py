@@ -10,11 +10,13 @@ runtime case checks the three promises of the robustness contract:
 (c) nothing already stored is lost or changed: a baseline instance completed before the bad input was
     sent has the same status, output and history afterwards.
 
-Cases that share a runtime form a *group*: one provider and one runtime serve the whole group (all its
-bad instances run side by side), so the catalogue stays fast. The first test of a group runs it and the
-result is cached; every case then asserts only its own part. Groups run on a fresh event loop of their own
-(``anyio.run`` in a synchronous test) so that a ``KeyboardInterrupt``/``SystemExit`` escaping the runtime
-is reported as that group's failure instead of ending the pytest session.
+Cases form *groups*. The first test of a group (for one provider and backend) runs the whole group and
+caches the result; every case then asserts only its own part. In a group each case runs on its own
+database (a SQLite file, a PostgreSQL schema) and runtime, several at a time on one event loop, so one
+crash or hang cannot hide another; a *shared* group runs its cases one after another on one database and
+runtime. Groups run on a fresh event loop of their own (``anyio.run`` in a synchronous test) so that a
+``KeyboardInterrupt``/``SystemExit`` escaping a runtime is reported as that group's failure instead of
+ending the pytest session; cases that might do that (or block the loop) have groups of their own.
 """
 
 from __future__ import annotations

@@ -9,8 +9,10 @@ keep running; stored data stays as it was. See ``catalogue_support`` for how eac
 Tables, in order:
 
 - ``INSTANCE_CASES``: orchestrations that misbehave or receive bad input (both providers, both backends;
-  one runtime per group, every bad instance beside a healthy one and a previously completed baseline);
-- ``CLIENT_CASES``: client calls that must be refused (both providers, both backends, one runtime);
+  each case on its own database and runtime — six at a time on one event loop, so one crash or hang
+  cannot hide another — with a healthy instance beside it and a previously completed baseline);
+- ``CLIENT_CASES``: client calls that must be refused (both providers, both backends; one database and
+  runtime per provider and backend, the cases one after another);
 - ``CONFIG_CASES``: options and registrations refused at construction (no I/O);
 - ``STORAGE_CASES``: corrupted rows in a real database (both providers, both backends);
 - ``OPEN_CASES`` / ``PG_CONNECT_CASES``: databases that cannot be opened, hostile schema names;
