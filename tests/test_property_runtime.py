@@ -5,7 +5,8 @@ Hypothesis generates programs — sequences of steps: an activity that returns a
 raises (caught or not, with or without a retry policy), a timer of a few ms, a join of activities (one of
 them may fail), a sub-orchestration (that may fail), a raise inside the orchestration, and at most one
 continue-as-new — and fault schedules: ``FaultyProvider`` failing random provider calls before or after
-they commit, retryable or not. One interpreter orchestration (``Prog``) runs any program on a real runtime
+they commit, retryable or not, sometimes with an exception that is not a ``ProviderError`` (a provider
+bug). One interpreter orchestration (``Prog``) runs any program on a real runtime
 (a SQLite file, Trio); ``expected`` computes what the program must produce, in pure Python.
 """
 
@@ -184,14 +185,23 @@ OPERATIONS = [
     "enqueue_start",
 ]
 
-faults = st.builds(
-    Fault,
-    probability=st.floats(0.2, 0.9),
-    after=st.booleans(),  # after=True: the call committed, the caller is told it failed
-    limit=st.integers(1, 3),  # few enough that no message reaches max_attempts (10) by faults alone
-    retryable=st.booleans(),
-)
-fault_schedules = st.dictionaries(st.sampled_from(OPERATIONS), faults, min_size=2, max_size=5)
+
+def fault_schedules(errors: st.SearchStrategy[Any]) -> st.SearchStrategy[dict[str, Fault]]:
+    faults = st.builds(
+        Fault,
+        probability=st.floats(0.2, 0.9),
+        after=st.booleans(),  # after=True: the call committed, the caller is told it failed
+        limit=st.integers(1, 3),  # few enough that no message reaches max_attempts (10) by faults alone
+        retryable=st.booleans(),
+        error=errors,
+    )
+    return st.dictionaries(st.sampled_from(OPERATIONS), faults, min_size=2, max_size=5)
+
+
+#: Storage errors (``ProviderError``, retryable or not).
+STORAGE_ERRORS = fault_schedules(st.none())
+#: A provider with a bug: some calls raise an exception that is not a ``ProviderError``.
+PROVIDER_BUGS = fault_schedules(st.sampled_from([None, RuntimeError, OSError, KeyError]))
 
 OPTIONS = attrs.evolve(
     FAST,
@@ -213,6 +223,10 @@ async def _start(client: dt.Client, iid: str, name: str, input: Any) -> None:
         except dt.InstanceAlreadyExists:
             return
         except dt.ProviderError:
+            await anyio.sleep(0.01)
+        except (RuntimeError, OSError, KeyError) as exc:  # an injected provider bug
+            if "injected fault" not in str(exc):
+                raise
             await anyio.sleep(0.01)
     raise AssertionError(f"could not start {iid}")
 
@@ -254,24 +268,49 @@ async def _run(path: str, programs_: list[list[list[Any]]], schedule: dict[str, 
     return problems
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
-@given(programs_=st.lists(programs, min_size=1, max_size=3), schedule=fault_schedules,
-       seed=st.integers(0, 2**16))
-def test_every_program_ends_as_it_implies_under_storage_faults(
-    programs_: list[list[list[Any]]], schedule: dict[str, Fault], seed: int
-) -> None:
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, BaseExceptionGroup):
+        return f"{type(exc).__name__}[{'; '.join(_describe(e) for e in exc.exceptions)}]"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _check(programs_: list[list[list[Any]]], schedule: dict[str, Fault], seed: int) -> None:
     note(f"programs: {programs_}")
     note(f"faults: {schedule}")
     with tempfile.TemporaryDirectory() as tmp:
         try:
             problems = anyio.run(_run, os.path.join(tmp, "state.db"), programs_, schedule, seed, backend="trio")
         except Exception as exc:  # noqa: BLE001 - open_runtime must not raise because of an instance
-            problems = [f"the runtime stopped: {type(exc).__name__}: {exc}"]
+            problems = [f"the runtime stopped: {_describe(exc)}"]
     injected = sum(f.injected for f in schedule.values())
     event(f"faults injected: {'none' if injected == 0 else '1-3' if injected <= 3 else 'more'}")
     event(f"continue-as-new: {any(s[0] == 'can' for p in programs_ for s in p)}")
     event(f"ends: {sorted({expected(p)[0].value for p in programs_})}")
     assert not problems, "\n".join(problems)
+
+
+def _settings(examples: int) -> settings:
+    return settings(max_examples=examples, deadline=None, suppress_health_check=[HealthCheck.too_slow],
+                    database=None)
+
+
+@_settings(25)
+@given(programs_=st.lists(programs, min_size=1, max_size=3), schedule=STORAGE_ERRORS, seed=st.integers(0, 2**16))
+def test_every_program_ends_as_it_implies_under_storage_errors(
+    programs_: list[list[list[Any]]], schedule: dict[str, Fault], seed: int
+) -> None:
+    """Storage errors (before or after the commit, retryable or not) are retried; nothing else changes."""
+    _check(programs_, schedule, seed)
+
+
+@_settings(15)
+@given(programs_=st.lists(programs, min_size=1, max_size=3), schedule=PROVIDER_BUGS, seed=st.integers(0, 2**16))
+def test_every_program_ends_as_it_implies_with_a_buggy_provider(
+    programs_: list[list[list[Any]]], schedule: dict[str, Fault], seed: int
+) -> None:
+    """A provider call that raises something other than ``ProviderError`` (a bug) is contained too: the
+    runtime does not stop, and every instance still ends as its program says."""
+    _check(programs_, schedule, seed)
 
 
 def test_the_interpreter_itself():
