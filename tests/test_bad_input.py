@@ -783,10 +783,13 @@ def _json_array(_: str) -> str:
     return "[1, 2, 3]"
 
 
-STORAGE_CASES: list[tuple[str, Callable[[str], str]]] = [
-    ("corrupt-history-row-garbage", _garbage),
-    ("corrupt-history-row-unknown-event-type", _unknown_event_type),
-    ("corrupt-history-row-json-array", _json_array),
+#: (case id, the table whose row is overwritten, the text written). A "history" case overwrites event 3 of a
+#: waiting instance; a "queue" case overwrites the event raised to it while no runtime runs.
+STORAGE_CASES: list[tuple[str, str, Callable[[str], str]]] = [
+    ("corrupt-history-row-garbage", "history", _garbage),
+    ("corrupt-history-row-unknown-event-type", "history", _unknown_event_type),
+    ("corrupt-history-row-json-array", "history", _json_array),
+    ("corrupt-queue-message-garbage", "queue", _garbage),
 ]
 
 WAITER = "WaitsForGo"
@@ -799,14 +802,18 @@ async def waits_for_go(ctx: dt.OrchestrationContext) -> Any:
     return [first, data]
 
 
-def _write_history_row(kind: str, pg: tuple[str, str] | None, tmp_path: Any, iid: str, text: str) -> None:
-    """Overwrite event 3 (the activity's completion) of ``iid`` behind the provider's back."""
+_CORRUPT_SQL = {
+    "history": "UPDATE {}history SET event_data = {} WHERE instance_id = {} AND event_id = 3",
+    "queue": "UPDATE {}orchestrator_queue SET work_item = {} WHERE instance_id = {}",
+}
+
+
+def _write_row(kind: str, pg: tuple[str, str] | None, tmp_path: Any, table: str, iid: str, text: str) -> None:
+    """Overwrite a row of ``iid`` behind the provider's back (event 3 of its history, or its queued message)."""
     if kind == "sqlite":
         conn = sqlite3.connect(tmp_path / "state.db")
         try:
-            n = conn.execute(
-                "UPDATE history SET event_data = ? WHERE instance_id = ? AND event_id = 3", (text, iid)
-            ).rowcount
+            n = conn.execute(_CORRUPT_SQL[table].format("", "?", "?"), (text, iid)).rowcount
             conn.commit()
         finally:
             conn.close()
@@ -817,13 +824,9 @@ def _write_history_row(kind: str, pg: tuple[str, str] | None, tmp_path: Any, iid
         assert pg is not None
         url, schema = pg
         with psycopg.connect(url, autocommit=True) as conn:
-            n = conn.execute(
-                sql.SQL("UPDATE {}.history SET event_data = %s WHERE instance_id = %s AND event_id = 3").format(
-                    sql.Identifier(schema)
-                ),
-                (text, iid),
-            ).rowcount
-    assert n == 1, f"no history row 3 for {iid}"
+            statement = _CORRUPT_SQL[table].format("{}.", "%s", "%s")
+            n = conn.execute(sql.SQL(statement).format(sql.Identifier(schema)), (text, iid)).rowcount
+    assert n == 1, f"no {table} row to corrupt for {iid}"
 
 
 def _read_event_ids(kind: str, pg: tuple[str, str] | None, tmp_path: Any, iid: str) -> list[int]:
@@ -849,28 +852,32 @@ def _read_event_ids(kind: str, pg: tuple[str, str] | None, tmp_path: Any, iid: s
     return [r[0] for r in rows]
 
 
-async def _corruption_scenario(make_provider: Any, corrupt: Callable[[str, str], None],
+async def _corruption_scenario(make_provider: Any, corrupt: Callable[[str, str, str], None],
                                ids: Callable[[str], list[int]]) -> dict[str, list[str]]:
     """Every corruption of STORAGE_CASES on its own waiting instance, then one runtime to notice them."""
-    out: dict[str, list[str]] = {cid: [] for cid, _ in STORAGE_CASES}
+    out: dict[str, list[str]] = {cid: [] for cid, _, _ in STORAGE_CASES}
     provider = await make_provider()
     async with provider:
         async with dt.open_runtime(provider, REGISTRY, FAST) as rt:
             await rt.client.start_orchestration("done-before", HEALTHY, 4)
             assert (await rt.client.wait_for_orchestration("done-before", timeout=15)).output == 8
-            for cid, _ in STORAGE_CASES:
+            for cid, _, _ in STORAGE_CASES:
                 await rt.client.start_orchestration(f"w-{cid}", WAITER)
             with anyio.fail_after(15):
-                for cid, _ in STORAGE_CASES:
+                for cid, _, _ in STORAGE_CASES:
                     while len(await rt.client.get_history(f"w-{cid}")) < 4:  # ... ActivityCompleted, subscribed
                         await anyio.sleep(0.02)
             before = [await rt.client.get_status("done-before"), await rt.client.get_history("done-before")]
-        for cid, make_text in STORAGE_CASES:
-            await anyio.to_thread.run_sync(corrupt, f"w-{cid}", make_text(cid))
+        for cid, table, make_text in STORAGE_CASES:
+            if table == "queue":  # the event waits in the queue: no runtime runs
+                await dt.Client(provider).raise_event(f"w-{cid}", "go", cid)
+            await anyio.to_thread.run_sync(corrupt, table, f"w-{cid}", make_text(cid))
         try:
             async with dt.open_runtime(provider, REGISTRY, FAST) as rt:
                 client = rt.client
-                for cid, _ in STORAGE_CASES:
+                for cid, table, _ in STORAGE_CASES:
+                    if table == "queue":
+                        continue
                     try:
                         await client.raise_event(f"w-{cid}", "go", cid)
                     except Exception as exc:  # noqa: BLE001
@@ -890,22 +897,22 @@ async def _corruption_scenario(make_provider: Any, corrupt: Callable[[str, str],
                         out[cid].append(f"event ids of the corrupted instance are not dense: {got}")
 
                 async with anyio.create_task_group() as tg:
-                    for cid, _ in STORAGE_CASES:
+                    for cid, _, _ in STORAGE_CASES:
                         tg.start_soon(one, cid)
                 healthy = await client.wait_for_orchestration("healthy-after", timeout=15)
                 after = [await client.get_status("done-before"), await client.get_history("done-before")]
-            for cid, _ in STORAGE_CASES:
+            for cid, _, _ in STORAGE_CASES:
                 if healthy.status is not dt.Status.COMPLETED:
                     out[cid].append(f"a healthy instance ended {healthy.status.value}")
                 if after != before:
                     out[cid].append("the previously completed instance changed")
         except Exception as exc:  # noqa: BLE001
-            for cid, _ in STORAGE_CASES:
+            for cid, _, _ in STORAGE_CASES:
                 out[cid].append(f"the runtime stopped: {describe(exc)}")
     return out
 
 
-@pytest.mark.parametrize("case_id", [c for c, _ in STORAGE_CASES])
+@pytest.mark.parametrize("case_id", [c for c, _, _ in STORAGE_CASES])
 def test_storage_case(case_id: str, make_provider: Any, anyio_backend: str, request: pytest.FixtureRequest,
                       tmp_path: Any):
     kind = request.node.callspec.params["make_provider"]
@@ -913,8 +920,8 @@ def test_storage_case(case_id: str, make_provider: Any, anyio_backend: str, requ
     if key not in _RESULTS:
         pg = None if kind == "sqlite" else (request.getfixturevalue("pg_url"), request.getfixturevalue("pg_schema"))
 
-        def corrupt(iid: str, text: str) -> None:
-            _write_history_row(kind, pg, tmp_path, iid, text)
+        def corrupt(table: str, iid: str, text: str) -> None:
+            _write_row(kind, pg, tmp_path, table, iid, text)
 
         def ids(iid: str) -> list[int]:
             return _read_event_ids(kind, pg, tmp_path, iid)
@@ -922,7 +929,7 @@ def test_storage_case(case_id: str, make_provider: Any, anyio_backend: str, requ
         try:
             _RESULTS[key] = anyio.run(_corruption_scenario, make_provider, corrupt, ids, backend=anyio_backend)
         except BaseException as exc:  # noqa: BLE001
-            _RESULTS[key] = {c: [f"the scenario stopped: {describe(exc)}"] for c, _ in STORAGE_CASES}
+            _RESULTS[key] = {c: [f"the scenario stopped: {describe(exc)}"] for c, _, _ in STORAGE_CASES}
     problems = _RESULTS[key][case_id]
     assert not problems, f"{case_id}:\n  " + "\n  ".join(problems)
 
