@@ -15,6 +15,7 @@ Tables, in order:
   runtime per provider and backend, the cases one after another);
 - ``CONFIG_CASES``: options and registrations refused at construction (no I/O);
 - ``STORAGE_CASES``: corrupted rows in a real database (both providers, both backends);
+- ``PROVIDER_BUG_CASES``: a provider call that raises something other than ``ProviderError``;
 - ``OPEN_CASES`` / ``PG_CONNECT_CASES``: databases that cannot be opened, hostile schema names;
 - ``CLI_CASES``: ``duroxide-trio instances`` against bad databases and bad arguments.
 """
@@ -936,6 +937,36 @@ def test_storage_case(case_id: str, make_provider: Any, anyio_backend: str, requ
             _RESULTS[key] = {c: [f"the scenario stopped: {describe(exc)}"] for c, _, _ in STORAGE_CASES}
     problems = _RESULTS[key][case_id]
     assert not problems, f"{case_id}:\n  " + "\n  ".join(problems)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A provider with a bug: one call raises something that is not a ProviderError
+
+PROVIDER_BUG_CASES = ["fetch_orchestration_item", "ack_orchestration_item", "fetch_work_items", "ack_work_items"]
+
+
+@pytest.mark.parametrize("operation", PROVIDER_BUG_CASES)
+def test_provider_bug_case(operation: str, make_provider: Any, anyio_backend: str):
+    """The runtime contains it (logs it, retries), and the instance completes as if nothing happened."""
+    from duroxide_trio.testing.faults import Fault, FaultyProvider
+
+    fault = Fault(every=1, limit=1, error=RuntimeError, message=f"a bug in {operation}")
+
+    async def main() -> list[str]:
+        provider = FaultyProvider(await make_provider(), {operation: fault})
+        async with provider, dt.open_runtime(provider, REGISTRY, FAST) as rt:
+            await rt.client.start_orchestration("h", HEALTHY, 3)
+            state = await rt.client.wait_for_orchestration("h", timeout=15)
+        if state.status is not dt.Status.COMPLETED or state.output != 6:
+            return [f"the instance ended {state.status.value} ({state.error})"]
+        return []
+
+    try:
+        problems = anyio.run(main, backend=anyio_backend)
+    except Exception as exc:  # noqa: BLE001 - open_runtime must not raise because a provider call did
+        problems = [f"the runtime stopped: {describe(exc)}"]
+    assert fault.injected == 1, "the fault was never injected"
+    assert not problems, "\n".join(problems)
 
 
 # ---------------------------------------------------------------------------------------------------------
