@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -119,6 +120,8 @@ class ActivityContext:
 
 
 MAX_BATCH = 32
+#: How long an activity completion's ack keeps retrying transient errors (at most half the lock).
+ACK_RETRY_FOR = 10.0
 
 
 async def activity_worker(
@@ -250,7 +253,10 @@ class Acker:
     async def _ack_batch(self, entries: list[tuple[str, Any]]) -> list[ProviderError | None]:
         provider = self._runtime.provider
         many = getattr(provider, "ack_work_items", None)
-        for attempt in range(5):
+        # Keep retrying transient errors through a database restart (not only 5 quick attempts): a
+        # completion given up on waits for its lock to expire (30 s by default) and runs again.
+        deadline = anyio.current_time() + min(ACK_RETRY_FOR, self._runtime.options.worker_lock_timeout / 2)
+        for attempt in itertools.count():
             try:
                 if many is not None:
                     return list(await many(entries))
@@ -267,9 +273,9 @@ class Acker:
             except Exception as exc:  # noqa: BLE001 - a ProviderError, or a provider's bug: retried
                 exc = as_provider_error("ack_work_items", exc)
                 self._runtime.stats.record_error("activity dispatcher", exc, expected=exc.retryable)
-                if not exc.retryable or attempt == 4:
+                if not exc.retryable or (attempt >= 4 and anyio.current_time() >= deadline):
                     return [exc] * len(entries)
-                await anyio.sleep(0.01 * (2**attempt))
+                await anyio.sleep(min(0.01 * (2 ** min(attempt, 10)), 0.5))
         raise AssertionError("unreachable")
 
 

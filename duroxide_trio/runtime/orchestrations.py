@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import time
@@ -186,7 +187,9 @@ async def _ack_retrying(
     metadata: ExecutionMetadata,
     cancelled: list[ScheduledActivity],
 ) -> None:
-    for attempt in range(ACK_RETRIES):
+    # Transient errors are retried through a database restart, up to half the lock (at most 10 s).
+    deadline = anyio.current_time() + min(10.0, runtime.options.orchestrator_lock_timeout / 2)
+    for attempt in itertools.count():
         try:
             await runtime.provider.ack_orchestration_item(
                 item.lock_token,
@@ -209,7 +212,7 @@ async def _ack_retrying(
                 refused = refused_commit(item, exc.message, now_ms=now_ms())
                 await _ack(runtime, item, refused)
                 return
-            if not exc.retryable or attempt == ACK_RETRIES - 1:
+            if not exc.retryable or (attempt >= ACK_RETRIES - 1 and anyio.current_time() >= deadline):
                 runtime.count_provider_error("orchestration dispatcher", exc)
                 runtime.stats.record_error("orchestration dispatcher", exc, expected=False)
                 log.warning(
@@ -221,4 +224,4 @@ async def _ack_retrying(
                 return
             runtime.count_provider_error("orchestration dispatcher", exc)
             runtime.stats.record_error("orchestration dispatcher", exc, expected=True)
-            await anyio.sleep(0.01 * (2**attempt))
+            await anyio.sleep(min(0.01 * (2 ** min(attempt, 10)), 0.5))

@@ -226,6 +226,9 @@ async def _run(runtime: Runtime) -> AsyncIterator[Runtime]:
         if listener is not None:
             # Cross-process wake-ups (PostgreSQL LISTEN); a no-op if the provider's own block runs one.
             await outer.start(listener)
+        from .liveness import run_liveness  # the process lease: a dead process's locks move in ~1.5 s
+
+        await outer.start(run_liveness, runtime.provider)
         outer.start_soon(run_acker, name="activity-acker")
         outer.start_soon(run_workers, name="dispatchers")
         try:
