@@ -251,10 +251,15 @@ class _RemoteRuntimes:
         self.options = runtime_options(config)
         self.pool = pool
 
-    def refresh(self) -> None:
+    def refresh(self, monitor: StressMonitor | None = None) -> None:
         turns, activities = self.pool.totals()
         self.stats.orchestration_turns = turns
         self.stats.activities_completed = activities
+        if monitor is not None:  # the processes' error counts (injected faults are expected ones)
+            monitor.expected_errors = sum(wp.expected_errors for wp in self.pool.processes)
+            monitor.unexpected_errors = (
+                sum(wp.unexpected_errors for wp in self.pool.processes) + self.pool.harness_errors
+            )
 
 
 async def run_chaos(
@@ -314,10 +319,8 @@ async def run_chaos(
     def on_worker_error(role: str, message: str, expected: bool) -> None:
         from .runner import ErrorEntry
 
-        if expected:
-            monitor.expected_errors += 1
-        else:
-            monitor.unexpected_errors += 1
+        if "exited unexpectedly" in message:
+            pool.harness_errors += 1
         monitor.errors.append(ErrorEntry(time.time(), role, message, expected))
         if fail_fast and not expected and "exited unexpectedly" in message:
             monitor._abort(f"{role}: {message}")
@@ -350,7 +353,7 @@ async def run_chaos(
                     )  # fmt: skip
                 if monitor.finished_at is None:
                     monitor.finished_at = time.monotonic()
-                remote.refresh()
+                remote.refresh(monitor)
                 if monitor.fatal is None:
                     verdict = await _with_retries(
                         lambda: _verdict(provider, registry, launched, ledger, timeline, pool, fault_spec,
@@ -360,7 +363,7 @@ async def run_chaos(
                 with anyio.CancelScope(shield=True):
                     pool.stop_faults()
                     await pool.shutdown()
-                remote.refresh()
+                remote.refresh(monitor)
                 tg.cancel_scope.cancel()
         await ledger.close()
     finally:
@@ -465,7 +468,7 @@ async def _load_and_drain(
     async def sampler() -> None:
         last_progress = 0.0
         while True:
-            remote.refresh()
+            remote.refresh(monitor)
             monitor._sample()
             now = time.monotonic()
             if on_progress is not None and now - last_progress >= progress_interval:

@@ -23,6 +23,7 @@ import random
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from typing import IO, Any
 
@@ -176,7 +177,16 @@ async def _worker(spec: dict[str, Any]) -> None:
     target = spec["target"]
     ledger = open_ledger(target)
     registry = build_registry(config, ledger)
-    provider = await _open_provider(target)
+    # A replacement may start while the database restarts: keep trying to connect for a while.
+    deadline = time.monotonic() + 60.0
+    while True:
+        try:
+            provider = await _open_provider(target)
+            break
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            await anyio.sleep(0.5)
     errors: list[tuple[bool, str]] = []
     liveness = spec.get("liveness") or {}
     async with provider, anyio.create_task_group() as lease_group:
@@ -275,6 +285,7 @@ class WorkerProcess:
     expected_errors: int = 0
     unexpected_errors: int = 0
     stalls: int = 0
+    faulty: bool = False
     proc: Any = attrs.field(default=None, repr=False)
     ready: anyio.Event = attrs.field(factory=anyio.Event, repr=False)
 
@@ -322,6 +333,8 @@ class WorkerPool:
         self.stopping = False
         self.load_end_s = 0.0
         self.faults_off = False
+        self.harness_errors = 0  # processes that exited on their own
+        self._startup_failures: dict[int, int] = {}
 
     # -- lifecycle --------------------------------------------------------------------------------------
     async def start(self, tg: anyio.abc.TaskGroup, *, timeout: float = 90.0) -> None:
@@ -341,8 +354,9 @@ class WorkerPool:
         spec = dict(self.spec, seed=slot * 1000 + generation)
         if self.faults_off:
             spec.pop("faults", None)
+        faulty = bool(spec.get("faults"))
         wp = WorkerProcess(slot=slot, generation=generation, started_at=self.timeline.now(),
-                           state="restarting" if generation else "starting")  # fmt: skip
+                           state="restarting" if generation else "starting", faulty=faulty)  # fmt: skip
         env = {**os.environ, SPEC_ENV: json.dumps(spec)}
         wp.proc = await anyio.open_process(
             [sys.executable, "-m", "duroxide_trio.stress.workers"],
@@ -375,9 +389,12 @@ class WorkerPool:
             wp.state = "stopped" if self.stopping else "exited"
             if not self.stopping and self._on_error is not None:
                 self._on_error(f"process {wp.name}", f"runtime process exited unexpectedly (code {code})", False)
-            if not self.stopping and wp.ready_at is not None:
-                # Keep the slot filled (the failure is reported); one that never started is not retried.
-                await anyio.sleep(0.5)
+            failures = self._startup_failures.get(wp.slot, 0) + (wp.ready_at is None)
+            self._startup_failures[wp.slot] = failures if wp.ready_at is None else 0
+            if not self.stopping and failures <= 10:
+                # Keep the slot filled (the failure is reported); a slot whose process keeps failing to
+                # start is given up after 10 attempts.
+                await anyio.sleep(0.5 * min(failures + 1, 4))
                 if not self.stopping:
                     await self._spawn(wp.slot)
         wp.ready.set()
@@ -393,6 +410,8 @@ class WorkerPool:
                 wp.state = "running"
             wp.ready_at = self.timeline.now()
             wp.ready.set()
+            if self.faults_off and wp.faulty:  # started with faults before stop_faults
+                self._faults_off(wp)
         elif kind == "stats":
             wp.turns = int(msg.get("turns", 0))
             wp.activities = int(msg.get("activities", 0))
@@ -469,11 +488,16 @@ class WorkerPool:
         """Switch fault injection off in every live process (and in those started later)."""
         self.faults_off = True
         for wp in self.processes:
-            if wp.state in ("running", "starting", "restarting", "stalled"):
-                try:
-                    os.kill(wp.pid, signal.SIGUSR1)
-                except ProcessLookupError:
-                    pass
+            # A process still starting may have no handler yet (SIGUSR1 would kill it): told once ready.
+            if wp.state in ("running", "stalled"):
+                self._faults_off(wp)
+
+    @staticmethod
+    def _faults_off(wp: WorkerProcess) -> None:
+        try:
+            os.kill(wp.pid, signal.SIGUSR1)
+        except ProcessLookupError:
+            pass
 
     async def shutdown(self, grace: float = 5.0) -> None:
         """SIGTERM every live process, SIGKILL what is left after ``grace``."""
