@@ -308,6 +308,7 @@ class ActivityExecute:
     session_id: str | None = None
     tag: str | None = None
     orchestration_name: str | None = None
+    attempt: int = 1  # the RetryPolicy attempt (1-based) this execution belongs to
 
     @property
     def target_instance(self) -> str:

@@ -26,8 +26,32 @@ from ..history import (
     TimerCreated,
 )
 
+from . import limits
+
 if TYPE_CHECKING:
     from .replay import Turn
+
+#: Automatic sub-orchestration ids are ``<parent>::sub::<event id>``; no other id may contain the marker.
+SUB_MARKER = "::sub::"
+
+
+def check_name(value: Any, what: str, *, optional: bool = False) -> None:
+    """A name or id: a non-empty string within the name limit (``None`` allowed if ``optional``)."""
+    if value is None and optional:
+        return
+    if not isinstance(value, str) or not value:
+        raise TypeError(f"{what} must be a non-empty string, got {value!r:.100}")
+    limits.check_text(value, limits.MAX_NAME_BYTES, what)
+
+
+def check_instance_id(value: Any, what: str = "instance_id") -> None:
+    """An instance id chosen by a user: a name that does not use the reserved ``::sub::`` marker."""
+    check_name(value, what)
+    if SUB_MARKER in value:
+        raise ValueError(
+            f"{what} {value[:200]!r} contains {SUB_MARKER!r}, which is reserved for automatic "
+            "sub-orchestration ids; choose another id"
+        )
 
 __all__ = [
     "ActivityFailed",
@@ -201,20 +225,28 @@ class _NeverFuture(DurableFuture):
 
 
 class _JoinFuture(DurableFuture):
-    __slots__ = ("_children", "_return_exceptions")
+    __slots__ = ("_children", "_return_exceptions", "_ready", "_composites")
 
     def __init__(self, ctx: OrchestrationContext, children: list[DurableFuture], return_exceptions: bool) -> None:
         super().__init__(ctx)
         self._children = children
         self._return_exceptions = return_exceptions
+        self._ready = 0  # children[:_ready] are done: each poll resumes at the first pending child
+        # Composite children (select, join, tasks) advance when polled; leaves need no polling. Polling
+        # only those keeps a join of n activities O(n) per turn instead of O(n) per completion.
+        self._composites = [c for c in children if not isinstance(c, _LeafFuture)]
 
     def _poll(self) -> None:
         if self._done:
             return
-        for c in self._children:
+        for c in self._composites:
             c._poll()
-        if not all(c._done for c in self._children):
-            return
+        children = self._children
+        n = len(children)
+        while self._ready < n:
+            if not children[self._ready]._done:
+                return
+            self._ready += 1
         failed = [c for c in self._children if c._exc is not None]
         if failed and not self._return_exceptions:
             self._reject(min(failed, key=lambda c: c._seq)._exc)  # type: ignore[arg-type]
@@ -301,6 +333,7 @@ class Action:
     auto_instance: bool = False  # sub-orchestration with a derived instance id
     event_id: int | None = None
     task: _TaskFuture | None = None
+    attempt: int = 1  # retry attempt of an activity (RetryPolicy), carried to ActivityContext.attempt
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -365,16 +398,26 @@ class OrchestrationContext:
         tag: str | None = None,
         session_id: str | None = None,
     ) -> DurableFuture:
-        if not isinstance(name, str) or not name:
-            raise TypeError(f"activity name must be a non-empty string, got {name!r}")
+        """Run activity ``name`` with ``input``; the future resolves with its result or raises
+        ``ActivityFailed``. ``retry`` retries failed (and, with ``timeout``, timed-out) attempts on durable
+        timers; ``tag`` and ``session_id`` are recorded (and checked on replay). Raises ``TypeError`` for a
+        bad name, ``PayloadError`` if ``input`` is not JSON-serialisable, ``LimitExceeded`` if it is over
+        the payload limit."""
+        check_name(name, "activity name")
+        check_name(tag, "activity tag", optional=True)
+        check_name(session_id, "activity session_id", optional=True)
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise TypeError(f"retry must be a dt.RetryPolicy, got {retry!r:.100}")
         encoded = self._turn.encode(input, f"input of activity {name!r}")
         if retry is None:
             return self._activity(name, encoded, tag, session_id)
         return self._spawn(self._retry_loop(name, encoded, retry, tag, session_id))
 
-    def _activity(self, name: str, encoded: str | None, tag: str | None, session_id: str | None) -> _LeafFuture:
+    def _activity(
+        self, name: str, encoded: str | None, tag: str | None, session_id: str | None, attempt: int = 1
+    ) -> _LeafFuture:
         fut = _LeafFuture(self)
-        self._turn._emit(Action(ActivityScheduled(name, encoded, session_id, tag), future=fut))
+        self._turn._emit(Action(ActivityScheduled(name, encoded, session_id, tag), future=fut, attempt=attempt))
         return fut
 
     async def _retry_loop(
@@ -382,7 +425,7 @@ class OrchestrationContext:
     ) -> Any:
         last: ActivityFailed | None = None
         for attempt in range(1, policy.max_attempts + 1):
-            attempt_fut = self._activity(name, encoded, tag, session_id)
+            attempt_fut = self._activity(name, encoded, tag, session_id, attempt)
             try:
                 if policy.timeout is None:
                     return await attempt_fut
@@ -409,9 +452,16 @@ class OrchestrationContext:
         raise last
 
     def schedule_timer(self, delay: float | timedelta) -> DurableFuture:
+        """A durable timer that fires ``delay`` (seconds or a ``timedelta``) after the current
+        deterministic time. Raises ``ValueError`` outside 0 … 100 years."""
+        if isinstance(delay, bool) or not isinstance(delay, (int, float, timedelta)):
+            raise TypeError(f"timer delay must be seconds (a number) or a timedelta, got {delay!r:.100}")
         seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
-        if seconds < 0:
-            raise ValueError(f"timer delay must not be negative, got {seconds}")
+        if not (0 <= seconds <= limits.MAX_TIMER_SECONDS):  # also rejects NaN
+            raise ValueError(
+                f"timer delay must be between 0 and {limits.MAX_TIMER_SECONDS:.0f} seconds (100 years), "
+                f"got {seconds!r}"
+            )
         fut = _LeafFuture(self)
         fire_at = self._turn.current_ms + int(seconds * 1000)
         self._turn._emit(Action(TimerCreated(fire_at), future=fut))
@@ -420,6 +470,7 @@ class OrchestrationContext:
     def wait_for_event(self, name: str) -> DurableFuture:
         """Wait for the next external event ``name`` (``Client.raise_event``). Events raised before the
         wait are buffered in history and delivered in arrival order."""
+        check_name(name, "event name")
         fut = _LeafFuture(self)
         self._turn._emit(Action(ExternalSubscribed(name), future=fut))
         return fut
@@ -427,6 +478,7 @@ class OrchestrationContext:
     def dequeue_event(self, queue: str) -> DurableFuture:
         """Take the next message of the FIFO mailbox ``queue`` (``Client.enqueue_event``). Unconsumed
         messages are carried across continue-as-new."""
+        check_name(queue, "queue name")
         fut = _LeafFuture(self)
         self._turn._emit(Action(QueueSubscribed(queue), future=fut))
         return fut
@@ -434,6 +486,12 @@ class OrchestrationContext:
     def schedule_sub_orchestration(
         self, name: str, input: Any = None, *, instance_id: str | None = None, version: str | None = None
     ) -> DurableFuture:
+        """Run orchestration ``name`` as a child; the future resolves with its output or raises
+        ``SubOrchestrationFailed``. The child's id is ``<this id>::sub::<event id>`` unless
+        ``instance_id`` is given."""
+        check_name(name, "sub-orchestration name")
+        if instance_id is not None:
+            check_instance_id(instance_id, "sub-orchestration instance_id")
         encoded = self._turn.encode(input, f"input of sub-orchestration {name!r}")
         fut = _LeafFuture(self)
         self._turn._emit(
@@ -449,6 +507,8 @@ class OrchestrationContext:
         self, name: str, instance_id: str, input: Any = None, *, version: str | None = None
     ) -> None:
         """Start a detached orchestration (fire and forget; no result, no parent link)."""
+        check_name(name, "orchestration name")
+        check_instance_id(instance_id)
         encoded = self._turn.encode(input, f"input of orchestration {name!r}")
         self._turn._emit(Action(OrchestrationChained(name, instance_id, encoded, version)))
 
@@ -459,11 +519,18 @@ class OrchestrationContext:
         return _NeverFuture(self)
 
     def set_custom_status(self, value: Any) -> None:
-        encoded = None if value is None else self._turn.encode(value, "custom status")
+        """Publish ``value`` as the instance's custom status (``Client.get_status(...).custom_status``).
+        Raises ``LimitExceeded`` over 256 KiB."""
+        encoded = None if value is None else self._turn.encode(value, "custom status", limits.MAX_CUSTOM_STATUS_BYTES)
         self.custom_status = value
         self._turn._emit(Action(CustomStatusUpdated(encoded)))
 
     custom_status: Any = None
+
+    def history_size_bytes(self) -> int:
+        """The size of this execution's history, counted as the 5 MiB history limit counts it; call
+        ``continue_as_new`` well before it reaches ``dt.MAX_HISTORY_BYTES``."""
+        return self._turn.history_size_bytes()
 
     # --- composition ---
     def join(self, futures: Iterable[DurableFuture], *, return_exceptions: bool = False) -> DurableFuture:

@@ -55,6 +55,7 @@ from ..history import (
     TimerFired,
     WorkItem,
 )
+from . import limits
 from .context import (
     BLOCKED,
     Action,
@@ -172,6 +173,16 @@ class _Fail(Exception):
         self.details = details
 
 
+def describe_exception(exc: BaseException) -> str:
+    """``Type: message`` of an exception raised by user code, cut at the message limit. Never raises
+    (a ``__str__`` that raises is user code too)."""
+    try:
+        text = str(exc)
+    except Exception:  # noqa: BLE001
+        text = f"<{type(exc).__name__} whose str() raised>"
+    return limits.truncate_message(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
+
+
 def _describe(kind: Any) -> str:
     fields = attrs.asdict(kind, recurse=False) if attrs.has(type(kind)) else {}
     parts = ", ".join(f"{k}={v!r}" for k, v in fields.items() if v not in (None, "", [], ()))
@@ -237,11 +248,14 @@ class Turn:
         self._fail: ErrorDetails | None = None
         self._can: tuple[str | None, str | None] | None = None
         self._cancel_reason: str | None = None
+        self._cancel_first = False
         self._next_event_id = len(plan.history) + 1
         self._started: OrchestrationStarted | None = None
         self._custom_status_set = False
         self._custom_status: str | None = None
         self._closing = False
+        self._base_bytes: int | None = None
+        self.cleanup_errors: list[str] = []
 
     # ------------------------------------------------------------------ called by futures and context
     def _next_seq(self) -> int:
@@ -249,8 +263,16 @@ class Turn:
         self._progress += 1
         return self._seq
 
-    def encode(self, value: Any, what: str) -> str | None:
-        return self.codec.encode(value, what)
+    def encode(self, value: Any, what: str, limit: int = limits.MAX_PAYLOAD_BYTES) -> str | None:
+        text = self.codec.encode(value, what)
+        limits.check_text(text, limit, what)
+        return text
+
+    def history_size_bytes(self) -> int:
+        """The size of this execution's history so far (persisted events and this turn's new ones)."""
+        if self._base_bytes is None:
+            self._base_bytes = limits.history_bytes(self.plan.history)
+        return self._base_bytes + limits.history_bytes(self.result.history_delta)
 
     def _emit(self, action: Action) -> None:
         if self._closing or self._finished:
@@ -323,11 +345,14 @@ class Turn:
         )
 
     def _close_coroutine(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Close a coroutine the orchestration no longer needs. Its ``finally`` blocks run now; whatever
+        they raise (even a ``BaseException``) is user code's, so it is recorded, not propagated."""
         closing, self._closing = self._closing, True
         try:
             coro.close()
-        except BaseException:  # noqa: BLE001 - user finally blocks must not break the engine
-            pass
+        except BaseException as exc:  # noqa: BLE001 - user cleanup code must not break the engine
+            name = getattr(coro, "__qualname__", repr(coro))
+            self.cleanup_errors.append(f"{name} raised {type(exc).__name__} while being closed: {exc}")
         finally:
             self._closing = closing
 
@@ -364,9 +389,8 @@ class Turn:
             return
         except _Fail:
             raise
-        except BaseException as exc:  # noqa: BLE001 - an exception escaping the orchestration fails it
-            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-                raise
+        except BaseException as exc:  # noqa: BLE001 - anything escaping the orchestration (even
+            # KeyboardInterrupt/SystemExit raised by its code) fails this instance only
             self._finished = True
             self._app_error = exc
             self._progress += 1
@@ -408,7 +432,7 @@ class Turn:
                 self.result.worker_items.append(
                     ActivityExecute(
                         self.instance_id, self.execution_id, ev.event_id, kind.name, kind.input,
-                        kind.session_id, kind.tag, self.handler.name,
+                        kind.session_id, kind.tag, self.handler.name, action.attempt,
                     )
                 )
         elif isinstance(kind, TimerCreated):
@@ -605,7 +629,17 @@ class Turn:
             self._buffers.setdefault(("queue", queue), collections.deque()).append(data)
         if started.initial_custom_status is not None:
             self._custom_status = started.initial_custom_status
-        self._coro = self.handler.start(self.ctx, started.input)
+        if self._cancel_first:
+            return  # a cancel queued before the first turn wins: the code never runs
+        try:
+            self._coro = self.handler.start(self.ctx, started.input)
+        except BaseException as exc:  # noqa: BLE001 - the input could not become the code's argument
+            what = f"input of orchestration {self.handler.name!r}"
+            kind = "BadInput" if isinstance(exc, TypeError) else "OrchestrationFailed"
+            raise _Fail(ErrorDetails(
+                "application", kind,
+                limits.truncate_message(f"{what} cannot be passed to the code: {type(exc).__name__}: {exc}"),
+            )) from None
         self._poll()
 
     # ------------------------------------------------------------------ messages
@@ -673,6 +707,7 @@ class Turn:
         else:
             start = self.plan.start
             assert start is not None
+            self._cancel_first = any(isinstance(m, CancelInstance) for m in self.plan.messages)
             carry = list(start.carry_forward) if isinstance(start, ContinueAsNew) else []
             started = OrchestrationStarted(
                 name=self.handler.name,
@@ -694,7 +729,9 @@ class Turn:
                                    SubOrchestrationFailed))
         }
         leftovers: list[WorkItem] = []
-        for msg in self.plan.messages:
+        # A cancel in the batch wins over whatever else arrived with it (it is applied first).
+        messages = sorted(self.plan.messages, key=lambda m: not isinstance(m, CancelInstance))
+        for msg in messages:
             if self._finished or self._can is not None or self._cancel_reason is not None:
                 leftovers.append(msg)
                 continue
@@ -731,15 +768,17 @@ class Turn:
             err = self._app_error
             details = getattr(err, "details", None)
             if not isinstance(details, ErrorDetails):
-                details = ErrorDetails("application", "OrchestrationFailed", f"{type(err).__name__}: {err}")
+                details = ErrorDetails("application", "OrchestrationFailed", describe_exception(err))
             self._fail = details
             terminal = OrchestrationFailed(details)
             r.status, r.error = FAILED, details
         elif self._finished:
             try:
-                out = self.codec.encode(self._output, f"output of orchestration {self.handler.name!r}")
+                out = self.encode(self._output, f"output of orchestration {self.handler.name!r}")
             except Exception as exc:  # noqa: BLE001
-                details = ErrorDetails("application", "OrchestrationFailed", str(exc))
+                found = getattr(exc, "details", None)
+                details = found if isinstance(found, ErrorDetails) else ErrorDetails(
+                    "application", "OrchestrationFailed", describe_exception(exc))
                 terminal = OrchestrationFailed(details)
                 r.status, r.error = FAILED, details
             else:

@@ -10,8 +10,15 @@ import anyio
 import anyio.abc
 import attrs
 
-from ..history import ErrorDetails, Event, OrchestrationFailed
-from ..orchestration.replay import TurnResult, fail_instance, plan_turn, run_turn
+try:
+    import trio
+    import trio.lowlevel
+except ImportError:  # pragma: no cover - trio is a dependency; asyncio-only installs still work
+    trio = None  # type: ignore[assignment]
+
+from ..history import ErrorDetails
+from ..orchestration.decide import Abandon, Decision, TurnPolicy, decide_turn
+from ..orchestration.replay import TurnResult
 from ..providers.base import ExecutionMetadata, OrchestrationItem, ProviderError, ScheduledActivity, now_ms
 
 if TYPE_CHECKING:
@@ -89,89 +96,37 @@ async def _process_with_renewal(runtime: Runtime, item: OrchestrationItem) -> No
         runtime.leases.release(held)
 
 
-async def process_item(runtime: Runtime, item: OrchestrationItem) -> None:
+def _decide(runtime: Runtime, item: OrchestrationItem) -> Decision:
+    """The pure decision, run with trio's KeyboardInterrupt protection: a real Ctrl-C is delivered at the
+    next checkpoint, so a KeyboardInterrupt seen inside is raised by the orchestration's own code."""
     options = runtime.options
-    plan = plan_turn(item.execution_id, item.history, item.messages)
-    now = now_ms()
-
-    if item.history_error is not None and item.attempt_count <= options.max_attempts:
-        log.error("instance %s: cannot read its history (%s); retrying", item.instance_id, item.history_error)
-        runtime.stats.record_error("orchestration dispatcher", item.history_error, expected=False)
-        await _abandon(runtime, item, 1.0)
-        return
-
-    if item.attempt_count > options.max_attempts or item.history_error is not None:
-        reason = item.history_error or "the turn kept failing"
-        details = ErrorDetails(
-            "poison",
-            "Orchestration",
-            f"poison: orchestration {plan.name or item.orchestration_name!r} instance {item.instance_id!r} "
-            f"exceeded {options.max_attempts} attempts ({reason})",
-        )
-        log.error("%s", details.message)
-        if item.history_error is not None:
-            # The stored history cannot be read, so the next event id is unknown: append the failure under
-            # a sentinel id far past any real one (acks are append-only).
-            result = TurnResult(
-                history_delta=[Event(99_999, OrchestrationFailed(details), None, now)],
-                status="Failed", error=details, execution_id=item.execution_id,
-                name=item.orchestration_name or "unknown", version=item.version or "0.0.0",
-            )
-        else:
-            result = fail_instance(
-                instance_id=item.instance_id, plan=plan, details=details, now_ms=now,
-                name=plan.name or item.orchestration_name or "unknown",
-                version=plan.version or item.version or "0.0.0",
-            )
-        await _ack(runtime, item, result)
-        return
-
-    if plan.action == "discard":
-        await _ack(runtime, item, TurnResult(execution_id=item.execution_id))
-        return
-
-    if plan.action == "corrupt":
-        details = ErrorDetails("configuration", "CorruptedHistory", plan.reason)
-        result = fail_instance(
-            instance_id=item.instance_id, plan=plan, details=details, now_ms=now,
-            name=item.orchestration_name or "unknown", version=item.version or "0.0.0",
-        )
-        await _ack(runtime, item, result)
-        return
-
-    handler = runtime.registry.resolve_orchestration(plan.name, plan.version)
-    if handler is None:
-        delay = options.unregistered_delay(item.attempt_count)
-        what = f"orchestration {plan.name!r}" + (f" version {plan.version}" if plan.version else "")
-        log.warning(
-            "instance %s: %s is not registered in this runtime (registered: %s); retrying in %.1fs "
-            "(attempt %d of %d)",
-            item.instance_id, what, ", ".join(runtime.registry.orchestration_names) or "none", delay,
-            item.attempt_count, options.max_attempts,
-        )
-        runtime.stats.record_error("orchestration dispatcher", f"{what} is not registered", expected=False)
-        if item.attempt_count >= options.max_attempts:
-            details = ErrorDetails(
-                "poison", "Unregistered",
-                f"poison: {what} is not registered (gave up after {item.attempt_count} attempts)",
-            )
-            result = fail_instance(
-                instance_id=item.instance_id, plan=plan, details=details, now_ms=now,
-                name=plan.name, version=plan.version or "0.0.0",
-            )
-            await _ack(runtime, item, result)
-            return
-        await _abandon(runtime, item, delay)
-        return
-
-    result = run_turn(
-        instance_id=item.instance_id, plan=plan, handler=handler, codec=runtime.registry, now_ms=now,
+    return decide_turn(
+        item,
+        handlers=runtime.registry,
+        codec=runtime.registry,
+        policy=TurnPolicy(options.max_attempts, options.unregistered_delay),
+        now_ms=now_ms(),
         logger=_user_log,
     )
-    runtime.stats.orchestration_turns += 1
-    if result.status == "Failed" and result.error is not None and result.error.category == "configuration":
-        log.error("instance %s failed: %s", item.instance_id, result.error.message)
-    await _ack(runtime, item, result)
+
+
+if trio is not None:
+    _decide = trio.lowlevel.enable_ki_protection(_decide)
+
+
+async def process_item(runtime: Runtime, item: OrchestrationItem) -> None:
+    """Decide what the batch means, then commit or abandon it (the only I/O)."""
+    decision = _decide(runtime, item)
+    if decision.note:
+        log.log(decision.level, "%s", decision.note)
+        if decision.level >= logging.WARNING:
+            runtime.stats.record_error("orchestration dispatcher", decision.note, expected=False)
+    if isinstance(decision, Abandon):
+        await _abandon(runtime, item, decision.delay)
+        return
+    if decision.ran_code:
+        runtime.stats.orchestration_turns += 1
+    await _ack(runtime, item, decision.result)
 
 
 async def _abandon(runtime: Runtime, item: OrchestrationItem, delay: float) -> None:
@@ -193,6 +148,18 @@ async def _ack(runtime: Runtime, item: OrchestrationItem, result: TurnResult) ->
         output=output,
     )
     cancelled = [ScheduledActivity(i, e, a) for (i, e, a) in result.cancelled_activities]
+    # A commit is never skipped by a cancellation (shutdown): a terminal state must be written.
+    with anyio.CancelScope(shield=True):
+        await _ack_retrying(runtime, item, result, metadata, cancelled)
+
+
+async def _ack_retrying(
+    runtime: Runtime,
+    item: OrchestrationItem,
+    result: TurnResult,
+    metadata: ExecutionMetadata,
+    cancelled: list[ScheduledActivity],
+) -> None:
     for attempt in range(ACK_RETRIES):
         try:
             await runtime.provider.ack_orchestration_item(
