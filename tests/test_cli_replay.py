@@ -13,8 +13,8 @@ from pathlib import Path
 
 import anyio
 import attrs
-from typer.testing import CliRunner
 from fixtures import orchestrations as fx
+from typer.testing import CliRunner
 
 import duroxide_trio as dt
 
