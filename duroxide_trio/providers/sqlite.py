@@ -37,7 +37,9 @@ from .base import (
     FAILED,
     RUNNING,
     TERMINAL_STATUSES,
+    WALL_CLOCK,
     CannotDeleteSubOrchestration,
+    Clock,
     DeleteResult,
     ExecutionInfo,
     ExecutionMetadata,
@@ -55,6 +57,7 @@ from .base import (
     ScheduledActivity,
     SystemMetrics,
     WorkItemLease,
+    WorkOutlook,
     now_ms,
 )
 
@@ -185,7 +188,8 @@ class _Job:
 class SqliteProvider:
     """Durable state in one SQLite file (or in memory). Use ``await SqliteProvider.open(path)``."""
 
-    def __init__(self, conn: sqlite3.Connection, path: str) -> None:
+    def __init__(self, conn: sqlite3.Connection, path: str, clock: Clock | None = None) -> None:
+        self.clock: Clock = clock or WALL_CLOCK  # every time this provider reads or stores
         self._conn = conn
         self._path = path
         self._limiter = anyio.CapacityLimiter(1)
@@ -193,12 +197,15 @@ class SqliteProvider:
         self._leading = False
         self._batch_done = anyio.Event()  # followers queued now wait on the next batch's event
         self._closed = False
-        self.notifier = Notifier()
+        self.notifier = Notifier(self.clock)
 
     # lifecycle -------------------------------------------------------------------------------------
     @classmethod
-    async def open(cls, path: str | os.PathLike[str], *, busy_timeout: float = 10.0) -> SqliteProvider:
-        """Open (creating and migrating if needed) the database at ``path``; ``":memory:"`` for in-memory."""
+    async def open(
+        cls, path: str | os.PathLike[str], *, busy_timeout: float = 10.0, clock: Clock | None = None
+    ) -> SqliteProvider:
+        """Open (creating and migrating if needed) the database at ``path``; ``":memory:"`` for in-memory.
+        ``clock`` (default: the wall clock) is the time of locks, visibility and timers."""
         path = os.fspath(path)
 
         def _open() -> sqlite3.Connection:
@@ -215,11 +222,11 @@ class SqliteProvider:
             conn = await anyio.to_thread.run_sync(_open)
         except sqlite3.Error as exc:
             raise ProviderError.permanent("open", f"cannot open SQLite database {path!r}: {exc}") from exc
-        return cls(conn, path)
+        return cls(conn, path, clock)
 
     @classmethod
-    async def in_memory(cls) -> SqliteProvider:
-        return await cls.open(":memory:")
+    async def in_memory(cls, *, clock: Clock | None = None) -> SqliteProvider:
+        return await cls.open(":memory:", clock=clock)
 
     @property
     def name(self) -> str:
@@ -354,7 +361,7 @@ class SqliteProvider:
         next_visible: list[int] = []
 
         def _fetch(conn: sqlite3.Connection) -> OrchestrationItem | None:
-            now = now_ms()
+            now = self.clock.now_ms()
             row = conn.execute(
                 """
                 SELECT q.instance_id FROM orchestrator_queue q
@@ -435,8 +442,8 @@ class SqliteProvider:
         item = await self._run(
             "fetch_orchestration_item",
             _fetch,
-            probe=_has_orchestrator_work,
-            idle=_next_orchestrator_visible(next_visible),
+            probe=lambda c: _has_orchestrator_work(c, self.clock.now_ms()),
+            idle=_next_orchestrator_visible(next_visible, self.clock),
         )
         self._note_next(next_visible)
         return item
@@ -464,7 +471,7 @@ class SqliteProvider:
         outcome: dict[str, Any] = {}
 
         def _ack(conn: sqlite3.Connection) -> None:
-            now = now_ms()
+            now = self.clock.now_ms()
             lock = conn.execute(
                 "SELECT instance_id, locked_until FROM instance_locks WHERE lock_token = ?", (lock_token,)
             ).fetchone()
@@ -578,7 +585,7 @@ class SqliteProvider:
         visible: list[int] = []
 
         def _abandon(conn: sqlite3.Connection) -> None:
-            now = now_ms()
+            now = self.clock.now_ms()
             lock = conn.execute("SELECT instance_id FROM instance_locks WHERE lock_token = ?", (lock_token,)).fetchone()
             if lock is None:
                 raise ProviderError.permanent("abandon_orchestration_item", f"invalid lock token {lock_token!r}")
@@ -604,7 +611,7 @@ class SqliteProvider:
 
     async def renew_orchestration_item_lock(self, lock_token: str, extend_for: float) -> None:
         def _renew(conn: sqlite3.Connection) -> None:
-            now = now_ms()
+            now = self.clock.now_ms()
             cur = conn.execute(
                 "UPDATE instance_locks SET locked_until = ? WHERE lock_token = ? AND locked_until > ?",
                 (now + _ms(extend_for), lock_token, now),
@@ -621,7 +628,7 @@ class SqliteProvider:
         holder: list[int] = []
 
         def _enqueue(conn: sqlite3.Connection) -> None:
-            now = now_ms()
+            now = self.clock.now_ms()
             visible = _visible_at(item, now, delay)
             holder.append(visible - now)
             conn.execute(
@@ -631,7 +638,7 @@ class SqliteProvider:
 
         await self._run("enqueue_for_orchestrator", _enqueue)
         if holder and holder[0] > 0:
-            self.notifier.notify_at("orchestrator", now_ms() + holder[0])
+            self.notifier.notify_at("orchestrator", self.clock.now_ms() + holder[0])
         else:
             self.notifier.notify("orchestrator")
 
@@ -648,7 +655,7 @@ class SqliteProvider:
                 raise InstanceAlreadyExists(item.instance)
             conn.execute(
                 "INSERT INTO orchestrator_queue(instance_id, work_item, is_start, visible_at) VALUES (?, ?, 1, ?)",
-                (item.instance, text, now_ms()),
+                (item.instance, text, self.clock.now_ms()),
             )
 
         await self._run("enqueue_start", _start)
@@ -695,7 +702,7 @@ class SqliteProvider:
             conn.execute(
                 "INSERT INTO worker_queue(work_item, visible_at, attempt_count, instance_id, execution_id, "
                 "activity_id, session_id, tag) VALUES (?, ?, 0, ?, ?, ?, ?, ?)",
-                (text, now_ms(), item.instance, item.execution_id, item.id, item.session_id, item.tag),
+                (text, self.clock.now_ms(), item.instance, item.execution_id, item.id, item.session_id, item.tag),
             )
 
         await self._run("enqueue_for_worker", _enqueue)
@@ -714,7 +721,7 @@ class SqliteProvider:
         bad: list[str] = []
 
         def _fetch(conn: sqlite3.Connection) -> list[WorkItemLease]:
-            now = now_ms()
+            now = self.clock.now_ms()
             rows = conn.execute(
                 "SELECT id, work_item, attempt_count FROM worker_queue "
                 "WHERE visible_at <= ? AND (lock_token IS NULL OR locked_until <= ?) "
@@ -747,7 +754,7 @@ class SqliteProvider:
                     next_visible.append(nxt)
             return leases
 
-        leases = await self._run("fetch_work_item", _fetch, probe=_has_worker_work, idle=_no_leases)
+        leases = await self._run("fetch_work_item", _fetch, probe=lambda c: _has_worker_work(c, self.clock.now_ms()), idle=_no_leases)
         if next_visible:
             self.notifier.notify_at("worker", next_visible[0])
         if bad:
@@ -768,7 +775,7 @@ class SqliteProvider:
         encoded = [(tok, c, encode_work_item(c) if c is not None else None) for tok, c in entries]
 
         def _ack(conn: sqlite3.Connection) -> list[ProviderError | None]:
-            now = now_ms()
+            now = self.clock.now_ms()
             results: list[ProviderError | None] = []
             for token, completion, text in encoded:
                 row = conn.execute(
@@ -799,7 +806,7 @@ class SqliteProvider:
 
     async def renew_work_item_lock(self, lock_token: str, extend_for: float) -> None:
         def _renew(conn: sqlite3.Connection) -> None:
-            now = now_ms()
+            now = self.clock.now_ms()
             cur = conn.execute(
                 "UPDATE worker_queue SET locked_until = ? WHERE lock_token = ? AND locked_until > ?",
                 (now + _ms(extend_for), lock_token, now),
@@ -815,7 +822,7 @@ class SqliteProvider:
         at_holder: list[int] = []
 
         def _abandon(conn: sqlite3.Connection) -> None:
-            at = now_ms() + _ms(delay or 0)
+            at = self.clock.now_ms() + _ms(delay or 0)
             at_holder.append(at)
             cur = conn.execute(
                 """
@@ -924,7 +931,7 @@ class SqliteProvider:
 
     async def get_queue_depths(self) -> QueueDepths:
         def _get(conn: sqlite3.Connection) -> QueueDepths:
-            now = now_ms()
+            now = self.clock.now_ms()
             orch = conn.execute(
                 "SELECT COUNT(*) FROM orchestrator_queue q WHERE NOT EXISTS (SELECT 1 FROM instance_locks l "
                 "WHERE l.instance_id = q.instance_id AND l.locked_until > ?)",
@@ -936,6 +943,32 @@ class SqliteProvider:
             return QueueDepths(orchestrator_queue=orch, worker_queue=work)
 
         return await self._run("get_queue_depths", _get, write=False)
+
+    async def work_outlook(self) -> WorkOutlook:
+        """What is ready, in progress and due next (see ``WorkOutlook``); one read."""
+
+        def _get(conn: sqlite3.Connection) -> WorkOutlook:
+            now = self.clock.now_ms()
+            ready = conn.execute(
+                """
+                SELECT (SELECT COUNT(*) FROM orchestrator_queue q
+                        WHERE q.visible_at <= :now
+                          AND NOT EXISTS (SELECT 1 FROM instance_locks l
+                                          WHERE l.instance_id = q.instance_id AND l.locked_until > :now)
+                          AND (q.is_start = 1 OR EXISTS (SELECT 1 FROM instances i WHERE i.instance_id = q.instance_id)))
+                     + (SELECT COUNT(*) FROM worker_queue
+                        WHERE visible_at <= :now AND (lock_token IS NULL OR locked_until <= :now)),
+                       (SELECT COUNT(*) FROM instance_locks WHERE locked_until > :now)
+                     + (SELECT COUNT(*) FROM worker_queue WHERE lock_token IS NOT NULL AND locked_until > :now),
+                       (SELECT MIN(v) FROM (SELECT MIN(visible_at) AS v FROM orchestrator_queue WHERE visible_at > :now
+                                            UNION ALL
+                                            SELECT MIN(visible_at) FROM worker_queue WHERE visible_at > :now))
+                """,
+                {"now": now},
+            ).fetchone()
+            return WorkOutlook(ready[0], ready[1], ready[2])
+
+        return await self._run("work_outlook", _get, write=False)
 
     async def list_children(self, instance_id: str) -> list[str]:
         return await self._run("list_children", lambda c: _children(c, instance_id), write=False)
@@ -1058,8 +1091,7 @@ class SqliteProvider:
 # helpers that run inside the worker thread
 
 
-def _has_orchestrator_work(conn: sqlite3.Connection) -> bool:
-    now = now_ms()
+def _has_orchestrator_work(conn: sqlite3.Connection, now: int) -> bool:
     return (
         conn.execute(
             """
@@ -1075,10 +1107,10 @@ def _has_orchestrator_work(conn: sqlite3.Connection) -> bool:
     )
 
 
-def _next_orchestrator_visible(out: list[int]) -> Callable[[sqlite3.Connection], None]:
+def _next_orchestrator_visible(out: list[int], clock: Clock) -> Callable[[sqlite3.Connection], None]:
     def _next(conn: sqlite3.Connection) -> None:
         nxt = conn.execute(
-            "SELECT MIN(visible_at) FROM orchestrator_queue WHERE visible_at > ?", (now_ms(),)
+            "SELECT MIN(visible_at) FROM orchestrator_queue WHERE visible_at > ?", (clock.now_ms(),)
         ).fetchone()[0]
         if nxt is not None:
             out.append(nxt)
@@ -1090,8 +1122,7 @@ def _no_leases(conn: sqlite3.Connection) -> list[WorkItemLease]:
     return []
 
 
-def _has_worker_work(conn: sqlite3.Connection) -> bool:
-    now = now_ms()
+def _has_worker_work(conn: sqlite3.Connection, now: int) -> bool:
     return (
         conn.execute(
             "SELECT 1 FROM worker_queue WHERE visible_at <= ? AND (lock_token IS NULL OR locked_until <= ?) "
