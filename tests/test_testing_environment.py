@@ -1,0 +1,289 @@
+"""``duroxide_trio.testing.TestEnvironment``: what a user writing tests for orchestrations relies on."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import anyio
+import pytest
+import trio
+import trio.testing
+
+import duroxide_trio as dt
+from duroxide_trio.testing import TestEnvironment
+
+START = datetime(2030, 1, 1, tzinfo=UTC)
+
+registry = dt.Registry()
+
+
+@registry.activity("Charge")
+async def charge(ctx: dt.ActivityContext, amount: int) -> str:
+    return f"charged {amount}"
+
+
+@registry.activity("Label")
+def label(ctx: dt.ActivityContext, text: str) -> str:  # sync: runs in a thread
+    return text.upper()
+
+
+@registry.orchestration("Race")
+async def race(ctx: dt.OrchestrationContext, amount: int) -> list[str]:
+    receipt = await ctx.schedule_activity("Charge", amount)
+    index, _ = await ctx.select(ctx.wait_for_event("Shipped"), ctx.schedule_timer(timedelta(hours=1)))
+    return [receipt, "shipped" if index == 0 else "timeout", ctx.now().isoformat()]
+
+
+@registry.orchestration("Steps")
+async def steps(ctx: dt.OrchestrationContext) -> list[str]:
+    seen = []
+    for delay in (10, 60, 3600):
+        await ctx.schedule_timer(delay)
+        seen.append(ctx.now().isoformat())
+        ctx.set_custom_status(len(seen))
+    return seen
+
+
+@registry.orchestration("WaitForever")
+async def wait_forever(ctx: dt.OrchestrationContext) -> Any:
+    return await ctx.wait_for_event("Never")
+
+
+@registry.orchestration("Labels")
+async def labels(ctx: dt.OrchestrationContext, texts: list[str]) -> list[str]:
+    return await ctx.join([ctx.schedule_activity("Label", t) for t in texts])
+
+
+@registry.orchestration("Missing")
+async def missing(ctx: dt.OrchestrationContext) -> Any:
+    return await ctx.schedule_activity("NotInRegistry", 1)
+
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_an_hour_timer_and_a_day_timeout_take_no_real_time():
+    began = time.monotonic()
+    async with TestEnvironment(registry, start=START) as env:
+        await env.client.start_orchestration("o-1", "Race", 5)
+        state = await env.client.wait_for_orchestration("o-1", timeout=timedelta(hours=24))
+        assert state.status is dt.Status.COMPLETED
+        assert state.output == ["charged 5", "timeout", (START + timedelta(hours=1)).isoformat()]
+        assert env.now() == START + timedelta(hours=1)
+    assert time.monotonic() - began < 1.0
+
+
+async def test_an_event_raised_before_waiting_wins_the_race():
+    async with TestEnvironment(registry, start=START) as env:
+        await env.client.start_orchestration("o-1", "Race", 5)
+        await env.client.raise_event("o-1", "Shipped", {"tracking": "T"})
+        state = await env.client.wait_for_orchestration("o-1", timeout=timedelta(hours=24))
+        assert state.output[:2] == ["charged 5", "shipped"]
+        assert env.now() == START  # nothing had to wait
+
+
+async def test_timeouts_are_virtual_too():
+    began = time.monotonic()
+    async with TestEnvironment(registry, start=START) as env:
+        await env.client.start_orchestration("w-1", "WaitForever")
+        with pytest.raises(TimeoutError, match="did not finish within 1 day"):
+            await env.client.wait_for_orchestration("w-1", timeout=timedelta(days=1))
+        assert env.now() == START + timedelta(days=1)
+    assert time.monotonic() - began < 1.0
+
+
+async def test_time_stands_still_until_the_test_moves_it():
+    async with TestEnvironment(registry, start=START) as env:
+        await env.client.start_orchestration("s-1", "Steps")
+        await env.advance(0)  # let the runtime do what it can now
+        assert (await env.client.get_status("s-1")).status is dt.Status.RUNNING
+        assert env.now() == START
+        await env.advance(timedelta(minutes=30))  # fires the 10 s and the 60 s timers, in order
+        state = await env.client.get_status("s-1")
+        assert state.custom_status == 2 and env.now() == START + timedelta(minutes=30)
+        await env.sleep(timedelta(hours=2))
+        state = await env.client.get_status("s-1")
+        assert state.status is dt.Status.COMPLETED
+        assert state.output == [
+            (START + timedelta(seconds=10)).isoformat(),
+            (START + timedelta(seconds=70)).isoformat(),
+            (START + timedelta(seconds=3670)).isoformat(),
+        ]
+        assert env.now() == START + timedelta(hours=2, minutes=30)
+
+
+async def test_mocks_replace_activities_and_calls_are_recorded():
+    async with TestEnvironment(registry) as env:
+        seen = []
+
+        async def fake_charge(ctx, amount):
+            seen.append((ctx.instance_id, amount))
+            return f"fake {amount}"
+
+        env.mock_activity("Charge", fake_charge)
+        await env.client.start_orchestration("o-1", "Race", 7)
+        await env.client.raise_event("o-1", "Shipped")
+        state = await env.client.wait_for_orchestration("o-1", timeout=60)
+        assert state.output[0] == "fake 7" and seen == [("o-1", 7)]
+        [call] = env.calls("Charge")
+        assert (call.instance_id, call.input, call.result, call.attempt, call.mocked) == ("o-1", 7, "fake 7", 1, True)
+
+        env.mock_activity("Charge", raises=RuntimeError("card declined"))
+        state = await env.run("Race", 8, instance_id="o-2")
+        assert state.status is dt.Status.FAILED and "card declined" in state.error.message
+        assert isinstance(env.calls("Charge")[-1].error, RuntimeError)
+
+        env.mock_activity("NotInRegistry", returns=42)
+        assert (await env.run("Missing", instance_id="m-1")).output == 42
+
+
+async def test_a_registry_of_fakes_layered_over_the_real_one():
+    fakes = dt.Registry()
+
+    @fakes.activity("Label")
+    def fake_label(ctx, text: str) -> str:
+        return f"<{text}>"
+
+    async with TestEnvironment(registry, overrides=fakes) as env:
+        state = await env.run("Labels", ["a", "b"], instance_id="l-1")
+        assert state.output == ["<a>", "<b>"]
+        assert [c.input for c in env.calls("Label")] == ["a", "b"]
+        assert not env.calls("Label")[0].mocked  # a layer is the code under test, not a mock
+
+
+async def test_real_sync_activities_run_and_are_recorded():
+    async with TestEnvironment(registry) as env:
+        assert (await env.run("Labels", ["x"])).output == ["X"]
+        assert env.calls("Label")[0].result == "X"
+
+
+async def test_work_that_never_settles_is_reported():
+    blocked = anyio.Event()
+
+    async def stuck(ctx, amount):
+        await blocked.wait()
+
+    async with TestEnvironment(registry, settle_timeout=0.2) as env:
+        env.mock_activity("Charge", stuck)
+        await env.client.start_orchestration("o-1", "Race", 1)
+        with pytest.raises(TimeoutError, match="did not settle.*1 in progress"):
+            await env.advance(timedelta(hours=2))
+        blocked.set()
+
+
+async def test_wall_clock_mode():
+    async with TestEnvironment(registry, virtual_time=False) as env:
+        with pytest.raises(RuntimeError, match="virtual_time=True"):
+            await env.advance(1)
+        await env.client.start_orchestration("o-1", "Race", 1)
+        await env.client.raise_event("o-1", "Shipped")
+        assert (await env.client.wait_for_orchestration("o-1", timeout=10)).output[1] == "shipped"
+
+
+def test_under_trio_mock_clock_with_autojump():
+    async def main():
+        async with TestEnvironment(registry, start=START) as env:
+            await env.client.start_orchestration("o-1", "Race", 5)
+            state = await env.client.wait_for_orchestration("o-1", timeout=timedelta(hours=24))
+            return state.output, env.now()
+
+    began = time.monotonic()
+    output, now = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert output[1] == "timeout" and now == START + timedelta(hours=1)
+    assert time.monotonic() - began < 2.0
+
+
+# ------------------------------------------------------------------------------------------- pytest plugin
+USER_CONFTEST = textwrap.dedent(
+    """
+    import pytest
+    import duroxide_trio as dt
+    from datetime import timedelta
+
+    registry = dt.Registry()
+
+    @registry.orchestration("Nap")
+    async def nap(ctx):
+        await ctx.schedule_timer(timedelta(hours=3))
+        return "rested"
+
+    @pytest.fixture
+    def duroxide_registry():
+        return registry
+    """
+)
+
+ANYIO_TESTS = textwrap.dedent(
+    """
+    import pytest
+
+    @pytest.fixture(params=["trio", "asyncio"])
+    def anyio_backend(request):
+        return request.param
+
+    @pytest.mark.anyio
+    async def test_nap(duroxide_env):
+        state = await duroxide_env.run("Nap")
+        assert state.output == "rested"
+    """
+)
+
+PYTEST_TRIO_TESTS = textwrap.dedent(
+    """
+    import pytest
+    import trio
+
+    @pytest.mark.trio
+    async def test_nap(duroxide_env):
+        assert (await duroxide_env.run("Nap")).output == "rested"
+
+    @pytest.mark.trio
+    async def test_nap_with_autojump_clock(duroxide_env, autojump_clock):
+        await trio.sleep(3600)  # trio's own virtual time
+        assert (await duroxide_env.run("Nap")).output == "rested"
+    """
+)
+
+
+def _pytest(tmp_path, tests: str, *plugins: str) -> subprocess.CompletedProcess[str]:
+    (tmp_path / "conftest.py").write_text(USER_CONFTEST)
+    (tmp_path / "test_user.py").write_text(tests)
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *plugins, str(tmp_path)]
+    return subprocess.run(args, capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(__file__))})
+
+
+@pytest.fixture
+def anyio_backend():  # the plugin tests run pytest in a subprocess; one backend is enough here
+    return "trio"
+
+
+async def test_duroxide_env_fixture_with_the_anyio_plugin(tmp_path):
+    out = await anyio.to_thread.run_sync(_pytest, tmp_path, ANYIO_TESTS, "-p", "no:trio")
+    assert out.returncode == 0 and "2 passed" in out.stdout, out.stdout + out.stderr
+
+
+async def test_duroxide_env_fixture_with_pytest_trio(tmp_path):
+    pytest.importorskip("pytest_trio")
+    out = await anyio.to_thread.run_sync(_pytest, tmp_path, PYTEST_TRIO_TESTS, "-p", "trio")
+    assert out.returncode == 0 and "2 passed" in out.stdout, out.stdout + out.stderr
+
+
+async def test_duroxide_env_without_a_registry_says_what_to_do(tmp_path):
+    (tmp_path / "conftest.py").write_text("")
+    (tmp_path / "test_user.py").write_text(ANYIO_TESTS)
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    out = await anyio.to_thread.run_sync(
+        lambda: subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:trio", str(tmp_path)],
+            capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        )
+    )
+    assert out.returncode != 0 and "define a fixture named 'duroxide_registry'" in out.stdout + out.stderr
