@@ -66,7 +66,9 @@ from ...history import (
 from ..base import (
     COMPLETED,
     FAILED,
+    WALL_CLOCK,
     CannotDeleteSubOrchestration,
+    Clock,
     DeleteResult,
     ExecutionInfo,
     ExecutionMetadata,
@@ -84,7 +86,6 @@ from ..base import (
     ScheduledActivity,
     SystemMetrics,
     WorkItemLease,
-    now_ms,
 )
 from ._driver import AnyioConnection, connect, mask_url
 from ._pool import Pool, PoolClosed
@@ -304,7 +305,9 @@ class PostgresProvider:
         connect_timeout: float,
         listen_conninfo: str,
         prepare: bool = True,
+        clock: Clock | None = None,
     ) -> None:
+        self.clock: Clock = clock or WALL_CLOCK  # the time of locks, visibility and timers (sent as parameters)
         self._url = url
         self._prepare = prepare
         self._schema = schema
@@ -321,7 +324,7 @@ class PostgresProvider:
         self._exit_stack: contextlib.AsyncExitStack | None = None
         self._listener_scopes: set[anyio.CancelScope] = set()
         self._listener_pid: int | None = None
-        self.notifier = Notifier()
+        self.notifier = Notifier(self.clock)
 
     # lifecycle -------------------------------------------------------------------------------------
     @classmethod
@@ -336,6 +339,7 @@ class PostgresProvider:
         command_timeout: float = 30.0,
         application_name: str | None = None,
         prepared_statements: bool = True,
+        clock: Clock | None = None,
     ) -> PostgresProvider:
         """Connect to ``url`` (a ``postgresql://`` URL or a libpq conninfo), create and migrate ``schema``
         if needed, and return the provider.
@@ -402,6 +406,7 @@ class PostgresProvider:
             connect_timeout=connect_timeout,
             listen_conninfo=listen_conninfo,
             prepare=prepared_statements,
+            clock=clock,
         )
         provider._remember(first)
         holder.append(provider)
@@ -666,7 +671,7 @@ class PostgresProvider:
         if not rest:
             self.notifier.notify(key)
             return
-        now = now_ms()
+        now = self.clock.now_ms()
         for part in rest.split(","):
             try:
                 at = int(part)
@@ -683,7 +688,7 @@ class PostgresProvider:
     ) -> OrchestrationItem | None:
         token = uuid.uuid4().hex
         row = await self._one(
-            "fetch_orchestration_item", self._q.fetch_orch, (now_ms(), _ms(lock_timeout), token)
+            "fetch_orchestration_item", self._q.fetch_orch, (self.clock.now_ms(), _ms(lock_timeout), token)
         )
         (
             instance_id,
@@ -741,7 +746,7 @@ class PostgresProvider:
         metadata: ExecutionMetadata,
         cancelled_activities: Sequence[ScheduledActivity] = (),
     ) -> None:
-        now = now_ms()
+        now = self.clock.now_ms()
         custom = [e.kind for e in history_delta if isinstance(e.kind, CustomStatusUpdated)]
         orch_visible = [_visible_at(o, now) for o in orchestrator_items]
         params = (
@@ -789,7 +794,7 @@ class PostgresProvider:
         row = await self._one(
             "abandon_orchestration_item",
             self._q.abandon_orch,
-            (lock_token, now_ms(), _ms(delay), ignore_attempt),
+            (lock_token, self.clock.now_ms(), _ms(delay), ignore_attempt),
         )
         if row[0] is not None:
             self.notifier.notify_at("orchestrator", row[0])
@@ -797,7 +802,7 @@ class PostgresProvider:
             self.notifier.notify("orchestrator")
 
     async def renew_orchestration_item_lock(self, lock_token: str, extend_for: float) -> None:
-        now = now_ms()
+        now = self.clock.now_ms()
         count = await self._exec(
             "renew_orchestration_item_lock",
             self._q.renew_orch,
@@ -811,7 +816,7 @@ class PostgresProvider:
             )
 
     async def enqueue_for_orchestrator(self, item: WorkItem, delay: float | None = None) -> None:
-        now = now_ms()
+        now = self.clock.now_ms()
         visible = _visible_at(item, now, delay)
         await self._exec(
             "enqueue_for_orchestrator",
@@ -826,7 +831,7 @@ class PostgresProvider:
 
     async def enqueue_start(self, item: StartOrchestration) -> None:
         await self._exec(
-            "enqueue_start", self._q.enqueue_start, (item.instance, encode_work_item(item), now_ms()), "none"
+            "enqueue_start", self._q.enqueue_start, (item.instance, encode_work_item(item), self.clock.now_ms()), "none"
         )
         self.notifier.notify("orchestrator")
 
@@ -875,7 +880,7 @@ class PostgresProvider:
                 item.id,
                 item.session_id,
                 item.tag,
-                now_ms(),
+                self.clock.now_ms(),
             ),
             "none",
         )
@@ -892,7 +897,7 @@ class PostgresProvider:
         rows = await self._all(
             "fetch_work_item",
             self._q.fetch_work,
-            (now_ms(), _ms(lock_timeout), max(1, int(max_items)), uuid.uuid4().hex),
+            (self.clock.now_ms(), _ms(lock_timeout), max(1, int(max_items)), uuid.uuid4().hex),
         )
         found: list[tuple[int, WorkItemLease]] = []
         bad: list[tuple[int, str]] = []
@@ -954,7 +959,7 @@ class PostgresProvider:
             targets.append(completion.target_instance if completion is not None else None)
         if not ids:
             return results
-        row = await self._one("ack_work_item", self._q.ack_work, (now_ms(), ids, tokens, items, targets))
+        row = await self._one("ack_work_item", self._q.ack_work, (self.clock.now_ms(), ids, tokens, items, targets))
         enqueued = False
         for k, ok, item in zip(positions, row[0], items, strict=True):
             if ok:
@@ -969,7 +974,7 @@ class PostgresProvider:
         row_id = _row_id(lock_token)
         count = 0
         if row_id is not None:
-            now = now_ms()
+            now = self.clock.now_ms()
             until = now + _ms(extend_for)
             count = await self._exec(
                 "renew_work_item_lock",
@@ -987,7 +992,7 @@ class PostgresProvider:
         row_id = _row_id(lock_token)
         if row_id is None:
             raise ProviderError.permanent("abandon_work_item", f"invalid lock token {lock_token!r}")
-        now = now_ms()
+        now = self.clock.now_ms()
         row = await self._one(
             "abandon_work_item", self._q.abandon_work, (row_id, lock_token, now, _ms(delay), ignore_attempt)
         )
@@ -1052,7 +1057,7 @@ class PostgresProvider:
         )
 
     async def get_queue_depths(self) -> QueueDepths:
-        row = await self._one("get_queue_depths", self._q.queue_depths, {"now": now_ms()}, idempotent=True)
+        row = await self._one("get_queue_depths", self._q.queue_depths, {"now": self.clock.now_ms()}, idempotent=True)
         return QueueDepths(orchestrator_queue=int(row[0]), worker_queue=int(row[1]))
 
     async def list_children(self, instance_id: str) -> list[str]:
