@@ -18,11 +18,14 @@ import anyio
 import attrs
 
 from .history import CancelInstance, ErrorDetails, Event, ExternalRaised, QueueMessage, StartOrchestration
+from .orchestration.context import check_instance_id
+from .orchestration.limits import MAX_NAME_BYTES, MAX_PAYLOAD_BYTES, check_text
 from .providers.base import (
     DeleteResult,
     ExecutionInfo,
     InstanceFilter,
     InstanceInfo,
+    InstanceNotFound,
     Provider,
     ProviderAdmin,
     PruneOptions,
@@ -78,9 +81,24 @@ def _dt(ms: int | None) -> datetime | None:
 
 
 def _check_id(value: Any, what: str) -> str:
+    """A name or id given to the client: a non-empty string within the 64 KiB name limit."""
     if not isinstance(value, str) or not value:
-        raise ValueError(f"{what} must be a non-empty string, got {value!r}")
+        raise ValueError(f"{what} must be a non-empty string, got {value!r:.100}")
+    check_text(value, MAX_NAME_BYTES, what)
     return value
+
+
+def _payload(value: Any, what: str) -> str | None:
+    text = encode_payload(value, what)
+    check_text(text, MAX_PAYLOAD_BYTES, what)
+    return text
+
+
+def _seconds(value: float) -> str:
+    """``0.09227751299986267`` -> ``92 ms``; ``12.5`` -> ``12.5 s``."""
+    if value < 1:
+        return f"{value * 1000:.0f} ms"
+    return f"{value:.3g} s" if value < 100 else f"{value:.0f} s"
 
 
 class Client:
@@ -97,9 +115,15 @@ class Client:
         self, instance_id: str, name: str, input: Any = None, *, version: str | None = None
     ) -> None:
         """Start ``name`` as ``instance_id``. Raises ``InstanceAlreadyExists`` if the id is taken,
-        ``UnknownOrchestration`` if a registry was given and does not know ``name``, and ``PayloadError``
-        (a ``TypeError``) if ``input`` cannot be turned into JSON."""
+        ``UnknownOrchestration`` if a registry was given and does not know ``name``, ``PayloadError``
+        (a ``TypeError``) if ``input`` cannot be turned into JSON, ``LimitExceeded`` (a ``ValueError``) if
+        it is over 3 MiB, and ``ValueError`` for an empty or over-long id or one that contains the
+        reserved ``::sub::`` marker."""
         _check_id(instance_id, "instance_id")
+        try:
+            check_instance_id(instance_id)
+        except TypeError as exc:
+            raise ValueError(str(exc)) from None
         _check_id(name, "orchestration name")
         if version is not None:
             parse_version(version)
@@ -112,23 +136,41 @@ class Client:
                     f"orchestration {name!r} has no version {version} (registered: "
                     f"{', '.join(self.registry.versions(name))})"
                 )
-        text = encode_payload(input, f"input of orchestration {name!r}")
+        text = _payload(input, f"input of orchestration {name!r}")
         await self.provider.enqueue_start(StartOrchestration(instance_id, name, text, version))
 
+    async def _require_instance(self, instance_id: str, operation: str) -> None:
+        if not await self.provider.instance_exists(instance_id):
+            raise InstanceNotFound(operation, instance_id)
+
     async def raise_event(self, instance_id: str, name: str, data: Any = None) -> None:
+        """Deliver external event ``name`` with ``data`` to ``instance_id`` (``ctx.wait_for_event``).
+        Raises ``InstanceNotFound`` if the id has no instance and no pending start, ``PayloadError`` /
+        ``LimitExceeded`` for data that is not JSON or over 3 MiB, ``ValueError`` for a bad id or name."""
         _check_id(instance_id, "instance_id")
         _check_id(name, "event name")
-        text = encode_payload(data, f"data of event {name!r}")
+        text = _payload(data, f"data of event {name!r}")
+        await self._require_instance(instance_id, "raise_event")
         await self.provider.enqueue_for_orchestrator(ExternalRaised(instance_id, name, text))
 
     async def enqueue_event(self, instance_id: str, queue: str, data: Any = None) -> None:
+        """Put ``data`` into the FIFO mailbox ``queue`` of ``instance_id`` (``ctx.dequeue_event``). Raises
+        as :meth:`raise_event` does."""
         _check_id(instance_id, "instance_id")
         _check_id(queue, "queue name")
-        text = encode_payload(data, f"data for queue {queue!r}")
+        text = _payload(data, f"data for queue {queue!r}")
+        await self._require_instance(instance_id, "enqueue_event")
         await self.provider.enqueue_for_orchestrator(QueueMessage(instance_id, queue, text))
 
     async def cancel_instance(self, instance_id: str, reason: str = "") -> None:
+        """Ask ``instance_id`` to stop: it ends Failed with kind ``Cancelled`` at its next turn, its
+        activities are told (``ActivityContext.cancelled``) and its children are cancelled too. A no-op
+        for an instance that has already finished; ``InstanceNotFound`` for an unknown id."""
         _check_id(instance_id, "instance_id")
+        if not isinstance(reason, str):
+            raise TypeError(f"reason must be a string, got {reason!r:.100}")
+        check_text(reason, MAX_NAME_BYTES, "cancel reason")
+        await self._require_instance(instance_id, "cancel_instance")
         await self.provider.enqueue_for_orchestrator(CancelInstance(instance_id, reason))
 
     # status ---------------------------------------------------------------------------------------
@@ -183,25 +225,30 @@ class Client:
         """Return the state once the instance is Completed or Failed; ``TimeoutError`` after ``timeout``
         seconds. Wakes on the provider's notifications; ``poll_interval`` is only the fallback for
         completions made by other processes on providers without notifications."""
-        if timeout is None or math.isnan(timeout) or timeout < 0:
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or math.isnan(timeout) or timeout < 0:
             raise ValueError(f"timeout must be a non-negative number of seconds, got {timeout!r}")
+        _check_id(instance_id, "instance_id")
         deadline = time.monotonic() + timeout
         notifier = self.provider.notifier
         final: InstanceInfo | None = None
         while True:
             event = notifier.instance_event(instance_id)
-            # The provider may hand over the committed terminal state with its notification.
-            state = self._state(instance_id, final) if final is not None else await self.get_status(instance_id)
-            if state.status.is_terminal:
-                return state
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(
-                    f"instance {instance_id!r} did not finish within {timeout}s (status {state.status.value})"
-                )
-            with anyio.move_on_after(min(remaining, poll_interval)):
-                await event.wait()
-            final = notifier.take_final(instance_id) if event.is_set() else None
+            try:
+                # The provider may hand over the committed terminal state with its notification.
+                state = self._state(instance_id, final) if final is not None else await self.get_status(instance_id)
+                if state.status.is_terminal:
+                    return state
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(
+                        f"instance {instance_id!r} did not finish within {_seconds(timeout)} "
+                        f"(status {state.status.value})"
+                    )
+                with anyio.move_on_after(min(remaining, poll_interval)):
+                    await event.wait()
+                final = notifier.take_final(instance_id) if event.is_set() else None
+            finally:
+                notifier.release_instance_event(instance_id)
 
     async def get_custom_status(self, instance_id: str, last_seen_version: int = 0) -> tuple[Any, int] | None:
         got = await self.provider.get_custom_status(instance_id, last_seen_version)
@@ -219,8 +266,14 @@ class Client:
 
     async def list_instances(self, status: Status | str | None = None) -> list[str]:
         value = status.value if isinstance(status, Status) else status
+        if isinstance(value, str):
+            known = {s.lower(): s for s in ("Running", "Completed", "Failed", "ContinuedAsNew")}
+            value = known.get(value.lower().replace("_", ""), value)
         if value is not None and value not in ("Running", "Completed", "Failed", "ContinuedAsNew"):
-            raise ValueError(f"unknown status {status!r}; use dt.Status.RUNNING, COMPLETED or FAILED")
+            raise ValueError(
+                f"unknown status {status!r}: use dt.Status.RUNNING, COMPLETED or FAILED (or 'running', "
+                "'completed', 'failed')"
+            )
         return await self._admin().list_instances(value)
 
     async def get_history(self, instance_id: str, execution_id: int | None = None) -> list[Event]:

@@ -530,7 +530,7 @@ def encode_event(ev: Event) -> str:
 def decode_event(text: str | bytes) -> Event:
     try:
         d = json.loads(text)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, RecursionError) as exc:
         raise HistoryDecodeError(f"history event is not JSON: {exc}") from exc
     if not isinstance(d, dict):
         raise HistoryDecodeError("history event is not a JSON object")
@@ -560,7 +560,7 @@ def encode_work_item(item: WorkItem) -> str:
 def decode_work_item(text: str | bytes) -> WorkItem:
     try:
         d = json.loads(text)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, RecursionError) as exc:
         raise HistoryDecodeError(f"work item is not JSON: {exc}") from exc
     if not isinstance(d, dict):
         raise HistoryDecodeError("work item is not a JSON object")

@@ -37,22 +37,57 @@ def encode_payload(value: Any, what: str = "value") -> str | None:
         return None
     try:
         return json.dumps(converter.unstructure(value), separators=(",", ":"), allow_nan=False)
-    except (TypeError, ValueError) as exc:
+    except RecursionError:
+        raise PayloadError(f"{what} is nested too deeply to become JSON ({type(value).__name__})") from None
+    except Exception as exc:  # TypeError, ValueError (NaN), or a hook of the user's that raised
         raise PayloadError(
-            f"{what} is not JSON-serialisable: {type(value).__name__} value {value!r:.200} ({exc})"
+            f"{what} is not JSON-serialisable: {type(value).__name__} value {_short(value)} ({exc})"
         ) from exc
 
 
+def _short(value: Any) -> str:
+    try:
+        return f"{value!r:.200}"
+    except Exception:  # noqa: BLE001 - a __repr__ that raises
+        return f"<{type(value).__name__}>"
+
+
 def decode_payload(text: str | None, hint: Any = None) -> Any:
+    """JSON ``text`` as a value of type ``hint`` (plain JSON without one). Raises ``PayloadError``
+    naming the text and the type when either step fails."""
     if text is None:
         return None
-    value = json.loads(text)
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise PayloadError(f"JSON text {text[:80]!r}… is nested too deeply to decode") from None
+    except ValueError as exc:
+        raise PayloadError(f"not valid JSON: {text[:200]!r} ({exc})") from None
     if hint is None or hint is Any or value is None:
         return value
     try:
         return converter.structure(value, hint)
+    except RecursionError:
+        raise PayloadError(f"{text[:80]!r}… is nested too deeply to convert to {_type_name(hint)}") from None
     except Exception as exc:
-        raise PayloadError(f"cannot convert {text[:200]!r} to {hint!r}: {exc}") from exc
+        raise PayloadError(f"cannot convert {text[:200]!r} to {_type_name(hint)}: {_cattrs_reason(exc)}") from exc
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__qualname__", None) or repr(hint)
+
+
+def _cattrs_reason(exc: BaseException) -> str:
+    """cattrs groups the per-field errors: name them (``missing field 'sku'``, ``wrong: unexpected``)."""
+    subs = getattr(exc, "exceptions", None)
+    if not subs:
+        return f"{type(exc).__name__}: {exc}"
+    parts = []
+    for sub in subs[:5]:
+        notes = "; ".join(getattr(sub, "__notes__", []) or [])
+        what = f"missing field {sub}" if isinstance(sub, KeyError) else f"{type(sub).__name__}: {sub}"
+        parts.append(what + (f" ({notes})" if notes else ""))
+    return ", ".join(parts)
 
 
 def parse_version(version: str) -> tuple[int, int, int]:

@@ -25,7 +25,6 @@ from ..history import (
     SubOrchestrationScheduled,
     TimerCreated,
 )
-
 from . import limits
 
 if TYPE_CHECKING:

@@ -259,6 +259,7 @@ class Notifier:
         self._events: dict[str, anyio.Event] = {}
         self._deadlines: dict[str, list[float]] = {}
         self._final: dict[str, InstanceInfo] = {}
+        self._waiters: dict[str, int] = {}
 
     # queues ---------------------------------------------------------------------------------------
     def generation(self, key: str) -> int:
@@ -331,12 +332,28 @@ class Notifier:
         return self._final.pop(instance_id, None)
 
     def instance_event(self, instance_id: str) -> anyio.Event:
-        """An event set the next time ``instance_id`` is notified. Take it *before* checking the store."""
+        """An event set the next time ``instance_id`` is notified. Take it *before* checking the store,
+        and give it back with :meth:`release_instance_event` when done waiting."""
         key = "instance:" + instance_id
         ev = self._events.get(key)
         if ev is None:
             ev = self._events[key] = anyio.Event()
+        self._waiters[key] = self._waiters.get(key, 0) + 1
         return ev
+
+    def release_instance_event(self, instance_id: str) -> None:
+        """A waiter of :meth:`instance_event` stopped waiting (e.g. timed out): forget the event when it
+        was the last one, so waits that time out leave nothing behind."""
+        key = "instance:" + instance_id
+        left = self._waiters.get(key, 0) - 1
+        if left > 0:
+            self._waiters[key] = left
+            return
+        self._waiters.pop(key, None)
+        ev = self._events.get(key)
+        if ev is not None and not ev.is_set():
+            del self._events[key]
+        self._final.pop(instance_id, None)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -418,6 +435,11 @@ class Provider(Protocol):
 
     # status -----------------------------------------------------------------------------------------
     async def get_instance_info(self, instance_id: str) -> InstanceInfo | None: ...
+
+    async def instance_exists(self, instance_id: str) -> bool:
+        """True if ``instance_id`` has an instance or a pending start (events and cancels for any other id
+        are refused by the client with ``InstanceNotFound``)."""
+        ...
 
     async def get_custom_status(self, instance_id: str, last_seen_version: int) -> tuple[str | None, int] | None:
         ...

@@ -845,6 +845,18 @@ class SqliteProvider:
     async def get_instance_info(self, instance_id: str) -> InstanceInfo | None:
         return await self._run("get_instance_info", lambda c: _instance_info(c, instance_id), write=False)
 
+    async def instance_exists(self, instance_id: str) -> bool:
+        """True if ``instance_id`` has an instance or a pending start."""
+
+        def _exists(conn: sqlite3.Connection) -> bool:
+            return conn.execute(
+                "SELECT 1 FROM instances WHERE instance_id = ? "
+                "UNION ALL SELECT 1 FROM orchestrator_queue WHERE instance_id = ? AND is_start = 1 LIMIT 1",
+                (instance_id, instance_id),
+            ).fetchone() is not None
+
+        return bool(await self._run("instance_exists", _exists, write=False))
+
     async def get_custom_status(self, instance_id: str, last_seen_version: int) -> tuple[str | None, int] | None:
         def _get(conn: sqlite3.Connection) -> tuple[str | None, int] | None:
             row = conn.execute(

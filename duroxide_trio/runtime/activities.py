@@ -9,10 +9,20 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.abc
 import anyio.to_thread
+import attrs
 
 from ..history import ActivityError, ActivityExecute, ActivityResult, ErrorDetails
+from ..orchestration import limits
+from ..orchestration.replay import describe_exception
 from ..providers.base import ProviderError, WorkItemLease
-from ..registry import PayloadError, decode_payload, encode_payload
+from ..registry import ActivityHandler, Registry, decode_payload, encode_payload
+from .options import RuntimeOptions
+
+try:
+    import trio
+    import trio.lowlevel
+except ImportError:  # pragma: no cover
+    trio = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:
     from ..client import Client
@@ -56,13 +66,19 @@ class CancellationSignal:
 class ActivityContext:
     """What an activity gets as its first argument."""
 
-    def __init__(self, runtime: Runtime, item: ActivityExecute, attempt: int) -> None:
+    def __init__(self, runtime: Runtime, item: ActivityExecute, delivery_count: int) -> None:
         self.instance_id = item.instance
         self.execution_id = item.execution_id
         self.activity_name = item.name
         self.activity_id = item.id
         self.orchestration_name = item.orchestration_name
-        self.attempt = attempt
+        #: The ``RetryPolicy`` attempt this execution belongs to (1-based; 1 without a retry policy).
+        self.attempt = item.attempt
+        #: How many times this very work item has been delivered (at-least-once: > 1 after a crash or a
+        #: lost lock); the runtime fails it as poison past ``RuntimeOptions.max_attempts``.
+        self.delivery_count = delivery_count
+        self.session_id = item.session_id
+        self.tag = item.tag
         self.client: Client = runtime.client
         self.cancelled = CancellationSignal()
         self.logger = logging.LoggerAdapter(
@@ -71,7 +87,10 @@ class ActivityContext:
         )
 
     def __repr__(self) -> str:
-        return f"<ActivityContext {self.activity_name} of {self.instance_id} attempt {self.attempt}>"
+        return (
+            f"<ActivityContext {self.activity_name} of {self.instance_id} attempt {self.attempt} "
+            f"delivery {self.delivery_count}>"
+        )
 
 
 MAX_BATCH = 32
@@ -108,6 +127,14 @@ async def activity_worker(
                 continue
             failures = 0
             runtime.stats.activity_fetches += 1
+            if leases and runtime.stopping:
+                # Fetched as the runtime stops: give them back at once instead of holding the locks.
+                with anyio.CancelScope(shield=True):
+                    for lease in leases:
+                        await _give_back(runtime, lease)
+                break
+            # Fetched work counts as busy from now on: the acker outlives every fetched item.
+            runtime.stats.busy_activity_workers += len(leases)
             for lease in leases:
                 task_group.start_soon(_run_in_slot, runtime, lease, slots, acker, name=f"activity {lease.item.name}")
                 held -= 1
@@ -123,8 +150,17 @@ async def activity_worker(
                 slots.release()
 
 
+async def _give_back(runtime: Runtime, lease: WorkItemLease) -> None:
+    """Return a fetched item to the queue at once without counting a delivery (bounded, never raises)."""
+    with anyio.move_on_after(5):
+        try:
+            await runtime.provider.abandon_work_item(lease.lock_token, None, ignore_attempt=True)
+        except ProviderError as exc:
+            log.warning("activity %s of %s: giving it back failed (%s); its lock will expire",
+                        lease.item.name, lease.item.instance, exc)
+
+
 async def _run_in_slot(runtime: Runtime, lease: WorkItemLease, slots: anyio.Semaphore, acker: Acker) -> None:
-    runtime.stats.busy_activity_workers += 1
     try:
         await run_activity(runtime, lease, acker)
     finally:
@@ -168,7 +204,8 @@ class Acker:
                 continue
             batch, self._pending = self._pending, []
             self._window = None
-            results = await self._ack_batch([(e[0].lock_token, e[1]) for e in batch])
+            with anyio.CancelScope(shield=True):  # a completion taken for commit is never dropped
+                results = await self._ack_batch([(e[0].lock_token, e[1]) for e in batch])
             for entry, result in zip(batch, results, strict=True):
                 entry[3] = result
             for window in {id(e[2]): e[2] for e in batch}.values():
@@ -200,48 +237,99 @@ class Acker:
 
 
 def _failure(kind: str, message: str, category: str = "application") -> ErrorDetails:
-    return ErrorDetails(category, kind, message)
+    return ErrorDetails(category, kind, limits.truncate_message(message))
+
+
+@attrs.frozen
+class _Run:
+    handler: ActivityHandler
+    args: tuple[Any, ...]
+
+
+@attrs.frozen
+class _Complete:
+    completion: ActivityError
+    note: str = ""
+
+
+@attrs.frozen
+class _GiveBack:
+    delay: float
+    note: str
+
+
+def decide_activity(
+    lease: WorkItemLease, registry: Registry, options: RuntimeOptions, blocked_note: str = ""
+) -> _Run | _Complete | _GiveBack:
+    """Everything decided about a work item before its code runs: poison, unregistered, input decoding.
+    Never raises."""
+    item = lease.item
+
+    def error(details: ErrorDetails) -> ActivityError:
+        return ActivityError(item.instance, item.execution_id, item.id, details)
+
+    if lease.attempt_count > options.max_attempts:
+        message = (
+            f"poison: activity {item.name!r} (id {item.id} of {item.instance!r}) was delivered "
+            f"{lease.attempt_count} times, over max_attempts={options.max_attempts}"
+        )
+        message += f"; {blocked_note}" if blocked_note else " (each delivery crashed its process or lost its lock)"
+        return _Complete(error(_failure("Activity", message, "poison")), message)
+    handler = registry.get_activity(item.name)
+    if handler is None:
+        if lease.attempt_count >= options.max_attempts:
+            message = (f"poison: activity {item.name!r} is not registered (gave up after "
+                       f"{lease.attempt_count} attempts)")
+            return _Complete(error(_failure("Unregistered", message, "poison")), message)
+        delay = options.unregistered_delay(lease.attempt_count)
+        return _GiveBack(delay, f"activity {item.name!r} is not registered in this runtime (registered: "
+                                f"{', '.join(registry.activity_names) or 'none'}); retrying in {delay:.1f}s")
+    if not handler.takes_input:
+        return _Run(handler, ())
+    try:
+        value = decode_payload(item.input, handler.input_type)
+    except Exception as exc:  # noqa: BLE001 - bad input ends this activity as a failure the code can see
+        message = f"input of activity {item.name!r} cannot be passed to the code: {exc}"
+        return _Complete(error(_failure("BadInput", message)))
+    return _Run(handler, (value,))
+
+
+def activity_outcome(item: ActivityExecute, value: Any = None, exc: BaseException | None = None) -> Any:
+    """The completion to record for what the code returned (``value``) or raised (``exc``). Never raises."""
+    if exc is None:
+        try:
+            text = encode_payload(value, f"result of activity {item.name!r}")
+            limits.check_text(text, limits.MAX_PAYLOAD_BYTES, f"result of activity {item.name!r}")
+            return ActivityResult(item.instance, item.execution_id, item.id, text)
+        except Exception as err:  # noqa: BLE001 - PayloadError, LimitExceeded, a hook of the user's
+            exc = err
+    details = getattr(exc, "details", None)
+    if not isinstance(details, ErrorDetails):
+        details = _failure("ActivityFailed", describe_exception(exc))
+    return ActivityError(item.instance, item.execution_id, item.id, details)
 
 
 async def run_activity(runtime: Runtime, lease: WorkItemLease, acker: Acker) -> None:
     item = lease.item
     options = runtime.options
     provider = runtime.provider
+    key = (item.instance, item.execution_id, item.id)
 
-    def error(details: ErrorDetails) -> ActivityError:
-        return ActivityError(item.instance, item.execution_id, item.id, details)
-
-    if lease.attempt_count > options.max_attempts:
-        details = _failure(
-            "Activity",
-            f"poison: activity {item.name!r} (id {item.id} of {item.instance!r}) exceeded {options.max_attempts} "
-            "attempts",
-            "poison",
-        )
-        log.error("%s", details.message)
-        await _ack(acker, lease, error(details))
+    plan = decide_activity(lease, runtime.registry, options, runtime.watchdog.blocked_note(key))
+    if isinstance(plan, _GiveBack):
+        log.warning("%s", plan.note)
+        runtime.stats.record_error("activity dispatcher", plan.note, expected=False)
+        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+            try:
+                await provider.abandon_work_item(lease.lock_token, plan.delay)
+            except ProviderError as exc:
+                log.warning("abandon failed: %s", exc)
         return
-
-    handler = runtime.registry.get_activity(item.name)
-    if handler is None:
-        if lease.attempt_count >= options.max_attempts:
-            details = _failure(
-                "Unregistered",
-                f"poison: activity {item.name!r} is not registered (gave up after {lease.attempt_count} attempts)",
-                "poison",
-            )
-            await _ack(acker, lease, error(details))
-            return
-        delay = options.unregistered_delay(lease.attempt_count)
-        log.warning(
-            "activity %r is not registered in this runtime (registered: %s); retrying in %.1fs",
-            item.name, ", ".join(runtime.registry.activity_names) or "none", delay,
-        )
-        runtime.stats.record_error("activity dispatcher", f"activity {item.name!r} is not registered", expected=False)
-        try:
-            await provider.abandon_work_item(lease.lock_token, delay)
-        except ProviderError as exc:
-            log.warning("abandon failed: %s", exc)
+    if isinstance(plan, _Complete):
+        if plan.note:
+            log.error("%s", plan.note)
+        runtime.stats.activities_failed += 1
+        await _ack(acker, lease, plan.completion)
         return
 
     ctx = ActivityContext(runtime, item, lease.attempt_count)
@@ -249,11 +337,13 @@ async def run_activity(runtime: Runtime, lease: WorkItemLease, acker: Acker) -> 
     lost = False
     work_scope = anyio.CancelScope()
 
-    def on_lost(exc: ProviderError) -> None:
+    def on_lost(exc: BaseException) -> None:
         nonlocal lost
         lost = True
         ctx.cancelled.set("the orchestration no longer needs this result, or the lock was lost")
-        log.info("activity %s of %s cancelled: %s", item.name, item.instance, exc)
+        note = runtime.watchdog.blocked_note(key)
+        log.log(logging.WARNING if note else logging.INFO, "activity %s of %s cancelled: %s%s",
+                item.name, item.instance, exc, f" ({note})" if note else "")
         work_scope.deadline = anyio.current_time() + options.activity_cancellation_grace
 
     held = runtime.leases.hold(
@@ -263,14 +353,11 @@ async def run_activity(runtime: Runtime, lease: WorkItemLease, acker: Acker) -> 
     )
     try:
         with work_scope:
-            completion = await _invoke(runtime, handler, ctx, item)
+            completion = await _invoke(plan.handler, ctx, item, plan.args)
     except anyio.get_cancelled_exc_class():
         # Shutdown after the grace period: give the item back at once, without counting an attempt.
-        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-            try:
-                await provider.abandon_work_item(lease.lock_token, None, ignore_attempt=True)
-            except ProviderError as exc:
-                log.warning("abandon on shutdown failed: %s", exc)
+        with anyio.CancelScope(shield=True):
+            await _give_back(runtime, lease)
         raise
     finally:
         runtime.leases.release(held)
@@ -283,28 +370,25 @@ async def run_activity(runtime: Runtime, lease: WorkItemLease, acker: Acker) -> 
     await _ack(acker, lease, completion)
 
 
-async def _invoke(runtime: Runtime, handler: Any, ctx: ActivityContext, item: ActivityExecute) -> Any:
+async def _invoke(handler: ActivityHandler, ctx: ActivityContext, item: ActivityExecute, args: tuple[Any, ...]) -> Any:
+    """Run the user's code; whatever it raises (even ``KeyboardInterrupt`` or ``SystemExit``) becomes the
+    activity's failure. Under trio it runs KeyboardInterrupt-protected, so a real Ctrl-C goes to the main
+    task, not into activity code. A sync activity runs in a thread that is abandoned on cancellation."""
     try:
-        if handler.takes_input:
-            value = decode_payload(item.input, handler.input_type)
-            args: tuple[Any, ...] = (ctx, value)
-        else:
-            args = (ctx,)
         if handler.is_async:
-            result = await handler.fn(*args)
+            value = await handler.fn(ctx, *args)
         else:
-            result = await anyio.to_thread.run_sync(functools.partial(handler.fn, *args))
-        text = encode_payload(result, f"result of activity {item.name!r}")
-        return ActivityResult(item.instance, item.execution_id, item.id, text)
+            value = await anyio.to_thread.run_sync(functools.partial(handler.fn, ctx, *args), abandon_on_cancel=True)
     except anyio.get_cancelled_exc_class():
         raise
-    except PayloadError as exc:
-        return ActivityError(item.instance, item.execution_id, item.id, _failure("ActivityFailed", str(exc)))
-    except Exception as exc:  # noqa: BLE001 - any activity exception becomes an ActivityFailed
+    except BaseException as exc:  # noqa: BLE001 - any exception of activity code fails the activity
         log.debug("activity %s of %s raised", item.name, item.instance, exc_info=True)
-        return ActivityError(
-            item.instance, item.execution_id, item.id, _failure("ActivityFailed", f"{type(exc).__name__}: {exc}")
-        )
+        return activity_outcome(item, exc=exc)
+    return activity_outcome(item, value)
+
+
+if trio is not None:
+    _invoke = trio.lowlevel.enable_ki_protection(_invoke)
 
 
 async def _ack(acker: Acker, lease: WorkItemLease, completion: Any) -> None:

@@ -1,4 +1,8 @@
-"""One task renews every lock this runtime holds (instead of a renewal task per turn or activity)."""
+"""One task renews every lock this runtime holds (instead of a renewal task per turn or activity).
+
+Due renewals run concurrently, each bounded by a timeout, so one slow renewal never delays the others;
+whatever a renewal or an ``on_lost`` callback raises is contained here.
+"""
 
 from __future__ import annotations
 
@@ -16,12 +20,12 @@ log = logging.getLogger("duroxide_trio.runtime.leases")
 
 
 class Lease:
-    """A lock held while work is in progress. ``lost`` is called once if renewal fails permanently."""
+    """A lock held while work is in progress. ``on_lost`` is called once if renewal fails permanently."""
 
     __slots__ = ("renew", "interval", "on_lost", "active", "due")
 
     def __init__(
-        self, renew: Callable[[], Awaitable[None]], interval: float, on_lost: Callable[[ProviderError], None]
+        self, renew: Callable[[], Awaitable[None]], interval: float, on_lost: Callable[[BaseException], None]
     ) -> None:
         self.renew = renew
         self.interval = interval
@@ -40,11 +44,11 @@ class LeaseRenewer:
         self._stopping = False
 
     def hold(
-        self, renew: Callable[[], Awaitable[None]], interval: float, on_lost: Callable[[ProviderError], None]
+        self, renew: Callable[[], Awaitable[None]], interval: float, on_lost: Callable[[BaseException], None]
     ) -> Lease:
         lease = Lease(renew, interval, on_lost)
         first = self._heap[0][0] if self._heap else None
-        heapq.heappush(self._heap, (lease.due, next(self._counter), lease))
+        self._push(lease)
         if first is None or lease.due < first:
             self._wake.set()
         return lease
@@ -57,33 +61,58 @@ class LeaseRenewer:
         self._stopping = True
         self._wake.set()
 
+    def _push(self, lease: Lease) -> None:
+        heapq.heappush(self._heap, (lease.due, next(self._counter), lease))
+
     async def run(self) -> None:
-        while True:
-            while self._heap and not self._heap[0][2].active:
-                heapq.heappop(self._heap)
-            if not self._heap:
-                if self._stopping:
-                    return
-                timeout = 3600.0
-            else:
-                timeout = self._heap[0][0] - time.monotonic()
-            if timeout > 0:
-                self._wake = anyio.Event()
-                with anyio.move_on_after(timeout):
-                    await self._wake.wait()
-                continue
-            _, _, lease = heapq.heappop(self._heap)
+        async with anyio.create_task_group() as renewals:
+            while True:
+                while self._heap and not self._heap[0][2].active:
+                    heapq.heappop(self._heap)
+                if not self._heap:
+                    if self._stopping:
+                        break
+                    timeout = 3600.0
+                else:
+                    timeout = self._heap[0][0] - time.monotonic()
+                if timeout > 0:
+                    self._wake = anyio.Event()
+                    with anyio.move_on_after(timeout):
+                        await self._wake.wait()
+                    continue
+                now = time.monotonic()
+                while self._heap and self._heap[0][0] <= now:
+                    _, _, lease = heapq.heappop(self._heap)
+                    if lease.active:
+                        lease.due = float("inf")  # not due again until this renewal ends
+                        renewals.start_soon(self._renew, lease)
+
+    async def _renew(self, lease: Lease) -> None:
+        lost: BaseException | None = None
+        retry = False
+        with anyio.move_on_after(max(lease.interval, 1.0)) as scope:
             try:
                 await lease.renew()
             except ProviderError as exc:
                 if exc.retryable:
-                    lease.due = time.monotonic() + min(lease.interval, 1.0)
-                    heapq.heappush(self._heap, (lease.due, next(self._counter), lease))
-                    continue
-                if lease.active:
-                    lease.active = False
-                    lease.on_lost(exc)
-                continue
-            if lease.active:
-                lease.due = time.monotonic() + lease.interval
-                heapq.heappush(self._heap, (lease.due, next(self._counter), lease))
+                    retry = True
+                else:
+                    lost = exc
+            except Exception as exc:  # noqa: BLE001 - a provider bug: keep trying, say so
+                log.warning("lock renewal raised %s: %s; retrying", type(exc).__name__, exc)
+                retry = True
+        if scope.cancelled_caught:
+            log.warning("lock renewal took longer than %.1fs; retrying", max(lease.interval, 1.0))
+            retry = True
+        if not lease.active:
+            return
+        if lost is not None:
+            lease.active = False
+            try:
+                lease.on_lost(lost)
+            except Exception:  # noqa: BLE001
+                log.exception("lock-lost callback raised; ignored")
+            return
+        lease.due = time.monotonic() + (min(lease.interval, 1.0) if retry else lease.interval)
+        self._push(lease)
+        self._wake.set()

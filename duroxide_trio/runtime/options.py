@@ -3,20 +3,49 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import attrs
 
 __all__ = ["RuntimeOptions"]
 
 
+_MAX_SECONDS = 365 * 24 * 3600.0  # a year: anything longer is a mistake (e.g. milliseconds given)
+_MAX_COUNT = 1_000_000
+
+
 def _positive(instance: object, attribute: attrs.Attribute, value: float) -> None:  # type: ignore[type-arg]
-    if not isinstance(value, (int, float)) or math.isnan(value) or value <= 0:
-        raise ValueError(f"RuntimeOptions.{attribute.name} must be a positive number of seconds, got {value!r}")
+    if (
+        isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value)
+        or not (0 < value <= _MAX_SECONDS)
+    ):
+        raise ValueError(
+            f"RuntimeOptions.{attribute.name} must be a number of seconds > 0 and <= {_MAX_SECONDS:.0f} "
+            f"(a year), got {value!r}"
+        )
 
 
-def _count(instance: object, attribute: attrs.Attribute, value: int) -> None:  # type: ignore[type-arg]
-    if not isinstance(value, int) or value < 0:
-        raise ValueError(f"RuntimeOptions.{attribute.name} must be a non-negative integer, got {value!r}")
+def _non_negative(instance: object, attribute: attrs.Attribute, value: float) -> None:  # type: ignore[type-arg]
+    if (
+        isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value)
+        or not (0 <= value <= _MAX_SECONDS)
+    ):
+        raise ValueError(
+            f"RuntimeOptions.{attribute.name} must be a number of seconds >= 0 and <= {_MAX_SECONDS:.0f}, "
+            f"got {value!r}"
+        )
+
+
+def _counter(minimum: int) -> Any:
+    def check(instance: object, attribute: attrs.Attribute, value: int) -> None:  # type: ignore[type-arg]
+        if isinstance(value, bool) or not isinstance(value, int) or not (minimum <= value <= _MAX_COUNT):
+            extra = " (0 runs no activities in this runtime)" if minimum == 0 else ""
+            raise ValueError(
+                f"RuntimeOptions.{attribute.name} must be an integer from {minimum} to {_MAX_COUNT}{extra}, "
+                f"got {value!r}"
+            )
+
+    return check
 
 
 @attrs.frozen
@@ -39,23 +68,41 @@ class RuntimeOptions:
     - ``activity_cancellation_grace``: a cancelled activity (lock stolen) gets this long to stop itself.
     - ``unregistered_backoff`` / ``unregistered_backoff_cap``: retry delay for work whose orchestration or
       activity is not registered here (another deployment may have it); it ends as poison eventually.
+    - ``blocked_loop_threshold``: the watchdog logs (naming the instance or activity) when the event loop
+      was blocked this long — by an orchestration that never awaits or an async activity calling
+      blocking code. ``0`` turns the watchdog off.
+
+    Every field is checked when the options are made: a count below its minimum, a duration that is not
+    a positive number of seconds, raises ``ValueError`` naming the field and the allowed range.
     """
 
-    orchestration_concurrency: int = attrs.field(default=2, validator=_count)
-    orchestration_slots: int = attrs.field(default=16, validator=_count)
-    worker_concurrency: int = attrs.field(default=2, validator=_count)
-    activity_slots: int = attrs.field(default=100, validator=_count)
+    orchestration_concurrency: int = attrs.field(default=2, validator=_counter(1))
+    orchestration_slots: int = attrs.field(default=16, validator=_counter(1))
+    worker_concurrency: int = attrs.field(default=2, validator=_counter(0))
+    activity_slots: int = attrs.field(default=100, validator=_counter(1))
     orchestrator_lock_timeout: float = attrs.field(default=5.0, validator=_positive)
     orchestrator_lock_renewal_buffer: float = attrs.field(default=2.0, validator=_positive)
     worker_lock_timeout: float = attrs.field(default=30.0, validator=_positive)
     worker_lock_renewal_buffer: float = attrs.field(default=5.0, validator=_positive)
     poll_interval: float = attrs.field(default=1.0, validator=_positive)
-    max_attempts: int = attrs.field(default=10, validator=_count)
+    max_attempts: int = attrs.field(default=10, validator=_counter(1))
     shutdown_grace: float = attrs.field(default=5.0, validator=_positive)
     activity_cancellation_grace: float = attrs.field(default=10.0, validator=_positive)
     unregistered_backoff: float = attrs.field(default=1.0, validator=_positive)
     unregistered_backoff_cap: float = attrs.field(default=60.0, validator=_positive)
     provider_retry_cap: float = attrs.field(default=3.0, validator=_positive)
+    blocked_loop_threshold: float = attrs.field(default=1.0, validator=_non_negative)
+
+    def __attrs_post_init__(self) -> None:
+        for timeout, buffer in (
+            ("orchestrator_lock_timeout", "orchestrator_lock_renewal_buffer"),
+            ("worker_lock_timeout", "worker_lock_renewal_buffer"),
+        ):
+            if getattr(self, timeout) >= 15 and getattr(self, buffer) >= getattr(self, timeout):
+                raise ValueError(
+                    f"RuntimeOptions.{buffer} ({getattr(self, buffer)!r}) must be smaller than {timeout} "
+                    f"({getattr(self, timeout)!r}): locks are renewed {buffer} seconds before they expire"
+                )
 
     def renewal_interval(self, timeout: float, buffer: float) -> float:
         """Renew at ``timeout - buffer`` for long locks, else at half the timeout."""

@@ -82,7 +82,7 @@ async def _turn_in_slot(runtime: Runtime, item: OrchestrationItem, slots: anyio.
 async def _process_with_renewal(runtime: Runtime, item: OrchestrationItem) -> None:
     options = runtime.options
 
-    def on_lost(exc: ProviderError) -> None:
+    def on_lost(exc: BaseException) -> None:
         log.warning("instance %s: lock renewal failed: %s", item.instance_id, exc)
 
     held = runtime.leases.hold(

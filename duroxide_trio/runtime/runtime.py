@@ -16,6 +16,7 @@ from ..providers.base import Provider, ProviderError
 from ..registry import Registry
 from .leases import LeaseRenewer
 from .options import RuntimeOptions
+from .watchdog import Watchdog
 
 __all__ = ["Runtime", "RuntimeStats", "open_runtime"]
 
@@ -50,7 +51,10 @@ class RuntimeStats:
         err = RecentError(time.time(), role, message, expected)
         self.recent_errors.append(err)
         for listener in list(self.error_listeners):
-            listener(err, exc)
+            try:
+                listener(err, exc)
+            except Exception:  # noqa: BLE001 - a broken listener must not stop a dispatcher
+                log.exception("error listener %r raised; ignored", listener)
 
 
 def is_expected_provider_error(exc: BaseException) -> bool:
@@ -72,6 +76,7 @@ class Runtime:
         self._stopping = False
         self._workers_scope: anyio.CancelScope | None = None
         self.leases = LeaseRenewer()
+        self.watchdog = Watchdog(self, options.blocked_loop_threshold)
         self._acker: Any = None
         from ..client import Client
 
@@ -133,36 +138,45 @@ async def _run(runtime: Runtime) -> AsyncIterator[Runtime]:
     from .activities import Acker, activity_worker
     from .orchestrations import orchestration_worker
 
+    acker = runtime._acker = Acker(runtime)
     async with anyio.create_task_group() as outer:
         workers_done = anyio.Event()
+        acker_done = anyio.Event()
 
         async def run_workers() -> None:
             try:
                 async with anyio.create_task_group() as workers:
                     runtime._workers_scope = workers.cancel_scope
-                    turn_slots = anyio.Semaphore(max(options.orchestration_slots, 1))
+                    turn_slots = anyio.Semaphore(options.orchestration_slots)
                     for i in range(options.orchestration_concurrency):
                         workers.start_soon(
                             orchestration_worker, runtime, i, turn_slots, workers, name=f"orchestration-dispatcher-{i}"
                         )
-                    slots = anyio.Semaphore(max(options.activity_slots, 1))
-                    if options.worker_concurrency:
-                        acker = runtime._acker = Acker(runtime)
-                        workers.start_soon(acker.run, name="activity-acker")
-                        for i in range(options.worker_concurrency):
-                            workers.start_soon(
-                                activity_worker, runtime, i, slots, workers, acker, name=f"activity-dispatcher-{i}"
-                            )
+                    slots = anyio.Semaphore(options.activity_slots)
+                    for i in range(options.worker_concurrency):
+                        workers.start_soon(
+                            activity_worker, runtime, i, slots, workers, acker, name=f"activity-dispatcher-{i}"
+                        )
             finally:
-                runtime.leases.stop()
                 workers_done.set()
+                acker.poke()
+
+        async def run_acker() -> None:
+            # Outside the workers' scope: completions handed over by cancelled activities are still acked.
+            try:
+                await acker.run()
+            finally:
+                acker_done.set()
 
         outer.start_soon(runtime.leases.run, name="lease-renewer")
+        if options.blocked_loop_threshold > 0:
+            outer.start_soon(runtime.watchdog.run, name="watchdog")
         listener = getattr(runtime.provider, "run_listener", None)
         if listener is not None:
             # Cross-process wake-ups (PostgreSQL LISTEN); a no-op if the provider's own block runs one.
             await outer.start(listener)
-        outer.start_soon(run_workers)
+        outer.start_soon(run_acker, name="activity-acker")
+        outer.start_soon(run_workers, name="dispatchers")
         try:
             yield runtime
         finally:
@@ -177,4 +191,8 @@ async def _run(runtime: Runtime) -> AsyncIterator[Runtime]:
                         runtime._workers_scope.cancel()
                     with anyio.move_on_after(30):
                         await workers_done.wait()
+                with anyio.move_on_after(30):
+                    await acker_done.wait()
+                runtime.leases.stop()
+                runtime.watchdog.stop()
             outer.cancel_scope.cancel()  # the listener (if any) runs until cancelled

@@ -226,6 +226,10 @@ class _Queries:
             "ORDER BY h.event_id"
         )
         self.read_execution = f"SELECT event_data FROM {s}.history WHERE instance_id = %s AND execution_id = %s ORDER BY event_id"
+        self.instance_exists = (
+            f"SELECT 1 FROM {s}.instances WHERE instance_id = %s "
+            f"UNION ALL SELECT 1 FROM {s}.orchestrator_queue WHERE instance_id = %s AND is_start LIMIT 1"
+        )
         self.append = (
             f"INSERT INTO {s}.history (instance_id, execution_id, event_id, event_type, event_data) "
             "SELECT %s, %s, u.i, u.t, u.d FROM unnest(%b::bigint[], %b::text[], %b::text[]) AS u(i, t, d)"
@@ -1007,6 +1011,11 @@ class PostgresProvider:
         if row is None:
             return None
         return InstanceInfo(instance_id, *row)
+
+    async def instance_exists(self, instance_id: str) -> bool:
+        """True if ``instance_id`` has an instance or a pending start."""
+        row = await self._one("instance_exists", self._q.instance_exists, (instance_id, instance_id), idempotent=True)
+        return row is not None
 
     async def get_custom_status(
         self, instance_id: str, last_seen_version: int
