@@ -65,9 +65,7 @@ async def missing(ctx: dt.OrchestrationContext) -> Any:
     return await ctx.schedule_activity("NotInRegistry", 1)
 
 
-pytestmark = pytest.mark.anyio
-
-
+@pytest.mark.anyio
 async def test_an_hour_timer_and_a_day_timeout_take_no_real_time():
     began = time.monotonic()
     async with TestEnvironment(registry, start=START) as env:
@@ -79,6 +77,7 @@ async def test_an_hour_timer_and_a_day_timeout_take_no_real_time():
     assert time.monotonic() - began < 1.0
 
 
+@pytest.mark.anyio
 async def test_an_event_raised_before_waiting_wins_the_race():
     async with TestEnvironment(registry, start=START) as env:
         await env.client.start_orchestration("o-1", "Race", 5)
@@ -88,6 +87,7 @@ async def test_an_event_raised_before_waiting_wins_the_race():
         assert env.now() == START  # nothing had to wait
 
 
+@pytest.mark.anyio
 async def test_timeouts_are_virtual_too():
     began = time.monotonic()
     async with TestEnvironment(registry, start=START) as env:
@@ -98,6 +98,7 @@ async def test_timeouts_are_virtual_too():
     assert time.monotonic() - began < 1.0
 
 
+@pytest.mark.anyio
 async def test_time_stands_still_until_the_test_moves_it():
     async with TestEnvironment(registry, start=START) as env:
         await env.client.start_orchestration("s-1", "Steps")
@@ -118,6 +119,7 @@ async def test_time_stands_still_until_the_test_moves_it():
         assert env.now() == START + timedelta(hours=2, minutes=30)
 
 
+@pytest.mark.anyio
 async def test_mocks_replace_activities_and_calls_are_recorded():
     async with TestEnvironment(registry) as env:
         seen = []
@@ -143,6 +145,7 @@ async def test_mocks_replace_activities_and_calls_are_recorded():
         assert (await env.run("Missing", instance_id="m-1")).output == 42
 
 
+@pytest.mark.anyio
 async def test_a_registry_of_fakes_layered_over_the_real_one():
     fakes = dt.Registry()
 
@@ -157,12 +160,14 @@ async def test_a_registry_of_fakes_layered_over_the_real_one():
         assert not env.calls("Label")[0].mocked  # a layer is the code under test, not a mock
 
 
+@pytest.mark.anyio
 async def test_real_sync_activities_run_and_are_recorded():
     async with TestEnvironment(registry) as env:
         assert (await env.run("Labels", ["x"])).output == ["X"]
         assert env.calls("Label")[0].result == "X"
 
 
+@pytest.mark.anyio
 async def test_work_that_never_settles_is_reported():
     blocked = anyio.Event()
 
@@ -177,6 +182,7 @@ async def test_work_that_never_settles_is_reported():
         blocked.set()
 
 
+@pytest.mark.anyio
 async def test_wall_clock_mode():
     async with TestEnvironment(registry, virtual_time=False) as env:
         with pytest.raises(RuntimeError, match="virtual_time=True"):
@@ -251,8 +257,8 @@ PYTEST_TRIO_TESTS = textwrap.dedent(
 )
 
 
-def _pytest(tmp_path, tests: str, *plugins: str) -> subprocess.CompletedProcess[str]:
-    (tmp_path / "conftest.py").write_text(USER_CONFTEST)
+def _pytest(tmp_path, tests: str, *plugins: str, conftest: str = USER_CONFTEST) -> subprocess.CompletedProcess[str]:
+    (tmp_path / "conftest.py").write_text(conftest)
     (tmp_path / "test_user.py").write_text(tests)
     (tmp_path / "pytest.ini").write_text("[pytest]\n")
     args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *plugins, str(tmp_path)]
@@ -260,30 +266,17 @@ def _pytest(tmp_path, tests: str, *plugins: str) -> subprocess.CompletedProcess[
                           env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(__file__))})
 
 
-@pytest.fixture
-def anyio_backend():  # the plugin tests run pytest in a subprocess; one backend is enough here
-    return "trio"
-
-
-async def test_duroxide_env_fixture_with_the_anyio_plugin(tmp_path):
-    out = await anyio.to_thread.run_sync(_pytest, tmp_path, ANYIO_TESTS, "-p", "no:trio")
+def test_duroxide_env_fixture_with_the_anyio_plugin(tmp_path):
+    out = _pytest(tmp_path, ANYIO_TESTS, "-p", "no:trio")
     assert out.returncode == 0 and "2 passed" in out.stdout, out.stdout + out.stderr
 
 
-async def test_duroxide_env_fixture_with_pytest_trio(tmp_path):
+def test_duroxide_env_fixture_with_pytest_trio(tmp_path):
     pytest.importorskip("pytest_trio")
-    out = await anyio.to_thread.run_sync(_pytest, tmp_path, PYTEST_TRIO_TESTS, "-p", "trio")
+    out = _pytest(tmp_path, PYTEST_TRIO_TESTS, "-p", "trio")
     assert out.returncode == 0 and "2 passed" in out.stdout, out.stdout + out.stderr
 
 
-async def test_duroxide_env_without_a_registry_says_what_to_do(tmp_path):
-    (tmp_path / "conftest.py").write_text("")
-    (tmp_path / "test_user.py").write_text(ANYIO_TESTS)
-    (tmp_path / "pytest.ini").write_text("[pytest]\n")
-    out = await anyio.to_thread.run_sync(
-        lambda: subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:trio", str(tmp_path)],
-            capture_output=True, text=True, timeout=120, cwd=tmp_path,
-        )
-    )
+def test_duroxide_env_without_a_registry_says_what_to_do(tmp_path):
+    out = _pytest(tmp_path, ANYIO_TESTS, "-p", "no:trio", conftest="")
     assert out.returncode != 0 and "define a fixture named 'duroxide_registry'" in out.stdout + out.stderr

@@ -45,7 +45,9 @@ __all__ = ["ActivityCall", "TestEnvironment", "TEST_OPTIONS"]
 log = logging.getLogger("duroxide_trio.testing")
 
 #: Runtime options for tests: quick shutdown, few attempts before poison, fast retries of unregistered
-#: work. On virtual time the fallback poll never matters (the in-memory provider wakes the runtime).
+#: work. On virtual time the fallback poll never matters (the in-memory provider wakes the runtime), and
+#: the blocked-loop watchdog is off (its heartbeat runs on the event loop's clock, which would keep
+#: ``trio.testing.MockClock`` from ever jumping).
 TEST_OPTIONS = RuntimeOptions(
     orchestration_concurrency=1,
     worker_concurrency=1,
@@ -55,8 +57,9 @@ TEST_OPTIONS = RuntimeOptions(
     max_attempts=5,
     unregistered_backoff=0.05,
     unregistered_backoff_cap=0.5,
+    blocked_loop_threshold=0.0,
 )
-_WALL_TEST_OPTIONS = attrs.evolve(TEST_OPTIONS, poll_interval=0.5)
+_WALL_TEST_OPTIONS = attrs.evolve(TEST_OPTIONS, poll_interval=0.5, blocked_loop_threshold=1.0)
 
 _UNSET: Any = object()
 
@@ -161,21 +164,24 @@ class _EnvClient(Client):
         async with self._env._skipping():
             while True:
                 event = notifier.instance_event(instance_id)
-                state = await self.get_status(instance_id)
-                if state.status.is_terminal:
-                    return state
-                remaining = deadline - clock.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError(
-                        f"instance {instance_id!r} did not finish within {timedelta(seconds=seconds)} "
-                        f"(status {state.status.value})"
-                    )
-                if isinstance(clock, VirtualClock):
-                    scope = clock.move_on_after(remaining, wakes=True)  # the timeout is worth skipping to
-                else:
-                    scope = clock.move_on_after(min(remaining, poll_interval))
-                with scope:
-                    await event.wait()
+                try:
+                    state = await self.get_status(instance_id)
+                    if state.status.is_terminal:
+                        return state
+                    remaining = deadline - clock.monotonic()
+                    if remaining <= 0:
+                        raise TimeoutError(
+                            f"instance {instance_id!r} did not finish within {timedelta(seconds=seconds)} "
+                            f"(status {state.status.value})"
+                        )
+                    if isinstance(clock, VirtualClock):
+                        scope = clock.move_on_after(remaining, wakes=True)  # the timeout is worth skipping to
+                    else:
+                        scope = clock.move_on_after(min(remaining, poll_interval))
+                    with scope:
+                        await event.wait()
+                finally:
+                    notifier.release_instance_event(instance_id)
 
 
 class TestEnvironment:
