@@ -1,7 +1,7 @@
 """An order workflow: reserve stock, charge with retries, wait for the shipment (at most one hour),
 compensate when it does not come. Its tests are in ``test_order_workflow.py`` (virtual time, fakes).
 
-    python examples/order_workflow.py [state.db]     # runs one order for real, with a 2-second deadline
+    python examples/order_workflow.py [state.db]     # runs one order for real, with a 0.2-second deadline
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ async def process_order(ctx: dt.OrchestrationContext, order: Order) -> str:
 async def main(path: str) -> None:
     provider = await dt.SqliteProvider.open(path)
     async with provider, dt.open_runtime(provider, registry) as runtime:
-        order = Order("o-1", "book", 1, 1999, ship_within_seconds=2)
+        order = Order("o-1", "book", 1, 1999, ship_within_seconds=0.2)
         await runtime.client.start_orchestration(order.id, "ProcessOrder", order)
         state = await runtime.client.wait_for_orchestration(order.id, timeout=30)
         print(order.id, state.status.value, state.output)
