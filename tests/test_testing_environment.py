@@ -28,6 +28,11 @@ async def charge(ctx: dt.ActivityContext, amount: int) -> str:
     return f"charged {amount}"
 
 
+@registry.activity("Ping")
+async def ping(ctx: dt.ActivityContext) -> str:  # takes no input
+    return "pong"
+
+
 @registry.activity("Label")
 def label(ctx: dt.ActivityContext, text: str) -> str:  # sync: runs in a thread
     return text.upper()
@@ -58,6 +63,11 @@ async def wait_forever(ctx: dt.OrchestrationContext) -> Any:
 @registry.orchestration("Labels")
 async def labels(ctx: dt.OrchestrationContext, texts: list[str]) -> list[str]:
     return await ctx.join([ctx.schedule_activity("Label", t) for t in texts])
+
+
+@registry.orchestration("PingTwice")
+async def ping_twice(ctx: dt.OrchestrationContext) -> list[str]:
+    return [await ctx.schedule_activity("Ping"), await ctx.schedule_activity("Ping")]
 
 
 @registry.orchestration("Missing")
@@ -165,6 +175,10 @@ async def test_real_sync_activities_run_and_are_recorded():
     async with TestEnvironment(registry) as env:
         assert (await env.run("Labels", ["x"])).output == ["X"]
         assert env.calls("Label")[0].result == "X"
+        assert (await env.run("PingTwice")).output == ["pong", "pong"]
+        assert [(c.input, c.result) for c in env.calls("Ping")] == [(None, "pong"), (None, "pong")]
+        env.mock_activity("Ping", returns="mocked")
+        assert (await env.run("PingTwice")).output == ["mocked", "mocked"]
 
 
 @pytest.mark.anyio
