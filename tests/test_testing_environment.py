@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -271,26 +272,44 @@ PYTEST_TRIO_TESTS = textwrap.dedent(
 )
 
 
-def _pytest(tmp_path, tests: str, *plugins: str, conftest: str = USER_CONFTEST) -> subprocess.CompletedProcess[str]:
-    (tmp_path / "conftest.py").write_text(conftest)
-    (tmp_path / "test_user.py").write_text(tests)
-    (tmp_path / "pytest.ini").write_text("[pytest]\n")
-    args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *plugins, str(tmp_path)]
-    return subprocess.run(args, capture_output=True, text=True, timeout=120, cwd=tmp_path,
-                          env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(__file__))})
+@pytest.fixture(scope="module")
+def user_suite(tmp_path_factory):
+    """One pytest run (a subprocess, like a user's) over three user test directories: anyio-plugin tests,
+    pytest-trio tests (with its autojump clock), and tests that forgot to define ``duroxide_registry``."""
+    root = tmp_path_factory.mktemp("user_suite")
+    (root / "pytest.ini").write_text("[pytest]\n")
+    for name, conftest, tests in (
+        ("with_anyio", USER_CONFTEST, ANYIO_TESTS),
+        ("with_pytest_trio", USER_CONFTEST, PYTEST_TRIO_TESTS),
+        ("without_registry", "", ANYIO_TESTS),
+    ):
+        (root / name).mkdir()
+        (root / name / "conftest.py").write_text(conftest)
+        (root / name / f"test_{name}.py").write_text(tests)
+    plugins = ["-p", "trio"] if importlib.util.find_spec("pytest_trio") else ["-p", "no:trio"]
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *plugins, "-rA", "--rootdir", str(root),
+         "-c", str(root / "pytest.ini"), str(root)],
+        capture_output=True, text=True, timeout=120, cwd=root,
+        env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(__file__))},
+    )
+    return out.stdout + out.stderr
 
 
-def test_duroxide_env_fixture_with_the_anyio_plugin(tmp_path):
-    out = _pytest(tmp_path, ANYIO_TESTS, "-p", "no:trio")
-    assert out.returncode == 0 and "2 passed" in out.stdout, out.stdout + out.stderr
+def _outcomes(output: str, directory: str) -> list[str]:
+    return [line.split()[0] for line in output.splitlines()
+            if line.startswith(("PASSED", "FAILED", "ERROR")) and f"{directory}/" in line]
 
 
-def test_duroxide_env_fixture_with_pytest_trio(tmp_path):
+def test_duroxide_env_fixture_with_the_anyio_plugin(user_suite):
+    assert _outcomes(user_suite, "with_anyio") == ["PASSED", "PASSED"], user_suite  # trio and asyncio
+
+
+def test_duroxide_env_fixture_with_pytest_trio(user_suite):
     pytest.importorskip("pytest_trio")
-    out = _pytest(tmp_path, PYTEST_TRIO_TESTS, "-p", "trio")
-    assert out.returncode == 0 and "2 passed" in out.stdout, out.stdout + out.stderr
+    assert _outcomes(user_suite, "with_pytest_trio") == ["PASSED", "PASSED"], user_suite
 
 
-def test_duroxide_env_without_a_registry_says_what_to_do(tmp_path):
-    out = _pytest(tmp_path, ANYIO_TESTS, "-p", "no:trio", conftest="")
-    assert out.returncode != 0 and "define a fixture named 'duroxide_registry'" in out.stdout + out.stderr
+def test_duroxide_env_without_a_registry_says_what_to_do(user_suite):
+    assert set(_outcomes(user_suite, "without_registry")) == {"ERROR"}, user_suite
+    assert "define a fixture named 'duroxide_registry'" in user_suite
