@@ -15,6 +15,14 @@ from .orchestration.context import (
     SubOrchestrationFailed,
     TaskFailed,
 )
+from .orchestration.limits import (
+    MAX_CUSTOM_STATUS_BYTES,
+    MAX_HISTORY_BYTES,
+    MAX_NAME_BYTES,
+    MAX_PAYLOAD_BYTES,
+    MAX_TIMER_SECONDS,
+    LimitExceeded,
+)
 from .providers.base import (
     InstanceAlreadyExists,
     InstanceNotFound,
@@ -43,6 +51,12 @@ __all__ = [
     "InstanceAlreadyExists",
     "InstanceNotFound",
     "InstanceStillRunning",
+    "LimitExceeded",
+    "MAX_CUSTOM_STATUS_BYTES",
+    "MAX_HISTORY_BYTES",
+    "MAX_NAME_BYTES",
+    "MAX_PAYLOAD_BYTES",
+    "MAX_TIMER_SECONDS",
     "ManagementNotAvailable",
     "OrchestrationContext",
     "OrchestrationState",

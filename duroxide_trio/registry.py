@@ -63,7 +63,7 @@ def decode_payload(text: str | None, hint: Any = None) -> Any:
         raise PayloadError(f"JSON text {text[:80]!r}… is nested too deeply to decode") from None
     except ValueError as exc:
         raise PayloadError(f"not valid JSON: {text[:200]!r} ({exc})") from None
-    if hint is None or hint is Any or value is None:
+    if hint is None or hint is Any or hint is object or value is None:
         return value
     try:
         return converter.structure(value, hint)
