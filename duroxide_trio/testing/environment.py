@@ -23,7 +23,7 @@ import functools
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -161,7 +161,10 @@ class _EnvClient(Client):
         clock = self._env.clock
         deadline = clock.monotonic() + seconds
         notifier = self.provider.notifier
-        async with self._env._skipping():
+        async def finished() -> bool:
+            return (await self.get_status(instance_id)).status.is_terminal
+
+        async with self._env._skipping(finished):
             while True:
                 event = notifier.instance_event(instance_id)
                 try:
@@ -220,6 +223,7 @@ class TestEnvironment:
         self._mocks: dict[str, Callable[..., Any]] = {}
         self._calls: list[ActivityCall] = []
         self._skip_waiters = 0
+        self._skip_checks: list[Callable[[], Awaitable[bool]]] = []
         self._skip_wanted = anyio.Event()
         self._stack: AsyncExitStack | None = None
         self.registry = _TestRegistry(self, self._layers)
@@ -298,13 +302,19 @@ class TestEnvironment:
 
     # time skipping ---------------------------------------------------------------------------------------
     @asynccontextmanager
-    async def _skipping(self) -> AsyncIterator[None]:
+    async def _skipping(self, satisfied: Callable[[], Awaitable[bool]] | None = None) -> AsyncIterator[None]:
+        """Let time skip while the block runs. ``satisfied`` tells whether the waiter got what it waits
+        for (time must not skip past that before the waiter has seen it)."""
         self._skip_waiters += 1
+        if satisfied is not None:
+            self._skip_checks.append(satisfied)
         self._skip_wanted.set()
         try:
             yield
         finally:
             self._skip_waiters -= 1
+            if satisfied is not None:
+                self._skip_checks.remove(satisfied)
 
     async def _skipper(self) -> None:
         clock = self._virtual("skipping")
@@ -314,10 +324,16 @@ class TestEnvironment:
                 await self._skip_wanted.wait()
                 continue
             nxt = await self._next_deadline(wait=False)
-            if nxt is not None and self._skip_waiters > 0:
+            if nxt is not None and self._skip_waiters > 0 and not await self._a_waiter_is_satisfied():
                 self._jump(clock, nxt)
             else:
                 await anyio.sleep(0.001)
+
+    async def _a_waiter_is_satisfied(self) -> bool:
+        for satisfied in list(self._skip_checks):
+            if await satisfied():
+                return True
+        return False
 
     def _jump(self, clock: VirtualClock, when: float) -> None:
         if when > clock.monotonic():
@@ -339,14 +355,21 @@ class TestEnvironment:
             candidates.append(outlook.next_visible_ms / 1000.0)
         return min(candidates) if candidates else None
 
+    def _busy(self, outlook: Any) -> bool:
+        """Something is ready or running: in the store (visible messages, live locks) or in the runtime
+        (a turn or an activity between its commit and the release of its lease)."""
+        stats = self.runtime.stats
+        return bool(outlook.ready or outlook.in_progress or stats.busy_orchestration_workers
+                    or stats.busy_activity_workers)
+
     async def _idle_outlook(self) -> Any:
         outlook = await self.provider.work_outlook()
-        if outlook.ready or outlook.in_progress:
+        if self._busy(outlook):
             return None
         # A task woken by the last commit may not have run yet: look once more after letting it.
         await anyio.sleep(0)
         again = await self.provider.work_outlook()
-        return again if not (again.ready or again.in_progress) else None
+        return None if self._busy(again) else again
 
     async def _settle(self) -> Any:
         """Wait (real time) until nothing is ready and nothing runs; fail after ``settle_timeout``."""
