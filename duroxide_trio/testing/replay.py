@@ -34,7 +34,6 @@ import attrs
 
 from ..history import (
     COMPLETION_KINDS,
-    EVENT_KINDS,
     ActivityCancelRequested,
     ActivityScheduled,
     CustomStatusUpdated,
@@ -629,6 +628,3 @@ class Replayer:
                 break
         return reports
 
-
-def _known_kinds() -> list[str]:  # pragma: no cover - documentation helper
-    return sorted(EVENT_KINDS)
