@@ -198,6 +198,13 @@ async def test_work_that_never_settles_is_reported():
 
 
 @pytest.mark.anyio
+async def test_a_failed_assertion_inside_reaches_the_test_as_itself():
+    with pytest.raises(AssertionError, match="the test's own"):
+        async with TestEnvironment(registry):
+            raise AssertionError("the test's own")
+
+
+@pytest.mark.anyio
 async def test_wall_clock_mode():
     async with TestEnvironment(registry, virtual_time=False) as env:
         with pytest.raises(RuntimeError, match="virtual_time=True"):

@@ -26,6 +26,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime, timedelta
+from types import TracebackType
 from typing import Any
 
 import anyio
@@ -62,6 +63,15 @@ TEST_OPTIONS = RuntimeOptions(
 _WALL_TEST_OPTIONS = attrs.evolve(TEST_OPTIONS, poll_interval=0.5, blocked_loop_threshold=1.0)
 
 _UNSET: Any = object()
+
+
+def _only(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    while len(group.exceptions) == 1:
+        inner = group.exceptions[0]
+        if not isinstance(inner, BaseExceptionGroup):
+            return inner
+        group = inner
+    return None
 
 
 def _seconds(value: timedelta | float) -> float:
@@ -161,6 +171,7 @@ class _EnvClient(Client):
         clock = self._env.clock
         deadline = clock.monotonic() + seconds
         notifier = self.provider.notifier
+
         async def finished() -> bool:
             return (await self.get_status(instance_id)).status.is_terminal
 
@@ -252,11 +263,20 @@ class TestEnvironment:
         self._stack = stack
         return self
 
-    async def __aexit__(self, *exc: Any) -> bool | None:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool | None:
         stack, self._stack = self._stack, None
         if stack is None:
             return None
-        return await stack.__aexit__(*exc)
+        try:
+            return await stack.__aexit__(exc_type, exc, tb)
+        except BaseExceptionGroup as group:
+            # The test's own exception (a failed assert) reaches the test as itself, not wrapped in a
+            # group by the time skipper's task group.
+            if exc is not None and _only(group) is exc:
+                return False
+            raise
 
     # time ----------------------------------------------------------------------------------------------
     def now(self) -> datetime:
