@@ -3,26 +3,36 @@
 PostgreSQL sessions use $DATABASE_URL, or start a throwaway local cluster (ops/with_postgres.py).
 """
 
+import os
+
 import nox
 
 nox.options.sessions = ["lint", "tests"]
 nox.options.reuse_existing_virtualenvs = True
 
+#: Passed through to the tests explicitly: where PostgreSQL is, whether a missing one fails the run, CI.
+PASSTHROUGH = ("DATABASE_URL", "DUROXIDE_REQUIRE_POSTGRES", "DUROXIDE_PG_POOL_MAX", "CI")
+
 
 def _install(session: nox.Session) -> None:
-    session.install("-e", ".[dev]")
+    session.install("-q", "-e", ".[dev]")
+
+
+def _env() -> dict[str, str]:
+    return {name: os.environ[name] for name in PASSTHROUGH if name in os.environ}
 
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The whole test suite on both anyio backends (trio and asyncio)."""
+    """The whole test suite on both anyio backends (trio and asyncio). PostgreSQL tests use $DATABASE_URL
+    or start a throwaway cluster from the local PostgreSQL binaries; the report test needs chromium."""
     _install(session)
-    session.run("python", "-m", "pytest", "-q", *session.posargs)
+    session.run("python", "-m", "pytest", "-q", *session.posargs, env=_env())
 
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    session.install("ruff")
+    session.install("-q", "ruff")
     session.run("ruff", "check", "duroxide_trio", "tests", "examples", "ops")
 
 

@@ -134,6 +134,7 @@ class ActivityHandler:
     output_type: Any
     is_async: bool
     takes_input: bool
+    loop: str | None = None  # "asyncio": run on an asyncio event loop even when the runtime runs on Trio
 
 
 class Registry:
@@ -151,14 +152,21 @@ class Registry:
         self._orchestrations: dict[str, dict[tuple[int, int, int], OrchestrationHandler]] = {}
 
     # registration ----------------------------------------------------------------------------------
-    def activity(self, name: str | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def activity(
+        self, name: str | None = None, *, loop: str | None = None
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Register an activity: ``@registry.activity("Name")`` (the name defaults to the function's).
+        The function takes an ``ActivityContext`` and at most one input; ``async def`` runs on the event
+        loop, a plain ``def`` in a worker thread. ``loop="asyncio"`` runs an ``async def`` activity on an
+        asyncio event loop (a dedicated loop thread) when the runtime runs on Trio, so asyncio-only
+        libraries work in it; under an asyncio runtime it changes nothing."""
         if callable(name):  # used as @registry.activity without parentheses
             fn = name
             self.add_activity(fn)
             return fn
 
         def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
-            self.add_activity(fn, name)
+            self.add_activity(fn, name, loop=loop)
             return fn
 
         return deco
@@ -177,8 +185,15 @@ class Registry:
 
         return deco
 
-    def add_activity(self, fn: Callable[..., Any], name: str | None = None) -> None:
+    def add_activity(self, fn: Callable[..., Any], name: str | None = None, *, loop: str | None = None) -> None:
+        """Register ``fn`` as activity ``name`` (see :meth:`activity`). Raises ``ValueError`` for a bad or
+        duplicate name or an unknown ``loop``, ``TypeError`` for a function without a context parameter."""
         name = name or fn.__name__
+        if loop not in (None, "asyncio"):
+            raise ValueError(f"activity {name!r}: loop must be None or 'asyncio', got {loop!r}")
+        if loop is not None and not inspect.iscoroutinefunction(fn):
+            raise TypeError(f"activity {name!r}: loop={loop!r} needs an 'async def' function (a plain def "
+                            "already runs in a thread of its own)")
         if not isinstance(name, str) or not name:
             raise ValueError(f"activity name must be a non-empty string, got {name!r}")
         if name.startswith("__duroxide"):
@@ -192,7 +207,7 @@ class Registry:
             raise TypeError(f"activity {name!r} must take an ActivityContext as its first parameter")
         input_hint, output_hint = _hints(fn)
         self._activities[name] = ActivityHandler(
-            name, fn, input_hint, output_hint, inspect.iscoroutinefunction(fn), len(params) > 1
+            name, fn, input_hint, output_hint, inspect.iscoroutinefunction(fn), len(params) > 1, loop
         )
 
     def add_orchestration(self, fn: Callable[..., Any], name: str | None = None, *, version: str = "1.0.0") -> None:
@@ -214,7 +229,7 @@ class Registry:
     def merge(self, other: Registry, prefix: str = "") -> None:
         """Add everything of ``other`` (optionally with a name prefix)."""
         for act in other._activities.values():
-            self.add_activity(act.fn, prefix + act.name)
+            self.add_activity(act.fn, prefix + act.name, loop=act.loop)
         for versions in other._orchestrations.values():
             for h in versions.values():
                 self.add_orchestration(h.fn, prefix + h.name, version=h.version)

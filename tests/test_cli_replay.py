@@ -145,7 +145,8 @@ def test_usage_errors_exit_2_and_missing_things_exit_1(tmp_path):
     not_a_registry = cli("replay", "-r", "fixtures.orchestrations:Order", "fixtures/histories")
     assert not_a_registry.returncode == 2 and "not a duroxide_trio.Registry" in not_a_registry.stderr
     missing_db = cli("replay", "-r", FIXTURES_REGISTRY, "--db", str(tmp_path / "nope.db"))
-    assert missing_db.returncode == 2 and "no such database file" in missing_db.stderr
+    assert missing_db.returncode == 2 and "the file does not exist" in missing_db.stderr
+    assert not (tmp_path / "nope.db").exists()  # nothing is created
     db = recorded_db(tmp_path)
     missing = cli("instances", "export", "nope", "--db", db)
     assert missing.returncode == 1 and "not found" in missing.stderr

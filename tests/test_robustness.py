@@ -429,3 +429,107 @@ async def test_waits_that_time_out_leave_nothing_behind(make_provider):
             with pytest.raises(TimeoutError, match=r"within \d+ ms"):
                 await client.wait_for_orchestration("w", timeout=0.01)
         assert not [k for k in provider.notifier._events if k.startswith("instance:")]
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+async def test_an_activity_that_lost_its_lock_by_blocking_the_loop_says_so(tmp_path, anyio_backend):
+    reg = base_registry()
+
+    @reg.activity("Blocks")
+    async def blocks(ctx: dt.ActivityContext) -> str:
+        time.sleep(2.5)  # longer than the 1 s lock: the renewal cannot run
+        return "ok"
+
+    @reg.orchestration("UsesBlocking")
+    async def uses(ctx: dt.OrchestrationContext) -> str:
+        return str(await ctx.schedule_activity("Blocks"))
+
+    options = attrs.evolve(FAST, worker_lock_timeout=1.0, max_attempts=2, blocked_loop_threshold=0.5)
+    provider = await dt.SqliteProvider.open(tmp_path / "s.db")
+    async with provider, dt.open_runtime(provider, reg, options) as runtime:
+        await runtime.client.start_orchestration("b", "UsesBlocking")
+        state = await runtime.client.wait_for_orchestration("b", timeout=40)
+    assert state.status is dt.Status.FAILED and state.error.category == "poison"
+    assert "blocked the event loop" in state.error.message and "plain def activity" in state.error.message
+
+
+async def test_asyncio_only_library_in_an_activity_under_trio(tmp_path, anyio_backend):
+    """``loop="asyncio"``: asyncio.open_connection to a local server works inside a Trio runtime."""
+    import asyncio
+    import socket
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.sendall(conn.recv(100).upper())
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    reg = base_registry()
+
+    @reg.activity("AsyncioCall", loop="asyncio")
+    async def asyncio_call(ctx: dt.ActivityContext, text: str) -> str:
+        asyncio.get_running_loop()  # fails with "no running event loop" when run on Trio directly
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(text.encode())
+        await writer.drain()
+        reply = await reader.read(100)
+        writer.close()
+        await writer.wait_closed()
+        return reply.decode()
+
+    @reg.orchestration("UsesAsyncio")
+    async def uses(ctx: dt.OrchestrationContext) -> str:
+        return str(await ctx.schedule_activity("AsyncioCall", "hello"))
+
+    provider = await dt.SqliteProvider.open(tmp_path / "a.db")
+    try:
+        async with provider, dt.open_runtime(provider, reg, FAST) as runtime:
+            await runtime.client.start_orchestration("a", "UsesAsyncio")
+            state = await runtime.client.wait_for_orchestration("a", timeout=20)
+    finally:
+        thread.join(10)
+        server.close()
+    assert state.status is dt.Status.COMPLETED and state.output == "HELLO", state.error
+
+
+def test_loop_option_is_checked():
+    reg = dt.Registry()
+    with pytest.raises(ValueError, match="loop must be None or 'asyncio'"):
+        reg.add_activity(lambda ctx: None, "X", loop="uvloop")
+    with pytest.raises(TypeError, match="async def"):
+        reg.add_activity(lambda ctx: None, "Y", loop="asyncio")
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+async def test_cancellation_reaches_an_asyncio_loop_activity(tmp_path, anyio_backend):
+    import asyncio
+
+    cancelled = threading.Event()
+    started = threading.Event()
+    reg = base_registry()
+
+    @reg.activity("Sleeps", loop="asyncio")
+    async def sleeps(ctx: dt.ActivityContext) -> None:
+        started.set()
+        try:
+            await asyncio.sleep(100)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    @reg.orchestration("UsesSleeps")
+    async def uses(ctx: dt.OrchestrationContext) -> None:
+        await ctx.schedule_activity("Sleeps")
+
+    provider = await dt.SqliteProvider.open(tmp_path / "c.db")
+    with anyio.fail_after(20):
+        async with provider, dt.open_runtime(provider, reg, attrs.evolve(FAST, shutdown_grace=0.2)) as runtime:
+            await runtime.client.start_orchestration("s", "UsesSleeps")
+            await anyio.to_thread.run_sync(started.wait, 10)
+    assert await anyio.to_thread.run_sync(cancelled.wait, 10)

@@ -14,9 +14,30 @@ app = typer.Typer(
 )
 
 
+def package_version() -> str:
+    """The installed version of duroxide-trio (``0+unknown`` when run from a tree that is not installed)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("duroxide-trio")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        import platform
+
+        typer.echo(f"duroxide-trio {package_version()} (Python {platform.python_version()})")
+        raise typer.Exit()
+
 
 @app.callback()
-def _root() -> None:
+def _root(
+    version: bool = typer.Option(
+        False, "--version", help="Print the version and exit.", callback=_print_version, is_eager=True
+    ),
+) -> None:
     """Durable orchestrations on Trio/anyio: stress tests, provider validation and instance management."""
 
 
@@ -30,4 +51,5 @@ for _module in ("stress", "validate", "instances", "instances_export", "replay")
 
 
 def main() -> None:
+    """Run the ``duroxide-trio`` command line (the console script and ``python -m duroxide_trio``)."""
     app()

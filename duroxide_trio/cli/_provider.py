@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
@@ -29,25 +28,27 @@ class CannotOpen(Exception):
 
 @asynccontextmanager
 async def open_provider(db: str | None, url: str | None, schema: str) -> AsyncIterator[Any]:
-    """The provider for ``--db`` or ``--database-url`` / ``$DATABASE_URL``, closed on exit."""
+    """The provider for ``--db`` or ``--database-url`` / ``$DATABASE_URL``, closed on exit. Nothing is
+    created: a missing file or schema is a ``CannotOpen``."""
     import duroxide_trio as dt
 
-    if db:
-        if not os.path.exists(db):
-            raise CannotOpen(f"{db}: no such database file")
-        try:
-            provider: Any = await dt.SqliteProvider.open(db)
-        except Exception as exc:
-            raise CannotOpen(f"cannot open {db}: {exc}") from exc
-    else:
-        target = database_url(url)
-        if not target:
-            raise typer.BadParameter("give --db PATH (SQLite) or --database-url URL / $DATABASE_URL (PostgreSQL)")
-        from ..providers.postgres import PostgresProvider
+    from ..providers.base import ProviderError
 
-        try:
-            provider = await PostgresProvider.connect(target, schema=schema, pool_max=2)
-        except Exception as exc:
-            raise CannotOpen(f"cannot connect to {mask_url(target)}: {mask_url(str(exc))}") from exc
+    try:
+        if db:
+            provider: Any = await dt.SqliteProvider.open(db, create=False)
+        else:
+            target = database_url(url)
+            if not target:
+                raise typer.BadParameter(
+                    "give --db PATH (SQLite) or --database-url URL / $DATABASE_URL (PostgreSQL)"
+                )
+            from ..providers.postgres import PostgresProvider
+
+            provider = await PostgresProvider.connect(
+                target, schema=schema, pool_max=2, create_schema=False, connect_timeout=10.0
+            )
+    except ProviderError as exc:
+        raise CannotOpen(mask_url(exc.message)) from None
     async with provider:
         yield provider

@@ -10,4 +10,5 @@ __all__ = ["database_url", "mask_url"]
 
 
 def database_url(option: str | None) -> str | None:
+    """The ``--database-url`` option, else ``$DATABASE_URL``, else ``None``."""
     return option or os.environ.get("DATABASE_URL") or None

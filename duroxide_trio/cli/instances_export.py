@@ -41,14 +41,14 @@ def export(
                 try:
                     data = await export_instance(provider, instance_id)
                 except KeyError:
-                    typer.echo(f"instance {instance_id!r} not found", err=True)
+                    typer.echo(f"error: instance {instance_id!r} not found", err=True)
                     return 1
                 except ValueError as exc:
-                    typer.echo(f"cannot export {instance_id!r}: {exc}", err=True)
+                    typer.echo(f"error: cannot export {instance_id!r}: {exc}", err=True)
                     return 1
         except CannotOpen as exc:
-            typer.echo(str(exc), err=True)
-            return 2
+            typer.echo(f"error: {exc}", err=True)
+            return 1
         text = json.dumps(data, indent=1) + "\n"
         if output == "-":
             sys.stdout.write(text)

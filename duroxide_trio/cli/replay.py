@@ -157,7 +157,7 @@ def replay(
         try:
             reports = anyio.run(from_database)
         except CannotOpen as exc:
-            typer.echo(str(exc), err=True)
+            typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
 
     failed = [r for r in reports if not r.ok]

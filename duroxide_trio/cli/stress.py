@@ -23,12 +23,14 @@ __all__ = ["stress"]
 
 
 class ProviderChoice(enum.StrEnum):
+    """``--provider`` values."""
     sqlite = "sqlite"
     sqlite_memory = "sqlite-memory"
     postgres = "postgres"
 
 
 class BackendChoice(enum.StrEnum):
+    """``--backend`` values (anyio backends)."""
     trio = "trio"
     asyncio = "asyncio"
 
@@ -101,8 +103,19 @@ def stress(
         dir_okay=False,
         show_default=False,
     ),
+    report_path: Path = typer.Option(
+        None,
+        "--report",
+        help="Write a self-contained HTML report with charts (throughput, latency p50/p95/p99, in-flight "
+        "per second, failures marked; runs side by side). Needs the 'report' extra (plotly).",
+        dir_okay=False,
+        show_default=False,
+    ),
     track: bool = typer.Option(
-        False, "--track", help="Append a dated entry to stress-test-results-<db-host>.md in --results-dir."
+        False,
+        "--track",
+        help="Append a dated entry to stress-test-results-<db-host>.md in --results-dir (linking the "
+        "--report file, if any).",
     ),
     track_cloud: bool = typer.Option(
         False, "--track-cloud", help="Like --track, tagged as a cloud environment."
@@ -132,6 +145,14 @@ def stress(
     """Run the stress harness and print the comparison table (exit code 1 unless every run reached 100 %)."""
     from ..stress.config import PRESETS, SUITE_CONCURRENCY, StressConfig
     from ..stress.scenarios import SCENARIOS
+
+    if report_path is not None:
+        from ..stress import html_report
+
+        try:
+            html_report.require_plotly()
+        except ImportError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--report") from None
 
     # -- provider ---------------------------------------------------------------------------------------
     explicit_url = database_url
@@ -216,20 +237,35 @@ def stress(
         factory, configs, kind=kind, shown_url=shown_url, url=url, backend=backend.value, fail_fast=fail_fast,
         use_dashboard=use_dashboard, out=out, err=err, results_dir=results_dir,
     )  # fmt: skip
-    results, aborted = outcome
+    results, aborted, interrupted = outcome
 
     # -- report -----------------------------------------------------------------------------------------
     from ..stress import report
 
     if results:
         out.print()
-        out.print(report.comparison_table(results, title=f"Stress test results ({kind}, {backend.value})"))
+        out.print(
+            report.comparison_table(
+                results, title=f"Stress test results ({kind}, {backend.value})", width=out.width
+            )
+        )
     if json_path is not None:
         report.write_json(
             json_path, results, provider=kind, database_url=url if kind == "postgres" else None,
-            extra={"backend": backend.value, "aborted": aborted},
+            extra={"backend": backend.value, "aborted": aborted, "interrupted": interrupted},
         )  # fmt: skip
         out.print(f"JSON written to {json_path}")
+    if report_path is not None and results:
+        from ..stress import html_report
+
+        html_report.write_report(
+            report_path, results, provider=kind, database_url=url if kind == "postgres" else None,
+            title=f"duroxide-trio stress: {kind}, {backend.value}",
+        )  # fmt: skip
+        out.print(f"HTML report written to {report_path}")
+    if interrupted:
+        out.print("[bold yellow]INTERRUPTED[/]: stopped by Ctrl-C; the figures above cover what ran until then")
+        raise typer.Exit(130)
     if (track or track_cloud) and results:
         tracked, warnings = report.append_tracking(
             results_dir,
@@ -237,6 +273,7 @@ def stress(
             provider=kind,
             database_url=url if kind == "postgres" else None,
             cloud=track_cloud,
+            report_file=report_path,
         )
         out.print(f"Results appended to {tracked}")
         for w in warnings:
@@ -285,32 +322,72 @@ def _run_all(
     out: Console,
     err: Console,
     results_dir: Path,
-) -> tuple[list[Any], str | None]:
+) -> tuple[list[Any], str | None, bool]:
+    """Run every config in turn with the dashboard or plain progress lines. Returns the results, the
+    message of an abort (fail-fast or an error), and whether Ctrl-C stopped the runs: the first Ctrl-C
+    ends the current run early and keeps its partial figures, a second one stops at once."""
+    import signal
+
     import anyio
 
     from ..stress import report
     from ..stress.dashboard import Dashboard, PlainProgress, summary_panel
+    from ..stress.result import format_ms
     from ..stress.runner import StressAborted, describe_error, run
 
     results: list[Any] = []
     aborted: list[str] = []
+    interrupted: list[bool] = []
+    current: list[Any] = []  # the running run's monitor, once it reported progress
+
+    def watched(callback: Any) -> Any:
+        def on_progress(monitor: Any) -> None:
+            current[:] = [monitor]
+            callback(monitor)
+
+        return on_progress
 
     async def main() -> None:
+        async with anyio.create_task_group() as tg:
+
+            async def on_sigint() -> None:
+                with anyio.open_signal_receiver(signal.SIGINT) as signals:
+                    async for _ in signals:
+                        if not interrupted and current:
+                            interrupted.append(True)
+                            current[0].interrupt()  # the run returns its partial result
+                        else:  # before any run reported, or a second Ctrl-C: stop now
+                            interrupted.append(True)
+                            tg.cancel_scope.cancel()
+
+            tg.start_soon(on_sigint)
+            await runs()
+            tg.cancel_scope.cancel()
+
+    async def runs() -> None:
         for i, config in enumerate(configs, 1):
+            if interrupted:
+                return
+            current.clear()
             label = f"run {i}/{len(configs)}: {config.scenario} {config.concurrency_label}"
             try:
                 if use_dashboard:
                     with Dashboard(out, provider=kind, url=shown_url, config=config, run_label=label) as dash:
-                        result = await run(factory, config, on_progress=dash.update, fail_fast=fail_fast)
+                        result = await run(
+                            factory, config, on_progress=watched(dash.update), fail_fast=fail_fast
+                        )
                     dash.finish(result)
                 else:
                     err.print(f"{label}: {config.describe()}")
                     progress = PlainProgress(sys.stderr, interval=2.0, label=label)
-                    result = await run(factory, config, on_progress=progress.update, fail_fast=fail_fast)
+                    result = await run(
+                        factory, config, on_progress=watched(progress.update), fail_fast=fail_fast
+                    )
+                    verdict = "INTERRUPTED" if result.interrupted else "PASS" if result.passed else "FAIL"
+                    p50 = format_ms(result.latency_ms.p50 if result.latency_ms.count else None)
                     err.print(
-                        f"{label}: {'PASS' if result.passed else 'FAIL'} completed {result.completed}/"
-                        f"{result.launched}, {result.orch_throughput:.1f} orch/s, p50 "
-                        f"{result.latency_ms.p50:.1f} ms"
+                        f"{label}: {verdict} completed {result.completed}/"
+                        f"{result.launched}, {result.orch_throughput:.1f} orch/s, p50 {p50}"
                     )
                 results.append(result)
             except StressAborted as exc:
@@ -336,5 +413,12 @@ def _run_all(
                 aborted.append(message)
                 return
 
-    anyio.run(main, backend=backend)
-    return results, (aborted[0] if aborted else None)
+    try:
+        anyio.run(main, backend=backend)
+    except KeyboardInterrupt:  # Ctrl-C before the signal receiver was installed
+        interrupted.append(True)
+    except BaseExceptionGroup as group:
+        if group.subgroup(KeyboardInterrupt) is None:
+            raise
+        interrupted.append(True)
+    return results, (aborted[0] if aborted else None), bool(interrupted)

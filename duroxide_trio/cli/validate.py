@@ -16,12 +16,14 @@ from .common import database_url, mask_url
 
 
 class ProviderKind(enum.StrEnum):
+    """``--provider`` values."""
     sqlite = "sqlite"
     sqlite_memory = "sqlite-memory"
     postgres = "postgres"
 
 
 class Backend(enum.StrEnum):
+    """``--backend`` values (anyio backends)."""
     trio = "trio"
     asyncio = "asyncio"
 

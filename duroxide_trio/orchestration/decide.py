@@ -212,6 +212,9 @@ def _decide(
         return Commit(_with_refused_starts(result, batch, plan), logging.ERROR,
                       f"instance {instance!r}: {over.message}", ran_code=True)
     result = _with_refused_starts(result, batch, plan)
+    if result.warnings:
+        return Commit(result, logging.WARNING, f"instance {instance!r}: " + "; ".join(result.warnings),
+                      ran_code=True)
     if result.status == "Failed" and result.error is not None and result.error.category != "application":
         return Commit(result, logging.ERROR, f"instance {instance!r} failed: {result.error.message}", ran_code=True)
     return Commit(result, ran_code=True)

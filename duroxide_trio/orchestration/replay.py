@@ -159,6 +159,7 @@ class TurnResult:
     version: str = ""
     parent_instance: str | None = None
     execution_id: int = 1
+    warnings: list[str] = attrs.field(factory=list)  # e.g. user cleanup code that raised while closed
 
 
 class _Nondeterminism(Exception):
@@ -684,7 +685,9 @@ class Turn:
             self._run()
         except _Fail as f:
             self._fail = f.details
-        return self._finalize()
+        result = self._finalize()
+        result.warnings.extend(self.cleanup_errors)
+        return result
 
     def _run(self) -> None:
         history = self.plan.history
@@ -869,11 +872,29 @@ def fail_instance(
     name: str,
     version: str,
 ) -> TurnResult:
-    """A turn that ends the instance as Failed without running code (poison, corrupted history).
-    Writes ``OrchestrationStarted`` first when the execution has no history yet, and tells a parent."""
+    """A turn that ends the instance as Failed without running code (poison, corrupted history, a limit).
+    Writes ``OrchestrationStarted`` first when the execution has no history yet, cancels the activities
+    and children still open in history (as a finished orchestration does), and tells a parent."""
     r = TurnResult(execution_id=plan.execution_id, name=name, version=version, status=FAILED, error=details)
     history = plan.history
     next_id = len(history) + 1
+    open_work: dict[int, Any] = {}
+    for ev in history:
+        if isinstance(ev.kind, (ActivityScheduled, SubOrchestrationScheduled)):
+            open_work[ev.event_id] = ev.kind
+        elif isinstance(ev.kind, (ActivityCompleted, ActivityFailed, ActivityCancelRequested,
+                                  SubOrchestrationCompleted, SubOrchestrationFailed,
+                                  SubOrchestrationCancelRequested)):
+            open_work.pop(ev.source_event_id or -1, None)
+    reason = "orchestration_terminal_failed"
+    for event_id, kind in open_work.items():
+        if isinstance(kind, ActivityScheduled):
+            r.history_delta.append(Event(next_id, ActivityCancelRequested(reason), event_id, now_ms))
+            r.cancelled_activities.append((instance_id, plan.execution_id, event_id))
+        else:
+            r.history_delta.append(Event(next_id, SubOrchestrationCancelRequested(reason), event_id, now_ms))
+            r.orchestrator_items.append(CancelInstance(kind.instance, "parent failed"))
+        next_id += 1
     parent: tuple[str, int, int] | None = None
     if history and isinstance(history[0].kind, OrchestrationStarted):
         s = history[0].kind

@@ -78,10 +78,12 @@ class ProviderError(Exception):
 
     @classmethod
     def transient(cls, operation: str, message: str) -> ProviderError:
+        """A retryable error (busy, locked, deadlock, lost connection)."""
         return cls(operation, message, retryable=True)
 
     @classmethod
     def permanent(cls, operation: str, message: str) -> ProviderError:
+        """An error that retrying does not fix (bad or expired lock token, duplicate, corruption)."""
         return cls(operation, message, retryable=False)
 
 
@@ -94,18 +96,24 @@ class InstanceAlreadyExists(ProviderError):
 
 
 class InstanceNotFound(ProviderError):
+    """The operation named an instance that does not exist."""
+
     def __init__(self, operation: str, instance_id: str) -> None:
         super().__init__(operation, f"instance {instance_id!r} not found")
         self.instance_id = instance_id
 
 
 class InstanceStillRunning(ProviderError):
+    """``delete_instance`` of a running instance without ``force``."""
+
     def __init__(self, operation: str, instance_id: str) -> None:
         super().__init__(operation, f"instance {instance_id!r} is still running (use force=True)")
         self.instance_id = instance_id
 
 
 class CannotDeleteSubOrchestration(ProviderError):
+    """``delete_instance`` of a sub-orchestration: delete its root instead."""
+
     def __init__(self, operation: str, instance_id: str, parent_id: str) -> None:
         super().__init__(
             operation,
@@ -135,6 +143,9 @@ class OrchestrationItem:
 
 @attrs.frozen
 class WorkItemLease:
+    """A locked activity from ``fetch_work_item``: the item, the token that acks/renews/abandons it, and how
+    often it was fetched."""
+
     item: ActivityExecute
     lock_token: str
     attempt_count: int
@@ -154,6 +165,8 @@ class ExecutionMetadata:
 
 @attrs.frozen
 class ScheduledActivity:
+    """Names one scheduled activity (instance, execution, event id), e.g. to cancel it in an ack."""
+
     instance_id: str
     execution_id: int
     activity_id: int
@@ -161,6 +174,8 @@ class ScheduledActivity:
 
 @attrs.frozen
 class InstanceInfo:
+    """An instance row with its current execution's status and output (times in epoch milliseconds)."""
+
     instance_id: str
     name: str
     version: str | None
@@ -176,6 +191,8 @@ class InstanceInfo:
 
 @attrs.frozen
 class ExecutionInfo:
+    """One execution of an instance (a new one starts at every continue-as-new)."""
+
     execution_id: int
     status: str
     output: str | None
@@ -186,6 +203,8 @@ class ExecutionInfo:
 
 @attrs.frozen
 class SystemMetrics:
+    """Counts over the whole store (``duroxide-trio instances metrics``)."""
+
     total_instances: int
     total_executions: int
     running_instances: int
@@ -206,6 +225,8 @@ class WorkOutlook:
 
 @attrs.frozen
 class QueueDepths:
+    """Messages waiting per queue (timers are orchestrator messages with delayed visibility)."""
+
     orchestrator_queue: int
     worker_queue: int
     timer_queue: int = 0
@@ -213,6 +234,8 @@ class QueueDepths:
 
 @attrs.frozen
 class DeleteResult:
+    """What a delete removed."""
+
     instances_deleted: int = 0
     executions_deleted: int = 0
     events_deleted: int = 0
@@ -221,12 +244,17 @@ class DeleteResult:
 
 @attrs.frozen
 class PruneOptions:
+    """Which old executions to prune: keep the newest ``keep_last`` and/or those finished after
+    ``completed_before_ms``."""
+
     keep_last: int | None = None
     completed_before_ms: int | None = None
 
 
 @attrs.frozen
 class PruneResult:
+    """What a prune removed."""
+
     instances_processed: int = 0
     executions_deleted: int = 0
     events_deleted: int = 0
@@ -234,6 +262,9 @@ class PruneResult:
 
 @attrs.frozen
 class InstanceFilter:
+    """Selects instances for bulk operations: explicit ids and/or finished before ``completed_before_ms``, at
+    most ``limit``."""
+
     instance_ids: list[str] | None = None
     completed_before_ms: int | None = None
     limit: int = 1000
@@ -263,9 +294,11 @@ class Notifier:
 
     # queues ---------------------------------------------------------------------------------------
     def generation(self, key: str) -> int:
+        """Take this before checking the store; pass it to :meth:`wait`."""
         return self._gen.get(key, 0)
 
     def notify(self, key: str) -> None:
+        """Work was committed to queue ``key``: wake its waiters now."""
         self._gen[key] = self._gen.get(key, 0) + 1
         ev = self._events.pop(key, None)
         if ev is not None:
@@ -283,6 +316,7 @@ class Notifier:
             ev.set()
 
     def next_deadline(self, key: str) -> float | None:
+        """The earliest known time (epoch seconds) at which work on ``key`` becomes visible, if any."""
         heap = self._deadlines.get(key)
         now = self.clock.now_ms() / 1000.0
         while heap and heap[0] <= now - 1.0:
@@ -311,6 +345,7 @@ class Notifier:
                 await ev.wait()
 
     def notify_all(self) -> None:
+        """Wake every waiter (e.g. on shutdown or after a reconnect)."""
         for key in list(self._events):
             ev = self._events.pop(key)
             ev.set()
@@ -368,9 +403,13 @@ class Provider(Protocol):
     notifier: Notifier
 
     @property
-    def name(self) -> str: ...
+    def name(self) -> str:
+        """A short name for messages and results (``"sqlite"``, ``"postgres"``)."""
+        ...
 
-    async def close(self) -> None: ...
+    async def close(self) -> None:
+        """Release connections and threads; idempotent. ``async with provider:`` calls it on exit."""
+        ...
 
     async def __aenter__(self) -> Any: ...
 
@@ -401,11 +440,19 @@ class Provider(Protocol):
 
     async def abandon_orchestration_item(
         self, lock_token: str, delay: float | None = None, ignore_attempt: bool = False
-    ) -> None: ...
+    ) -> None:
+        """Release a fetched batch without committing: its messages become visible again (after ``delay``
+        seconds); ``ignore_attempt`` gives back the attempt the fetch counted (e.g. on shutdown)."""
+        ...
 
-    async def renew_orchestration_item_lock(self, lock_token: str, extend_for: float) -> None: ...
+    async def renew_orchestration_item_lock(self, lock_token: str, extend_for: float) -> None:
+        """Extend the instance lock to ``extend_for`` seconds from now; permanent ProviderError if the
+        token is unknown or expired."""
+        ...
 
-    async def enqueue_for_orchestrator(self, item: WorkItem, delay: float | None = None) -> None: ...
+    async def enqueue_for_orchestrator(self, item: WorkItem, delay: float | None = None) -> None:
+        """Put a message on the orchestrator queue for ``item``'s instance, visible after ``delay`` seconds."""
+        ...
 
     async def enqueue_start(self, item: StartOrchestration) -> None:
         """Enqueue a start for a new instance; ``InstanceAlreadyExists`` if the id has an instance or a
@@ -413,28 +460,49 @@ class Provider(Protocol):
         ...
 
     # history ----------------------------------------------------------------------------------------
-    async def read(self, instance_id: str) -> list[Event]: ...
+    async def read(self, instance_id: str) -> list[Event]:
+        """The history of the instance's current execution (empty for an unknown instance)."""
+        ...
 
-    async def read_with_execution(self, instance_id: str, execution_id: int) -> list[Event]: ...
+    async def read_with_execution(self, instance_id: str, execution_id: int) -> list[Event]:
+        """The history of one execution (empty if it does not exist)."""
+        ...
 
     async def append_with_execution(self, instance_id: str, execution_id: int, events: Sequence[Event]) -> None:
+        """Append events to an execution's history outside a turn (tests and tools)."""
         ...
 
     # worker queue -----------------------------------------------------------------------------------
-    async def enqueue_for_worker(self, item: ActivityExecute) -> None: ...
+    async def enqueue_for_worker(self, item: ActivityExecute) -> None:
+        """Put an activity on the worker queue outside a turn (tests and tools)."""
+        ...
 
-    async def fetch_work_item(self, lock_timeout: float, poll_timeout: float = 0.0) -> WorkItemLease | None: ...
+    async def fetch_work_item(self, lock_timeout: float, poll_timeout: float = 0.0) -> WorkItemLease | None:
+        """Lock the oldest visible activity for ``lock_timeout`` seconds (attempt_count + 1) and return it;
+        ``None`` if there is none (waiting up to ``poll_timeout`` seconds for one)."""
+        ...
 
-    async def ack_work_item(self, lock_token: str, completion: WorkItem | None) -> None: ...
+    async def ack_work_item(self, lock_token: str, completion: WorkItem | None) -> None:
+        """Delete the locked activity and enqueue its ``completion`` for the orchestrator atomically
+        (``None``: drop it). Unknown or expired token: permanent ProviderError."""
+        ...
 
-    async def renew_work_item_lock(self, lock_token: str, extend_for: float) -> None: ...
+    async def renew_work_item_lock(self, lock_token: str, extend_for: float) -> None:
+        """Extend an activity lock to ``extend_for`` seconds from now; permanent ProviderError if the token
+        is unknown, expired, or the activity was cancelled."""
+        ...
 
     async def abandon_work_item(
         self, lock_token: str, delay: float | None = None, ignore_attempt: bool = False
-    ) -> None: ...
+    ) -> None:
+        """Release a locked activity so it is fetched again (after ``delay`` seconds); ``ignore_attempt``
+        gives back the attempt the fetch counted."""
+        ...
 
     # status -----------------------------------------------------------------------------------------
-    async def get_instance_info(self, instance_id: str) -> InstanceInfo | None: ...
+    async def get_instance_info(self, instance_id: str) -> InstanceInfo | None:
+        """The instance row and its current execution's status and output; ``None`` if unknown."""
+        ...
 
     async def instance_exists(self, instance_id: str) -> bool:
         """True if ``instance_id`` has an instance or a pending start (events and cancels for any other id
@@ -442,44 +510,81 @@ class Provider(Protocol):
         ...
 
     async def get_custom_status(self, instance_id: str, last_seen_version: int) -> tuple[str | None, int] | None:
+        """``(custom status JSON, version)`` if its version is newer than ``last_seen_version``, else ``None``."""
         ...
 
-    def as_admin(self) -> ProviderAdmin | None: ...
+    def as_admin(self) -> ProviderAdmin | None:
+        """The management interface, or ``None`` if this provider has none."""
+        ...
 
 
 @runtime_checkable
 class ProviderAdmin(Protocol):
     """Management operations (the Client's ``list_instances``, ``delete_instance``, ``prune_executions``...)."""
 
-    async def list_instances(self, status: str | None = None) -> list[str]: ...
+    async def list_instances(self, status: str | None = None) -> list[str]:
+        """Instance ids, newest first; ``status`` (``"Running"``, ``"Completed"``, ``"Failed"``,
+        ``"ContinuedAsNew"``) filters on the current execution."""
+        ...
 
-    async def list_executions(self, instance_id: str) -> list[int]: ...
+    async def list_executions(self, instance_id: str) -> list[int]:
+        """The instance's execution ids in ascending order (empty if unknown)."""
+        ...
 
-    async def read_history(self, instance_id: str, execution_id: int | None = None) -> list[Event]: ...
+    async def read_history(self, instance_id: str, execution_id: int | None = None) -> list[Event]:
+        """One execution's history (default: the current one); empty if unknown."""
+        ...
 
-    async def get_instance_info(self, instance_id: str) -> InstanceInfo | None: ...
+    async def get_instance_info(self, instance_id: str) -> InstanceInfo | None:
+        """The instance row and its current execution; ``None`` if unknown."""
+        ...
 
-    async def get_execution_info(self, instance_id: str, execution_id: int) -> ExecutionInfo | None: ...
+    async def get_execution_info(self, instance_id: str, execution_id: int) -> ExecutionInfo | None:
+        """Status, output, times and event count of one execution; ``None`` if it does not exist."""
+        ...
 
-    async def get_system_metrics(self) -> SystemMetrics: ...
+    async def get_system_metrics(self) -> SystemMetrics:
+        """Counts of instances (by status), executions and history events."""
+        ...
 
-    async def get_queue_depths(self) -> QueueDepths: ...
+    async def get_queue_depths(self) -> QueueDepths:
+        """Messages waiting in the orchestrator, worker and timer queues."""
+        ...
 
-    async def list_children(self, instance_id: str) -> list[str]: ...
+    async def list_children(self, instance_id: str) -> list[str]:
+        """Direct sub-orchestrations of an instance."""
+        ...
 
-    async def get_parent_id(self, instance_id: str) -> str | None: ...
+    async def get_parent_id(self, instance_id: str) -> str | None:
+        """The parent of a sub-orchestration; ``None`` for a root or an unknown instance."""
+        ...
 
-    async def get_instance_tree(self, instance_id: str) -> list[str]: ...
+    async def get_instance_tree(self, instance_id: str) -> list[str]:
+        """The instance and all its descendants (the instance first)."""
+        ...
 
-    async def delete_instance(self, instance_id: str, force: bool = False) -> DeleteResult: ...
+    async def delete_instance(self, instance_id: str, force: bool = False) -> DeleteResult:
+        """Delete a root instance and its descendants. Raises ``InstanceNotFound``,
+        ``CannotDeleteSubOrchestration``, or ``InstanceStillRunning`` unless ``force``."""
+        ...
 
-    async def delete_instances_atomic(self, instance_ids: Sequence[str], force: bool = False) -> DeleteResult: ...
+    async def delete_instances_atomic(self, instance_ids: Sequence[str], force: bool = False) -> DeleteResult:
+        """Delete these instances in one transaction (all or none); same errors as ``delete_instance``."""
+        ...
 
-    async def delete_instance_bulk(self, filter: InstanceFilter) -> DeleteResult: ...
+    async def delete_instance_bulk(self, filter: InstanceFilter) -> DeleteResult:
+        """Delete terminal root instances matching ``filter`` (and their descendants); running ones and
+        sub-orchestrations are skipped."""
+        ...
 
-    async def prune_executions(self, instance_id: str, options: PruneOptions) -> PruneResult: ...
+    async def prune_executions(self, instance_id: str, options: PruneOptions) -> PruneResult:
+        """Delete old terminal executions of one instance (``keep_last`` / ``completed_before_ms``); the
+        current execution is never deleted."""
+        ...
 
-    async def prune_executions_bulk(self, filter: InstanceFilter, options: PruneOptions) -> PruneResult: ...
+    async def prune_executions_bulk(self, filter: InstanceFilter, options: PruneOptions) -> PruneResult:
+        """``prune_executions`` for every instance matching ``filter``."""
+        ...
 
 
 class ProviderFactory(Protocol):
@@ -489,4 +594,6 @@ class ProviderFactory(Protocol):
     are quick), ``corrupt_instance_history(provider, instance_id)`` and
     ``get_max_attempt_count(provider, instance_id)``; ``cleanup(provider)`` runs after use."""
 
-    async def create_provider(self) -> Provider: ...
+    async def create_provider(self) -> Provider:
+        """A fresh, isolated, migrated provider (a new file, schema or database)."""
+        ...

@@ -10,6 +10,7 @@ import anyio
 import anyio.abc
 import anyio.to_thread
 import attrs
+import sniffio
 
 from ..history import ActivityError, ActivityExecute, ActivityResult, ErrorDetails
 from ..orchestration import limits
@@ -353,7 +354,7 @@ async def run_activity(runtime: Runtime, lease: WorkItemLease, acker: Acker) -> 
     )
     try:
         with work_scope:
-            completion = await _invoke(plan.handler, ctx, item, plan.args)
+            completion = await _invoke(runtime, plan.handler, ctx, item, plan.args)
     except anyio.get_cancelled_exc_class():
         # Shutdown after the grace period: give the item back at once, without counting an attempt.
         with anyio.CancelScope(shield=True):
@@ -370,12 +371,16 @@ async def run_activity(runtime: Runtime, lease: WorkItemLease, acker: Acker) -> 
     await _ack(acker, lease, completion)
 
 
-async def _invoke(handler: ActivityHandler, ctx: ActivityContext, item: ActivityExecute, args: tuple[Any, ...]) -> Any:
+async def _invoke(
+    runtime: Runtime, handler: ActivityHandler, ctx: ActivityContext, item: ActivityExecute, args: tuple[Any, ...]
+) -> Any:
     """Run the user's code; whatever it raises (even ``KeyboardInterrupt`` or ``SystemExit``) becomes the
     activity's failure. Under trio it runs KeyboardInterrupt-protected, so a real Ctrl-C goes to the main
     task, not into activity code. A sync activity runs in a thread that is abandoned on cancellation."""
     try:
-        if handler.is_async:
+        if handler.loop == "asyncio" and sniffio.current_async_library() == "trio":
+            value = await runtime.asyncio_loop.run(runtime.services, handler.fn(ctx, *args))
+        elif handler.is_async:
             value = await handler.fn(ctx, *args)
         else:
             value = await anyio.to_thread.run_sync(functools.partial(handler.fn, ctx, *args), abandon_on_cancel=True)

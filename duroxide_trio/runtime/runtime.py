@@ -14,6 +14,7 @@ import attrs
 
 from ..providers.base import Provider, ProviderError
 from ..registry import Registry
+from .asyncio_loop import AsyncioLoopThread
 from .leases import LeaseRenewer
 from .options import RuntimeOptions
 from .watchdog import Watchdog
@@ -77,6 +78,8 @@ class Runtime:
         self._workers_scope: anyio.CancelScope | None = None
         self.leases = LeaseRenewer()
         self.watchdog = Watchdog(self, options.blocked_loop_threshold)
+        self.asyncio_loop = AsyncioLoopThread()
+        self.services: Any = None  # the task group of the runtime's own services (set by open_runtime)
         self._acker: Any = None
         from ..client import Client
 
@@ -140,6 +143,7 @@ async def _run(runtime: Runtime) -> AsyncIterator[Runtime]:
 
     acker = runtime._acker = Acker(runtime)
     async with anyio.create_task_group() as outer:
+        runtime.services = outer
         workers_done = anyio.Event()
         acker_done = anyio.Event()
 
@@ -195,4 +199,5 @@ async def _run(runtime: Runtime) -> AsyncIterator[Runtime]:
                     await acker_done.wait()
                 runtime.leases.stop()
                 runtime.watchdog.stop()
+                runtime.asyncio_loop.stop()
             outer.cancel_scope.cancel()  # the listener (if any) runs until cancelled

@@ -61,15 +61,18 @@ class StressConfig:
         return f"{self.orchestration_concurrency}:{self.worker_concurrency}"
 
     def describe(self) -> str:
+        """One line for people: scenario, duration, in flight, tasks, activity delay, concurrency."""
         return (
             f"{self.scenario}, {self.duration:g}s, {self.max_concurrent} in flight, {self.tasks_per_instance} tasks, "
             f"{self.activity_delay_ms}ms activities, {self.concurrency_label}"
         )
 
     def as_dict(self) -> dict[str, Any]:
+        """Every field, JSON-ready."""
         return attrs.asdict(self)
 
     def evolve(self, **changes: Any) -> StressConfig:
+        """A copy with ``changes`` applied (validated like the constructor)."""
         return attrs.evolve(self, **changes)
 
 

@@ -17,7 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .config import StressConfig
-from .result import StressResult
+from .result import StressResult, format_duration, format_ms
 from .runner import StressMonitor
 
 __all__ = ["Dashboard", "PlainProgress", "summary_panel"]
@@ -75,29 +75,33 @@ class Dashboard:
         self._live.__exit__(None, None, None)
 
     def update(self, monitor: StressMonitor) -> None:
+        """The ``on_progress`` callback: redraw at most ``refresh_per_second`` times (always at the end)."""
         now = time.monotonic()
-        if now - self._last < self._interval and monitor.phase not in ("done", "aborted"):
+        if now - self._last < self._interval and monitor.phase not in ("done", "aborted", "interrupted"):
             return
         self._last = now
         self._frame += 1
         self._live.update(self.render(monitor), refresh=True)
 
     def finish(self, result: StressResult | None, *, aborted: str | None = None) -> None:
+        """Print the summary panel (PASS / FAIL, and why a run was aborted) that replaces the live view."""
         self.console.print(summary_panel(result, self.provider, self.url, aborted=aborted))
 
     # ---------------------------------------------------------------------------------------------------
     def render(self, m: StressMonitor) -> Group:
+        """The live view: header, roles, latency and error panels."""
         return Group(self._header(m), self._roles(m), self._latency(m), self._errors(m))
 
     def _header(self, m: StressMonitor) -> Panel:
         c = m.config
         elapsed = m.elapsed
         fraction = min(elapsed / c.duration, 1.0) if c.duration else 1.0
-        phase = {"load": "RUNNING", "draining": "DRAINING", "done": "COMPLETE", "aborted": "ABORTED"}.get(
+        phase = {"load": "RUNNING", "draining": "DRAINING", "done": "COMPLETE", "aborted": "ABORTED",
+                 "interrupted": "INTERRUPTED"}.get(
             m.phase, m.phase.upper()
         )
         phase_style = {"RUNNING": "bold green", "DRAINING": "bold yellow", "COMPLETE": "bold cyan",
-                       "ABORTED": "bold red"}.get(phase, "bold")  # fmt: skip
+                       "ABORTED": "bold red", "INTERRUPTED": "bold yellow"}.get(phase, "bold")  # fmt: skip
         grid = Table.grid(padding=(0, 2))
         grid.add_column(style="bold")
         grid.add_column()
@@ -187,9 +191,11 @@ class Dashboard:
 
     def _latency(self, m: StressMonitor) -> Panel:
         p = m.latency_percentiles()
+        empty = not m.latencies_ms
         text = Text("latency per instance  ")
         for name in ("p50", "p95", "p99", "max"):
-            text += Text(f"{name} ", style="bold") + Text(f"{p[name]:.1f} ms   ", style="cyan")
+            shown = format_ms(None if empty else p[name])
+            text += Text(f"{name} ", style="bold") + Text(f"{shown}   ", style="cyan")
         text += Text(f"({len(m.latencies_ms)} samples)", style="dim")
         return Panel(text, border_style="grey50", padding=(0, 1))
 
@@ -232,14 +238,19 @@ def summary_panel(
         grid.add_row(
             "Throughput",
             f"{result.orch_throughput:.2f} orch/s, {result.activity_throughput:.2f} activities/s (load phase "
-            f"{result.load_duration_s:.1f}s); {result.overall_throughput:.2f} orch/s over the whole run "
-            f"(drain {result.drain_duration_s:.1f}s)",
+            f"{format_duration(result.load_duration_s)}); {result.overall_throughput:.2f} orch/s over the "
+            f"whole run (drain {format_duration(result.drain_duration_s)})",
         )
+        some = lat.count > 0
         grid.add_row(
             "Latency",
-            f"p50 {lat.p50:.1f} ms, p95 {lat.p95:.1f} ms, p99 {lat.p99:.1f} ms, max {lat.max:.1f} ms",
+            ", ".join(f"{k} {format_ms(getattr(lat, k) if some else None)}" for k in ("p50", "p95", "p99", "max")),
         )
-        grid.add_row("Resources", f"peak RSS {result.peak_rss_mb:.1f} MB, CPU {result.cpu_percent:.0f}%")
+        grid.add_row(
+            "Resources",
+            f"peak RSS {result.peak_rss_mb:.1f} MB (+{result.rss_growth_mb:.1f} MB during this run), "
+            f"CPU {result.cpu_percent:.0f}%",
+        )
         grid.add_row(
             "Errors", f"{result.expected_errors} expected (retried), {result.unexpected_errors} unexpected"
         )
@@ -247,6 +258,9 @@ def summary_panel(
             grid.add_row(Text("Failure", style="red"), Text(f"{f.instance_id}: {f.kind}: {f.message[:200]}"))
     if aborted:
         grid.add_row(Text("Aborted", style="bold red"), aborted)
+    if result is not None and result.interrupted:
+        grid.add_row(Text("Interrupted", style="bold yellow"), "stopped early (Ctrl-C): partial figures")
+        verdict = "INTERRUPTED"
     style = "green" if passed else "red"
     return Panel(grid, title=f"[bold {style}]{verdict}[/]", border_style=style)
 
@@ -261,16 +275,19 @@ class PlainProgress:
         self._last = time.monotonic()
 
     def update(self, m: StressMonitor) -> None:
+        """The ``on_progress`` callback: write one line every ``interval`` seconds."""
         now = time.monotonic()
         if now - self._last < self.interval:
             return
         self._last = now
         p = m.latency_percentiles()
+        empty = not m.latencies_ms
+        p50, p99 = (format_ms(None if empty else p[k]) for k in ("p50", "p99"))
         self.stream.write(
             f"[{m.elapsed:6.1f}s/{m.config.duration:g}s] {self.label or m.config.scenario} {m.phase}: "
             f"launched {m.launched} completed {m.completed} failed {m.failed} in-flight {m.in_flight} | "
-            f"{m.throughput():.1f} orch/s {m.activity_throughput():.1f} act/s | p50 {p['p50']:.1f}ms "
-            f"p99 {p['p99']:.1f}ms | errors {m.expected_errors} expected {m.unexpected_errors} unexpected\n"
+            f"{m.throughput():.1f} orch/s {m.activity_throughput():.1f} act/s | p50 {p50} "
+            f"p99 {p99} | errors {m.expected_errors} expected {m.unexpected_errors} unexpected\n"
         )
         self.stream.flush()
 

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import attrs
 from rich.table import Table
 
-from .result import StressResult
+from .result import StressResult, format_ms
 from .runner import ErrorEntry, describe_error, runtime_options
 
 __all__ = [
@@ -56,17 +56,27 @@ def _mask(url: str | None) -> str:
     return mask_url(url)
 
 
+#: Columns the terminal table leaves out, in this order, until it fits the console width (indexes into
+#: ``HEADERS``): the failure categories first (``Failed`` still counts them all), then Activity/s, Peak
+#: RSS, p95, Completed.
+DROP_ORDER = (4, 5, 6, 9, 13, 11, 2)
+
+
 def row_label(result: StressResult) -> str:
+    """``"<provider> (<scenario>)"``, the first cell of a result's row."""
     return f"{result.provider} ({result.scenario})"
 
 
 def comparison_rows(results: Sequence[StressResult]) -> list[list[str]]:
+    """One row of cells per result, in ``HEADERS`` order; latencies for people (``"92 ms"``, ``"1.5 s"``),
+    ``"—"`` when a run has no latency samples."""
     rows = []
     for r in results:
         lat = r.latency_ms
+        some = lat.count > 0
         rows.append(
             [
-                row_label(r),
+                f"{r.provider} ({r.scenario}, interrupted)" if r.interrupted else row_label(r),
                 r.config.concurrency_label,
                 str(r.completed),
                 str(r.failed),
@@ -76,26 +86,58 @@ def comparison_rows(results: Sequence[StressResult]) -> list[list[str]]:
                 f"{r.success_rate:.2f}",
                 f"{r.orch_throughput:.2f}",
                 f"{r.activity_throughput:.2f}",
-                f"{lat.p50:.1f}ms",
-                f"{lat.p95:.1f}ms",
-                f"{lat.p99:.1f}ms",
-                f"{r.peak_rss_mb:.1f}MB",
+                format_ms(lat.p50 if some else None),
+                format_ms(lat.p95 if some else None),
+                format_ms(lat.p99 if some else None),
+                f"{r.peak_rss_mb:.1f} MB",
             ]
         )
     return rows
 
 
-def comparison_table(results: Sequence[StressResult], title: str = "Stress test results") -> Table:
+def _table(
+    results: Sequence[StressResult], title: str, columns: Sequence[int], wrap_label: bool = False
+) -> Table:
     table = Table(title=title, title_style="bold", header_style="bold cyan")
-    for i, header in enumerate(HEADERS):
-        table.add_column(header, justify="left" if i == 0 else "right", no_wrap=True)
+    for i in columns:
+        table.add_column(
+            HEADERS[i], justify="left" if i == 0 else "right", no_wrap=not (wrap_label and i == 0)
+        )
     for r, row in zip(results, comparison_rows(results), strict=True):
-        style = None if r.passed else "red"
-        table.add_row(*row, style=style)
+        style = None if r.passed else ("yellow" if r.interrupted and not r.failed else "red")
+        table.add_row(*(row[i] for i in columns), style=style)
+    return table
+
+
+def comparison_table(
+    results: Sequence[StressResult], title: str = "Stress test results", *, width: int | None = None
+) -> Table:
+    """The comparison table (rich). With ``width`` (e.g. ``console.width``) it leaves out the columns of
+    ``DROP_ORDER`` one by one until it fits, then lets the first column (provider and scenario) wrap
+    between words, so no header or figure is cut short on a narrow terminal; the full table is in
+    ``--json``, ``--track`` and the markdown table."""
+    columns = list(range(len(HEADERS)))
+    table = _table(results, title, columns)
+    if width is None:
+        return table
+    from rich.console import Console
+
+    measure = Console(width=10_000, file=open(os.devnull, "w"))  # noqa: SIM115 - closed below
+    try:
+        for drop in DROP_ORDER:
+            if measure.measure(table).maximum <= width:
+                break
+            columns.remove(drop)
+            table = _table(results, title, columns)
+        if measure.measure(table).maximum > width:
+            table = _table(results, title, columns, wrap_label=True)
+    finally:
+        measure.file.close()
     return table
 
 
 def markdown_table(results: Sequence[StressResult]) -> str:
+    """Every column of the comparison table as a markdown table (for tracked results files)."""
     lines = ["| " + " | ".join(HEADERS) + " |", "|" + "|".join("---" for _ in HEADERS) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in comparison_rows(results)]
     return "\n".join(lines)
@@ -106,6 +148,7 @@ def markdown_table(results: Sequence[StressResult]) -> str:
 
 
 def versions() -> dict[str, str]:
+    """Python, duroxide-trio, its main dependencies and SQLite versions, for results and crash reports."""
     from importlib import metadata
 
     out = {"python": platform.python_version(), "implementation": platform.python_implementation()}
@@ -239,6 +282,8 @@ def _previous_entries(text: str) -> dict[str, dict[str, Any]]:
 
 
 def regression_warnings(result: StressResult, previous: dict[str, Any] | None) -> list[str]:
+    """Warnings when ``result`` is more than 20 % slower or its p50 more than 50 % higher than ``previous``
+    (a tracked entry)."""
     if not previous:
         return []
     warnings = []
@@ -270,10 +315,12 @@ def append_tracking(
     commit: str | None = None,
     branch: str | None = None,
     now: datetime | None = None,
+    report_file: str | os.PathLike[str] | None = None,
 ) -> tuple[Path, list[str]]:
     """Append a dated entry to ``stress-test-results-<db-host>.md`` in ``results_dir``; returns the file
     and the regression warnings (throughput down more than 20 %, p50 up more than 50 % against the
-    previous entry of the same configuration)."""
+    previous entry of the same configuration). ``report_file``: the HTML report of these runs, linked
+    from the entry (relative to the results file when it can be)."""
     directory = Path(results_dir)
     directory.mkdir(parents=True, exist_ok=True)
     host = db_host(provider, database_url)
@@ -321,6 +368,13 @@ def append_tracking(
             f"- **Workload**: {first.duration:g}s, {first.max_concurrent} in flight, {first.tasks_per_instance} tasks, "
             f"{first.activity_delay_ms}ms activities"
         )
+    if report_file is not None:
+        target = Path(report_file).resolve()
+        try:
+            link = os.path.relpath(target, directory.resolve())
+        except ValueError:  # another drive (Windows)
+            link = str(target)
+        lines.append(f"- **Report**: [{target.name}]({link.replace(os.sep, '/')})")
     lines += ["", "### Results", "", markdown_table(results), ""]
     lines.append("### Comparison with the previous run")
     lines.append("")
@@ -429,6 +483,7 @@ def write_crash_report(
 
 
 def mask_text(text: str, url: str | None) -> str:
+    """``text`` with every URL's password and the password of ``url`` replaced by ``***``."""
     from .._masking import mask_url
 
     masked = mask_url(text)

@@ -10,7 +10,57 @@ import attrs
 
 from .config import StressConfig
 
-__all__ = ["FailureRecord", "LatencyStats", "StressResult", "TimelinePoint", "latency_stats", "percentile"]
+__all__ = [
+    "FailureRecord",
+    "LatencyStats",
+    "StressResult",
+    "TimelinePoint",
+    "format_duration",
+    "format_ms",
+    "latency_stats",
+    "percentile",
+]
+
+#: Shown for a figure that has no samples (e.g. a latency percentile of a run where nothing completed).
+NO_VALUE = "—"
+
+
+def format_ms(ms: float | None) -> str:
+    """A duration in milliseconds for people: ``"0.42 ms"``, ``"4.2 ms"``, ``"92 ms"``, ``"1.5 s"``,
+    ``"12 s"``, ``"2 min 5 s"``; ``"—"`` for ``None`` or NaN."""
+    if ms is None or math.isnan(ms):
+        return NO_VALUE
+    if ms < 0:
+        return "-" + format_ms(-ms)
+    if ms == 0:
+        return "0 ms"
+    if ms < 1:
+        return f"{ms:.2f} ms"
+    if ms < 10:
+        return f"{ms:.1f} ms"
+    if ms < 999.5:
+        return f"{ms:.0f} ms"
+    return format_duration(ms / 1000.0)
+
+
+def format_duration(seconds: float | None) -> str:
+    """A duration in seconds for people: ``"92 ms"`` below a second, ``"1.5 s"``, ``"12 s"``,
+    ``"2 min 5 s"``, ``"1 h 2 min"``; ``"—"`` for ``None`` or NaN."""
+    if seconds is None or math.isnan(seconds):
+        return NO_VALUE
+    if seconds < 0:
+        return "-" + format_duration(-seconds)
+    if seconds < 0.9995:
+        return format_ms(seconds * 1000.0)
+    if seconds < 9.95:
+        return f"{seconds:.1f} s"
+    if seconds < 59.5:
+        return f"{seconds:.0f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs} s" if secs else f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min" if minutes else f"{hours} h"
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -38,17 +88,20 @@ class LatencyStats:
     count: int = 0
 
     def __getitem__(self, key: str) -> float:
+        """``stats["p50"]``: a figure by name (``KeyError`` for an unknown one)."""
         if key not in ("mean", "p50", "p95", "p99", "max", "count"):
             raise KeyError(key)
         return float(getattr(self, key))
 
     def as_dict(self) -> dict[str, float]:
+        """The figures rounded to 3 decimals, plus ``count``."""
         return {k: round(float(getattr(self, k)), 3) for k in ("mean", "p50", "p95", "p99", "max")} | {
             "count": self.count
         }
 
 
 def latency_stats(latencies_ms: Sequence[float]) -> LatencyStats:
+    """Mean, p50, p95, p99, max and count of latencies in milliseconds (all zero, count 0, when empty)."""
     if not latencies_ms:
         return LatencyStats()
     values = sorted(latencies_ms)
@@ -76,12 +129,16 @@ class FailureRecord:
     at_s: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
+        """Every field, JSON-ready."""
         return attrs.asdict(self)
 
 
 @attrs.frozen
 class TimelinePoint:
-    """One second of the run (``second`` counts from the start of the load phase)."""
+    """One second of the run (``second`` counts from the start of the load phase): instances completed,
+    failed and launched in that second (``completed`` is the throughput), the most instances in flight,
+    activities executed, the latency percentiles of the instances that completed in that second (0 when
+    none did: ``completed == 0``) and the process RSS."""
 
     second: int
     completed: int
@@ -92,8 +149,11 @@ class TimelinePoint:
     p50_ms: float
     max_ms: float
     rss_mb: float
+    p95_ms: float = 0.0
+    p99_ms: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
+        """Every field, JSON-ready."""
         return attrs.asdict(self)
 
 
@@ -106,8 +166,11 @@ class StressResult:
       ``activity_throughput`` likewise for activities executed by the runtime. ``overall_throughput`` =
       every completion divided by the whole run (load + drain), the figure duroxide's harness printed.
     - ``latency_ms``: true per-instance latencies (not the inverse of the throughput).
-    - ``peak_rss_mb`` / ``cpu_percent``: this process (100 % = one core busy), sampled during the run.
+    - ``peak_rss_mb`` / ``cpu_percent``: this process (100 % = one core busy), sampled during this run
+      only; ``rss_start_mb`` the RSS when this run began, so ``rss_growth_mb`` is what this run added
+      (a process does not give memory back, so a later run's peak includes what earlier runs kept).
     - ``duration_s`` = load + drain; ``timeline``: one point per second for plots.
+    - ``interrupted``: the run was stopped early (Ctrl-C); the figures cover what ran until then.
     - ``failures``: the failed instances (capped; ``failed`` is the full count).
     """
 
@@ -139,11 +202,18 @@ class StressResult:
     started_at: str
     timeline: list[TimelinePoint] = attrs.field(factory=list)
     failures: list[FailureRecord] = attrs.field(factory=list)
+    rss_start_mb: float = 0.0
+    interrupted: bool = False
+
+    @property
+    def rss_growth_mb(self) -> float:
+        """How much this run grew the process RSS (peak during the run minus the RSS at its start)."""
+        return max(self.peak_rss_mb - self.rss_start_mb, 0.0) if self.rss_start_mb else 0.0
 
     @property
     def passed(self) -> bool:
-        """Every launched instance completed with the right output."""
-        return self.launched > 0 and self.completed == self.launched and self.failed == 0
+        """Every launched instance completed with the right output (and the run was not interrupted)."""
+        return not self.interrupted and self.launched > 0 and self.completed == self.launched and self.failed == 0
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready (``json.dumps(result.as_dict())``)."""
@@ -160,4 +230,5 @@ class StressResult:
                 value = round(value, 3)
             out[field.name] = value
         out["passed"] = self.passed
+        out["rss_growth_mb"] = round(self.rss_growth_mb, 3)
         return out

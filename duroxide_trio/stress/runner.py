@@ -9,6 +9,7 @@ from the start request to the observed completion.
 from __future__ import annotations
 
 import collections
+import gc
 import os
 import resource
 import sys
@@ -28,7 +29,14 @@ from ..registry import Registry
 from ..runtime.options import RuntimeOptions
 from ..runtime.runtime import RecentError, Runtime, open_runtime
 from .config import StressConfig
-from .result import FailureRecord, StressResult, TimelinePoint, latency_stats, percentile
+from .result import (
+    FailureRecord,
+    StressResult,
+    TimelinePoint,
+    format_duration,
+    latency_stats,
+    percentile,
+)
 from .scenarios import Launch, get_scenario
 
 __all__ = ["ErrorEntry", "StressAborted", "StressMonitor", "run", "run_suite", "runtime_options"]
@@ -79,6 +87,7 @@ class StressAborted(Exception):
 
 
 def describe_error(error: BaseException | str) -> str:
+    """``"<ExceptionType>: <message>"`` (a string is returned as it is)."""
     return error if isinstance(error, str) else f"{type(error).__name__}: {error}"
 
 
@@ -138,8 +147,11 @@ class StressMonitor:
         self.errors: collections.deque[ErrorEntry] = collections.deque(maxlen=100)
         self.expected_errors = 0
         self.unexpected_errors = 0
-        self.peak_rss_mb = _rss_mb()
-        self.rss_mb = self.peak_rss_mb
+        gc.collect()  # what an earlier run left as garbage is not counted against this one
+        self.rss_start_mb = _rss_mb()
+        self.peak_rss_mb = self.rss_start_mb  # the peak of this run's samples only
+        self.rss_mb = self.rss_start_mb
+        self.interrupted = False
         self.cpu_percent = 0.0
         self.completed_in_load = 0
         self.activities_at_load_start = 0
@@ -162,6 +174,7 @@ class StressMonitor:
 
     @property
     def activities_completed(self) -> int:
+        """Activities the runtime executed so far."""
         return self.runtime.stats.activities_completed if self.runtime is not None else 0
 
     def throughput(self) -> float:
@@ -173,6 +186,7 @@ class StressMonitor:
         return self.completed / max(self.elapsed, 1e-9)
 
     def activity_throughput(self) -> float:
+        """Activities per second so far (of the load phase once it is over)."""
         if self.load_start is None:
             return 0.0
         if self.load_end is not None and self.activities_at_load_end is not None:
@@ -181,6 +195,7 @@ class StressMonitor:
         return (self.activities_completed - self.activities_at_load_start) / max(self.elapsed, 1e-9)
 
     def latency_percentiles(self) -> dict[str, float]:
+        """p50, p95, p99 and max of the latencies so far, in ms (0 without samples)."""
         values = sorted(self.latencies_ms)
         return {
             "p50": percentile(values, 50),
@@ -224,6 +239,17 @@ class StressMonitor:
         if self._fail_fast and not err.expected:
             self._abort(exc)
 
+    def interrupt(self) -> None:
+        """Stop the run early (e.g. on Ctrl-C): the load phase ends, instances still in flight are
+        abandoned (not counted as failures) and :func:`run` returns the figures measured so far, marked
+        ``interrupted``."""
+        if self.interrupted or self.phase in ("done", "aborted"):
+            return
+        self.interrupted = True
+        self.phase = "interrupted"
+        if self._scope is not None:
+            self._scope.cancel()
+
     def _abort(self, error: BaseException | str) -> None:
         if self.fatal is not None:
             return
@@ -252,6 +278,7 @@ class StressMonitor:
 
     # -- the result -------------------------------------------------------------------------------------
     def result(self, scenario: str) -> StressResult:
+        """The ``StressResult`` of what was measured (also for a run stopped early)."""
         self._sample()
         load_start = self.load_start if self.load_start is not None else time.monotonic()
         load_end = self.load_end if self.load_end is not None else time.monotonic()
@@ -282,6 +309,8 @@ class StressMonitor:
                     p50_ms=round(percentile(lat, 50), 3),
                     max_ms=round(lat[-1], 3) if lat else 0.0,
                     rss_mb=round(sec.rss, 2),
+                    p95_ms=round(percentile(lat, 95), 3),
+                    p99_ms=round(percentile(lat, 99), 3),
                 )
             )
             previous_activities = max(activities, previous_activities)
@@ -318,6 +347,8 @@ class StressMonitor:
             started_at=self.started_at.isoformat(timespec="seconds"),
             timeline=timeline,
             failures=list(self.failures),
+            rss_start_mb=self.rss_start_mb,
+            interrupted=self.interrupted,
         )
 
 
@@ -359,6 +390,8 @@ async def run(
             try:
                 with anyio.CancelScope() as scope:
                     monitor._scope = scope
+                    if monitor.interrupted:  # interrupted while the provider was being created
+                        scope.cancel()
                     await _load_and_drain(
                         runtime, scenario.plan, config, monitor, on_progress, progress_interval
                     )
@@ -429,7 +462,7 @@ async def _load_and_drain(
                 monitor._record_failure(
                     instance_id,
                     "timeout",
-                    f"still running {time.monotonic() - started:.1f}s after its start "
+                    f"still running {format_duration(time.monotonic() - started)} after its start "
                     "when the straggler bound passed",
                     time.monotonic(),
                 )
@@ -538,7 +571,7 @@ async def _one_instance(
         monitor._record_failure(
             instance_id,
             "timeout",
-            f"not finished {config.wait_timeout:g}s after its start ({timed_out})",
+            f"not finished within {format_duration(config.wait_timeout)} of its start",
             now,
         )
         return

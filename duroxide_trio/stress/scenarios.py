@@ -49,13 +49,19 @@ class Launch:
 
 
 class Scenario:
+    """A stress workload: what it registers, and what each launched instance runs and must return. ``name``
+    is its CLI name (``--scenario``), ``description`` one line for ``--help``."""
     name: str = ""
     description: str = ""
 
     def register(self, registry: Registry, config: StressConfig) -> None:
+        """Add this scenario's orchestrations and activities to ``registry`` (names it already has are
+        kept, so a test can plant a deliberately wrong handler)."""
         raise NotImplementedError
 
     def plan(self, seq: int, config: StressConfig) -> Launch:
+        """The ``seq``-th instance to launch: orchestration name, input, the check of its output and, for
+        scenarios that need one, the driver that sends it events."""
         raise NotImplementedError
 
 
@@ -117,6 +123,7 @@ async def _fanout(ctx: OrchestrationContext, input: dict[str, int]) -> dict[str,
 
 
 class Fanout(Scenario):
+    """``fanout``: fan out N activities that sleep ``activity_delay_ms``, join them, check the sum."""
     name = "fanout"
     description = (
         "fan out N activities that sleep activity_delay_ms, join them (duroxide's parallel orchestrations)"
@@ -201,6 +208,7 @@ async def _large_payload_child(ctx: OrchestrationContext, input: dict[str, Any])
 
 
 class LargePayload(Scenario):
+    """``large-payload``: sequential activities and sub-orchestrations with 10-100 KB payloads."""
     name = "large-payload"
     description = (
         "4N sequential activities with 10/50/100 KB outputs (25 KB inputs), N sub-orchestrations with 50 KB "
@@ -264,6 +272,7 @@ async def _timers(ctx: OrchestrationContext, input: dict[str, int]) -> dict[str,
 
 
 class Timers(Scenario):
+    """``timers``: durable timers in a loop, then a timer raced against an event."""
     name = "timers"
     description = f"N rounds of a {TIMER_MS} ms durable timer then an activity, then a timer/event race"
 
@@ -313,6 +322,7 @@ async def _child(ctx: OrchestrationContext, input: dict[str, int]) -> dict[str, 
 
 
 class SubOrchestrations(Scenario):
+    """``sub-orchestrations``: a parent starts N children and joins them."""
     name = "sub-orchestrations"
     description = "a parent starts N child orchestrations (one activity each) and joins them"
 
@@ -342,6 +352,7 @@ async def _eternal(ctx: OrchestrationContext, input: dict[str, int]) -> Any:
 
 
 class ContinueAsNew(Scenario):
+    """``continue-as-new``: an eternal orchestration that rolls its history N times."""
     name = "continue-as-new"
     description = (
         "an eternal orchestration: one activity per execution, continue-as-new N times with a carried sum"
@@ -380,6 +391,7 @@ async def _events(ctx: OrchestrationContext, input: dict[str, int]) -> dict[str,
 
 
 class Events(Scenario):
+    """``events``: the harness raises an event and enqueues mailbox messages right after the start."""
     name = "events"
     description = (
         "the harness raises a positional event and enqueues N mailbox events right after the start; both "
@@ -418,6 +430,7 @@ class Events(Scenario):
 
 
 class Mixed(Scenario):
+    """``mixed``: every other scenario, round robin."""
     name = "mixed"
     description = "all of the above at once, round robin"
 
@@ -440,6 +453,8 @@ SCENARIOS: dict[str, type[Scenario]] = {
 
 
 def get_scenario(name: str) -> Scenario:
+    """A new instance of the scenario called ``name``. Raises ValueError (listing the names) for an unknown
+    one."""
     try:
         return SCENARIOS[name]()
     except KeyError:

@@ -33,6 +33,7 @@ class Fault:
     injected: int = 0
 
     def should_fail(self, rng: random.Random) -> bool:
+        """Count a call and decide whether it fails (``every``-th call, ``probability``, up to ``limit``)."""
         self.calls += 1
         if self.limit is not None and self.injected >= self.limit:
             return False
@@ -73,16 +74,20 @@ class FaultyProvider:
 
     @property
     def notifier(self) -> Any:
+        """The wrapped provider's notifier."""
         return self._inner.notifier
 
     @property
     def name(self) -> str:
+        """``"faulty-<wrapped name>"``."""
         return f"faulty-{self._inner.name}"
 
     def as_admin(self) -> Any:
+        """The wrapped provider's management interface (no faults injected there)."""
         return self._inner.as_admin()
 
     async def close(self) -> None:
+        """Close the wrapped provider."""
         await self._inner.close()
 
     async def __aenter__(self) -> FaultyProvider:

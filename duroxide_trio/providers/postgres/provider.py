@@ -343,15 +343,34 @@ class PostgresProvider:
         command_timeout: float = 30.0,
         application_name: str | None = None,
         prepared_statements: bool = True,
+        create_schema: bool = True,
         clock: Clock | None = None,
     ) -> PostgresProvider:
         """Connect to ``url`` (a ``postgresql://`` URL or a libpq conninfo), create and migrate ``schema``
         if needed, and return the provider.
 
-        ``pool_max``: pooled connections (default: env ``DUROXIDE_PG_POOL_MAX``, else 10); one more is used
-        for LISTEN while the provider runs as ``async with provider:``. ``connect_timeout`` bounds each
-        connection attempt, ``acquire_timeout`` the wait for a pooled connection, ``command_timeout``
-        every provider operation. ``prepared_statements=False`` for PgBouncer in transaction mode."""
+        Args:
+            url: where to connect; a password in it never appears in messages.
+            schema: the schema holding this provider's tables (one schema per provider).
+            pool_max: pooled connections (default: env ``DUROXIDE_PG_POOL_MAX``, else 10); one more is
+                used for LISTEN while the provider runs as ``async with provider:``.
+            connect_timeout: bounds each connection attempt; ``acquire_timeout`` the wait for a pooled
+                connection; ``command_timeout`` every provider operation.
+            application_name: shown in ``pg_stat_activity`` (default ``duroxide-trio:<schema>``).
+            prepared_statements: ``False`` for PgBouncer in transaction mode.
+            create_schema: create the schema when it does not exist. With ``False`` a missing schema is
+                an error and nothing is created (what read-only tools such as ``duroxide-trio
+                instances`` use); pending migrations of an existing schema are still applied.
+
+        Returns:
+            The provider; use it as ``async with provider:`` or call ``close()``.
+
+        Raises:
+            ValueError: ``schema`` is not a valid name.
+            ProviderError: operation ``"connect"``: a bad connection string, the server cannot be
+                reached (retryable), the connection timed out (retryable), or ``schema`` does not exist
+                and ``create_schema`` is false (permanent; the message names the schema).
+        """
         if not isinstance(schema, str) or not schema or "\x00" in schema or len(schema.encode()) > 63:
             raise ValueError(f"schema must be a non-empty name of at most 63 bytes, not {schema!r}")
         masked = mask_url(url)
@@ -389,6 +408,12 @@ class PostgresProvider:
             with anyio.fail_after(max(command_timeout, connect_timeout) + 60):
                 async with pool.connection() as conn:
                     quoted = sql.Identifier(schema).as_string(conn)
+                    if not create_schema:
+                        cur = await conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,))
+                        if await cur.fetchone() is None:
+                            raise ProviderError.permanent(
+                                "connect", f"schema {schema!r} does not exist in {masked}"
+                            )
                     await _migrate(conn, schema, quoted)
                     first = conn
         except BaseException as ex:
@@ -419,10 +444,12 @@ class PostgresProvider:
 
     @property
     def name(self) -> str:
+        """``"postgres"``."""
         return "postgres"
 
     @property
     def schema(self) -> str:
+        """The schema this provider's tables live in."""
         return self._schema
 
     @property
@@ -1213,12 +1240,15 @@ class PostgresFactory:
 
     @property
     def description(self) -> str:
+        """``"postgres"`` (shown in stress results)."""
         return "postgres"
 
     def __repr__(self) -> str:
         return f"PostgresFactory({mask_url(self.url)!r}, schema={self.schema!r})"
 
     async def create_provider(self) -> PostgresProvider:
+        """Connect a provider to a fresh schema ``duroxide_test_<random>`` (or to ``schema``), created and
+        migrated."""
         schema = self.schema or f"duroxide_test_{uuid.uuid4().hex[:8]}"
         provider = await PostgresProvider.connect(self.url, schema=schema, pool_max=self.pool_max)
         if self.schema is None:
@@ -1230,15 +1260,18 @@ class PostgresFactory:
         return await PostgresProvider.connect(self.url, schema=provider.schema, pool_max=self.pool_max)
 
     async def cleanup(self, provider: PostgresProvider) -> None:
+        """Close ``provider`` and drop the schema this factory created for it (unless ``keep_schema``)."""
         await provider.close()
         schema = self._created.pop(id(provider), None)
         if schema is not None and not self.keep_schema:
             await drop_schema(self.url, schema)
 
     async def corrupt_instance_history(self, provider: PostgresProvider, instance_id: str) -> None:
+        """Validation hook: make the instance's stored history undecodable."""
         await provider._corrupt_instance_history(instance_id)
 
     async def get_max_attempt_count(self, provider: PostgresProvider, instance_id: str) -> int:
+        """Validation hook: the highest attempt count among the instance's queued messages."""
         return await provider._max_attempt_count(instance_id)
 
 

@@ -199,3 +199,16 @@ async def test_concurrent_duplicate_start(factory: ProviderFactory) -> None:
         expect_eq(sorted(map(str, outcomes)), ["exists"] * 7 + ["ok"], "outcomes of 8 concurrent starts")
         item = await must_fetch_orch(p, "inst-A")
         expect_eq(len(item.messages), 1, "starts queued by 8 concurrent enqueue_start calls")
+
+
+async def test_instance_exists_counts_pending_starts(factory: ProviderFactory) -> None:
+    """``instance_exists`` is true for a pending start and for a created instance, false for any other id
+    (the client refuses events and cancels for unknown ids with ``InstanceNotFound``)."""
+    async with fresh_provider(factory) as p:
+        expect_eq(await ok(p.instance_exists("ghost"), "instance_exists"), False, "unknown id")
+        await create_instance(p, "made")
+        expect_eq(await ok(p.instance_exists("made"), "instance_exists"), True, "created instance")
+        await ok(p.enqueue_start(start_item("pending", "MyOrch")), "enqueue_start")
+        expect_eq(await ok(p.instance_exists("pending"), "instance_exists"), True, "pending start")
+        await ok(p.enqueue_for_orchestrator(external("ghost2", "E")), "enqueue_for_orchestrator")
+        expect_eq(await ok(p.instance_exists("ghost2"), "instance_exists"), False, "a message is not an instance")
