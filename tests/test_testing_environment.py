@@ -39,6 +39,19 @@ def label(ctx: dt.ActivityContext, text: str) -> str:  # sync: runs in a thread
     return text.upper()
 
 
+@registry.activity("OnAsyncio", loop="asyncio")
+async def on_asyncio(ctx: dt.ActivityContext, x: int) -> str:
+    import asyncio
+
+    await asyncio.sleep(0)  # asyncio-only code, even when the runtime runs on Trio
+    return f"asyncio {x}"
+
+
+@registry.orchestration("AsyncioActivity")
+async def asyncio_activity(ctx: dt.OrchestrationContext, x: int) -> str:
+    return await ctx.schedule_activity("OnAsyncio", x)
+
+
 @registry.orchestration("Race")
 async def race(ctx: dt.OrchestrationContext, amount: int) -> list[str]:
     receipt = await ctx.schedule_activity("Charge", amount)
@@ -180,6 +193,7 @@ async def test_real_sync_activities_run_and_are_recorded():
         assert [(c.input, c.result) for c in env.calls("Ping")] == [(None, "pong"), (None, "pong")]
         env.mock_activity("Ping", returns="mocked")
         assert (await env.run("PingTwice")).output == ["mocked", "mocked"]
+        assert (await env.run("AsyncioActivity", 3)).output == "asyncio 3"  # loop="asyncio" is kept
 
 
 @pytest.mark.anyio

@@ -107,7 +107,7 @@ class _TestRegistry(Registry):
         super().__init__()
         self._env = env
         orchestrations: dict[tuple[str, str], Callable[..., Any]] = {}
-        activities: dict[str, Callable[..., Any]] = {}
+        activities: dict[str, tuple[Callable[..., Any], str | None]] = {}
         for layer in layers:
             for name in layer.orchestration_names:
                 for version in layer.versions(name):
@@ -117,13 +117,15 @@ class _TestRegistry(Registry):
             for name in layer.activity_names:
                 act = layer.get_activity(name)
                 assert act is not None
-                activities[name] = act.fn
+                activities[name] = (act.fn, getattr(act, "loop", None))
         for (name, version), fn in orchestrations.items():
             self.add_orchestration(fn, name, version=version)
-        for name, fn in activities.items():
-            self._add_recorded(name, fn)
+        for name, (fn, loop) in activities.items():
+            self._add_recorded(name, fn, loop)
 
-    def _add_recorded(self, name: str, fn: Callable[..., Any]) -> None:
+    def _add_recorded(self, name: str, fn: Callable[..., Any], loop: str | None = None) -> None:
+        """Register ``fn`` as ``name`` behind a recorder that also calls a mock when there is one. An
+        activity registered with ``loop="asyncio"`` keeps it (its mock then runs on that loop too)."""
         env = self._env
         takes_input = len(inspect.signature(fn).parameters) > 1
 
@@ -150,9 +152,9 @@ class _TestRegistry(Registry):
             async def recorded_no_input(ctx: Any) -> Any:
                 return await recorded(ctx)
 
-            self.add_activity(recorded_no_input, name)
+            self.add_activity(recorded_no_input, name, **({"loop": loop} if loop else {}))
         else:
-            self.add_activity(recorded, name)
+            self.add_activity(recorded, name, **({"loop": loop} if loop else {}))
 
 
 class _EnvClient(Client):
