@@ -20,6 +20,8 @@ import duroxide_trio as dt
 from duroxide_trio.testing import TestEnvironment
 
 START = datetime(2030, 1, 1, tzinfo=UTC)
+# Such a test takes about 0.1 s here; the bound only has to tell virtual time from an hour, on a loaded CI.
+REAL_TIME_BOUND = 5.0
 
 registry = dt.Registry()
 
@@ -98,7 +100,7 @@ async def test_an_hour_timer_and_a_day_timeout_take_no_real_time():
         assert state.status is dt.Status.COMPLETED
         assert state.output == ["charged 5", "timeout", (START + timedelta(hours=1)).isoformat()]
         assert env.now() == START + timedelta(hours=1)
-    assert time.monotonic() - began < 1.0
+    assert time.monotonic() - began < REAL_TIME_BOUND
 
 
 @pytest.mark.anyio
@@ -119,7 +121,7 @@ async def test_timeouts_are_virtual_too():
         with pytest.raises(TimeoutError, match="did not finish within 1 day"):
             await env.client.wait_for_orchestration("w-1", timeout=timedelta(days=1))
         assert env.now() == START + timedelta(days=1)
-    assert time.monotonic() - began < 1.0
+    assert time.monotonic() - began < REAL_TIME_BOUND
 
 
 @pytest.mark.anyio
@@ -238,7 +240,7 @@ def test_under_trio_mock_clock_with_autojump():
     began = time.monotonic()
     output, now = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
     assert output[1] == "timeout" and now == START + timedelta(hours=1)
-    assert time.monotonic() - began < 2.0
+    assert time.monotonic() - began < REAL_TIME_BOUND
 
 
 # ------------------------------------------------------------------------------------------- pytest plugin

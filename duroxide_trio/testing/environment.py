@@ -63,6 +63,10 @@ TEST_OPTIONS = RuntimeOptions(
 _WALL_TEST_OPTIONS = attrs.evolve(TEST_OPTIONS, poll_interval=0.5, blocked_loop_threshold=1.0)
 
 _UNSET: Any = object()
+# How often (real seconds) the environment looks whether the runtime has settled: at once after it
+# moved time, less often while work takes real time (a real activity doing I/O).
+_FIRST_PAUSE = 0.001
+_LONGEST_PAUSE = 0.02
 
 
 def _only(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
@@ -340,6 +344,7 @@ class TestEnvironment:
 
     async def _skipper(self) -> None:
         clock = self._virtual("skipping")
+        pause = _FIRST_PAUSE
         while True:
             if self._skip_waiters == 0:
                 self._skip_wanted = anyio.Event()
@@ -348,8 +353,10 @@ class TestEnvironment:
             nxt = await self._next_deadline(wait=False)
             if nxt is not None and self._skip_waiters > 0 and not await self._a_waiter_is_satisfied():
                 self._jump(clock, nxt)
+                pause = _FIRST_PAUSE
             else:
-                await anyio.sleep(0.001)
+                await anyio.sleep(pause)
+                pause = min(pause * 2, _LONGEST_PAUSE)  # work that takes real time: look less often
 
     async def _a_waiter_is_satisfied(self) -> bool:
         for satisfied in list(self._skip_checks):
@@ -396,6 +403,7 @@ class TestEnvironment:
     async def _settle(self) -> Any:
         """Wait (real time) until nothing is ready and nothing runs; fail after ``settle_timeout``."""
         give_up = time.monotonic() + self.settle_timeout
+        pause = _FIRST_PAUSE
         while True:
             outlook = await self._idle_outlook()
             if outlook is not None:
@@ -407,7 +415,8 @@ class TestEnvironment:
                     f"({current.ready} ready, {current.in_progress} in progress); is an activity waiting for "
                     "something the test does later?"
                 )
-            await anyio.sleep(0.001)
+            await anyio.sleep(pause)
+            pause = min(pause * 2, _LONGEST_PAUSE)
 
     # activities ------------------------------------------------------------------------------------------
     def mock_activity(
