@@ -100,6 +100,7 @@ class ActivityCall:
 
     @property
     def succeeded(self) -> bool:
+        """The activity returned (did not raise)."""
         return self.error is None
 
 

@@ -107,6 +107,8 @@ class RecordedExecution:
 
 @attrs.frozen
 class RecordedInstance:
+    """Every execution of one instance, as read from a provider or an exported file."""
+
     instance_id: str
     executions: list[RecordedExecution]
     name: str | None = None
@@ -261,6 +263,7 @@ class Mismatch:
     message: str = ""  # the engine's explanation, when it detected the mismatch itself
 
     def describe(self) -> str:
+        """One line: where, what history recorded, what the code did."""
         text = f"event {self.event_id}: history recorded {self.recorded}, the code did {self.code}"
         if self.message and self.message not in text:
             text += f" ({self.message})"
@@ -289,9 +292,11 @@ class ReplayReport:
 
     @property
     def deterministic(self) -> bool:
+        """True when the code made every decision history recorded (and nothing else)."""
         return self.outcome == DETERMINISTIC
 
     def describe(self) -> str:
+        """One line for a person: instance, orchestration, outcome and the first mismatch or the detail."""
         what = f"{self.instance_id}"
         if self.name:
             what += f" ({self.name}{' ' + self.version if self.version else ''})"
@@ -305,6 +310,7 @@ class ReplayReport:
         return line
 
     def to_dict(self) -> dict[str, Any]:
+        """The report as JSON-ready data (what ``duroxide-trio replay --json`` prints), with ``ok``."""
         d = attrs.asdict(self)
         d["ok"] = self.ok
         return d
@@ -406,6 +412,7 @@ class Replayer:
         )
 
     def replay_instance(self, instance: RecordedInstance) -> ReplayReport:
+        """Replay every execution in order; the report is the first that does not replay, else the last."""
         total_events = 0
         name, version = instance.name, instance.version
         replayed = 0
@@ -590,6 +597,7 @@ class Replayer:
         return reports
 
     async def replay_from_provider(self, provider: Provider, instance_id: str) -> ReplayReport:
+        """Read every execution of ``instance_id`` from ``provider`` and replay it (``empty`` if unknown)."""
         try:
             instance = await read_instance(provider, instance_id)
         except KeyError:
