@@ -341,13 +341,15 @@ class Action:
 
 class _ReplaySafeLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
     def __init__(self, logger: logging.Logger, ctx: OrchestrationContext) -> None:
-        super().__init__(logger, {})
+        super().__init__(logger, {"instance_id": ctx.instance_id, "execution_id": ctx.execution_id,
+                                  "orchestration": ctx.name})
         self._ctx = ctx
 
     def isEnabledFor(self, level: int) -> bool:  # noqa: N802 - logging API
         return not self._ctx.is_replaying and self.logger.isEnabledFor(level)
 
     def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        kwargs["extra"] = {**self.extra, **kwargs.get("extra", {})} if self.extra else kwargs.get("extra", {})
         return f"[{self._ctx.instance_id}] {msg}", kwargs
 
 

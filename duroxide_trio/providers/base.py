@@ -230,6 +230,9 @@ class QueueDepths:
     orchestrator_queue: int
     worker_queue: int
     timer_queue: int = 0
+    #: How long the oldest message that is ready (visible and unlocked) has waited, in ms (None: none ready).
+    oldest_orchestrator_age_ms: int | None = None
+    oldest_worker_age_ms: int | None = None
 
 
 @attrs.frozen

@@ -1004,7 +1004,22 @@ class SqliteProvider:
             work = conn.execute(
                 "SELECT COUNT(*) FROM worker_queue WHERE lock_token IS NULL OR locked_until <= ?", (now,)
             ).fetchone()[0]
-            return QueueDepths(orchestrator_queue=orch, worker_queue=work)
+            oldest_orch = conn.execute(
+                "SELECT MIN(visible_at) FROM orchestrator_queue q WHERE visible_at <= ? AND NOT EXISTS ("
+                "SELECT 1 FROM instance_locks l WHERE l.instance_id = q.instance_id AND l.locked_until > ?)",
+                (now, now),
+            ).fetchone()[0]
+            oldest_work = conn.execute(
+                "SELECT MIN(visible_at) FROM worker_queue WHERE visible_at <= ? AND "
+                "(lock_token IS NULL OR locked_until <= ?)",
+                (now, now),
+            ).fetchone()[0]
+            return QueueDepths(
+                orchestrator_queue=orch,
+                worker_queue=work,
+                oldest_orchestrator_age_ms=None if oldest_orch is None else max(now - oldest_orch, 0),
+                oldest_worker_age_ms=None if oldest_work is None else max(now - oldest_work, 0),
+            )
 
         return await self._run("get_queue_depths", _get, write=False)
 

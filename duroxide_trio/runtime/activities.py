@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -84,7 +85,8 @@ class ActivityContext:
         self.cancelled = CancellationSignal()
         self.logger = logging.LoggerAdapter(
             logging.getLogger("duroxide_trio.activity"),
-            {"instance_id": item.instance, "activity": item.name},
+            {"instance_id": item.instance, "execution_id": item.execution_id, "event_id": item.id,
+             "activity": item.name, "attempt": item.attempt},
         )
 
     def __repr__(self) -> str:
@@ -117,11 +119,13 @@ async def activity_worker(
         try:
             generation = notifier.generation("worker")
             try:
+                began = time.perf_counter()
                 if fetch_many is not None:
                     leases = await fetch_many(options.worker_lock_timeout, held)
                 else:
                     one = await provider.fetch_work_item(options.worker_lock_timeout)
                     leases = [one] if one is not None else []
+                runtime.metrics.fetch_duration.record(time.perf_counter() - began, {"queue": "worker"})
             except ProviderError as exc:
                 failures += 1
                 await runtime.backoff_after_error("activity dispatcher", exc, failures)
@@ -326,10 +330,15 @@ async def run_activity(runtime: Runtime, lease: WorkItemLease, acker: Acker) -> 
             except ProviderError as exc:
                 log.warning("abandon failed: %s", exc)
         return
+    metrics = runtime.metrics
     if isinstance(plan, _Complete):
         if plan.note:
             log.error("%s", plan.note)
         runtime.stats.activities_failed += 1
+        poison = plan.completion.details.category == "poison"
+        metrics.activities.add(1, {"outcome": "poison" if poison else "failed"})
+        if poison:
+            metrics.poison.add(1, {"kind": "activity"})
         await _ack(acker, lease, plan.completion)
         return
 
@@ -341,6 +350,7 @@ async def run_activity(runtime: Runtime, lease: WorkItemLease, acker: Acker) -> 
     def on_lost(exc: BaseException) -> None:
         nonlocal lost
         lost = True
+        metrics.locks_lost.add(1, {"kind": "activity"})
         ctx.cancelled.set("the orchestration no longer needs this result, or the lock was lost")
         note = runtime.watchdog.blocked_note(key)
         log.log(logging.WARNING if note else logging.INFO, "activity %s of %s cancelled: %s%s",
@@ -352,6 +362,7 @@ async def run_activity(runtime: Runtime, lease: WorkItemLease, acker: Acker) -> 
         options.renewal_interval(options.worker_lock_timeout, options.worker_lock_renewal_buffer),
         on_lost,
     )
+    began = time.perf_counter()
     try:
         with work_scope:
             completion = await _invoke(runtime, plan.handler, ctx, item, plan.args)
@@ -359,15 +370,20 @@ async def run_activity(runtime: Runtime, lease: WorkItemLease, acker: Acker) -> 
         # Shutdown after the grace period: give the item back at once, without counting an attempt.
         with anyio.CancelScope(shield=True):
             await _give_back(runtime, lease)
+        metrics.activities.add(1, {"outcome": "abandoned"})
         raise
     finally:
         runtime.leases.release(held)
     if lost or completion is None:
+        metrics.activities.add(1, {"outcome": "lost"})
         return  # cancelled by lock stealing: nobody wants the result
-    if isinstance(completion, ActivityError):
+    outcome = "failed" if isinstance(completion, ActivityError) else "completed"
+    if outcome == "failed":
         runtime.stats.activities_failed += 1
     else:
         runtime.stats.activities_completed += 1
+    metrics.activities.add(1, {"outcome": outcome})
+    metrics.activity_duration.record(time.perf_counter() - began, {"outcome": outcome})
     await _ack(acker, lease, completion)
 
 

@@ -71,6 +71,7 @@ class RuntimeOptions:
     - ``blocked_loop_threshold``: the watchdog logs (naming the instance or activity) when the event loop
       was blocked this long — by an orchestration that never awaits or an async activity calling
       blocking code. ``0`` turns the watchdog off.
+    - ``metrics_interval``: how often queue depths are sampled for the OpenTelemetry gauges.
 
     Every field is checked when the options are made: a count below its minimum, a duration that is not
     a positive number of seconds, raises ``ValueError`` naming the field and the allowed range.
@@ -92,6 +93,7 @@ class RuntimeOptions:
     unregistered_backoff_cap: float = attrs.field(default=60.0, validator=_positive)
     provider_retry_cap: float = attrs.field(default=3.0, validator=_positive)
     blocked_loop_threshold: float = attrs.field(default=1.0, validator=_non_negative)
+    metrics_interval: float = attrs.field(default=5.0, validator=_positive)
 
     def __attrs_post_init__(self) -> None:
         for timeout, buffer in (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import TYPE_CHECKING
 
 import anyio
@@ -49,7 +50,9 @@ async def orchestration_worker(
         try:
             generation = notifier.generation("orchestrator")
             try:
+                began = time.perf_counter()
                 item = await provider.fetch_orchestration_item(options.orchestrator_lock_timeout)
+                runtime.metrics.fetch_duration.record(time.perf_counter() - began, {"queue": "orchestrator"})
             except ProviderError as exc:
                 failures += 1
                 await runtime.backoff_after_error("orchestration dispatcher", exc, failures)
@@ -83,6 +86,7 @@ async def _process_with_renewal(runtime: Runtime, item: OrchestrationItem) -> No
     options = runtime.options
 
     def on_lost(exc: BaseException) -> None:
+        runtime.metrics.locks_lost.add(1, {"kind": "orchestration"})
         log.warning("instance %s: lock renewal failed: %s", item.instance_id, exc)
 
     held = runtime.leases.hold(
@@ -116,17 +120,31 @@ if trio is not None:
 
 async def process_item(runtime: Runtime, item: OrchestrationItem) -> None:
     """Decide what the batch means, then commit or abandon it (the only I/O)."""
+    began = time.perf_counter()
     decision = _decide(runtime, item)
     if decision.note:
-        log.log(decision.level, "%s", decision.note)
+        log.log(decision.level, "%s", decision.note,
+                extra={"instance_id": item.instance_id, "execution_id": item.execution_id})
         if decision.level >= logging.WARNING:
             runtime.stats.record_error("orchestration dispatcher", decision.note, expected=False)
+    metrics = runtime.metrics
     if isinstance(decision, Abandon):
         await _abandon(runtime, item, decision.delay)
+        metrics.turns.add(1, {"outcome": "abandoned"})
         return
+    result = decision.result
     if decision.ran_code:
         runtime.stats.orchestration_turns += 1
-    await _ack(runtime, item, decision.result)
+    await _ack(runtime, item, result)
+    if metrics.enabled:
+        outcome = (result.status or "running").lower().replace("continuedasnew", "continued_as_new")
+        metrics.turns.add(1, {"outcome": outcome})
+        metrics.turn_duration.record(time.perf_counter() - began, {"outcome": outcome})
+        if result.error is not None and result.error.category == "poison":
+            metrics.poison.add(1, {"kind": "orchestration"})
+        retries = sum(1 for w in result.worker_items if w.attempt > 1)
+        if retries:
+            metrics.retries.add(retries)
 
 
 async def _abandon(runtime: Runtime, item: OrchestrationItem, delay: float) -> None:
@@ -174,7 +192,7 @@ async def _ack_retrying(
             return
         except ProviderError as exc:
             if not exc.retryable or attempt == ACK_RETRIES - 1:
-                runtime.stats.provider_errors += 1
+                runtime.count_provider_error("orchestration dispatcher", exc)
                 runtime.stats.record_error("orchestration dispatcher", exc, expected=False)
                 log.warning(
                     "instance %s: turn not committed (%s); the lock will expire and the turn will be replayed",
@@ -183,6 +201,6 @@ async def _ack_retrying(
                 if exc.retryable:
                     await _abandon(runtime, item, 0.1)
                 return
-            runtime.stats.provider_errors += 1
+            runtime.count_provider_error("orchestration dispatcher", exc)
             runtime.stats.record_error("orchestration dispatcher", exc, expected=True)
             await anyio.sleep(0.01 * (2**attempt))

@@ -16,6 +16,7 @@ from ..providers.base import Provider, ProviderError
 from ..registry import Registry
 from .asyncio_loop import AsyncioLoopThread
 from .leases import LeaseRenewer
+from .metrics import RuntimeMetrics
 from .options import RuntimeOptions
 from .watchdog import Watchdog
 
@@ -69,7 +70,9 @@ def is_expected_provider_error(exc: BaseException) -> bool:
 class Runtime:
     """A running runtime. Created by ``open_runtime``; do not construct directly."""
 
-    def __init__(self, provider: Provider, registry: Registry, options: RuntimeOptions) -> None:
+    def __init__(
+        self, provider: Provider, registry: Registry, options: RuntimeOptions, meter_provider: Any = None
+    ) -> None:
         self.provider = provider
         self.registry = registry
         self.options = options
@@ -79,6 +82,7 @@ class Runtime:
         self.leases = LeaseRenewer()
         self.watchdog = Watchdog(self, options.blocked_loop_threshold)
         self.asyncio_loop = AsyncioLoopThread()
+        self.metrics = RuntimeMetrics(meter_provider)
         self.services: Any = None  # the task group of the runtime's own services (set by open_runtime)
         self._acker: Any = None
         from ..client import Client
@@ -95,8 +99,12 @@ class Runtime:
         if self._acker is not None:
             self._acker.poke()
 
-    async def backoff_after_error(self, role: str, exc: ProviderError, failures: int) -> None:
+    def count_provider_error(self, role: str, exc: ProviderError) -> None:
         self.stats.provider_errors += 1
+        self.metrics.provider_errors.add(1, {"role": role, "retryable": exc.retryable})
+
+    async def backoff_after_error(self, role: str, exc: ProviderError, failures: int) -> None:
+        self.count_provider_error(role, exc)
         expected = is_expected_provider_error(exc)
         self.stats.record_error(role, exc, expected=expected)
         if expected:
@@ -109,13 +117,15 @@ class Runtime:
 
 @asynccontextmanager
 async def open_runtime(
-    provider: Provider, registry: Registry, options: RuntimeOptions | None = None
+    provider: Provider, registry: Registry, options: RuntimeOptions | None = None, *, meter_provider: Any = None
 ) -> AsyncIterator[Runtime]:
     """Run orchestration and activity dispatchers for ``provider`` until the block exits.
 
     Leaving the block stops fetching, lets in-flight turns and activities finish within
     ``options.shutdown_grace``, then cancels the remaining activities and abandons their locks so another
-    process picks them up at once.
+    process picks them up at once. ``meter_provider``: an OpenTelemetry ``MeterProvider`` for the
+    runtime's metrics (default: the global one; nothing is recorded without the ``metrics`` extra).
+    Raises ``TypeError`` for a registry or options of the wrong type.
     """
     if not isinstance(registry, Registry):
         raise TypeError(f"open_runtime needs a duroxide_trio.Registry, got {type(registry).__name__}")
@@ -123,7 +133,7 @@ async def open_runtime(
     if not isinstance(options, RuntimeOptions):
         raise TypeError(f"open_runtime needs RuntimeOptions, got {type(options).__name__}")
 
-    runtime = Runtime(provider, registry, options)
+    runtime = Runtime(provider, registry, options, meter_provider)
     try:
         async with _run(runtime) as rt:
             yield rt
@@ -175,6 +185,9 @@ async def _run(runtime: Runtime) -> AsyncIterator[Runtime]:
         outer.start_soon(runtime.leases.run, name="lease-renewer")
         if options.blocked_loop_threshold > 0:
             outer.start_soon(runtime.watchdog.run, name="watchdog")
+        if runtime.metrics.enabled:
+            outer.start_soon(runtime.metrics.sample_queues, runtime.provider, options.metrics_interval,
+                             name="queue-metrics")
         listener = getattr(runtime.provider, "run_listener", None)
         if listener is not None:
             # Cross-process wake-ups (PostgreSQL LISTEN); a no-op if the provider's own block runs one.

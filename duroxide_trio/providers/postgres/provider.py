@@ -270,7 +270,11 @@ class _Queries:
         self.queue_depths = (
             f"SELECT (SELECT count(*) FROM {s}.orchestrator_queue q WHERE NOT EXISTS ("
             f"SELECT 1 FROM {s}.instance_locks l WHERE l.instance_id = q.instance_id AND l.locked_until > %(now)s)), "
-            f"(SELECT count(*) FROM {s}.worker_queue WHERE lock_token IS NULL OR locked_until <= %(now)s)"
+            f"(SELECT count(*) FROM {s}.worker_queue WHERE lock_token IS NULL OR locked_until <= %(now)s), "
+            f"(SELECT min(q.visible_at) FROM {s}.orchestrator_queue q WHERE q.visible_at <= %(now)s AND NOT EXISTS ("
+            f"SELECT 1 FROM {s}.instance_locks l WHERE l.instance_id = q.instance_id AND l.locked_until > %(now)s)), "
+            f"(SELECT min(visible_at) FROM {s}.worker_queue WHERE visible_at <= %(now)s AND "
+            "(lock_token IS NULL OR locked_until <= %(now)s))"
         )
         self.children = (
             f"SELECT instance_id FROM {s}.instances WHERE parent_instance_id = %s ORDER BY created_at, seq"
@@ -1093,8 +1097,14 @@ class PostgresProvider:
         )
 
     async def get_queue_depths(self) -> QueueDepths:
-        row = await self._one("get_queue_depths", self._q.queue_depths, {"now": self.clock.now_ms()}, idempotent=True)
-        return QueueDepths(orchestrator_queue=int(row[0]), worker_queue=int(row[1]))
+        now = self.clock.now_ms()
+        row = await self._one("get_queue_depths", self._q.queue_depths, {"now": now}, idempotent=True)
+        return QueueDepths(
+            orchestrator_queue=int(row[0]),
+            worker_queue=int(row[1]),
+            oldest_orchestrator_age_ms=None if row[2] is None else max(now - int(row[2]), 0),
+            oldest_worker_age_ms=None if row[3] is None else max(now - int(row[3]), 0),
+        )
 
     async def list_children(self, instance_id: str) -> list[str]:
         rows = await self._all("list_children", self._q.children, (instance_id,), idempotent=True)
