@@ -85,6 +85,9 @@ def test_export_then_replay_against_unchanged_and_changed_code(tmp_path):
     same = cli("replay", "--registry", FIXTURES_REGISTRY, str(out))
     assert same.returncode == 0, same.stdout + same.stderr
     assert "ok    activities-1 (Activities 1.0.0): deterministic" in same.stdout
+    for args in (["--since", "2999-01-01"], ["--name", "Other"], ["--status", "Failed"]):
+        filtered = cli("replay", "--registry", FIXTURES_REGISTRY, str(out), *args)
+        assert filtered.returncode == 0 and "no histories matched" in filtered.stdout, args
 
     (tmp_path / "changed_a.py").write_text(CHANGED)
     changed = cli("replay", "--registry", "changed_a:registry", str(out), cwd=tmp_path)
