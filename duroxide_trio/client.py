@@ -39,6 +39,14 @@ __all__ = ["Client", "OrchestrationState", "Status", "UnknownOrchestration", "Ma
 
 
 class Status(enum.StrEnum):
+    """The status of an instance as the client reports it (``OrchestrationState.status``).
+
+    ``NOT_FOUND``: no such instance, or it was started but its first turn has not been committed yet
+    (instances are created by their first turn). ``RUNNING``: the current execution has not finished
+    (also right after a continue-as-new, until the next execution starts). ``COMPLETED`` and ``FAILED``
+    are terminal. The value is the stored spelling (``"Running"``); ``str(status)`` gives it too.
+    """
+
     NOT_FOUND = "NotFound"
     RUNNING = "Running"
     COMPLETED = "Completed"
@@ -49,6 +57,7 @@ class Status(enum.StrEnum):
 
     @property
     def is_terminal(self) -> bool:
+        """True for ``COMPLETED`` and ``FAILED``: the instance will not change any more."""
         return self in (Status.COMPLETED, Status.FAILED)
 
 
@@ -62,6 +71,26 @@ class ManagementNotAvailable(RuntimeError):
 
 @attrs.frozen
 class OrchestrationState:
+    """An instance's state, from ``Client.get_status`` / ``Client.wait_for_orchestration``.
+
+    Attributes:
+        instance_id: The instance asked about.
+        status: ``Status.NOT_FOUND`` (then every other field is at its default), ``RUNNING``,
+            ``COMPLETED`` or ``FAILED``.
+        output: The orchestration's return value when ``COMPLETED`` (else ``None``): converted to the
+            return annotation of the version that ran if the client has a registry, plain JSON otherwise.
+        error: Why it failed, when ``FAILED`` (else ``None``).
+        custom_status: The last value given to ``ctx.set_custom_status`` (decoded JSON), or ``None``.
+        custom_status_version: Goes up by one with every turn that changed the custom status (0: never
+            set); pass it to ``Client.get_custom_status`` to wait for changes.
+        name: The orchestration's name.
+        version: The version that runs (or ran).
+        execution_id: The current execution (1, then one more per continue-as-new).
+        created_at: When the instance was created (UTC).
+        updated_at: When it was last changed (UTC).
+        parent_instance_id: The parent, for a sub-orchestration; ``None`` for a root instance.
+    """
+
     instance_id: str
     status: Status
     output: Any = None
@@ -102,7 +131,21 @@ def _seconds(value: float) -> str:
 
 
 class Client:
-    """``Client(provider)``; ``Client(provider, registry=registry)`` also validates names and types outputs."""
+    """``Client(provider)``; ``Client(provider, registry=registry)`` also validates names and types outputs.
+
+    Starts orchestrations, sends them events, cancels them, reads their state and waits for them; the
+    management methods (``list_instances``, ``get_history``, ``delete_instance`` ...) need a provider with
+    a management interface. ``runtime.client`` is a client with the runtime's registry. Every method may
+    also raise ``ProviderError`` when the store fails (``retryable`` ones may be retried).
+
+    Args:
+        provider: The store (``SqliteProvider``, ``PostgresProvider`` or any ``Provider``).
+        registry: If given, ``start_orchestration`` refuses names and versions it does not have, and
+            outputs are converted to the orchestrations' return annotations.
+
+    Raises:
+        TypeError: ``provider`` is not a provider.
+    """
 
     def __init__(self, provider: Provider, *, registry: Registry | None = None) -> None:
         if not hasattr(provider, "fetch_orchestration_item"):
@@ -118,7 +161,25 @@ class Client:
         ``UnknownOrchestration`` if a registry was given and does not know ``name``, ``PayloadError``
         (a ``TypeError``) if ``input`` cannot be turned into JSON, ``LimitExceeded`` (a ``ValueError``) if
         it is over 3 MiB, and ``ValueError`` for an empty or over-long id or one that contains the
-        reserved ``::sub::`` marker."""
+        reserved ``::sub::`` marker.
+
+        Returns once the start is stored; a runtime runs the first turn (until then ``get_status``
+        says ``NOT_FOUND``).
+
+        Args:
+            instance_id: The new instance's id (unique; at most 64 KiB; must not contain ``::sub::``).
+            name: The registered orchestration name.
+            input: The orchestration's input: any value the payload converter turns into JSON (JSON
+                values, attrs classes, dataclasses, enums, datetimes, UUIDs); ``None`` for none.
+            version: Run exactly this version (``"1.0.0"``); default: the latest registered one.
+
+        Raises:
+            InstanceAlreadyExists: ``instance_id`` already has an instance or a pending start.
+            UnknownOrchestration: The client's registry has no ``name`` (or no such ``version``).
+            PayloadError: ``input`` cannot be turned into JSON.
+            LimitExceeded: The JSON input is over 3 MiB.
+            ValueError: An empty, over-long or ``::sub::`` id, an empty name, or a malformed version.
+        """
         _check_id(instance_id, "instance_id")
         try:
             check_instance_id(instance_id)
@@ -146,7 +207,22 @@ class Client:
     async def raise_event(self, instance_id: str, name: str, data: Any = None) -> None:
         """Deliver external event ``name`` with ``data`` to ``instance_id`` (``ctx.wait_for_event``).
         Raises ``InstanceNotFound`` if the id has no instance and no pending start, ``PayloadError`` /
-        ``LimitExceeded`` for data that is not JSON or over 3 MiB, ``ValueError`` for a bad id or name."""
+        ``LimitExceeded`` for data that is not JSON or over 3 MiB, ``ValueError`` for a bad id or name.
+
+        Events raised before the orchestration waits are kept and delivered in order; an event for an
+        instance that has already finished is accepted and dropped.
+
+        Args:
+            instance_id: The instance to notify.
+            name: The event name the orchestration waits for.
+            data: The event's value (anything the payload converter turns into JSON; ``None`` for none).
+
+        Raises:
+            InstanceNotFound: No instance and no pending start has this id.
+            PayloadError: ``data`` cannot be turned into JSON.
+            LimitExceeded: The JSON data is over 3 MiB.
+            ValueError: An empty or over-long id or name.
+        """
         _check_id(instance_id, "instance_id")
         _check_id(name, "event name")
         text = _payload(data, f"data of event {name!r}")
@@ -155,7 +231,21 @@ class Client:
 
     async def enqueue_event(self, instance_id: str, queue: str, data: Any = None) -> None:
         """Put ``data`` into the FIFO mailbox ``queue`` of ``instance_id`` (``ctx.dequeue_event``). Raises
-        as :meth:`raise_event` does."""
+        as :meth:`raise_event` does.
+
+        Messages not yet dequeued are carried over to the next execution on continue-as-new.
+
+        Args:
+            instance_id: The instance that owns the mailbox.
+            queue: The mailbox name the orchestration dequeues from.
+            data: The message (anything the payload converter turns into JSON; ``None`` for none).
+
+        Raises:
+            InstanceNotFound: No instance and no pending start has this id.
+            PayloadError: ``data`` cannot be turned into JSON.
+            LimitExceeded: The JSON data is over 3 MiB.
+            ValueError: An empty or over-long id or queue name.
+        """
         _check_id(instance_id, "instance_id")
         _check_id(queue, "queue name")
         text = _payload(data, f"data for queue {queue!r}")
@@ -165,7 +255,18 @@ class Client:
     async def cancel_instance(self, instance_id: str, reason: str = "") -> None:
         """Ask ``instance_id`` to stop: it ends Failed with kind ``Cancelled`` at its next turn, its
         activities are told (``ActivityContext.cancelled``) and its children are cancelled too. A no-op
-        for an instance that has already finished; ``InstanceNotFound`` for an unknown id."""
+        for an instance that has already finished; ``InstanceNotFound`` for an unknown id.
+
+        Args:
+            instance_id: The instance to cancel.
+            reason: Why (kept in the error message: ``"canceled: <reason>"``).
+
+        Raises:
+            InstanceNotFound: No instance and no pending start has this id.
+            TypeError: ``reason`` is not a string.
+            LimitExceeded: ``reason`` is over 64 KiB.
+            ValueError: An empty or over-long id.
+        """
         _check_id(instance_id, "instance_id")
         if not isinstance(reason, str):
             raise TypeError(f"reason must be a string, got {reason!r:.100}")
@@ -175,6 +276,17 @@ class Client:
 
     # status ---------------------------------------------------------------------------------------
     async def get_status(self, instance_id: str) -> OrchestrationState:
+        """The current state of ``instance_id``.
+
+        Args:
+            instance_id: The instance to look up.
+
+        Returns:
+            Its state; ``status`` is ``Status.NOT_FOUND`` for an unknown id (never an exception).
+
+        Raises:
+            PayloadError: The output does not convert to the orchestration's return annotation.
+        """
         info = await self.provider.get_instance_info(instance_id)
         return self._state(instance_id, info)
 
@@ -224,7 +336,24 @@ class Client:
     ) -> OrchestrationState:
         """Return the state once the instance is Completed or Failed; ``TimeoutError`` after ``timeout``
         seconds. Wakes on the provider's notifications; ``poll_interval`` is only the fallback for
-        completions made by other processes on providers without notifications."""
+        completions made by other processes on providers without notifications.
+
+        An unknown (or not yet started) instance is waited for like a running one; continue-as-new does
+        not end the wait.
+
+        Args:
+            instance_id: The instance to wait for.
+            timeout: The longest wait, in seconds (``0`` checks once).
+            poll_interval: Seconds between fallback status reads.
+
+        Returns:
+            The terminal state (``status`` is ``COMPLETED`` or ``FAILED``).
+
+        Raises:
+            TimeoutError: Not finished within ``timeout`` (the message gives the last status).
+            ValueError: ``timeout`` is negative, NaN or not a number, or the id is empty or over-long.
+            PayloadError: The output does not convert to the orchestration's return annotation.
+        """
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or math.isnan(timeout) or timeout < 0:
             raise ValueError(f"timeout must be a non-negative number of seconds, got {timeout!r}")
         _check_id(instance_id, "instance_id")
@@ -251,6 +380,16 @@ class Client:
                 notifier.release_instance_event(instance_id)
 
     async def get_custom_status(self, instance_id: str, last_seen_version: int = 0) -> tuple[Any, int] | None:
+        """The custom status of ``instance_id`` if it changed since ``last_seen_version``.
+
+        Args:
+            instance_id: The instance to look up.
+            last_seen_version: The ``custom_status_version`` already seen (0: none).
+
+        Returns:
+            ``(value, version)`` (the decoded JSON value, ``None`` if cleared) when the stored version is
+            newer than ``last_seen_version``; ``None`` if it is not, or the instance does not exist.
+        """
         got = await self.provider.get_custom_status(instance_id, last_seen_version)
         if got is None:
             return None
@@ -265,6 +404,19 @@ class Client:
         return admin
 
     async def list_instances(self, status: Status | str | None = None) -> list[str]:
+        """Instance ids, newest first, optionally only those whose current execution has ``status``.
+
+        Args:
+            status: ``Status.RUNNING`` / ``COMPLETED`` / ``FAILED``, the same as strings in any case
+                (``"running"``), or ``"ContinuedAsNew"``; ``None`` lists every instance.
+
+        Returns:
+            The matching instance ids.
+
+        Raises:
+            ValueError: An unknown status (``Status.NOT_FOUND`` included).
+            ManagementNotAvailable: The provider has no management interface.
+        """
         value = status.value if isinstance(status, Status) else status
         if isinstance(value, str):
             known = {s.lower(): s for s in ("Running", "Completed", "Failed", "ContinuedAsNew")}
@@ -277,28 +429,121 @@ class Client:
         return await self._admin().list_instances(value)
 
     async def get_history(self, instance_id: str, execution_id: int | None = None) -> list[Event]:
+        """The history events of one execution of ``instance_id``, in order.
+
+        Args:
+            instance_id: The instance.
+            execution_id: The execution (see :meth:`list_executions`); default: the current one.
+
+        Returns:
+            Its events (empty for an unknown instance or execution).
+
+        Raises:
+            ManagementNotAvailable: The provider has no management interface.
+        """
         return await self._admin().read_history(instance_id, execution_id)
 
     async def list_executions(self, instance_id: str) -> list[int]:
+        """The execution ids of ``instance_id`` in ascending order (one more per continue-as-new; pruned
+        ones are gone); empty for an unknown instance.
+
+        Args:
+            instance_id: The instance.
+
+        Returns:
+            Its execution ids.
+
+        Raises:
+            ManagementNotAvailable: The provider has no management interface.
+        """
         return await self._admin().list_executions(instance_id)
 
     async def get_instance_info(self, instance_id: str) -> InstanceInfo | None:
+        """The raw stored row of ``instance_id`` (status string, output JSON text, epoch-ms times), or
+        ``None`` if unknown; :meth:`get_status` gives the decoded view.
+
+        Args:
+            instance_id: The instance.
+
+        Returns:
+            Its ``InstanceInfo`` (name, version, current execution, status, output, custom status,
+            times, parent), or ``None``.
+
+        Raises:
+            ManagementNotAvailable: The provider has no management interface.
+        """
         return await self._admin().get_instance_info(instance_id)
 
     async def get_execution_info(self, instance_id: str, execution_id: int) -> ExecutionInfo | None:
+        """Status, output, start and end times and event count of one execution, or ``None`` if it does
+        not exist.
+
+        Args:
+            instance_id: The instance.
+            execution_id: The execution (see :meth:`list_executions`).
+
+        Returns:
+            Its ``ExecutionInfo``, or ``None``.
+
+        Raises:
+            ManagementNotAvailable: The provider has no management interface.
+        """
         return await self._admin().get_execution_info(instance_id, execution_id)
 
     async def get_system_metrics(self) -> SystemMetrics:
+        """Counts over the whole store: instances (total, running, completed, failed), executions, events.
+
+        Returns:
+            A ``SystemMetrics``.
+
+        Raises:
+            ManagementNotAvailable: The provider has no management interface.
+        """
         return await self._admin().get_system_metrics()
 
     async def get_queue_depths(self) -> QueueDepths:
+        """Messages waiting in the orchestrator, worker and timer queues, and the age of the oldest ready
+        message of each.
+
+        Returns:
+            A ``QueueDepths`` (ages in ms; ``None`` when nothing is ready).
+
+        Raises:
+            ManagementNotAvailable: The provider has no management interface.
+        """
         return await self._admin().get_queue_depths()
 
     async def get_instance_tree(self, instance_id: str) -> list[str]:
+        """``instance_id`` and all its sub-orchestrations, recursively (``instance_id`` first).
+
+        Args:
+            instance_id: The instance (usually a root).
+
+        Returns:
+            The instance ids of the tree.
+
+        Raises:
+            InstanceNotFound: The instance does not exist.
+            ManagementNotAvailable: The provider has no management interface.
+        """
         return await self._admin().get_instance_tree(instance_id)
 
     async def delete_instance(self, instance_id: str, force: bool = False) -> DeleteResult:
-        """Delete a root instance and its sub-orchestrations. Refuses running instances unless ``force``."""
+        """Delete a root instance and its sub-orchestrations. Refuses running instances unless ``force``.
+
+        Args:
+            instance_id: A root instance (not a sub-orchestration).
+            force: Delete even if it (or a descendant) is still running.
+
+        Returns:
+            How many instances, executions, events and queue messages were removed.
+
+        Raises:
+            InstanceNotFound: The instance does not exist.
+            CannotDeleteSubOrchestration: It is a sub-orchestration; delete its root.
+            InstanceStillRunning: It is running and ``force`` is false.
+            ManagementNotAvailable: The provider has no management interface.
+        """
         return await self._admin().delete_instance(instance_id, force)
 
     async def delete_instance_bulk(
@@ -308,7 +553,19 @@ class Client:
         completed_before: datetime | None = None,
         limit: int = 1000,
     ) -> DeleteResult:
-        """Delete terminal root instances (and their children) matching the filter; running ones are skipped."""
+        """Delete terminal root instances (and their children) matching the filter; running ones are skipped.
+
+        Args:
+            instance_ids: Only these ids (default: any); sub-orchestration ids are skipped.
+            completed_before: Only instances that finished before this time.
+            limit: At most this many root instances (the oldest first).
+
+        Returns:
+            How many instances, executions, events and queue messages were removed.
+
+        Raises:
+            ManagementNotAvailable: The provider has no management interface.
+        """
         return await self._admin().delete_instance_bulk(
             InstanceFilter(
                 list(instance_ids) if instance_ids is not None else None,
@@ -320,7 +577,22 @@ class Client:
     async def prune_executions(
         self, instance_id: str, *, keep_last: int | None = None, completed_before: datetime | None = None
     ) -> PruneResult:
-        """Delete old executions (from continue-as-new) of an instance; never the current or a running one."""
+        """Delete old executions (from continue-as-new) of an instance; never the current or a running one.
+
+        With neither option every old execution is deleted; with both, an execution must meet both.
+
+        Args:
+            instance_id: The instance.
+            keep_last: Keep the newest this many executions (the current one counts).
+            completed_before: Only delete executions that finished before this time.
+
+        Returns:
+            How many executions and events were removed.
+
+        Raises:
+            InstanceNotFound: The instance does not exist.
+            ManagementNotAvailable: The provider has no management interface.
+        """
         return await self._admin().prune_executions(
             instance_id,
             PruneOptions(keep_last, int(completed_before.timestamp() * 1000) if completed_before else None),

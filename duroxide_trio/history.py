@@ -32,7 +32,20 @@ Category = Literal["application", "infrastructure", "configuration", "poison"]
 @attrs.frozen
 class ErrorDetails:
     """Why something failed. Only ``application`` errors are visible to orchestration code as exceptions;
-    ``configuration`` (nondeterminism), ``infrastructure`` and ``poison`` fail the instance."""
+    ``configuration`` (nondeterminism), ``infrastructure`` and ``poison`` fail the instance.
+
+    Attributes:
+        category: ``"application"`` (the code raised, an activity or child failed, a timeout, a cancel;
+            orchestration code sees it as ``ActivityFailed`` / ``SubOrchestrationFailed``),
+            ``"configuration"`` (nondeterminism, a size limit, a corrupted history),
+            ``"infrastructure"`` (an engine error) or ``"poison"`` (a message that kept failing, or an
+            orchestration or activity that is not registered anywhere).
+        kind: A short machine-readable reason, e.g. ``"ActivityFailed"``, ``"OrchestrationFailed"``,
+            ``"Timeout"``, ``"Cancelled"``, ``"BadInput"``, ``"Nondeterminism"``, ``"LimitExceeded"``,
+            ``"Unregistered"``.
+        message: The human-readable text (``"ValueError: card declined"``); cut at 64 KiB.
+        retryable: Whether retrying may help (informational; the runtime does not act on it).
+    """
 
     category: str
     kind: str
@@ -40,6 +53,7 @@ class ErrorDetails:
     retryable: bool = False
 
     def display(self) -> str:
+        """The text to show a person: ``message``."""
         return self.message
 
 
@@ -49,6 +63,12 @@ class ErrorDetails:
 
 @attrs.frozen
 class OrchestrationStarted:
+    """First event of every execution, written by the turn that starts it. ``name``/``version``: the
+    orchestration and the version that runs; ``input``: its JSON input; ``parent_instance``/``parent_id``
+    (the parent's ``SubOrchestrationScheduled`` event id)/``parent_execution_id``: set for a
+    sub-orchestration; ``carry_forward``: ``(queue, data)`` messages not yet dequeued when the previous
+    execution continued as new; ``initial_custom_status``: the custom status carried over with them."""
+
     name: str
     version: str
     input: str | None = None
@@ -61,26 +81,38 @@ class OrchestrationStarted:
 
 @attrs.frozen
 class OrchestrationCompleted:
+    """Terminal: the code returned; ``output`` is the return value as JSON (``None`` for ``None``)."""
+
     output: str | None = None
 
 
 @attrs.frozen
 class OrchestrationFailed:
+    """Terminal: the execution failed (the code raised, was cancelled, or a system error); ``details``."""
+
     details: ErrorDetails
 
 
 @attrs.frozen
 class OrchestrationContinuedAsNew:
+    """Terminal for this execution: ``ctx.continue_as_new`` ended it; ``input`` is the next one's input."""
+
     input: str | None = None
 
 
 @attrs.frozen
 class OrchestrationCancelRequested:
+    """A ``CancelInstance`` arrived (``Client.cancel_instance`` or a cancelling parent); ``reason`` is its
+    text. The execution then ends Failed with kind ``Cancelled``."""
+
     reason: str = ""
 
 
 @attrs.frozen
 class ActivityScheduled:
+    """Decision: ``ctx.schedule_activity`` (one per retry attempt). Its ``event_id`` is the activity id;
+    ``name``, JSON ``input``, ``session_id`` and ``tag`` are what the code passed (checked on replay)."""
+
     name: str
     input: str | None = None
     session_id: str | None = None
@@ -89,63 +121,95 @@ class ActivityScheduled:
 
 @attrs.frozen
 class ActivityCompleted:
+    """Completion of the ``ActivityScheduled`` named by ``source_event_id``; ``result`` is its JSON result."""
+
     result: str | None = None
 
 
 @attrs.frozen
 class ActivityFailed:
+    """Failure of the ``ActivityScheduled`` named by ``source_event_id``; ``details`` says why."""
+
     details: ErrorDetails
 
 
 @attrs.frozen
 class ActivityCancelRequested:
+    """Decision: the code dropped the activity (a ``select`` loser: ``reason`` ``"dropped_future"``) or the
+    execution ended with it open (``"orchestration_terminal_<status>"``); ``source_event_id`` names the
+    ``ActivityScheduled``, and its work item is cancelled in the same commit."""
+
     reason: str = ""
 
 
 @attrs.frozen
 class TimerCreated:
+    """Decision: ``ctx.schedule_timer``; ``fire_at_ms`` is the deterministic time it fires (epoch ms)."""
+
     fire_at_ms: int
 
 
 @attrs.frozen
 class TimerFired:
+    """Completion of the ``TimerCreated`` named by ``source_event_id``; ``fire_at_ms`` as scheduled."""
+
     fire_at_ms: int = 0
 
 
 @attrs.frozen
 class ExternalSubscribed:
+    """Decision: ``ctx.wait_for_event(name)``."""
+
     name: str
 
 
 @attrs.frozen
 class ExternalEvent:
+    """Arrival of an external event ``name`` (``Client.raise_event``) with JSON ``data``; it goes to the
+    oldest open subscription to ``name``, or is buffered until the code subscribes."""
+
     name: str
     data: str | None = None
 
 
 @attrs.frozen
 class ExternalSubscribedCancelled:
+    """Decision: the code dropped a ``wait_for_event`` future (a ``select`` loser); ``source_event_id``
+    names the ``ExternalSubscribed``; ``reason`` says why."""
+
     reason: str = ""
 
 
 @attrs.frozen
 class QueueSubscribed:
+    """Decision: ``ctx.dequeue_event(name)`` on the FIFO mailbox ``name``."""
+
     name: str
 
 
 @attrs.frozen
 class QueueEventDelivered:
+    """Arrival of a mailbox message for queue ``name`` (``Client.enqueue_event``) with JSON ``data``; it goes
+    to the oldest open ``dequeue_event`` of ``name``, or waits in the mailbox."""
+
     name: str
     data: str | None = None
 
 
 @attrs.frozen
 class QueueSubscriptionCancelled:
+    """Decision: the code dropped a ``dequeue_event`` future (a ``select`` loser); ``source_event_id``
+    names the ``QueueSubscribed``; ``reason`` says why."""
+
     reason: str = ""
 
 
 @attrs.frozen
 class SubOrchestrationScheduled:
+    """Decision: ``ctx.schedule_sub_orchestration``. ``name``, JSON ``input`` and the requested
+    ``version`` (``None``: the latest) of the child; ``instance`` is its id (``<parent>::sub::<event id>``
+    unless the code chose one)."""
+
     name: str
     instance: str
     input: str | None = None
@@ -154,21 +218,32 @@ class SubOrchestrationScheduled:
 
 @attrs.frozen
 class SubOrchestrationCompleted:
+    """Completion of the ``SubOrchestrationScheduled`` named by ``source_event_id``; ``result`` is the
+    child's JSON output."""
+
     result: str | None = None
 
 
 @attrs.frozen
 class SubOrchestrationFailed:
+    """Failure of the ``SubOrchestrationScheduled`` named by ``source_event_id``; ``details`` says why."""
+
     details: ErrorDetails
 
 
 @attrs.frozen
 class SubOrchestrationCancelRequested:
+    """Decision: the code dropped a child (a ``select`` loser) or the execution ended with it running;
+    ``source_event_id`` names the ``SubOrchestrationScheduled`` and a ``CancelInstance`` goes to the child."""
+
     reason: str = ""
 
 
 @attrs.frozen
 class OrchestrationChained:
+    """Decision: ``ctx.start_orchestration`` (detached, no parent link): ``name``, ``instance``, JSON
+    ``input`` and requested ``version`` of the started orchestration."""
+
     name: str
     instance: str
     input: str | None = None
@@ -177,6 +252,8 @@ class OrchestrationChained:
 
 @attrs.frozen
 class CustomStatusUpdated:
+    """Decision: ``ctx.set_custom_status``; ``status`` is the value as JSON (``None``: cleared)."""
+
     status: str | None = None
 
 
@@ -262,7 +339,15 @@ COMPLETION_KINDS = (
 
 @attrs.frozen
 class Event:
-    """One history event. ``event_id`` is 1-based and dense within an execution."""
+    """One history event. ``event_id`` is 1-based and dense within an execution.
+
+    Attributes:
+        event_id: Position in the execution's history (1, 2, 3 ...).
+        kind: What happened: one of the event kind classes of this module (``ActivityScheduled`` ...).
+        source_event_id: For completions and cancellations, the ``event_id`` of the scheduling event they
+            refer to; ``None`` otherwise.
+        timestamp_ms: When the turn that wrote it ran (epoch ms); ``ctx.now()`` replays these.
+    """
 
     event_id: int
     kind: EventKind
@@ -271,9 +356,11 @@ class Event:
 
     @property
     def type_name(self) -> str:
+        """The kind's class name (``"ActivityScheduled"``), stored as the JSON ``type`` field."""
         return type(self.kind).__name__
 
     def is_terminal(self) -> bool:
+        """True for the events that end an execution: completed, failed, continued as new."""
         return isinstance(self.kind, TERMINAL_KINDS)
 
 
@@ -284,6 +371,11 @@ class Event:
 
 @attrs.frozen
 class StartOrchestration:
+    """Starts an execution of ``name`` as ``instance`` with JSON ``input`` and requested ``version``
+    (``None``: the latest). Sent by ``Client.start_orchestration``, by a parent for a sub-orchestration
+    (``parent_instance``, ``parent_id`` = its ``SubOrchestrationScheduled`` event id,
+    ``parent_execution_id``) and by ``ctx.start_orchestration``; ``execution_id`` is 1."""
+
     instance: str
     name: str
     input: str | None = None
@@ -295,11 +387,16 @@ class StartOrchestration:
 
     @property
     def target_instance(self) -> str:
+        """The instance this message belongs to (``instance``)."""
         return self.instance
 
 
 @attrs.frozen
 class ActivityExecute:
+    """Worker-queue message: run activity ``name`` with JSON ``input`` for ``instance``/``execution_id``;
+    ``id`` is the ``ActivityScheduled`` event id, ``session_id``/``tag`` as scheduled,
+    ``orchestration_name`` the scheduling orchestration, ``attempt`` the ``RetryPolicy`` attempt."""
+
     instance: str
     execution_id: int
     id: int
@@ -312,6 +409,7 @@ class ActivityExecute:
 
     @property
     def target_instance(self) -> str:
+        """The instance this message belongs to (``instance``)."""
         return self.instance
 
 
@@ -326,6 +424,7 @@ class ActivityResult:
 
     @property
     def target_instance(self) -> str:
+        """The instance this message belongs to (``instance``)."""
         return self.instance
 
 
@@ -340,6 +439,7 @@ class ActivityError:
 
     @property
     def target_instance(self) -> str:
+        """The instance this message belongs to (``instance``)."""
         return self.instance
 
 
@@ -354,33 +454,45 @@ class TimerDue:
 
     @property
     def target_instance(self) -> str:
+        """The instance this message belongs to (``instance``)."""
         return self.instance
 
 
 @attrs.frozen
 class ExternalRaised:
+    """``Client.raise_event``: external event ``name`` with JSON ``data`` for ``instance`` (recorded as
+    ``ExternalEvent``)."""
+
     instance: str
     name: str
     data: str | None = None
 
     @property
     def target_instance(self) -> str:
+        """The instance this message belongs to (``instance``)."""
         return self.instance
 
 
 @attrs.frozen
 class QueueMessage:
+    """``Client.enqueue_event``: a message with JSON ``data`` for mailbox ``name`` of ``instance`` (recorded
+    as ``QueueEventDelivered``)."""
+
     instance: str
     name: str
     data: str | None = None
 
     @property
     def target_instance(self) -> str:
+        """The instance this message belongs to (``instance``)."""
         return self.instance
 
 
 @attrs.frozen
 class SubOrchResult:
+    """A child completed: its JSON ``result`` for ``parent_instance``/``parent_execution_id``, completing the
+    parent's ``SubOrchestrationScheduled`` event ``parent_id`` (recorded as ``SubOrchestrationCompleted``)."""
+
     parent_instance: str
     parent_execution_id: int
     parent_id: int
@@ -388,11 +500,15 @@ class SubOrchResult:
 
     @property
     def target_instance(self) -> str:
+        """The parent instance the result goes to (``parent_instance``)."""
         return self.parent_instance
 
 
 @attrs.frozen
 class SubOrchError:
+    """A child failed (or could not start): ``details`` for ``parent_instance``/``parent_execution_id``,
+    failing the parent's event ``parent_id`` (recorded as ``SubOrchestrationFailed``)."""
+
     parent_instance: str
     parent_execution_id: int
     parent_id: int
@@ -400,21 +516,30 @@ class SubOrchError:
 
     @property
     def target_instance(self) -> str:
+        """The parent instance the result goes to (``parent_instance``)."""
         return self.parent_instance
 
 
 @attrs.frozen
 class CancelInstance:
+    """Cancel ``instance`` with ``reason`` (``Client.cancel_instance``, or a parent cancelling its child);
+    recorded as ``OrchestrationCancelRequested``."""
+
     instance: str
     reason: str = ""
 
     @property
     def target_instance(self) -> str:
+        """The instance this message belongs to (``instance``)."""
         return self.instance
 
 
 @attrs.frozen
 class ContinueAsNew:
+    """Starts execution ``execution_id`` of ``instance`` after ``ctx.continue_as_new``: ``name``, JSON
+    ``input``, requested ``version``, undelivered mailbox messages (``carry_forward``), the custom status
+    (``initial_custom_status``) and the parent link (``parent_*``) carried over."""
+
     instance: str
     name: str
     input: str | None = None
@@ -428,6 +553,7 @@ class ContinueAsNew:
 
     @property
     def target_instance(self) -> str:
+        """The instance this message belongs to (``instance``)."""
         return self.instance
 
 
@@ -494,6 +620,8 @@ _ENVELOPE = frozenset({"event_id", "source_event_id", "timestamp_ms", "type"})
 
 
 def event_to_dict(ev: Event) -> dict[str, Any]:
+    """The JSON-ready dict of ``ev``: the kind's fields plus ``type``, ``event_id``, ``source_event_id``
+    (only when set) and ``timestamp_ms``."""
     d = _unstructure_kind(ev.kind)
     d["type"] = ev.type_name
     d["event_id"] = ev.event_id
@@ -504,6 +632,13 @@ def event_to_dict(ev: Event) -> dict[str, Any]:
 
 
 def event_from_dict(d: dict[str, Any]) -> Event:
+    """The event a dict from :func:`event_to_dict` describes (unknown fields ignored, missing optional
+    fields defaulted).
+
+    Raises:
+        UnknownEventKind: (a ``HistoryDecodeError``) a ``type`` this engine does not know.
+        HistoryDecodeError: A missing required field or a field of the wrong type.
+    """
     type_name = d.get("type")
     cls = EVENT_KINDS.get(type_name) if isinstance(type_name, str) else None
     if cls is None:
@@ -524,10 +659,16 @@ def event_from_dict(d: dict[str, Any]) -> Event:
 
 
 def encode_event(ev: Event) -> str:
+    """``ev`` as compact JSON text (the stored form)."""
     return json.dumps(event_to_dict(ev), separators=(",", ":"))
 
 
 def decode_event(text: str | bytes) -> Event:
+    """The event stored as JSON ``text``.
+
+    Raises:
+        HistoryDecodeError: ``text`` is not JSON, not a JSON object, or not a valid event.
+    """
     try:
         d = json.loads(text)
     except (ValueError, TypeError, RecursionError) as exc:
@@ -538,12 +679,18 @@ def decode_event(text: str | bytes) -> Event:
 
 
 def work_item_to_dict(item: WorkItem) -> dict[str, Any]:
+    """The JSON-ready dict of ``item``: its fields plus ``type`` (the class name)."""
     d: dict[str, Any] = _conv.unstructure(item)
     d["type"] = type(item).__name__
     return d
 
 
 def work_item_from_dict(d: dict[str, Any]) -> WorkItem:
+    """The work item a dict from :func:`work_item_to_dict` describes (unknown fields ignored).
+
+    Raises:
+        HistoryDecodeError: Unknown ``type``, a missing required field or a field of the wrong type.
+    """
     try:
         cls = WORK_ITEM_KINDS[d["type"]]
         fields = {k: v for k, v in d.items() if k != "type"}
@@ -554,10 +701,16 @@ def work_item_from_dict(d: dict[str, Any]) -> WorkItem:
 
 
 def encode_work_item(item: WorkItem) -> str:
+    """``item`` as compact JSON text (the stored queue message)."""
     return json.dumps(work_item_to_dict(item), separators=(",", ":"))
 
 
 def decode_work_item(text: str | bytes) -> WorkItem:
+    """The work item stored as JSON ``text``.
+
+    Raises:
+        HistoryDecodeError: ``text`` is not JSON, not a JSON object, or not a valid work item.
+    """
     try:
         d = json.loads(text)
     except (ValueError, TypeError, RecursionError) as exc:

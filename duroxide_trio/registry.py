@@ -33,6 +33,20 @@ class PayloadError(TypeError):
 
 
 def encode_payload(value: Any, what: str = "value") -> str | None:
+    """``value`` as compact JSON text, through :data:`converter` (attrs classes, dataclasses, enums,
+    datetimes and UUIDs included).
+
+    Args:
+        value: The value to encode.
+        what: How to name the value in the error message (``"input of activity 'Charge'"``).
+
+    Returns:
+        The JSON text, or ``None`` for ``None``.
+
+    Raises:
+        PayloadError: The value cannot become JSON (an unsupported type, NaN, too deeply nested, or a
+            converter hook that raised).
+    """
     if value is None:
         return None
     try:
@@ -91,6 +105,11 @@ def _cattrs_reason(exc: BaseException) -> str:
 
 
 def parse_version(version: str) -> tuple[int, int, int]:
+    """``"1.2.3"`` as ``(1, 2, 3)``; ``"2"`` and ``"2.1"`` are padded with zeros.
+
+    Raises:
+        ValueError: ``version`` is not one to three dot-separated non-negative integers.
+    """
     if not isinstance(version, str) or not _VERSION_RE.match(version):
         raise ValueError(f"version must look like '1.0.0', got {version!r}")
     parts = [int(p) for p in version.split(".")] + [0, 0]
@@ -113,6 +132,8 @@ def _hints(fn: Callable[..., Any]) -> tuple[Any, Any]:
 
 @attrs.frozen
 class OrchestrationHandler:
+    """A registered orchestration version: the function and the input/output types from its hints."""
+
     name: str
     version: str
     fn: Callable[..., Coroutine[Any, Any, Any]]
@@ -121,6 +142,12 @@ class OrchestrationHandler:
     takes_input: bool
 
     def start(self, ctx: Any, input_text: str | None) -> Coroutine[Any, Any, Any]:
+        """The orchestration's coroutine, called with ``ctx`` and the input converted to ``input_type``
+        (no input argument if the function takes none).
+
+        Raises:
+            PayloadError: ``input_text`` is not JSON or does not convert to ``input_type``.
+        """
         if not self.takes_input:
             return self.fn(ctx)
         return self.fn(ctx, decode_payload(input_text, self.input_type))
@@ -128,6 +155,9 @@ class OrchestrationHandler:
 
 @attrs.frozen
 class ActivityHandler:
+    """A registered activity: the function, its input/output types from its hints, whether it is
+    ``async def`` and takes an input, and the event loop it asks for (``loop``)."""
+
     name: str
     fn: Callable[..., Any]
     input_type: Any
@@ -145,6 +175,11 @@ class Registry:
 
         @registry.orchestration("Checkout", version="1.0.0")
         async def checkout(ctx: dt.OrchestrationContext, order: Order) -> Receipt: ...
+
+    A handler takes its context and at most one input. The input's annotation says what the JSON input
+    is converted to, the return annotation what the JSON output is converted back to (no annotation:
+    plain JSON). Orchestrations have versions; activities have one implementation per name. Give the
+    registry to ``open_runtime`` (and, through ``runtime.client``, to the client).
     """
 
     def __init__(self) -> None:
@@ -159,7 +194,21 @@ class Registry:
         The function takes an ``ActivityContext`` and at most one input; ``async def`` runs on the event
         loop, a plain ``def`` in a worker thread. ``loop="asyncio"`` runs an ``async def`` activity on an
         asyncio event loop (a dedicated loop thread) when the runtime runs on Trio, so asyncio-only
-        libraries work in it; under an asyncio runtime it changes nothing."""
+        libraries work in it; under an asyncio runtime it changes nothing.
+
+        Also usable bare: ``@registry.activity``.
+
+        Args:
+            name: The activity name (default: the function's ``__name__``).
+            loop: ``None`` or ``"asyncio"`` (see above).
+
+        Returns:
+            A decorator that registers the function and returns it unchanged.
+
+        Raises:
+            ValueError: A bad or duplicate name, or a bad ``loop`` (see :meth:`add_activity`).
+            TypeError: The function does not fit (see :meth:`add_activity`).
+        """
         if callable(name):  # used as @registry.activity without parentheses
             fn = name
             self.add_activity(fn)
@@ -174,6 +223,21 @@ class Registry:
     def orchestration(
         self, name: str | None = None, *, version: str = "1.0.0"
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Register an orchestration: ``@registry.orchestration("Name", version="1.0.0")`` (or bare
+        ``@registry.orchestration``). The function is an ``async def`` taking an ``OrchestrationContext``
+        and at most one input.
+
+        Args:
+            name: The orchestration name (default: the function's ``__name__``).
+            version: Its version, ``"major.minor.patch"``; several versions of one name may be registered.
+
+        Returns:
+            A decorator that registers the function and returns it unchanged.
+
+        Raises:
+            ValueError: A bad name or version, or a duplicate version (see :meth:`add_orchestration`).
+            TypeError: The function is not ``async def`` or takes no parameter.
+        """
         if callable(name):
             fn = name
             self.add_orchestration(fn)
@@ -187,7 +251,18 @@ class Registry:
 
     def add_activity(self, fn: Callable[..., Any], name: str | None = None, *, loop: str | None = None) -> None:
         """Register ``fn`` as activity ``name`` (see :meth:`activity`). Raises ``ValueError`` for a bad or
-        duplicate name or an unknown ``loop``, ``TypeError`` for a function without a context parameter."""
+        duplicate name or an unknown ``loop``, ``TypeError`` for a function without a context parameter.
+
+        Args:
+            fn: ``def`` or ``async def`` function taking an ``ActivityContext`` and at most one input.
+            name: The activity name (default: ``fn.__name__``).
+            loop: ``None`` or ``"asyncio"`` (an ``async def`` only).
+
+        Raises:
+            ValueError: An empty, reserved (``__duroxide...``) or already registered name, or a ``loop``
+                other than ``None`` / ``"asyncio"``.
+            TypeError: ``fn`` is not callable, takes no parameter, or is not ``async def`` with ``loop``.
+        """
         name = name or fn.__name__
         if loop not in (None, "asyncio"):
             raise ValueError(f"activity {name!r}: loop must be None or 'asyncio', got {loop!r}")
@@ -211,6 +286,17 @@ class Registry:
         )
 
     def add_orchestration(self, fn: Callable[..., Any], name: str | None = None, *, version: str = "1.0.0") -> None:
+        """Register ``fn`` as version ``version`` of orchestration ``name`` (see :meth:`orchestration`).
+
+        Args:
+            fn: ``async def`` function taking an ``OrchestrationContext`` and at most one input.
+            name: The orchestration name (default: ``fn.__name__``).
+            version: ``"major.minor.patch"`` (``"2"`` and ``"2.1"`` are accepted too).
+
+        Raises:
+            ValueError: An empty name, a malformed version, or a version already registered for ``name``.
+            TypeError: ``fn`` is not an ``async def`` function or takes no parameter.
+        """
         name = name or fn.__name__
         if not isinstance(name, str) or not name:
             raise ValueError(f"orchestration name must be a non-empty string, got {name!r}")
@@ -227,7 +313,15 @@ class Registry:
         versions[key] = OrchestrationHandler(name, version, fn, input_hint, output_hint, len(params) > 1)
 
     def merge(self, other: Registry, prefix: str = "") -> None:
-        """Add everything of ``other`` (optionally with a name prefix)."""
+        """Add everything of ``other`` (optionally with a name prefix).
+
+        Args:
+            other: The registry to copy from (left unchanged).
+            prefix: Put before every name of ``other``.
+
+        Raises:
+            ValueError: A name (or orchestration version) is already registered here.
+        """
         for act in other._activities.values():
             self.add_activity(act.fn, prefix + act.name, loop=act.loop)
         for versions in other._orchestrations.values():
@@ -236,10 +330,26 @@ class Registry:
 
     # lookup ----------------------------------------------------------------------------------------
     def get_activity(self, name: str) -> ActivityHandler | None:
+        """The activity registered as ``name``, or ``None``.
+
+        Args:
+            name: The activity name.
+
+        Returns:
+            Its ``ActivityHandler`` (function, types, loop), or ``None`` if not registered.
+        """
         return self._activities.get(name)
 
     def resolve_orchestration(self, name: str, version: str | None = None) -> OrchestrationHandler | None:
-        """The exact ``version`` if given (``None`` if not registered), else the latest."""
+        """The exact ``version`` if given (``None`` if not registered), else the latest.
+
+        Args:
+            name: The orchestration name.
+            version: ``"1.0.0"``; ``None`` for the highest registered version.
+
+        Returns:
+            The handler, or ``None`` for an unknown name or version (a malformed version included).
+        """
         versions = self._orchestrations.get(name)
         if not versions:
             return None
@@ -251,30 +361,54 @@ class Registry:
             return None
 
     def has_orchestration(self, name: str) -> bool:
+        """True if some version of orchestration ``name`` is registered.
+
+        Args:
+            name: The orchestration name.
+
+        Returns:
+            Whether :meth:`resolve_orchestration` finds a latest version of it.
+        """
         return bool(self._orchestrations.get(name))
 
     @property
     def orchestration_names(self) -> list[str]:
+        """The registered orchestration names, sorted."""
         return sorted(self._orchestrations)
 
     @property
     def activity_names(self) -> list[str]:
+        """The registered activity names, sorted."""
         return sorted(self._activities)
 
     def versions(self, name: str) -> list[str]:
+        """The registered versions of orchestration ``name``, lowest first (empty if unknown).
+
+        Args:
+            name: The orchestration name.
+
+        Returns:
+            Version strings as registered (``["1.0.0", "2.0.0"]``).
+        """
         return [self._orchestrations[name][k].version for k in sorted(self._orchestrations.get(name, {}))]
 
     # codec used by the engine ----------------------------------------------------------------------
     def encode(self, value: Any, what: str) -> str | None:
+        """:func:`encode_payload` (the engine's codec interface); raises ``PayloadError``."""
         return encode_payload(value, what)
 
     def decode_activity_result(self, name: str, text: str | None) -> Any:
+        """The JSON result of activity ``name`` as its return annotation's type (plain JSON if unknown);
+        raises ``PayloadError``."""
         act = self._activities.get(name)
         return decode_payload(text, act.output_type if act else None)
 
     def decode_sub_result(self, name: str, text: str | None) -> Any:
+        """The JSON output of orchestration ``name`` as the return type of its latest version (plain JSON
+        if unknown); raises ``PayloadError``."""
         h = self.resolve_orchestration(name)
         return decode_payload(text, h.output_type if h else None)
 
     def decode_event_data(self, name: str, text: str | None) -> Any:
+        """The JSON data of event or queue message ``name`` as plain JSON; raises ``PayloadError``."""
         return decode_payload(text)

@@ -533,3 +533,62 @@ async def test_cancellation_reaches_an_asyncio_loop_activity(tmp_path, anyio_bac
             await runtime.client.start_orchestration("s", "UsesSleeps")
             await anyio.to_thread.run_sync(started.wait, 10)
     assert await anyio.to_thread.run_sync(cancelled.wait, 10)
+
+
+async def test_lease_renewal_that_raises_a_non_provider_error_is_contained(tmp_path, anyio_backend):
+    """A provider bug in lock renewal (a RuntimeError, not a ProviderError) is logged and retried; the
+    runtime keeps running and the long activity still completes."""
+    from duroxide_trio.testing.faults import Fault, FaultyProvider
+
+    reg = base_registry()
+    done = anyio.Event()
+
+    @reg.activity("Long")
+    async def long(ctx: dt.ActivityContext) -> str:
+        await anyio.sleep(2.5)  # longer than its 2 s lock: it must be renewed
+        return "done"
+
+    @reg.orchestration("UsesLong")
+    async def uses(ctx: dt.OrchestrationContext) -> str:
+        return str(await ctx.schedule_activity("Long"))
+
+    inner = await dt.SqliteProvider.open(tmp_path / "r.db")
+    faults = {"renew_work_item_lock": Fault(every=1, limit=1, error=RuntimeError, message="bug")}
+    provider = FaultyProvider(inner, faults)
+    options = attrs.evolve(FAST, worker_lock_timeout=2.0)
+    async with provider, dt.open_runtime(provider, reg, options) as runtime:
+        await runtime.client.start_orchestration("l", "UsesLong")
+        state = await runtime.client.wait_for_orchestration("l", timeout=30)
+        await assert_healthy(runtime.client)
+        done.set()
+    assert state.status is dt.Status.COMPLETED and state.output == "done"
+    assert provider.faults["renew_work_item_lock"].injected == 1
+
+
+@pytest.mark.postgres
+async def test_a_turn_the_storage_refuses_fails_the_instance_with_its_reason(pg_url, pg_schema, anyio_backend):
+    """A 10 KB child id fits the 64 KiB name limit but not PostgreSQL's btree index: the parent fails at
+    once with the storage's reason (not "turn kept failing" after max_attempts)."""
+    import random
+
+    from duroxide_trio.providers.postgres import PostgresProvider
+
+    LONG_ID = "".join(random.Random(7).choices("abcdefghijklmnopqrstuvwxyz0123456789", k=10_000))  # incompressible
+    reg = base_registry()
+
+    @reg.orchestration("Child")
+    async def child(ctx: dt.OrchestrationContext) -> str:
+        return "child"
+
+    @reg.orchestration("LongChildId")
+    async def parent(ctx: dt.OrchestrationContext) -> str:
+        return str(await ctx.schedule_sub_orchestration("Child", instance_id=LONG_ID))
+
+    provider = await PostgresProvider.connect(pg_url, schema=pg_schema, pool_max=4)
+    async with provider, dt.open_runtime(provider, reg, FAST) as runtime:
+        await runtime.client.start_orchestration("p", "LongChildId")
+        state = await runtime.client.wait_for_orchestration("p", timeout=20)
+        await assert_healthy(runtime.client)
+    assert state.status is dt.Status.FAILED
+    assert (state.error.category, state.error.kind) == ("configuration", "StorageRejected"), state.error
+    assert "too long" in state.error.message or "too large" in state.error.message

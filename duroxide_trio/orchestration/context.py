@@ -103,7 +103,17 @@ class SubOrchestrationFailed(TaskFailed):
 
 @attrs.frozen
 class Backoff:
-    """Delay before retry attempt ``n`` (1 = after the first failure), in seconds."""
+    """Delay before retry attempt ``n`` (1 = after the first failure), in seconds.
+
+    Build one with :meth:`none`, :meth:`fixed`, :meth:`linear` or :meth:`exponential` (the default of
+    ``RetryPolicy``: 0.1 s, doubling, at most 30 s) and pass it as ``RetryPolicy(backoff=...)``.
+
+    Attributes:
+        kind: ``"none"``, ``"fixed"``, ``"linear"`` or ``"exponential"``.
+        base: The first delay (seconds); the constant delay of ``"fixed"``.
+        factor: The growth factor of ``"exponential"``.
+        cap: The longest delay (seconds) of ``"linear"`` and ``"exponential"``.
+    """
 
     kind: str = "exponential"
     base: float = 0.1
@@ -112,21 +122,48 @@ class Backoff:
 
     @classmethod
     def none(cls) -> Backoff:
+        """Retry at once, without a timer."""
         return cls("none", 0.0, 1.0, 0.0)
 
     @classmethod
     def fixed(cls, delay: float) -> Backoff:
+        """Wait ``delay`` seconds before every retry.
+
+        Args:
+            delay: Seconds between attempts.
+        """
         return cls("fixed", delay, 1.0, delay)
 
     @classmethod
     def linear(cls, base: float, cap: float = 30.0) -> Backoff:
+        """Wait ``base * n`` seconds before retry ``n``, at most ``cap``.
+
+        Args:
+            base: Seconds added per attempt.
+            cap: The longest delay in seconds.
+        """
         return cls("linear", base, 1.0, cap)
 
     @classmethod
     def exponential(cls, base: float = 0.1, factor: float = 2.0, cap: float = 30.0) -> Backoff:
+        """Wait ``base * factor ** (n - 1)`` seconds before retry ``n``, at most ``cap``.
+
+        Args:
+            base: The first delay in seconds.
+            factor: How much each delay grows over the previous one.
+            cap: The longest delay in seconds.
+        """
         return cls("exponential", base, factor, cap)
 
     def delay_for_attempt(self, attempt: int) -> float:
+        """The delay before the retry that follows failed attempt ``attempt``.
+
+        Args:
+            attempt: The attempt that failed (1-based).
+
+        Returns:
+            Seconds to wait (``0.0`` for ``none``: the retry is scheduled at once).
+        """
         if self.kind == "none":
             return 0.0
         if self.kind == "fixed":
@@ -139,7 +176,21 @@ class Backoff:
 @attrs.frozen
 class RetryPolicy:
     """Retry an activity up to ``max_attempts`` times with ``backoff`` between attempts (durable timers).
-    ``timeout`` (seconds) bounds each attempt: an attempt that times out is cancelled and retried."""
+    ``timeout`` (seconds) bounds each attempt: an attempt that times out is cancelled and retried.
+
+    Only ``application`` failures are retried (an exception of the activity, or a timeout); poison and
+    other system failures are not. When every attempt failed, the last ``ActivityFailed`` is raised
+    (kind ``"Timeout"`` if the last attempt timed out). Each attempt is a new activity execution
+    (``ActivityContext.attempt`` says which).
+
+    Args:
+        max_attempts: Attempts in total, the first one included (at least 1).
+        backoff: The delay between attempts (default ``Backoff.exponential()``).
+        timeout: The longest an attempt may take, in seconds (``None``: no limit).
+
+    Raises:
+        ValueError: ``max_attempts`` is below 1 or ``timeout`` is not positive.
+    """
 
     max_attempts: int = 3
     backoff: Backoff = attrs.field(factory=Backoff.exponential)
@@ -171,6 +222,7 @@ class DurableFuture:
         self._cancelled = False
 
     def done(self) -> bool:
+        """True once the result (or the failure) is known, from the history replayed so far."""
         self._poll()
         return self._done
 
@@ -326,6 +378,9 @@ class _TaskFuture(DurableFuture):
 
 @attrs.define(eq=False)
 class Action:
+    """Engine internal: one decision of the code (the history event ``kind`` to record or match), the
+    future it completes, the future it cancels (``target``) and, once bound, its ``event_id``."""
+
     kind: Any  # the history event kind to record
     future: _LeafFuture | None = None
     target: _LeafFuture | None = None  # for cancellation breadcrumbs
@@ -355,7 +410,22 @@ class _ReplaySafeLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
 
 class OrchestrationContext:
     """What orchestration code uses to schedule durable work. Every call is recorded in history and must
-    happen in the same order, with the same arguments, on every replay."""
+    happen in the same order, with the same arguments, on every replay.
+
+    The engine creates one per turn and passes it as the orchestration's first argument. Code that
+    schedules differently from its history (after a code change) ends the instance Failed with category
+    ``configuration`` (``nondeterministic: ...``). Await only the futures this context returns: awaiting
+    anything else (``trio.sleep``, an HTTP call) fails the instance; do I/O in activities.
+
+    Attributes:
+        instance_id: This instance's id.
+        execution_id: The current execution (1, then one more per continue-as-new).
+        name: The orchestration's registered name.
+        version: The version that runs (recorded in history; replays always use it).
+        logger: A logger adapter that is silent while replaying and prefixes messages with the
+            instance id (records carry ``instance_id``, ``execution_id`` and ``orchestration``).
+        custom_status: The last value this execution gave to :meth:`set_custom_status` (``None`` before).
+    """
 
     def __init__(
         self,
@@ -378,14 +448,23 @@ class OrchestrationContext:
     # --- metadata ---
     @property
     def is_replaying(self) -> bool:
+        """True while the code re-runs through recorded history, False once it makes new decisions."""
         return self._turn.replaying
 
     def now(self) -> datetime:
-        """Deterministic UTC time: the time of the history event the code is resuming from."""
+        """Deterministic UTC time: the time of the history event the code is resuming from.
+
+        Returns:
+            A timezone-aware UTC ``datetime``, the same on every replay (use it instead of the clock).
+        """
         return datetime.fromtimestamp(self._turn.current_ms / 1000.0, tz=UTC)
 
     def new_uuid(self) -> uuid.UUID:
-        """Deterministic UUID: the same sequence on every replay of this execution."""
+        """Deterministic UUID: the same sequence on every replay of this execution.
+
+        Returns:
+            A version-5 UUID derived from the instance id, the execution id and a call counter.
+        """
         self._uuid_counter += 1
         return uuid.uuid5(_UUID_NAMESPACE, f"{self.instance_id}:{self.execution_id}:{self._uuid_counter}")
 
@@ -403,7 +482,27 @@ class OrchestrationContext:
         ``ActivityFailed``. ``retry`` retries failed (and, with ``timeout``, timed-out) attempts on durable
         timers; ``tag`` and ``session_id`` are recorded (and checked on replay). Raises ``TypeError`` for a
         bad name, ``PayloadError`` if ``input`` is not JSON-serialisable, ``LimitExceeded`` if it is over
-        the payload limit."""
+        the payload limit.
+
+        Args:
+            name: The registered activity name.
+            input: The activity's input (anything the payload converter turns into JSON; ``None``: none).
+            retry: Retry failed attempts with this policy (default: one attempt).
+            tag: A label recorded with the activity and given to it as ``ActivityContext.tag``.
+            session_id: An id recorded with the activity and given to it as ``ActivityContext.session_id``.
+
+        Returns:
+            A future of the activity's result, converted to the activity's return annotation. Awaiting it
+            raises ``ActivityFailed`` when the activity (every attempt, with ``retry``) failed or timed
+            out, or ``PayloadError`` when the result does not convert; a poisoned activity fails the
+            whole orchestration instead.
+
+        Raises:
+            TypeError: An empty or non-string name, tag or session id, or a ``retry`` that is not a
+                ``RetryPolicy``.
+            PayloadError: ``input`` cannot be turned into JSON.
+            LimitExceeded: The JSON input is over 3 MiB, or a name over 64 KiB.
+        """
         check_name(name, "activity name")
         check_name(tag, "activity tag", optional=True)
         check_name(session_id, "activity session_id", optional=True)
@@ -454,7 +553,18 @@ class OrchestrationContext:
 
     def schedule_timer(self, delay: float | timedelta) -> DurableFuture:
         """A durable timer that fires ``delay`` (seconds or a ``timedelta``) after the current
-        deterministic time. Raises ``ValueError`` outside 0 … 100 years."""
+        deterministic time. Raises ``ValueError`` outside 0 … 100 years.
+
+        Args:
+            delay: Seconds (``int`` or ``float``) or a ``timedelta``, from ``ctx.now()``.
+
+        Returns:
+            A future that resolves with ``None`` when the timer fires (it survives restarts).
+
+        Raises:
+            TypeError: ``delay`` is not a number or a ``timedelta`` (a ``bool`` is refused).
+            ValueError: ``delay`` is negative, NaN or over 100 years.
+        """
         if isinstance(delay, bool) or not isinstance(delay, (int, float, timedelta)):
             raise TypeError(f"timer delay must be seconds (a number) or a timedelta, got {delay!r:.100}")
         seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
@@ -470,7 +580,18 @@ class OrchestrationContext:
 
     def wait_for_event(self, name: str) -> DurableFuture:
         """Wait for the next external event ``name`` (``Client.raise_event``). Events raised before the
-        wait are buffered in history and delivered in arrival order."""
+        wait are buffered in history and delivered in arrival order.
+
+        Args:
+            name: The event name.
+
+        Returns:
+            A future of the event's data (plain JSON values: dicts, lists, strings, numbers, ``None``).
+
+        Raises:
+            TypeError: ``name`` is empty or not a string.
+            LimitExceeded: ``name`` is over 64 KiB.
+        """
         check_name(name, "event name")
         fut = _LeafFuture(self)
         self._turn._emit(Action(ExternalSubscribed(name), future=fut))
@@ -478,7 +599,18 @@ class OrchestrationContext:
 
     def dequeue_event(self, queue: str) -> DurableFuture:
         """Take the next message of the FIFO mailbox ``queue`` (``Client.enqueue_event``). Unconsumed
-        messages are carried across continue-as-new."""
+        messages are carried across continue-as-new.
+
+        Args:
+            queue: The mailbox name.
+
+        Returns:
+            A future of the message's data (plain JSON values).
+
+        Raises:
+            TypeError: ``queue`` is empty or not a string.
+            LimitExceeded: ``queue`` is over 64 KiB.
+        """
         check_name(queue, "queue name")
         fut = _LeafFuture(self)
         self._turn._emit(Action(QueueSubscribed(queue), future=fut))
@@ -489,7 +621,26 @@ class OrchestrationContext:
     ) -> DurableFuture:
         """Run orchestration ``name`` as a child; the future resolves with its output or raises
         ``SubOrchestrationFailed``. The child's id is ``<this id>::sub::<event id>`` unless
-        ``instance_id`` is given."""
+        ``instance_id`` is given.
+
+        Args:
+            name: The registered orchestration name of the child.
+            input: The child's input (anything the payload converter turns into JSON; ``None``: none).
+            instance_id: The child's id (must not contain ``::sub::``); default: derived as above.
+            version: Run exactly this version of the child; default: the latest registered one.
+
+        Returns:
+            A future of the child's output, converted to the return annotation of the latest registered
+            version. Awaiting it raises ``SubOrchestrationFailed`` when the child failed or was cancelled
+            (or its id is taken by another instance: kind ``InstanceAlreadyExists``); a child's system
+            failure (poison, nondeterminism) fails this orchestration too.
+
+        Raises:
+            TypeError: An empty or non-string name or instance id.
+            ValueError: ``instance_id`` contains ``::sub::``.
+            PayloadError: ``input`` cannot be turned into JSON.
+            LimitExceeded: The JSON input is over 3 MiB, or a name or id over 64 KiB.
+        """
         check_name(name, "sub-orchestration name")
         if instance_id is not None:
             check_instance_id(instance_id, "sub-orchestration instance_id")
@@ -507,21 +658,63 @@ class OrchestrationContext:
     def start_orchestration(
         self, name: str, instance_id: str, input: Any = None, *, version: str | None = None
     ) -> None:
-        """Start a detached orchestration (fire and forget; no result, no parent link)."""
+        """Start a detached orchestration (fire and forget; no result, no parent link).
+
+        The start is sent when this turn commits; the new instance runs on its own and is not cancelled
+        with this one.
+
+        Args:
+            name: The registered orchestration name.
+            instance_id: The new instance's id (must not contain ``::sub::``).
+            input: Its input (anything the payload converter turns into JSON; ``None``: none).
+            version: Run exactly this version; default: the latest registered one.
+
+        Raises:
+            TypeError: An empty or non-string name or instance id.
+            ValueError: ``instance_id`` contains ``::sub::``.
+            PayloadError: ``input`` cannot be turned into JSON.
+            LimitExceeded: The JSON input is over 3 MiB, or a name or id over 64 KiB.
+        """
         check_name(name, "orchestration name")
         check_instance_id(instance_id)
         encoded = self._turn.encode(input, f"input of orchestration {name!r}")
         self._turn._emit(Action(OrchestrationChained(name, instance_id, encoded, version)))
 
     def continue_as_new(self, input: Any = None, *, version: str | None = None) -> DurableFuture:
-        """End this execution and start a fresh one with ``input`` (``return await ctx.continue_as_new(x)``)."""
+        """End this execution and start a fresh one with ``input`` (``return await ctx.continue_as_new(x)``).
+
+        The new execution (``execution_id + 1``) starts with an empty history; mailbox messages not yet
+        dequeued, the custom status and the parent link are carried over. Only the first call of a turn
+        counts, and the code does not run on after it.
+
+        Args:
+            input: The next execution's input (anything the payload converter turns into JSON).
+            version: The version the next execution runs; default: the latest registered one.
+
+        Returns:
+            A future that never resolves: await it (and return) to end the execution.
+
+        Raises:
+            PayloadError: ``input`` cannot be turned into JSON.
+            LimitExceeded: The JSON input is over 3 MiB.
+        """
         encoded = self._turn.encode(input, "input of continue_as_new")
         self._turn._continue_as_new(encoded, version)
         return _NeverFuture(self)
 
     def set_custom_status(self, value: Any) -> None:
         """Publish ``value`` as the instance's custom status (``Client.get_status(...).custom_status``).
-        Raises ``LimitExceeded`` over 256 KiB."""
+        Raises ``LimitExceeded`` over 256 KiB.
+
+        Clients see it once the turn commits; it is carried over by continue-as-new.
+
+        Args:
+            value: Anything the payload converter turns into JSON; ``None`` clears the status.
+
+        Raises:
+            PayloadError: ``value`` cannot be turned into JSON.
+            LimitExceeded: The JSON value is over 256 KiB.
+        """
         encoded = None if value is None else self._turn.encode(value, "custom status", limits.MAX_CUSTOM_STATUS_BYTES)
         self.custom_status = value
         self._turn._emit(Action(CustomStatusUpdated(encoded)))
@@ -530,17 +723,49 @@ class OrchestrationContext:
 
     def history_size_bytes(self) -> int:
         """The size of this execution's history, counted as the 5 MiB history limit counts it; call
-        ``continue_as_new`` well before it reaches ``dt.MAX_HISTORY_BYTES``."""
+        ``continue_as_new`` well before it reaches ``dt.MAX_HISTORY_BYTES``.
+
+        Returns:
+            Bytes: the stored events and this turn's new ones, each counted as its text fields plus a
+            small envelope. A turn whose commit would pass 5 MiB fails the instance (``LimitExceeded``).
+        """
         return self._turn.history_size_bytes()
 
     # --- composition ---
     def join(self, futures: Iterable[DurableFuture], *, return_exceptions: bool = False) -> DurableFuture:
+        """Wait for all ``futures`` (fan-in).
+
+        Args:
+            futures: Durable futures from this context (``schedule_*``, ``select``, ``join``).
+            return_exceptions: Put the exception of a failed future in its place in the list instead of
+                raising it.
+
+        Returns:
+            A future of the results, in argument order (``[]`` for no futures). It resolves once every
+            future is done; without ``return_exceptions`` it then raises the failure that came first in
+            history order.
+
+        Raises:
+            TypeError: One of ``futures`` is not a durable future.
+        """
         children = self._check_futures(list(futures), "join")
         return _JoinFuture(self, children, return_exceptions)
 
     def select(self, *futures: DurableFuture) -> DurableFuture:
         """Resolve with ``(index, value)`` of the first future to complete *in history order*; the others
-        are cancelled (activities lose their lock, subscriptions are released, children are cancelled)."""
+        are cancelled (activities lose their lock, subscriptions are released, children are cancelled).
+
+        Args:
+            *futures: Durable futures from this context (or one list or tuple of them).
+
+        Returns:
+            A future of ``(index, value)`` of the winner; it raises the winner's exception if the first
+            future to complete failed.
+
+        Raises:
+            ValueError: No futures were given.
+            TypeError: One of ``futures`` is not a durable future.
+        """
         if len(futures) == 1 and isinstance(futures[0], (list, tuple)):
             futures = tuple(futures[0])
         if not futures:

@@ -27,44 +27,64 @@ from ..history import (
 from . import limits
 from .replay import Codec, Handler, TurnPlan, TurnResult, fail_instance, plan_turn, run_turn
 
-__all__ = ["Abandon", "Batch", "Commit", "Decision", "Handlers", "TurnPolicy", "decide_turn"]
+__all__ = ["Abandon", "Batch", "Commit", "Decision", "Handlers", "TurnPolicy", "decide_turn", "refused_commit"]
 
 
 class Batch(Protocol):
     """What a provider's fetch returns (``providers.base.OrchestrationItem`` has these fields)."""
 
     @property
-    def instance_id(self) -> str: ...
+    def instance_id(self) -> str:
+        """The locked instance."""
+        ...
 
     @property
-    def orchestration_name(self) -> str: ...
+    def orchestration_name(self) -> str:
+        """The stored orchestration name (a new instance: its start message's; ``""`` if there is none)."""
+        ...
 
     @property
-    def version(self) -> str | None: ...
+    def version(self) -> str | None:
+        """The stored (or requested) version; ``None``: the latest."""
+        ...
 
     @property
-    def execution_id(self) -> int: ...
+    def execution_id(self) -> int:
+        """The current execution id."""
+        ...
 
     @property
-    def history(self) -> list[Event]: ...
+    def history(self) -> list[Event]:
+        """The current execution's history, in event id order."""
+        ...
 
     @property
-    def messages(self) -> list[WorkItem]: ...
+    def messages(self) -> list[WorkItem]:
+        """Every message for the instance that was visible at fetch, in enqueue order."""
+        ...
 
     @property
-    def attempt_count(self) -> int: ...
+    def attempt_count(self) -> int:
+        """How many times these messages have been fetched (the highest count of the batch)."""
+        ...
 
     @property
-    def history_error(self) -> str | None: ...
+    def history_error(self) -> str | None:
+        """Why the history or a message could not be decoded (``None``: everything was read)."""
+        ...
 
 
 class Handlers(Protocol):
     """Resolves orchestration handlers (the ``Registry``)."""
 
-    def resolve_orchestration(self, name: str, version: str | None = None) -> Any: ...
+    def resolve_orchestration(self, name: str, version: str | None = None) -> Any:
+        """The handler of ``name`` at exactly ``version`` (the latest if ``None``), or ``None``."""
+        ...
 
     @property
-    def orchestration_names(self) -> list[str]: ...
+    def orchestration_names(self) -> list[str]:
+        """The registered orchestration names (for error messages)."""
+        ...
 
 
 @attrs.frozen
@@ -220,12 +240,22 @@ def _decide(
     return Commit(result, ran_code=True)
 
 
+def refused_commit(batch: Batch, reason: str, *, now_ms: int) -> TurnResult:
+    """The commit to make when the storage refused a turn's commit as invalid (a value it cannot hold,
+    e.g. an id too long for PostgreSQL's index): the instance fails with the storage's reason instead of
+    replaying a turn that can never commit."""
+    details = ErrorDetails(
+        "configuration", "StorageRejected",
+        limits.truncate_message(f"the storage refused to commit this instance's turn: {reason}"),
+    )
+    return _fail(batch, details, now_ms)
+
+
 def _over_limit(plan: TurnPlan, result: TurnResult) -> ErrorDetails | None:
     """The first limit this turn's commit would break, or ``None``."""
     try:
-        for ev in result.history_delta:
-            limits.check_event(ev)
-        size = limits.history_bytes(plan.history) + limits.history_bytes(result.history_delta)
+        size = sum(limits.check_event(ev) for ev in result.history_delta)
+        size += limits.history_bytes(plan.history)
         if size > limits.MAX_HISTORY_BYTES:
             raise limits.LimitExceeded(
                 f"the history of execution {result.execution_id}", size, limits.MAX_HISTORY_BYTES,

@@ -89,6 +89,8 @@ def check_text(text: str | None, limit: int, what: str, hint: str = "") -> None:
 
 
 def limit_for_field(field: str) -> int:
+    """The byte limit of an event field by name: payloads (``input``, ``result``, ``data``, ``output``)
+    3 MiB, custom status fields 256 KiB, anything else (names, ids, messages) 64 KiB."""
     if field in _PAYLOAD_FIELDS:
         return MAX_PAYLOAD_BYTES
     if field in _STATUS_FIELDS:
@@ -96,12 +98,18 @@ def limit_for_field(field: str) -> int:
     return MAX_NAME_BYTES
 
 
+_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
 def _strings(kind: Any) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
-    for a in attrs.fields(type(kind)):
-        value = getattr(kind, a.name)
+    names = _FIELDS.get(type(kind))
+    if names is None:
+        names = _FIELDS[type(kind)] = tuple(a.name for a in attrs.fields(type(kind)))
+    for name in names:
+        value = getattr(kind, name)
         if isinstance(value, str):
-            out.append((a.name, value))
+            out.append((name, value))
         elif isinstance(value, ErrorDetails):
             out.append(("error message", value.message))
         elif isinstance(value, list):  # carry_forward: (queue, data) pairs
@@ -117,13 +125,18 @@ def event_bytes(ev: Event) -> int:
 
 
 def history_bytes(events: Any) -> int:
+    """The size ``events`` count for against :data:`MAX_HISTORY_BYTES` (sum of :func:`event_bytes`)."""
     return sum(event_bytes(ev) for ev in events)
 
 
-def check_event(ev: Event) -> None:
-    """Raise :class:`LimitExceeded` if one field of ``ev`` is over its limit."""
+def check_event(ev: Event) -> int:
+    """Raise :class:`LimitExceeded` if one field of ``ev`` is over its limit; else return its size (as
+    :func:`event_bytes` counts it)."""
+    size = _EVENT_OVERHEAD
     for field, text in _strings(ev.kind):
         check_text(text, limit_for_field(field), f"{field} of {ev.type_name} (event {ev.event_id})")
+        size += text_bytes(text)
+    return size
 
 
 def truncate_message(message: str, limit: int = MAX_NAME_BYTES) -> str:

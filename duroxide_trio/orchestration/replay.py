@@ -84,25 +84,39 @@ MAX_QUIESCENCE = 10_000
 class Codec(Protocol):
     """Turns orchestration values into JSON text and back (the registry provides the typed one)."""
 
-    def encode(self, value: Any, what: str) -> str | None: ...
+    def encode(self, value: Any, what: str) -> str | None:
+        """``value`` as JSON text (``None`` for ``None``); raises ``PayloadError`` naming ``what``."""
+        ...
 
-    def decode_activity_result(self, name: str, text: str | None) -> Any: ...
+    def decode_activity_result(self, name: str, text: str | None) -> Any:
+        """The result of activity ``name`` from its JSON ``text``."""
+        ...
 
-    def decode_sub_result(self, name: str, text: str | None) -> Any: ...
+    def decode_sub_result(self, name: str, text: str | None) -> Any:
+        """The output of sub-orchestration ``name`` from its JSON ``text``."""
+        ...
 
-    def decode_event_data(self, name: str, text: str | None) -> Any: ...
+    def decode_event_data(self, name: str, text: str | None) -> Any:
+        """The data of external event or queue message ``name`` from its JSON ``text``."""
+        ...
 
 
 class Handler(Protocol):
     """A resolved orchestration: ``start(ctx, input_text)`` returns the coroutine to drive."""
 
     @property
-    def name(self) -> str: ...
+    def name(self) -> str:
+        """The orchestration's registered name."""
+        ...
 
     @property
-    def version(self) -> str: ...
+    def version(self) -> str:
+        """The version this handler runs (``"1.0.0"``)."""
+        ...
 
-    def start(self, ctx: OrchestrationContext, input_text: str | None) -> Coroutine[Any, Any, Any]: ...
+    def start(self, ctx: OrchestrationContext, input_text: str | None) -> Coroutine[Any, Any, Any]:
+        """The orchestration coroutine for ``ctx`` and the JSON input (raises if the input does not fit)."""
+        ...
 
 
 @attrs.frozen
@@ -120,6 +134,19 @@ class TurnPlan:
 
 
 def plan_turn(execution_id: int, history: Sequence[Event], messages: Sequence[WorkItem]) -> TurnPlan:
+    """What a fetched batch means, from its history and messages alone.
+
+    Args:
+        execution_id: The instance's current execution id.
+        history: That execution's history.
+        messages: The fetched messages.
+
+    Returns:
+        ``"run"`` (replay the history, or start from a ``StartOrchestration`` / ``ContinueAsNew``, with
+        the other messages to apply), ``"discard"`` (a terminal instance, or no history and no start:
+        the messages are dropped) or ``"corrupt"`` (the history does not begin with
+        ``OrchestrationStarted``). Never raises.
+    """
     starts: list[StartOrchestration | ContinueAsNew] = [
         m for m in messages if isinstance(m, (StartOrchestration, ContinueAsNew))
     ]
@@ -148,6 +175,11 @@ def plan_turn(execution_id: int, history: Sequence[Event], messages: Sequence[Wo
 
 @attrs.define
 class TurnResult:
+    """What one turn commits: new history events, activities for the worker queue, messages for
+    orchestrator queues, activities to cancel (``(instance, execution, activity id)``), and the
+    execution's new ``status`` (``None``: unchanged), ``output`` (JSON) or ``error``, with the
+    ``name``/``version``/``parent_instance`` that create the instance row. ``warnings`` are logged."""
+
     history_delta: list[Event] = attrs.field(factory=list)
     worker_items: list[ActivityExecute] = attrs.field(factory=list)
     orchestrator_items: list[WorkItem] = attrs.field(factory=list)
@@ -265,6 +297,8 @@ class Turn:
         return self._seq
 
     def encode(self, value: Any, what: str, limit: int = limits.MAX_PAYLOAD_BYTES) -> str | None:
+        """``value`` as JSON text through the codec; raises ``PayloadError``, or ``LimitExceeded`` if the
+        text is over ``limit`` bytes."""
         text = self.codec.encode(value, what)
         limits.check_text(text, limit, what)
         return text
@@ -681,6 +715,8 @@ class Turn:
 
     # ------------------------------------------------------------------ the turn
     def run(self) -> TurnResult:
+        """Replay the history, apply the new messages, and return what to commit. Failures of the code or
+        of the history (an exception, nondeterminism, a bad await) end the instance Failed in the result."""
         try:
             self._run()
         except _Fail as f:

@@ -68,23 +68,51 @@ def now_ms() -> int:
 
 class ProviderError(Exception):
     """A storage operation failed. ``retryable`` errors (busy, locked, deadlock, connection loss) may be
-    retried with backoff; permanent ones (bad or expired lock token, duplicate event, corruption) not."""
+    retried with backoff; permanent ones (bad or expired lock token, duplicate event, corruption) not.
 
-    def __init__(self, operation: str, message: str, *, retryable: bool = False) -> None:
+    ``kind`` says what went wrong, so callers need not read the message (None: not classified):
+
+    - retryable: ``"contention"`` (lock contention: SQLite busy/locked, PostgreSQL deadlock, serialization
+      failure, lock not available; expected under load), ``"connection"`` (connection lost or refused,
+      server shutting down, pool exhausted), ``"resources"`` (the server is out of memory, disk or
+      connections), ``"timeout"`` (the operation or a statement timed out);
+    - permanent: ``"invalid"`` (a value the store cannot hold: too large, out of range, malformed),
+      ``"conflict"`` (a constraint or duplicate), ``"lock"`` (lock token invalid or expired),
+      ``"corrupt"`` (the store is damaged or not a database), ``"config"`` (bad connection settings,
+      credentials, database or path), ``"closed"`` (the provider is closed).
+
+    ``contention`` is ``kind == "contention"`` (a keyword ``contention=True`` sets that kind).
+    """
+
+    def __init__(
+        self,
+        operation: str,
+        message: str,
+        *,
+        retryable: bool = False,
+        kind: str | None = None,
+        contention: bool = False,
+    ) -> None:
         super().__init__(f"{operation}: {message}")
         self.operation = operation
         self.message = message
         self.retryable = retryable
+        self.kind: str | None = "contention" if contention else kind
+
+    @property
+    def contention(self) -> bool:
+        """Expected lock contention (retried quietly): ``kind == "contention"``."""
+        return self.kind == "contention"
 
     @classmethod
-    def transient(cls, operation: str, message: str) -> ProviderError:
-        """A retryable error (busy, locked, deadlock, lost connection)."""
-        return cls(operation, message, retryable=True)
+    def transient(cls, operation: str, message: str, *, kind: str | None = None) -> ProviderError:
+        """A retryable error (busy, locked, deadlock, lost connection); ``kind`` as documented above."""
+        return cls(operation, message, retryable=True, kind=kind)
 
     @classmethod
-    def permanent(cls, operation: str, message: str) -> ProviderError:
+    def permanent(cls, operation: str, message: str, *, kind: str | None = None) -> ProviderError:
         """An error that retrying does not fix (bad or expired lock token, duplicate, corruption)."""
-        return cls(operation, message, retryable=False)
+        return cls(operation, message, retryable=False, kind=kind)
 
 
 class InstanceAlreadyExists(ProviderError):

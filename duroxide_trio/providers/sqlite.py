@@ -164,26 +164,82 @@ def _ms(seconds: float) -> int:
     return max(0, int(seconds * 1000))
 
 
-def _provider_error(op: str, exc: BaseException) -> ProviderError:
+#: Primary SQLite result codes (``sqlite3.Error.sqlite_errorcode & 0xFF``) and what they mean here.
+_CONTENTION_CODES = {5: "SQLITE_BUSY", 6: "SQLITE_LOCKED"}
+_STORE_CODES = {
+    3: "SQLITE_PERM", 8: "SQLITE_READONLY", 10: "SQLITE_IOERR", 11: "SQLITE_CORRUPT", 13: "SQLITE_FULL",
+    14: "SQLITE_CANTOPEN", 15: "SQLITE_PROTOCOL", 22: "SQLITE_NOLFS", 23: "SQLITE_AUTH", 26: "SQLITE_NOTADB",
+}  # fmt: skip
+_INVALID_CODES = {18: "SQLITE_TOOBIG", 20: "SQLITE_MISMATCH", 25: "SQLITE_RANGE"}
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
+def _provider_error(op: str, exc: BaseException, path: str = "") -> ProviderError:
+    """Map anything raised while running an operation to a ProviderError (never a raw sqlite3 error):
+    busy/locked is retryable contention, an interrupted statement or no memory is retryable, a damaged,
+    unreadable, read-only or full database file is permanent and names the file, constraint violations
+    and values SQLite cannot hold are permanent."""
     if isinstance(exc, ProviderError):
         return exc
-    if isinstance(exc, sqlite3.IntegrityError):
-        return ProviderError.permanent(op, f"constraint violated: {exc}")
-    if isinstance(exc, sqlite3.OperationalError):
-        return ProviderError.transient(op, str(exc))
+    where = f"SQLite database {path!r}" if path else "SQLite database"
     if isinstance(exc, sqlite3.Error):
-        return ProviderError.permanent(op, str(exc))
+        code = getattr(exc, "sqlite_errorcode", None)
+        primary = code & 0xFF if isinstance(code, int) else None
+        name = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
+        text = str(exc)
+        lowered = text.lower()
+        if primary in _CONTENTION_CODES or (primary is None and ("locked" in lowered or "busy" in lowered)):
+            return ProviderError.transient(op, f"{where}: {text} ({name})", kind="contention")
+        if primary == 9 or lowered == "interrupted":
+            return ProviderError.transient(op, f"{where}: statement interrupted ({name})", kind="timeout")
+        if primary == 7:
+            return ProviderError.transient(op, f"{where}: out of memory ({name})", kind="resources")
+        if primary in _STORE_CODES or "not a database" in lowered or "malformed" in lowered:
+            return ProviderError.permanent(op, f"{where} cannot be used: {text} ({name})", kind="corrupt")
+        if isinstance(exc, sqlite3.IntegrityError) or primary == 19:
+            return ProviderError.permanent(op, f"constraint violated: {text}", kind="conflict")
+        if primary in _INVALID_CODES or isinstance(exc, sqlite3.DataError):
+            return ProviderError.permanent(op, f"invalid value: {text} ({name})", kind="invalid")
+        if isinstance(exc, sqlite3.ProgrammingError) and "closed" in lowered:
+            return ProviderError.permanent(op, "provider is closed", kind="closed")
+        # SQLITE_ERROR and the rest (e.g. "no such table": a database this provider did not create or
+        # that was altered): retrying cannot help.
+        return ProviderError.permanent(op, f"{where}: {text} ({name})", kind="corrupt")
+    if isinstance(exc, OverflowError):
+        return ProviderError.permanent(op, f"invalid value: {exc}", kind="invalid")
     return ProviderError.permanent(op, f"{type(exc).__name__}: {exc}")
 
 
+def _check_int64(op: str, what: str, value: int) -> None:
+    """Refuse an integer SQLite cannot store (it would raise OverflowError deep in the batch)."""
+    if not _INT64_MIN <= value <= _INT64_MAX:
+        raise ProviderError.permanent(
+            op,
+            f"{what} {value} is out of range: it must fit in a signed 64-bit integer (at most "
+            f"{_INT64_MAX}); for a timer, the fire time is in epoch milliseconds, so the delay is too far "
+            "in the future",
+            kind="invalid",
+        )
+
+
+def _visible_what(item: WorkItem) -> str:
+    if isinstance(item, TimerDue):
+        return f"timer fire time (instance {item.instance!r}, timer {item.id}, epoch ms)"
+    return "visible-at time (epoch ms)"
+
+
 class _Job:
-    __slots__ = ("op", "fn", "write", "probe", "idle", "result", "error", "done")
+    """One queued operation. ``finished`` once ``result`` or ``error`` is final; ``wake`` is set when the
+    job finished or when its caller should take over as leader."""
+
+    __slots__ = ("op", "fn", "write", "probe", "idle", "result", "error", "finished", "wake")
 
     def __init__(self, op: str, fn: Any, write: bool, probe: Any, idle: Any) -> None:
         self.op, self.fn, self.write, self.probe, self.idle = op, fn, write, probe, idle
         self.result: Any = None
         self.error: BaseException | None = None
-        self.done: anyio.Event | None = None
+        self.finished = False
+        self.wake = anyio.Event()
 
 
 class SqliteProvider:
@@ -196,7 +252,6 @@ class SqliteProvider:
         self._limiter = anyio.CapacityLimiter(1)
         self._queue: list[_Job] = []
         self._leading = False
-        self._batch_done = anyio.Event()  # followers queued now wait on the next batch's event
         self._closed = False
         self.notifier = Notifier(self.clock)
 
@@ -320,41 +375,93 @@ class SqliteProvider:
         """Run ``fn`` inside one transaction on the provider's connection, in a worker thread.
 
         Operations are group-executed: the caller that finds no hop in flight becomes the leader and runs
-        every operation queued meanwhile in one thread hop (each still in its own transaction), so under
-        load many operations share one hop. With ``probe``, a cheap autocommit read runs first; when it
-        finds nothing, ``idle`` runs instead of the write transaction (idle polls never take the write
-        lock)."""
+        every operation queued at that moment in one thread hop (each still in its own savepoint), so
+        under load many operations share one hop. A leader serves exactly one batch (the queue as it was
+        when it took it: its own operation is in it), then hands leadership to the oldest waiting caller
+        and returns, so no caller waits longer than the batch ahead of it plus its own. Every caller gets
+        its result or a ``ProviderError`` (never a raw ``sqlite3`` error), even when the batch raises or
+        a caller is cancelled. With ``probe``, a cheap autocommit read runs first; when it finds nothing,
+        ``idle`` runs instead of the write transaction (idle polls never take the write lock)."""
         if self._closed:
-            raise ProviderError.permanent(op, "provider is closed")
+            raise ProviderError.permanent(op, "provider is closed", kind="closed")
         job = _Job(op, fn, write, probe, idle)
         self._queue.append(job)
-        if not self._leading:
-            await self._lead()
-        else:
-            job.done = self._batch_done
-            await job.done.wait()
+        while not job.finished:
+            if not self._leading:
+                # Nobody runs a batch, so our job is still queued: lead one batch (it includes our job).
+                await self._lead()
+                continue
+            job.wake = anyio.Event()
+            try:
+                await job.wake.wait()
+            except BaseException:
+                # Cancelled while waiting. A job still queued is withdrawn (it never runs); if we had
+                # just been chosen to lead, pass that on, so the queue is never left without a leader.
+                if job in self._queue:
+                    self._queue.remove(job)
+                self._promote_next()
+                raise
         if job.error is not None:
             raise job.error
         return job.result  # type: ignore[no-any-return]
 
+    def _promote_next(self) -> None:
+        """With no batch running and callers queued, wake the oldest to lead the next batch."""
+        if not self._leading and self._queue:
+            self._queue[0].wake.set()
+
     async def _lead(self) -> None:
         self._leading = True
+        batch, self._queue = self._queue, []
         try:
-            # Shielded: followers wait for their results, so the leader must finish its batches.
+            # Shielded: the callers in the batch wait for their results, so the batch must finish.
             with anyio.CancelScope(shield=True):
-                while self._queue:
-                    batch, self._queue = self._queue, []
-                    done, self._batch_done = self._batch_done, anyio.Event()
-                    await anyio.to_thread.run_sync(self._execute, batch, limiter=self._limiter)
-                    done.set()
+                await anyio.to_thread.run_sync(self._execute_safely, batch, limiter=self._limiter)
         finally:
+            for job in batch:
+                if not job.finished:  # only if the hop itself failed (it reports every job otherwise)
+                    job.error = ProviderError.permanent(job.op, "the operation did not run (batch aborted)")
+                    job.finished = True
+                job.wake.set()
             self._leading = False
+            self._promote_next()
         await anyio.lowlevel.checkpoint()
+
+    def _execute_safely(self, batch: list[_Job]) -> None:
+        """``_execute``, and whatever it raises becomes the error of every job it did not finish."""
+        try:
+            if self._closed:
+                # close() ran while these jobs were queued: the connection is gone.
+                raise ProviderError.permanent("sqlite", "provider is closed", kind="closed")
+            self._execute(batch)
+        except BaseException as exc:  # noqa: BLE001 - reported to each caller of the batch
+            self._rollback_quietly()
+            for job in batch:
+                if not job.finished:
+                    job.result = None
+                    error = _provider_error(job.op, exc, self._path)
+                    if error is exc and error.operation != job.op:  # a shared error: name each op
+                        error = ProviderError(
+                            job.op, error.message, retryable=error.retryable, kind=error.kind
+                        )
+                    job.error = error
+                    job.finished = True
+        else:
+            for job in batch:
+                job.finished = True
+
+    def _rollback_quietly(self) -> None:
+        try:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+        except (sqlite3.Error, ValueError):  # the transaction or the connection is gone already
+            pass
 
     def _execute(self, batch: list[_Job]) -> None:
         """Run a batch. Several jobs share one transaction (group commit: one WAL commit for the batch),
         each inside its own savepoint so that a failing job rolls back alone; results are reported
-        only once the commit succeeded."""
+        only once the commit succeeded. If the shared transaction itself fails (BEGIN, a savepoint,
+        the commit), the jobs that did not fail on their own get that error."""
         if len(batch) == 1:
             self._execute_one(batch[0])
             return
@@ -364,26 +471,37 @@ class SqliteProvider:
         except sqlite3.Error:
             for job in batch:  # e.g. busy for longer than the busy timeout: let each job try alone
                 self._execute_one(job)
+                job.finished = True
             return
-        for job in batch:
+        own_failures: set[int] = set()
+        for k, job in enumerate(batch):
             conn.execute("SAVEPOINT job")
             try:
                 # Inside the batch's write transaction the idle probe would only repeat the query the
                 # operation runs anyway (every operation handles "nothing to do" itself).
                 job.result = job.fn(conn)
                 conn.execute("RELEASE job")
-            except BaseException as exc:  # noqa: BLE001 - reported to this job's caller
+            except Exception as exc:  # noqa: BLE001 - reported to this job's caller
+                job.result = None
+                job.error = _provider_error(job.op, exc, self._path)
+                job.finished = True
+                own_failures.add(k)
                 conn.execute("ROLLBACK TO job")
                 conn.execute("RELEASE job")
-                job.error = _provider_error(job.op, exc)
         try:
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            for job in batch:
-                job.result = None
-                job.error = ProviderError.transient(job.op, f"commit failed: {exc}")
+            self._rollback_quietly()
+            for k, job in enumerate(batch):
+                if k not in own_failures:
+                    job.result = None
+                    error = _provider_error(job.op, exc, self._path)
+                    if error.retryable:
+                        error = ProviderError(
+                            job.op, f"commit failed: {error.message}", retryable=True, kind=error.kind
+                        )
+                    job.error = error
+                    job.finished = True
 
     def _execute_one(self, job: _Job) -> None:
         conn = self._conn
@@ -393,16 +511,14 @@ class SqliteProvider:
                 job.result = job.idle(conn)
                 return
             conn.execute("BEGIN IMMEDIATE" if job.write else "BEGIN")
-            try:
-                job.result = job.fn(conn)
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+            job.result = job.fn(conn)
             conn.execute("COMMIT")
         except Exception as exc:  # noqa: BLE001 - reported to the caller of this operation only
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            job.error = _provider_error(job.op, exc)
+            self._rollback_quietly()
+            job.result = None
+            job.error = _provider_error(job.op, exc, self._path)
+        finally:
+            job.finished = True
 
     # orchestrator queue ----------------------------------------------------------------------------
     async def fetch_orchestration_item(
@@ -520,6 +636,8 @@ class SqliteProvider:
             (encode_work_item(w), w.instance, w.execution_id, w.id, w.session_id, w.tag) for w in worker_items
         ]
         orch_rows = [(o.target_instance, encode_work_item(o), _is_start(o), o) for o in orchestrator_items]
+        for o in orchestrator_items:
+            _check_int64("ack_orchestration_item", _visible_what(o), _visible_at(o, self.clock.now_ms()))
         outcome: dict[str, Any] = {}
 
         def _ack(conn: sqlite3.Connection) -> None:
@@ -529,11 +647,12 @@ class SqliteProvider:
             ).fetchone()
             if lock is None:
                 raise ProviderError.permanent(
-                    "ack_orchestration_item", f"invalid lock token {lock_token!r} (lock lost or instance deleted)"
+                    "ack_orchestration_item", f"invalid lock token {lock_token!r} (lock lost or instance deleted)",
+                    kind="lock",
                 )
             instance_id, locked_until = lock
             if locked_until <= now:
-                raise ProviderError.permanent("ack_orchestration_item", "instance lock expired")
+                raise ProviderError.permanent("ack_orchestration_item", "instance lock expired", kind="lock")
             conn.execute("DELETE FROM orchestrator_queue WHERE lock_token = ?", (lock_token,))
             if metadata.orchestration_name is not None:
                 conn.execute(
@@ -640,7 +759,9 @@ class SqliteProvider:
             now = self.clock.now_ms()
             lock = conn.execute("SELECT instance_id FROM instance_locks WHERE lock_token = ?", (lock_token,)).fetchone()
             if lock is None:
-                raise ProviderError.permanent("abandon_orchestration_item", f"invalid lock token {lock_token!r}")
+                raise ProviderError.permanent(
+                    "abandon_orchestration_item", f"invalid lock token {lock_token!r}", kind="lock"
+                )
             conn.execute("DELETE FROM instance_locks WHERE lock_token = ?", (lock_token,))
             if ignore_attempt:
                 conn.execute(
@@ -670,7 +791,7 @@ class SqliteProvider:
             )
             if cur.rowcount == 0:
                 raise ProviderError.permanent(
-                    "renew_orchestration_item_lock", "lock token invalid or lock already expired"
+                    "renew_orchestration_item_lock", "lock token invalid or lock already expired", kind="lock"
                 )
 
         await self._run("renew_orchestration_item_lock", _renew)
@@ -678,6 +799,7 @@ class SqliteProvider:
     async def enqueue_for_orchestrator(self, item: WorkItem, delay: float | None = None) -> None:
         text = encode_work_item(item)
         holder: list[int] = []
+        _check_int64("enqueue_for_orchestrator", _visible_what(item), _visible_at(item, self.clock.now_ms(), delay))
 
         def _enqueue(conn: sqlite3.Connection) -> None:
             now = self.clock.now_ms()
@@ -839,6 +961,7 @@ class SqliteProvider:
                         ProviderError.permanent(
                             "ack_work_item",
                             "lock token invalid or expired (the activity was cancelled or its lock lost)",
+                            kind="lock",
                         )
                     )
                     continue
@@ -864,7 +987,7 @@ class SqliteProvider:
                 (now + _ms(extend_for), lock_token, now),
             )
             if cur.rowcount == 0:
-                raise ProviderError.permanent("renew_work_item_lock", "lock token invalid or expired")
+                raise ProviderError.permanent("renew_work_item_lock", "lock token invalid or expired", kind="lock")
 
         await self._run("renew_work_item_lock", _renew)
 
@@ -885,7 +1008,9 @@ class SqliteProvider:
                 (at, 1 if ignore_attempt else 0, lock_token),
             )
             if cur.rowcount == 0:
-                raise ProviderError.permanent("abandon_work_item", f"invalid lock token {lock_token!r}")
+                raise ProviderError.permanent(
+                    "abandon_work_item", f"invalid lock token {lock_token!r}", kind="lock"
+                )
 
         await self._run("abandon_work_item", _abandon)
         if delay:

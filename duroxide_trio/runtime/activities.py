@@ -48,6 +48,7 @@ class CancellationSignal:
         return self._set
 
     def set(self, reason: str) -> None:
+        """Set the signal with ``reason`` (the first reason is kept) and wake its waiters."""
         if not self._set:
             self._set = True
             self.reason = reason
@@ -55,6 +56,7 @@ class CancellationSignal:
                 self._event.set()
 
     async def wait(self) -> None:
+        """Return once the signal is set (at once if it is)."""
         if self._set:
             return
         if self._event is None:
@@ -66,7 +68,27 @@ class CancellationSignal:
 
 
 class ActivityContext:
-    """What an activity gets as its first argument."""
+    """What an activity gets as its first argument.
+
+    Attributes:
+        instance_id: The orchestration instance that scheduled the activity.
+        execution_id: That instance's execution.
+        activity_name: The registered activity name.
+        activity_id: The ``ActivityScheduled`` event id (with the two above, it names this activity).
+        orchestration_name: The scheduling orchestration.
+        attempt: The ``RetryPolicy`` attempt (1-based; 1 without a retry policy).
+        delivery_count: How often this very work item has been delivered (above 1 after a crash or a
+            lost lock: activities run at least once).
+        session_id: The ``session_id`` given to ``schedule_activity``, or ``None``.
+        tag: The ``tag`` given to ``schedule_activity``, or ``None``.
+        client: A ``Client`` of the runtime (e.g. to raise an event to another instance).
+        cancelled: A ``CancellationSignal``, set when the orchestration no longer wants the result
+            (a ``select`` loser, a cancelled or finished instance) or the lock was lost; ``if
+            ctx.cancelled:`` or ``await ctx.cancelled``. The activity then has
+            ``RuntimeOptions.activity_cancellation_grace`` to stop before it is cancelled.
+        logger: A logger adapter whose records carry the instance, execution, event id, activity and
+            attempt.
+    """
 
     def __init__(self, runtime: Runtime, item: ActivityExecute, delivery_count: int) -> None:
         self.instance_id = item.instance
@@ -185,9 +207,15 @@ class Acker:
         self._window: anyio.Event | None = None  # shared by every entry of the next batch
 
     def poke(self) -> None:
+        """Wake the ack loop (new work, or a state change such as shutdown)."""
         self._wake.set()
 
     async def ack(self, lease: WorkItemLease, completion: Any) -> ProviderError | None:
+        """Queue ``completion`` of ``lease`` for the next group ack and wait for it.
+
+        Returns:
+            ``None`` if it was committed, else the ``ProviderError`` that refused it (e.g. a lost lock).
+        """
         if self._window is None:
             self._window = anyio.Event()
         entry: list[Any] = [lease, completion, self._window, None]
@@ -198,6 +226,8 @@ class Acker:
         return result
 
     async def run(self) -> None:
+        """Ack queued completions in batches (retrying retryable errors up to 5 times); returns when the
+        runtime stops and no activity is in flight."""
         runtime = self._runtime
         while True:
             if not self._pending:
@@ -315,6 +345,9 @@ def activity_outcome(item: ActivityExecute, value: Any = None, exc: BaseExceptio
 
 
 async def run_activity(runtime: Runtime, lease: WorkItemLease, acker: Acker) -> None:
+    """Run one fetched activity: give it back if unregistered here, fail it if poison or its input does
+    not convert, else run the code with lock renewal and ack its completion (nothing is acked if the lock
+    was lost). Shutdown cancellation gives the item back and propagates."""
     item = lease.item
     options = runtime.options
     provider = runtime.provider
@@ -414,5 +447,11 @@ if trio is not None:
 
 async def _ack(acker: Acker, lease: WorkItemLease, completion: Any) -> None:
     error = await acker.ack(lease, completion)
+    if error is not None and error.kind == "invalid" and isinstance(completion, ActivityResult):
+        # The store cannot hold this result (e.g. a NUL character on PostgreSQL): record why instead.
+        item = lease.item
+        details = _failure("StorageRejected", f"the storage refused the result of activity {item.name!r}: "
+                                              f"{error.message}", "configuration")
+        error = await acker.ack(lease, ActivityError(item.instance, item.execution_id, item.id, details))
     if error is not None:
         log.info("activity %s of %s: completion not recorded (%s)", lease.item.name, lease.item.instance, error)

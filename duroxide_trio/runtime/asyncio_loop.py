@@ -62,6 +62,8 @@ class AsyncioLoopThread:
         await anyio.to_thread.run_sync(run)
 
     def stop(self) -> None:
+        """Stop the loop (its pending tasks are cancelled and the thread returns); safe from any thread,
+        a no-op if it never started."""
         loop = self._loop
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(loop.stop)

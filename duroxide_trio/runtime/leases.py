@@ -46,6 +46,17 @@ class LeaseRenewer:
     def hold(
         self, renew: Callable[[], Awaitable[None]], interval: float, on_lost: Callable[[BaseException], None]
     ) -> Lease:
+        """Renew a lock every ``interval`` seconds until :meth:`release`.
+
+        Args:
+            renew: Renews the lock once; a permanent ``ProviderError`` means it is lost, other errors
+                and timeouts are retried within a second.
+            interval: Seconds between renewals.
+            on_lost: Called once with the error when the lock is lost.
+
+        Returns:
+            The lease to pass to :meth:`release`.
+        """
         lease = Lease(renew, interval, on_lost)
         first = self._heap[0][0] if self._heap else None
         self._push(lease)
@@ -55,9 +66,11 @@ class LeaseRenewer:
 
     @staticmethod
     def release(lease: Lease) -> None:
+        """Stop renewing ``lease`` (the work is done); ``on_lost`` is not called any more."""
         lease.active = False
 
     def stop(self) -> None:
+        """Let :meth:`run` return once no lease is held."""
         self._stopping = True
         self._wake.set()
 
@@ -65,6 +78,8 @@ class LeaseRenewer:
         heapq.heappush(self._heap, (lease.due, next(self._counter), lease))
 
     async def run(self) -> None:
+        """Renew due leases, each concurrently and bounded by a timeout, until :meth:`stop` and no lease
+        is held."""
         async with anyio.create_task_group() as renewals:
             while True:
                 while self._heap and not self._heap[0][2].active:
@@ -113,6 +128,6 @@ class LeaseRenewer:
             except Exception:  # noqa: BLE001
                 log.exception("lock-lost callback raised; ignored")
             return
-        lease.due = time.monotonic() + (min(lease.interval, 1.0) if retry else lease.interval)
+        lease.due = time.monotonic() + (min(lease.interval / 4, 1.0) if retry else lease.interval)
         self._push(lease)
         self._wake.set()

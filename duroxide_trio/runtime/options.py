@@ -72,9 +72,19 @@ class RuntimeOptions:
       was blocked this long — by an orchestration that never awaits or an async activity calling
       blocking code. ``0`` turns the watchdog off.
     - ``metrics_interval``: how often queue depths are sampled for the OpenTelemetry gauges.
+    - ``orchestrator_lock_renewal_buffer`` / ``worker_lock_renewal_buffer``: locks of 15 s or more are
+      renewed this long before they expire (shorter locks at half their duration).
+    - ``provider_retry_cap``: the longest wait between retries after a retryable provider error (the
+      wait doubles with each consecutive failure).
 
     Every field is checked when the options are made: a count below its minimum, a duration that is not
     a positive number of seconds, raises ``ValueError`` naming the field and the allowed range.
+
+    Raises:
+        ValueError: A count outside its range (``worker_concurrency`` may be 0: no activities run here;
+            the others at least 1; at most 1,000,000), a duration that is not a number of seconds
+            above 0 and at most a year (``blocked_loop_threshold`` may be 0), or a renewal buffer not
+            smaller than its lock timeout of 15 s or more.
     """
 
     orchestration_concurrency: int = attrs.field(default=2, validator=_counter(1))
@@ -113,5 +123,7 @@ class RuntimeOptions:
         return max(timeout / 2, 0.05)
 
     def unregistered_delay(self, attempt: int) -> float:
+        """Seconds before retrying unregistered work after fetch ``attempt``: ``unregistered_backoff``
+        doubling per attempt (up to 64x), at most ``unregistered_backoff_cap``."""
         delay = float(self.unregistered_backoff) * float(2 ** min(max(attempt - 1, 0), 6))
         return min(delay, float(self.unregistered_backoff_cap))

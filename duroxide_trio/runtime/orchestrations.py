@@ -18,7 +18,7 @@ except ImportError:  # pragma: no cover - trio is a dependency; asyncio-only ins
     trio = None  # type: ignore[assignment]
 
 from ..history import ErrorDetails
-from ..orchestration.decide import Abandon, Decision, TurnPolicy, decide_turn
+from ..orchestration.decide import Abandon, Decision, TurnPolicy, decide_turn, refused_commit
 from ..orchestration.replay import TurnResult
 from ..providers.base import ExecutionMetadata, OrchestrationItem, ProviderError, ScheduledActivity, now_ms
 
@@ -32,6 +32,7 @@ ACK_RETRIES = 5
 
 
 def error_to_output(details: ErrorDetails) -> str:
+    """``details`` as the JSON stored as a failed execution's output (``Client.get_status`` reads it)."""
     return json.dumps(attrs.asdict(details), separators=(",", ":"))
 
 
@@ -191,6 +192,15 @@ async def _ack_retrying(
             )
             return
         except ProviderError as exc:
+            if exc.kind == "invalid" and (result.error is None or result.error.kind != "StorageRejected"):
+                # The store cannot hold this turn (a value too large for it): replaying it would fail the
+                # same way until poison. Fail the instance now, saying why.
+                runtime.count_provider_error("orchestration dispatcher", exc)
+                log.error("instance %s: the storage refused the turn (%s); failing the instance",
+                          item.instance_id, exc.message)
+                refused = refused_commit(item, exc.message, now_ms=now_ms())
+                await _ack(runtime, item, refused)
+                return
             if not exc.retryable or attempt == ACK_RETRIES - 1:
                 runtime.count_provider_error("orchestration dispatcher", exc)
                 runtime.stats.record_error("orchestration dispatcher", exc, expected=False)

@@ -27,6 +27,9 @@ log = logging.getLogger("duroxide_trio.runtime")
 
 @attrs.define
 class RecentError:
+    """One error a dispatcher met: when (epoch seconds), which ``role`` (``"activity dispatcher"``...),
+    the message, and whether it was ``expected`` (retried lock contention)."""
+
     at: float
     role: str
     message: str
@@ -49,6 +52,14 @@ class RuntimeStats:
     error_listeners: list[Any] = attrs.field(factory=list)
 
     def record_error(self, role: str, exc: BaseException | str, *, expected: bool) -> None:
+        """Remember an error in ``recent_errors`` (the last 200) and tell every ``error_listeners``
+        callback (``listener(RecentError, exc)``; one that raises is logged and ignored).
+
+        Args:
+            role: What met the error (``"orchestration dispatcher"``, ``"activity dispatcher"``).
+            exc: The exception, or a message.
+            expected: True for retried lock contention (not a problem by itself).
+        """
         message = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
         err = RecentError(time.time(), role, message, expected)
         self.recent_errors.append(err)
@@ -61,14 +72,19 @@ class RuntimeStats:
 
 def is_expected_provider_error(exc: BaseException) -> bool:
     """Retried lock contention: SQLite busy/locked, PostgreSQL deadlock or serialization failure."""
-    if isinstance(exc, ProviderError) and exc.retryable:
-        text = exc.message.lower()
-        return any(w in text for w in ("locked", "busy", "deadlock", "serializ", "could not obtain lock"))
-    return False
+    return isinstance(exc, ProviderError) and exc.retryable and exc.contention
 
 
 class Runtime:
-    """A running runtime. Created by ``open_runtime``; do not construct directly."""
+    """A running runtime. Created by ``open_runtime``; do not construct directly.
+
+    Attributes:
+        client: A ``Client`` of this runtime's provider and registry.
+        provider: The store it runs on.
+        registry: The orchestrations and activities it runs.
+        options: Its ``RuntimeOptions``.
+        stats: Live counters (``RuntimeStats``) for dashboards.
+    """
 
     def __init__(
         self, provider: Provider, registry: Registry, options: RuntimeOptions, meter_provider: Any = None
@@ -91,6 +107,7 @@ class Runtime:
 
     @property
     def stopping(self) -> bool:
+        """True once the ``open_runtime`` block is being left: dispatchers fetch no more work."""
         return self._stopping
 
     def _wake_all(self) -> None:
@@ -100,10 +117,14 @@ class Runtime:
             self._acker.poke()
 
     def count_provider_error(self, role: str, exc: ProviderError) -> None:
+        """Count a provider error of ``role`` in the stats and the metrics."""
         self.stats.provider_errors += 1
         self.metrics.provider_errors.add(1, {"role": role, "retryable": exc.retryable})
 
     async def backoff_after_error(self, role: str, exc: ProviderError, failures: int) -> None:
+        """Count, record and log a provider error of a dispatcher's fetch, then sleep before the retry:
+        ``0.01 * 2 ** failures`` seconds (``failures``: consecutive ones so far) up to
+        ``provider_retry_cap`` for retryable errors, 0.1 s for permanent ones."""
         self.count_provider_error(role, exc)
         expected = is_expected_provider_error(exc)
         self.stats.record_error(role, exc, expected=expected)
@@ -126,6 +147,19 @@ async def open_runtime(
     process picks them up at once. ``meter_provider``: an OpenTelemetry ``MeterProvider`` for the
     runtime's metrics (default: the global one; nothing is recorded without the ``metrics`` extra).
     Raises ``TypeError`` for a registry or options of the wrong type.
+
+    Args:
+        provider: The store to run on.
+        registry: The orchestrations and activities to run.
+        options: How to run (default ``RuntimeOptions()``).
+        meter_provider: See above.
+
+    Returns:
+        An async context manager; ``async with open_runtime(...) as runtime:`` gives the ``Runtime``
+        (``runtime.client`` starts and waits for orchestrations).
+
+    Raises:
+        TypeError: ``registry`` is not a ``Registry`` or ``options`` not ``RuntimeOptions``.
     """
     if not isinstance(registry, Registry):
         raise TypeError(f"open_runtime needs a duroxide_trio.Registry, got {type(registry).__name__}")

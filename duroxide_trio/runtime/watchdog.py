@@ -61,6 +61,7 @@ class Watchdog:
         )
 
     def stop(self) -> None:
+        """Make :meth:`run` return (the monitor thread stops within one tick); safe from any thread."""
         self._stop.set()
 
     # ------------------------------------------------------------------ tasks

@@ -234,6 +234,17 @@ def summary_panel(
             f"(infra {result.failed_infrastructure}, config {result.failed_configuration}, "
             f"app {result.failed_application}, other {result.failed_other})",
         )
+        if result.unfinished:
+            grid.add_row(
+                Text("Unfinished", style="red"),
+                f"{result.unfinished} instances had not finished when the run ended (wait timeout "
+                f"{result.config.wait_timeout:g}s, drain bound {result.drain_bound_s:g}s)",
+            )
+        if result.max_loop_stall_s >= 1.0:
+            grid.add_row(
+                Text("Stalls", style="red"),
+                f"the event loop was blocked for up to {result.max_loop_stall_s:.1f}s (one synchronous turn)",
+            )
         grid.add_row("Success", f"{result.success_rate:.2f}%")
         grid.add_row(
             "Throughput",

@@ -142,13 +142,15 @@ def _table_html(results: Sequence[StressResult]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
-def _failures_html(results: Sequence[StressResult]) -> str:
+def _failures_html(results: Sequence[StressResult], database_url: str | None = None) -> str:
+    from .report import mask_text
+
     items = []
     for i, r in enumerate(results, 1):
         for f in r.failures[:10]:
             items.append(
                 f"<li>run {i}, second {f.at_s:.1f}: <code>{html.escape(f.instance_id)}</code> "
-                f"{html.escape(f.kind)}: {html.escape(f.message[:300])}</li>"
+                f"{html.escape(f.kind)}: {html.escape(mask_text(f.message, database_url)[:300])}</li>"
             )
     if not items:
         return "<p>No failures.</p>"
@@ -176,8 +178,7 @@ def render_report(
     Raises:
         ImportError: plotly is not installed.
     """
-    from .._masking import mask_url
-    from .report import versions
+    from .report import mask_text, versions
 
     require_plotly()
     figures = [_run_figure(i, r) for i, r in enumerate(results, 1)]
@@ -192,7 +193,7 @@ def render_report(
         )
     vers = versions()
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    where = html.escape(provider + (f" ({mask_url(database_url)})" if database_url else ""))
+    where = html.escape(provider + (f" ({mask_text(database_url, database_url)})" if database_url else ""))
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -214,7 +215,7 @@ duroxide-trio {html.escape(vers.get("duroxide-trio", "?"))} · {len(results)} ru
 {_table_html(results)}
 {"".join(f'<div class="chart">{d}</div>' for d in divs)}
 <h2>Failures</h2>
-{_failures_html(results)}
+{_failures_html(results, database_url)}
 </body>
 </html>
 """

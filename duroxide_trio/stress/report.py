@@ -50,12 +50,6 @@ P50_RISE = 0.50
 _DATA_MARK = "<!-- duroxide-stress "
 
 
-def _mask(url: str | None) -> str:
-    from .._masking import mask_url
-
-    return mask_url(url)
-
-
 #: Columns the terminal table leaves out, in this order, until it fits the console width (indexes into
 #: ``HEADERS``): the failure categories first (``Failed`` still counts them all), then Activity/s, Peak
 #: RSS, p95, Completed.
@@ -234,7 +228,7 @@ def write_json(
     doc: dict[str, Any] = {
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "provider": provider,
-        "database_url": _mask(database_url) or None,
+        "database_url": mask_text(database_url or "", database_url) or None,
         "versions": versions(),
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
@@ -250,6 +244,7 @@ def write_json(
     }
     if extra:
         doc.update(extra)
+    doc = _mask_strings(doc, database_url)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(doc, indent=2) + "\n")
     return doc
@@ -337,7 +332,7 @@ def append_tracking(
     date = when.strftime("%Y-%m-%d %H:%M:%S UTC")
     vers = versions()
     environment = f"{'Cloud' if cloud else 'Local'} {provider} ({host})" + (
-        f", {_mask(database_url)}" if database_url and not provider.startswith("sqlite") else ""
+        f", {mask_text(database_url, database_url)}" if database_url and not provider.startswith("sqlite") else ""
     )
     warnings: list[str] = []
     for r in results:
@@ -449,14 +444,14 @@ def write_crash_report(
         "Context",
         "-------",
         f"Provider:  {provider}",
-        f"URL:       {_mask(database_url) or '(embedded)'}",
+        f"URL:       {mask_text(database_url or '', database_url) or '(embedded)'}",
         f"Backend:   {result.backend if result else '?'}",
         f"Config:    {config_text}",
         config_fields,
         "",
         "Fatal error",
         "-----------",
-        describe_error(error),
+        mask_text(describe_error(error), database_url),
         "",
         mask_text(traceback_text, database_url).rstrip(),
         "",
@@ -478,20 +473,25 @@ def write_crash_report(
                 at = datetime.fromtimestamp(e.at, UTC).strftime("%H:%M:%S.%f")[:-3]
                 lines.append(f"  {at} [{e.role}] {mask_text(e.message, database_url)}")
     lines.append("")
-    path.write_text("\n".join(lines))
+    # A last pass over the whole report: whatever a line quotes, the password is not in the file.
+    path.write_text(mask_text("\n".join(lines), database_url))
     return path
 
 
 def mask_text(text: str, url: str | None) -> str:
-    """``text`` with every URL's password and the password of ``url`` replaced by ``***``."""
-    from .._masking import mask_url
+    """``text`` with every password masked: URL and conninfo patterns, and every form of the password
+    of ``url`` (also of a malformed URL, whose password libpq would cut into pieces)."""
+    from .._masking import redact
 
-    masked = mask_url(text)
-    if url:
-        try:
-            password = urlsplit(url).password
-        except ValueError:
-            password = None
-        if password:
-            masked = masked.replace(password, "***")
-    return masked
+    return redact(text, url)
+
+
+def _mask_strings(value: Any, url: str | None) -> Any:
+    """Every string inside ``value`` (dicts, lists) passed through :func:`mask_text`."""
+    if isinstance(value, str):
+        return mask_text(value, url)
+    if isinstance(value, dict):
+        return {k: _mask_strings(v, url) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_mask_strings(v, url) for v in value]
+    return value

@@ -172,6 +172,14 @@ class StressResult:
     - ``duration_s`` = load + drain; ``timeline``: one point per second for plots.
     - ``interrupted``: the run was stopped early (Ctrl-C); the figures cover what ran until then.
     - ``failures``: the failed instances (capped; ``failed`` is the full count).
+    - ``unfinished``: launched instances that had not reached a terminal status when the run ended
+      (their own ``wait_timeout`` passed, or the drain bound cut them); they are counted in ``failed``
+      too, as ``timeout`` failures.
+    - ``drain_bound_s``: the longest the drain phase may take (``wait_timeout`` plus a small slack);
+      ``drain_duration_s`` exceeds it only if the event loop was blocked (see ``max_loop_stall_s``).
+    - ``max_loop_stall_s``: the longest time the event loop did not run the harness (an orchestration
+      turn or another synchronous piece of work holding it); deadlines cannot fire meanwhile.
+    - ``shutdown_s``: stopping the runtime and disposing of the provider after the drain.
     """
 
     scenario: str
@@ -204,6 +212,10 @@ class StressResult:
     failures: list[FailureRecord] = attrs.field(factory=list)
     rss_start_mb: float = 0.0
     interrupted: bool = False
+    unfinished: int = 0
+    drain_bound_s: float = 0.0
+    max_loop_stall_s: float = 0.0
+    shutdown_s: float = 0.0
 
     @property
     def rss_growth_mb(self) -> float:

@@ -47,6 +47,8 @@ ProgressCallback = Callable[["StressMonitor"], None]
 MAX_LISTED_FAILURES = 200
 #: The straggler bound after the load phase, on top of ``wait_timeout``.
 DRAIN_SLACK = 5.0
+#: An event-loop stall longer than this (seconds) is reported on the dashboard and in the result.
+STALL_REPORT_S = 1.0
 
 
 def runtime_options(config: StressConfig) -> RuntimeOptions:
@@ -158,6 +160,10 @@ class StressMonitor:
         self.activities_at_load_end: int | None = None
         self.fatal: BaseException | str | None = None
         self.fatal_traceback = ""
+        self.unfinished = 0
+        self.drain_bound_s = config.wait_timeout + DRAIN_SLACK
+        self.max_loop_stall_s = 0.0
+        self.closed_at: float | None = None
         self._seconds: dict[int, _Second] = collections.defaultdict(_Second)
         self._fail_fast = False
         self._scope: anyio.CancelScope | None = None
@@ -219,6 +225,8 @@ class StressMonitor:
 
     def _record_failure(self, instance_id: str, kind: str, message: str, now: float) -> None:
         self.failed += 1
+        if kind == "timeout":
+            self.unfinished += 1
         self.failure_counts[kind] += 1
         self._second(now).failed += 1
         if len(self.failures) < MAX_LISTED_FAILURES:
@@ -263,6 +271,23 @@ class StressMonitor:
         self.phase = "aborted"
         if self._scope is not None:
             self._scope.cancel()
+
+    def _note_stall(self, stall: float) -> None:
+        """The sampler woke ``stall`` seconds late: something held the event loop that long."""
+        if stall <= self.max_loop_stall_s:
+            return
+        self.max_loop_stall_s = stall
+        if stall >= STALL_REPORT_S:
+            self.errors.append(
+                ErrorEntry(
+                    time.time(),
+                    "harness",
+                    f"the event loop was blocked for {stall:.1f}s (a synchronous orchestration turn: with "
+                    f"{self.config.tasks_per_instance} tasks per instance one turn can take that long); "
+                    "timeouts and the drain bound could not fire meanwhile",
+                    False,
+                )
+            )
 
     def _sample(self) -> None:
         now = time.monotonic()
@@ -339,6 +364,10 @@ class StressMonitor:
             duration_s=total_s,
             load_duration_s=load_s,
             drain_duration_s=max(finished - load_end, 0.0),
+            unfinished=self.unfinished,
+            drain_bound_s=self.drain_bound_s,
+            max_loop_stall_s=self.max_loop_stall_s,
+            shutdown_s=max((self.closed_at or finished) - finished, 0.0),
             activities_completed=stats.activities_completed if stats else 0,
             orchestration_turns=stats.orchestration_turns if stats else 0,
             expected_errors=self.expected_errors,
@@ -402,6 +431,7 @@ async def run(
     finally:
         with anyio.CancelScope(shield=True):
             await _dispose(factory, provider)
+        monitor.closed_at = time.monotonic()
     result = monitor.result(config.scenario)
     if on_progress is not None:
         on_progress(monitor)
@@ -450,8 +480,15 @@ async def _load_and_drain(
 
     async def instance(seq: int) -> None:
         instance_id = f"stress-{run_id}-{seq}"
-        launch = plan(seq, config)
         started = time.monotonic()
+        if monitor.load_end is not None or started >= load_end:
+            # Scheduled before the load phase ended but only running now (the event loop was held):
+            # past the duration nothing is launched.
+            slots.release()
+            if monitor.in_flight == 0 and monitor.load_end is not None:
+                all_done.set()
+            return
+        launch = plan(seq, config)
         monitor.launched += 1
         monitor.in_flight += 1
         monitor._second(started).launched += 1
@@ -475,13 +512,16 @@ async def _load_and_drain(
 
     async def sampler() -> None:
         last_progress = 0.0
+        tick = min(progress_interval, 0.25)
         while True:
             monitor._sample()
             now = time.monotonic()
             if on_progress is not None and now - last_progress >= progress_interval:
                 last_progress = now
                 on_progress(monitor)
-            await anyio.sleep(min(progress_interval, 0.25))
+            before = time.monotonic()
+            await anyio.sleep(tick)
+            monitor._note_stall(time.monotonic() - before - tick)
 
     async with anyio.create_task_group() as background:
         background.start_soon(sampler)
@@ -513,7 +553,7 @@ async def _load_and_drain(
             monitor.phase = "draining"
             if monitor.in_flight == 0:
                 all_done.set()
-            with anyio.move_on_after(config.wait_timeout + DRAIN_SLACK):
+            with anyio.move_on_after(monitor.drain_bound_s):
                 await all_done.wait()
             if not all_done.is_set():
                 draining_cut = True

@@ -21,7 +21,9 @@ __all__ = ["Fault", "FaultyProvider"]
 @attrs.define
 class Fault:
     """Fail an operation: every ``every``-th call, or with ``probability``, at most ``limit`` times.
-    ``after=True`` runs the real operation first and then raises (the caller cannot know it committed)."""
+    ``after=True`` runs the real operation first and then raises (the caller cannot know it committed).
+    ``error`` raises that exception type (called with the message) instead of a ``ProviderError`` — a
+    provider with a bug, for proving that the runtime contains it."""
 
     every: int = 0
     probability: float = 0.0
@@ -29,6 +31,7 @@ class Fault:
     retryable: bool = True
     after: bool = False
     message: str = "injected fault"
+    error: type[Exception] | None = None
     calls: int = 0
     injected: int = 0
 
@@ -64,13 +67,19 @@ class FaultyProvider:
         async def call(*args: Any, **kwargs: Any) -> Any:
             failing = fault.should_fail(self._rng)
             if failing and not fault.after:
-                raise ProviderError(name, f"{fault.message} (before)", retryable=fault.retryable)
+                raise self._error(name, fault, "before")
             result = await fn(*args, **kwargs)
             if failing:
-                raise ProviderError(name, f"{fault.message} (after commit)", retryable=fault.retryable)
+                raise self._error(name, fault, "after commit")
             return result
 
         return call
+
+    @staticmethod
+    def _error(name: str, fault: Fault, when: str) -> Exception:
+        if fault.error is not None:
+            return fault.error(f"{fault.message} ({when})")
+        return ProviderError(name, f"{fault.message} ({when})", retryable=fault.retryable)
 
     @property
     def notifier(self) -> Any:

@@ -24,11 +24,20 @@ Design (see ``migrations/0001_initial.sql`` for the server side):
   are ignored (recognised by the sending backend pid). If the listener connection drops it logs, backs
   off and reconnects; the runtime's fallback poll covers the gap. A provider used without a listener
   works the same, minus cross-process wake-ups.
-- Errors: deadlocks, serialisation failures, connection loss, pool timeouts and ``0A000`` (cached plan
-  invalidated by a concurrent migration) are retryable ``ProviderError``; bad or expired lock tokens,
-  duplicate events and everything else are permanent. Reads are retried internally on transient errors;
-  a pooled connection the server closed while it sat idle is detected before use and replaced.
-- The password of the URL never appears in ``repr``, error messages or log records.
+- Errors are classified by SQLSTATE only (``classify_sqlstate``), never by their text, and carry
+  ``ProviderError.kind``: connection exceptions (08), transaction rollback / deadlock (40), insufficient
+  resources (53), operator intervention (57P0x), lock not available (55P03), a cancelled statement (57014)
+  and ``0A000`` (cached plan invalidated by a concurrent migration) are retryable; data exceptions (22),
+  program limits (54: a key too large to index), integrity (23), the DX codes and everything else are
+  permanent, with a message saying what was invalid. Errors without a SQLSTATE (a lost connection, the
+  pool) are connection problems. Integers beyond int64 (a timer far in the future) are refused before
+  they are sent, naming the value. Reads are retried internally on transient errors; a pooled connection
+  the server closed while it sat idle is detected before use and replaced.
+- ``connect`` refuses a schema that is not a plain identifier (``ValueError`` naming it and the rule), a
+  URL whose password libpq would misread (raw ``@``, ``/``, spaces), and reports a refused or unreachable
+  server naming host:port/database, within ``connect_timeout``.
+- The password of the URL never appears in ``repr``, error messages or log records: every message built
+  from the URL or a driver's text goes through ``duroxide_trio._masking.redact``.
 """
 
 from __future__ import annotations
@@ -49,6 +58,7 @@ import psycopg
 from psycopg import pq, sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from ..._masking import redact, url_password_problem, url_secrets
 from ...history import (
     ActivityExecute,
     ContinueAsNew,
@@ -98,13 +108,70 @@ DEFAULT_SCHEMA = "duroxide"
 MIGRATIONS_TABLE = "_duroxide_migrations"
 _MIGRATION_FILE = re.compile(r"^(\d{4})_[A-Za-z0-9_]+\.sql$")
 
-#: SQLSTATEs that mean "try again": the transaction was rolled back or never ran.
-_TRANSIENT_STATES = frozenset({"40001", "40P01", "55P03", "57014", "0A000"})
-#: SQLSTATE classes that mean "try again": connection exceptions, insufficient resources, operator
-#: intervention (admin shutdown, crash recovery).
-_TRANSIENT_CLASSES = ("08", "53", "57")
 #: Rolled back for sure, so even a write is safe to re-run at once.
 _RERUN_STATES = frozenset({"40001", "40P01"})
+#: The int64 range of every BIGINT column (epoch milliseconds, ids).
+_INT64_MAX = 2**63 - 1
+_INT64_MIN = -(2**63)
+_INDEX_NAME = re.compile(r'index "([^"]+)"')
+
+
+def classify_sqlstate(state: str | None) -> tuple[bool, str | None]:
+    """``(retryable, kind)`` of a server error, by its SQLSTATE only (never by its text).
+
+    Retryable: connection exceptions (class 08), transaction rollback (class 40: serialization failure,
+    deadlock), insufficient resources (53), operator intervention (57P0x: admin shutdown, crash
+    recovery), lock not available (55P03), a cancelled statement (57014, statement_timeout) and 0A000
+    (a prepared statement made stale by a concurrent migration: another connection succeeds). Everything
+    else is permanent: data exceptions (22), integrity (23), program limits (54), the project's own DX
+    codes, syntax and the rest. ``None`` (no SQLSTATE: a client-side error) is decided by the caller."""
+    if not state:
+        return False, None
+    cls = state[:2]
+    if state == "55P03" or cls == "40":
+        return True, "contention"
+    if cls == "08" or state.startswith("57P0"):
+        return True, "connection"
+    if cls == "53":
+        return True, "resources"
+    if state == "57014":
+        return True, "timeout"
+    if state == "0A000":  # "cached plan must not change result type": a fresh connection fixes it
+        return True, "connection"
+    if cls in ("22", "54"):
+        return False, "invalid"
+    if cls == "23":
+        return False, "conflict"
+    if state in ("DX001", "DX002"):
+        return False, "lock"
+    if cls == "DX":
+        return False, "conflict"
+    if cls in ("28", "3D", "42"):
+        return False, "config"
+    return False, None
+
+
+def _too_large(message: str) -> str:
+    """What a program-limit error (54000, e.g. an index row too large) was about, for the message."""
+    m = _INDEX_NAME.search(message)
+    index = f" (index {m.group(1)!r})" if m else ""
+    return (
+        f"a key is too large to store{index}: PostgreSQL indexes keys of at most about 2.7 KB, so an "
+        "instance id (or an orchestration or activity name, a session id, an event name) is too long"
+    )
+
+
+def _check_int64(op: str, what: str, value: int) -> None:
+    """Refuse an integer no BIGINT column can hold, naming it (instead of a driver error or a retry)."""
+    if not _INT64_MIN <= value <= _INT64_MAX:
+        raise ProviderError.permanent(
+            op,
+            f"{what} {value} is out of range: it must fit in a signed 64-bit integer "
+            f"(at most {_INT64_MAX}); for a timer, the fire time is in epoch milliseconds, so the delay is "
+            "too far in the future",
+            kind="invalid",
+        )
+
 
 _IDLE = pq.TransactionStatus.IDLE
 _INTERNAL_RETRIES = 3
@@ -122,6 +189,12 @@ def _visible_at(item: WorkItem, now: int, delay: float | None = None) -> int:
     if isinstance(item, TimerDue):
         return item.fire_at_ms
     return now + _ms(delay)
+
+
+def _visible_what(item: WorkItem) -> str:
+    if isinstance(item, TimerDue):
+        return f"timer fire time (instance {item.instance!r}, timer {item.id}, epoch ms)"
+    return "visible-at time (epoch ms)"
 
 
 def _hash64(text: str) -> int:
@@ -185,6 +258,84 @@ def _connection_dead(conn: AnyioConnection[Any]) -> bool:
     while conn.pgconn.notifies() is not None:  # nothing listens on pool connections; drop strays
         pass
     return conn.pgconn.status != pq.ConnStatus.OK or conn.pgconn.transaction_status != _IDLE
+
+
+_SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+
+
+def check_schema_name(schema: object) -> None:
+    """Refuse a schema name that is not a plain identifier: ``ValueError`` naming it and the rule."""
+    rule = (
+        "a PostgreSQL schema name must be 1 to 63 bytes of ASCII letters, digits, '_' or '-', start "
+        "with a letter or '_', and not start with 'pg_'"
+    )
+    if not isinstance(schema, str):
+        raise ValueError(f"schema must be a string, not {schema!r}; {rule}")
+    if not schema:
+        raise ValueError(f"schema {schema!r} is empty; {rule}")
+    if len(schema.encode()) > 63:
+        raise ValueError(f"schema {schema!r} is {len(schema.encode())} bytes long; {rule}")
+    if not _SCHEMA_NAME.fullmatch(schema):
+        raise ValueError(f"schema {schema!r} contains characters that are not allowed; {rule}")
+    if schema.lower().startswith("pg_"):
+        raise ValueError(f"schema {schema!r} uses the prefix reserved by PostgreSQL; {rule}")
+
+
+def _where(params: dict[str, Any]) -> str:
+    """``host:port/database`` of a connection (libpq defaults where unset); never the password."""
+    host = str(params.get("host") or params.get("hostaddr") or "localhost")
+    port = str(params.get("port") or "5432")
+    dbname = str(params.get("dbname") or params.get("user") or "")
+    user = params.get("user")
+    text = f"{host}:{port}/{dbname}"
+    return f"{text} (user {user!r})" if user else text
+
+
+#: How a server that refuses a connection says why (libpq gives no SQLSTATE for connection failures).
+_REFUSED_FOR_GOOD = (
+    "does not exist",
+    "authentication failed",
+    "no pg_hba.conf entry",
+    "permission denied",
+    "no password supplied",
+    "password is required",
+    "not permitted to log in",
+    "invalid",
+)
+
+
+def _connect_error(
+    ex: psycopg.Error, where: str, masked: str, schema: str, secrets: Sequence[str]
+) -> ProviderError:
+    """The error of a failed connect or migration: names host:port/database, never the password, and
+    says whether trying again can help."""
+    state = ex.sqlstate or ""
+    raw = (ex.diag.message_primary if state else None) or str(ex) or type(ex).__name__
+    reason = " ".join(redact(raw, secrets=secrets).split())
+    reason = reason.removeprefix("connection failed: ")
+    if state:  # the connection worked: creating or migrating the schema failed
+        retryable, kind = classify_sqlstate(state)
+        return ProviderError(
+            "connect",
+            f"connected to {where}, but creating/migrating schema {schema!r} failed: {reason} "
+            f"(SQLSTATE {state})",
+            retryable=retryable,
+            kind=kind,
+        )
+    if isinstance(ex, psycopg.OperationalError):
+        fatal = "FATAL:" in raw
+        lowered = raw.lower()
+        if fatal and any(w in lowered for w in _REFUSED_FOR_GOOD):
+            return ProviderError.permanent(
+                "connect",
+                f"the server at {where} refused the connection: {reason} (check the user, password and "
+                "database name of the URL)",
+                kind="config",
+            )
+        return ProviderError.transient(
+            "connect", f"cannot connect to {where}: {reason}", kind="connection"
+        )
+    return ProviderError.permanent("connect", f"cannot connect to {where}: {reason}", kind="config")
 
 
 class _StaleConnection(Exception):
@@ -325,7 +476,7 @@ class PostgresProvider:
         self._command_timeout = command_timeout
         self._connect_timeout = connect_timeout
         self._listen_conninfo = listen_conninfo
-        self._password = str(conninfo_to_dict(url).get("password") or "")
+        self._secrets = url_secrets(url)
         self._own: dict[int, AnyioConnection[Any]] = {}  # backend pid -> pool connection
         self._closed = False
         self._entered = 0
@@ -375,13 +526,22 @@ class PostgresProvider:
                 reached (retryable), the connection timed out (retryable), or ``schema`` does not exist
                 and ``create_schema`` is false (permanent; the message names the schema).
         """
-        if not isinstance(schema, str) or not schema or "\x00" in schema or len(schema.encode()) > 63:
-            raise ValueError(f"schema must be a non-empty name of at most 63 bytes, not {schema!r}")
+        check_schema_name(schema)
         masked = mask_url(url)
+        secrets = url_secrets(url)
+        problem = url_password_problem(url)
+        if problem is not None:
+            raise ProviderError.permanent(
+                "connect", f"malformed connection URL {masked}: {problem}", kind="config"
+            )
         try:
             params = conninfo_to_dict(url)
         except psycopg.Error as ex:
-            raise ProviderError.permanent("connect", f"bad connection string {masked}: {ex}") from None
+            reason = redact(ex, secrets=secrets).strip()
+            raise ProviderError.permanent(
+                "connect", f"bad connection string {masked}: {reason}", kind="config"
+            ) from None
+        where = _where(params)
         extra: dict[str, Any] = {}
         if "application_name" not in params:
             extra["application_name"] = (application_name or f"duroxide-trio:{schema}")[:63]
@@ -416,7 +576,7 @@ class PostgresProvider:
                         cur = await conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,))
                         if await cur.fetchone() is None:
                             raise ProviderError.permanent(
-                                "connect", f"schema {schema!r} does not exist in {masked}"
+                                "connect", f"schema {schema!r} does not exist in {masked}", kind="config"
                             )
                     await _migrate(conn, schema, quoted)
                     first = conn
@@ -424,11 +584,11 @@ class PostgresProvider:
             with anyio.CancelScope(shield=True):
                 await pool.close()
             if isinstance(ex, TimeoutError):
-                raise ProviderError.transient("connect", f"connecting to {masked} timed out") from None
+                raise ProviderError.transient(
+                    "connect", f"connecting to {where} ({masked}) timed out", kind="timeout"
+                ) from None
             if isinstance(ex, psycopg.Error):
-                message = _scrub(f"cannot connect to {masked} / migrate schema {schema!r}: {ex}", params)
-                retryable = isinstance(ex, psycopg.OperationalError)
-                raise ProviderError("connect", message, retryable=retryable) from None
+                raise _connect_error(ex, where, masked, schema, secrets) from None
             raise
         provider = cls(
             url=url,
@@ -478,7 +638,7 @@ class PostgresProvider:
     async def __aenter__(self) -> PostgresProvider:
         """Start the LISTEN task (owned by this ``async with`` block) and return the provider."""
         if self._closed:
-            raise ProviderError.permanent("open", "provider is closed")
+            raise ProviderError.permanent("open", "provider is closed", kind="closed")
         self._entered += 1
         if self._entered > 1:
             return self
@@ -522,12 +682,13 @@ class PostgresProvider:
 
     # plumbing --------------------------------------------------------------------------------------
     def _scrub(self, text: str) -> str:
-        if self._password:
-            text = text.replace(self._password, "***")
-        return text
+        """``text`` with every form of the URL's password masked (see ``duroxide_trio._masking``)."""
+        return redact(text, secrets=self._secrets)
 
     def _error(self, op: str, ex: psycopg.Error) -> ProviderError:
-        """Map a psycopg error to a ProviderError (typed where the function raised a DX SQLSTATE)."""
+        """Map a psycopg error to a ProviderError: typed where the function raised a DX SQLSTATE, else
+        classified by SQLSTATE (``classify_sqlstate``); only errors without one (the client side: a
+        lost connection, the pool) are classified by their exception class."""
         state = ex.sqlstate or ""
         diag = ex.diag
         message = self._scrub(diag.message_primary or str(ex) or type(ex).__name__)
@@ -540,17 +701,24 @@ class PostgresProvider:
             return InstanceStillRunning(op, detail)
         if state == "DX006":
             return CannotDeleteSubOrchestration(op, detail, diag.message_hint or "")
-        if state.startswith("DX"):
-            return ProviderError.permanent(op, message)
         if isinstance(ex, PoolClosed):
-            return ProviderError.permanent(op, "provider is closed")
-        if state in _TRANSIENT_STATES or state[:2] in _TRANSIENT_CLASSES:
-            return ProviderError.transient(op, f"{message} (SQLSTATE {state})")
-        if state == "23505":
-            return ProviderError.permanent(op, f"duplicate: {message}")
+            return ProviderError.permanent(op, "provider is closed", kind="closed")
+        if state:
+            retryable, kind = classify_sqlstate(state)
+            if state.startswith("54"):
+                text = f"{_too_large(message)} (server: {message}; SQLSTATE {state})"
+            elif state.startswith("22"):
+                text = f"invalid value: {message} (SQLSTATE {state})"
+            elif state == "23505":
+                text = f"duplicate: {message} (SQLSTATE {state})"
+            else:
+                text = f"{message} (SQLSTATE {state})"
+            return ProviderError(op, text, retryable=retryable, kind=kind)
         if isinstance(ex, (psycopg.OperationalError, psycopg.InterfaceError)):
-            return ProviderError.transient(op, f"connection problem: {message}")
-        return ProviderError.permanent(op, f"{message} (SQLSTATE {state or 'none'})")
+            return ProviderError.transient(op, f"connection problem: {message}", kind="connection")
+        if isinstance(ex, psycopg.DataError):
+            return ProviderError.permanent(op, f"invalid value: {message}", kind="invalid")
+        return ProviderError.permanent(op, f"{message} ({type(ex).__name__})")
 
     async def _exec(
         self,
@@ -566,7 +734,7 @@ class PostgresProvider:
         Retried here: a connection found dead before use (always safe), a deadlock or serialisation
         failure (rolled back), and, for ``idempotent`` operations, any transient error."""
         if self._closed:
-            raise ProviderError.permanent(op, "provider is closed")
+            raise ProviderError.permanent(op, "provider is closed", kind="closed")
         attempt = 0
         while True:
             attempt += 1
@@ -594,10 +762,12 @@ class PostgresProvider:
                 if attempt <= self._pool.max_size + 1:
                     continue
                 raise ProviderError.transient(
-                    op, "no live database connection (server restarting?)"
+                    op, "no live database connection (server restarting?)", kind="connection"
                 ) from None
             except TimeoutError:
-                raise ProviderError.transient(op, f"timed out after {self._command_timeout:g} s") from None
+                raise ProviderError.transient(
+                    op, f"timed out after {self._command_timeout:g} s", kind="timeout"
+                ) from None
             except psycopg.Error as ex:
                 error = self._error(op, ex)
                 if error.retryable and not self._closed:
@@ -784,6 +954,8 @@ class PostgresProvider:
         now = self.clock.now_ms()
         custom = [e.kind for e in history_delta if isinstance(e.kind, CustomStatusUpdated)]
         orch_visible = [_visible_at(o, now) for o in orchestrator_items]
+        for o, at in zip(orchestrator_items, orch_visible, strict=True):
+            _check_int64("ack_orchestration_item", _visible_what(o), at)
         params = (
             lock_token,
             now,
@@ -847,12 +1019,13 @@ class PostgresProvider:
         )
         if count == 0:
             raise ProviderError.permanent(
-                "renew_orchestration_item_lock", "lock token invalid or lock already expired"
+                "renew_orchestration_item_lock", "lock token invalid or lock already expired", kind="lock"
             )
 
     async def enqueue_for_orchestrator(self, item: WorkItem, delay: float | None = None) -> None:
         now = self.clock.now_ms()
         visible = _visible_at(item, now, delay)
+        _check_int64("enqueue_for_orchestrator", _visible_what(item), visible)
         await self._exec(
             "enqueue_for_orchestrator",
             self._q.enqueue_orch,
@@ -885,7 +1058,7 @@ class PostgresProvider:
         try:
             return [decode_event(r[0]) for r in rows]
         except HistoryDecodeError as exc:
-            raise ProviderError.permanent(op, str(exc)) from None
+            raise ProviderError.permanent(op, str(exc), kind="corrupt") from None
 
     async def append_with_execution(
         self, instance_id: str, execution_id: int, events: Sequence[Event]
@@ -971,7 +1144,9 @@ class PostgresProvider:
 
         def lost() -> ProviderError:
             return ProviderError.permanent(
-                "ack_work_item", "lock token invalid or expired (the activity was cancelled or its lock lost)"
+                "ack_work_item",
+                "lock token invalid or expired (the activity was cancelled or its lock lost)",
+                kind="lock",
             )
 
         results: list[ProviderError | None] = [None] * len(entries)
@@ -1019,14 +1194,18 @@ class PostgresProvider:
                 idempotent=True,
             )
         if count == 0:
-            raise ProviderError.permanent("renew_work_item_lock", "lock token invalid or expired")
+            raise ProviderError.permanent(
+                "renew_work_item_lock", "lock token invalid or expired", kind="lock"
+            )
 
     async def abandon_work_item(
         self, lock_token: str, delay: float | None = None, ignore_attempt: bool = False
     ) -> None:
         row_id = _row_id(lock_token)
         if row_id is None:
-            raise ProviderError.permanent("abandon_work_item", f"invalid lock token {lock_token!r}")
+            raise ProviderError.permanent(
+                "abandon_work_item", f"invalid lock token {lock_token!r}", kind="lock"
+            )
         now = self.clock.now_ms()
         row = await self._one(
             "abandon_work_item", self._q.abandon_work, (row_id, lock_token, now, _ms(delay), ignore_attempt)
@@ -1174,11 +1353,6 @@ class PostgresProvider:
 # migrations
 
 
-def _scrub(text: str, params: dict[str, Any]) -> str:
-    password = params.get("password")
-    return text.replace(str(password), "***") if password else text
-
-
 async def _migrate(conn: AnyioConnection[Any], schema: str, quoted: str) -> None:
     """Bring ``schema`` up to the newest embedded migration. Each pending migration runs in its own
     transaction holding an advisory lock keyed by the schema, so concurrent connects apply it once."""
@@ -1297,7 +1471,7 @@ async def drop_schema(url: str, schema: str, *, timeout: float = 30.0) -> None:
                 with anyio.CancelScope(shield=True):
                     await conn.close()
     except psycopg.Error as ex:
-        message = _scrub(str(ex), conninfo_to_dict(url))
+        message = redact(ex, url)
         raise ProviderError.transient("drop_schema", f"cannot drop schema {schema!r}: {message}") from None
     except TimeoutError:
         raise ProviderError.transient("drop_schema", f"dropping schema {schema!r} timed out") from None
