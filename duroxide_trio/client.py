@@ -113,6 +113,8 @@ def _check_id(value: Any, what: str) -> str:
     """A name or id given to the client: a non-empty string within the 64 KiB name limit."""
     if not isinstance(value, str) or not value:
         raise ValueError(f"{what} must be a non-empty string, got {value!r:.100}")
+    if "\x00" in value:
+        raise ValueError(f"{what} must not contain NUL characters (\\x00), got {value[:100]!r}")
     check_text(value, MAX_NAME_BYTES, what)
     return value
 

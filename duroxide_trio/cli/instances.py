@@ -137,6 +137,9 @@ def _run(db: str | None, url: str | None, schema: str, action: Callable[[Client]
     except ProviderError as exc:
         typer.echo(f"error: {mask_url(exc.message)}", err=True)
         raise typer.Exit(1) from None
+    except (ValueError, TypeError) as exc:  # bad input the API refused: a schema name, an id, a payload
+        typer.echo(f"error: {mask_url(str(exc))}", err=True)
+        raise typer.Exit(1) from None
     raise typer.Exit(code)
 
 
@@ -464,6 +467,8 @@ def metrics(
 def _json_arg(data: str | None) -> Any:
     try:
         return None if data is None else json.loads(data)
+    except RecursionError:
+        raise typer.BadParameter("DATA is JSON nested too deeply to decode") from None
     except ValueError as exc:
         raise typer.BadParameter(f"DATA must be JSON: {exc}") from exc
 

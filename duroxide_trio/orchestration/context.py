@@ -40,6 +40,8 @@ def check_name(value: Any, what: str, *, optional: bool = False) -> None:
         return
     if not isinstance(value, str) or not value:
         raise TypeError(f"{what} must be a non-empty string, got {value!r:.100}")
+    if "\x00" in value:
+        raise ValueError(f"{what} must not contain NUL characters (\\x00), got {value[:100]!r}")
     limits.check_text(value, limits.MAX_NAME_BYTES, what)
 
 
@@ -563,15 +565,16 @@ class OrchestrationContext:
 
         Raises:
             TypeError: ``delay`` is not a number or a ``timedelta`` (a ``bool`` is refused).
-            ValueError: ``delay`` is negative, NaN or over 100 years.
+            LimitExceeded: ``delay`` is negative, NaN or over 100 years (a ``ValueError``).
         """
         if isinstance(delay, bool) or not isinstance(delay, (int, float, timedelta)):
             raise TypeError(f"timer delay must be seconds (a number) or a timedelta, got {delay!r:.100}")
         seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
         if not (0 <= seconds <= limits.MAX_TIMER_SECONDS):  # also rejects NaN
-            raise ValueError(
-                f"timer delay must be between 0 and {limits.MAX_TIMER_SECONDS:.0f} seconds (100 years), "
-                f"got {seconds!r}"
+            raise limits.LimitExceeded(
+                "timer delay", seconds, limits.MAX_TIMER_SECONDS,
+                message=f"limit exceeded: timer delay must be between 0 and {limits.MAX_TIMER_SECONDS:.0f} "
+                        f"seconds (100 years), got {seconds!r}",
             )
         fut = _LeafFuture(self)
         fire_at = self._turn.current_ms + int(seconds * 1000)

@@ -68,10 +68,12 @@ class LimitExceeded(ValueError):
     """A size limit was exceeded. ``details`` is the ``configuration`` / ``LimitExceeded`` error the
     instance fails with when orchestration code does not catch it."""
 
-    def __init__(self, what: str, size: int, limit: int, hint: str = "") -> None:
-        message = f"limit exceeded: {what} is {size} bytes, over the {human(limit)} limit"
-        if hint:
-            message += f" ({hint})"
+    def __init__(self, what: str, size: int | float, limit: int | float, hint: str = "", *,
+                 message: str | None = None) -> None:
+        if message is None:
+            message = f"limit exceeded: {what} is {size} bytes, over the {human(limit)} limit"
+            if hint:
+                message += f" ({hint})"
         super().__init__(message)
         self.what = what
         self.size = size

@@ -206,6 +206,23 @@ class _Fail(Exception):
         self.details = details
 
 
+_EVENT_LOOP_PACKAGES = ("asyncio", "trio", "anyio", "sniffio", "curio")
+
+
+def _event_loop_api(exc: BaseException) -> str | None:
+    """``asyncio.sleep`` if ``exc`` is the RuntimeError an event-loop API raises when it finds no loop
+    (the orchestration awaited it: the engine drives code with ``send()``, not on a loop), else ``None``."""
+    if not isinstance(exc, RuntimeError):
+        return None
+    tb = exc.__traceback__
+    while tb is not None:
+        module = str(tb.tb_frame.f_globals.get("__name__", ""))
+        if module.split(".", 1)[0] in _EVENT_LOOP_PACKAGES:
+            return f"{module.split('.', 1)[0]}.{tb.tb_frame.f_code.co_name}"
+        tb = tb.tb_next
+    return None
+
+
 def describe_exception(exc: BaseException) -> str:
     """``Type: message`` of an exception raised by user code, cut at the message limit. Never raises
     (a ``__str__`` that raises is user code too)."""
@@ -426,6 +443,15 @@ class Turn:
             raise
         except BaseException as exc:  # noqa: BLE001 - anything escaping the orchestration (even
             # KeyboardInterrupt/SystemExit raised by its code) fails this instance only
+            foreign = _event_loop_api(exc)
+            if foreign is not None:
+                raise _Fail(ErrorDetails(
+                    "application", "OrchestrationFailed",
+                    limits.truncate_message(
+                        f"orchestration {self.handler.name!r} awaited {foreign}, which is not a durable future "
+                        f"(it raised {describe_exception(exc)}); orchestrations may only await ctx futures (use "
+                        "ctx.schedule_timer instead of trio.sleep/asyncio.sleep, and activities for I/O)"),
+                )) from None
             self._finished = True
             self._app_error = exc
             self._progress += 1

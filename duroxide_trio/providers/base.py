@@ -45,6 +45,7 @@ __all__ = [
     "SystemMetrics",
     "WorkItemLease",
     "WorkOutlook",
+    "as_provider_error",
     "now_ms",
 ]
 
@@ -79,7 +80,8 @@ class ProviderError(Exception):
     - permanent: ``"invalid"`` (a value the store cannot hold: too large, out of range, malformed),
       ``"conflict"`` (a constraint or duplicate), ``"lock"`` (lock token invalid or expired),
       ``"corrupt"`` (the store is damaged or not a database), ``"config"`` (bad connection settings,
-      credentials, database or path), ``"closed"`` (the provider is closed).
+      credentials, database or path), ``"closed"`` (the provider is closed);
+    - ``"bug"``: the provider raised something that is not a ``ProviderError`` (retried, and logged).
 
     ``contention`` is ``kind == "contention"`` (a keyword ``contention=True`` sets that kind).
     """
@@ -113,6 +115,19 @@ class ProviderError(Exception):
     def permanent(cls, operation: str, message: str, *, kind: str | None = None) -> ProviderError:
         """An error that retrying does not fix (bad or expired lock token, duplicate, corruption)."""
         return cls(operation, message, retryable=False, kind=kind)
+
+
+def as_provider_error(operation: str, exc: BaseException) -> ProviderError:
+    """``exc`` itself if it is a ``ProviderError``; anything else a provider raised is a bug of that
+    provider, turned into a retryable error of kind ``"bug"`` (the runtime retries it with backoff and
+    logs it, instead of stopping)."""
+    if isinstance(exc, ProviderError):
+        return exc
+    error = ProviderError.transient(
+        operation, f"the provider raised {type(exc).__name__}: {exc} (a bug of the provider; retrying)", kind="bug"
+    )
+    error.__cause__ = exc
+    return error
 
 
 class InstanceAlreadyExists(ProviderError):

@@ -16,7 +16,7 @@ import sniffio
 from ..history import ActivityError, ActivityExecute, ActivityResult, ErrorDetails
 from ..orchestration import limits
 from ..orchestration.replay import describe_exception
-from ..providers.base import ProviderError, WorkItemLease
+from ..providers.base import ProviderError, WorkItemLease, as_provider_error
 from ..registry import ActivityHandler, Registry, decode_payload, encode_payload
 from .options import RuntimeOptions
 
@@ -148,7 +148,8 @@ async def activity_worker(
                     one = await provider.fetch_work_item(options.worker_lock_timeout)
                     leases = [one] if one is not None else []
                 runtime.metrics.fetch_duration.record(time.perf_counter() - began, {"queue": "worker"})
-            except ProviderError as exc:
+            except Exception as exc:  # noqa: BLE001 - a ProviderError, or a provider's bug: retried
+                exc = as_provider_error("fetch_work_items", exc)
                 failures += 1
                 await runtime.backoff_after_error("activity dispatcher", exc, failures)
                 continue
@@ -182,7 +183,7 @@ async def _give_back(runtime: Runtime, lease: WorkItemLease) -> None:
     with anyio.move_on_after(5):
         try:
             await runtime.provider.abandon_work_item(lease.lock_token, None, ignore_attempt=True)
-        except ProviderError as exc:
+        except Exception as exc:  # noqa: BLE001 - never raises
             log.warning("activity %s of %s: giving it back failed (%s); its lock will expire",
                         lease.item.name, lease.item.instance, exc)
 
@@ -263,7 +264,8 @@ class Acker:
                             raise
                         results.append(exc)
                 return results
-            except ProviderError as exc:
+            except Exception as exc:  # noqa: BLE001 - a ProviderError, or a provider's bug: retried
+                exc = as_provider_error("ack_work_items", exc)
                 self._runtime.stats.record_error("activity dispatcher", exc, expected=exc.retryable)
                 if not exc.retryable or attempt == 4:
                     return [exc] * len(entries)
@@ -360,7 +362,7 @@ async def run_activity(runtime: Runtime, lease: WorkItemLease, acker: Acker) -> 
         with anyio.CancelScope(shield=True), anyio.move_on_after(5):
             try:
                 await provider.abandon_work_item(lease.lock_token, plan.delay)
-            except ProviderError as exc:
+            except Exception as exc:  # noqa: BLE001 - the lock expires instead
                 log.warning("abandon failed: %s", exc)
         return
     metrics = runtime.metrics
@@ -433,12 +435,26 @@ async def _invoke(
             value = await handler.fn(ctx, *args)
         else:
             value = await anyio.to_thread.run_sync(functools.partial(handler.fn, ctx, *args), abandon_on_cancel=True)
-    except anyio.get_cancelled_exc_class():
-        raise
+    except anyio.get_cancelled_exc_class() as exc:
+        if _cancellation_requested():
+            raise
+        # asyncio.CancelledError raised by the activity's own code (nobody cancelled it): a failure.
+        return activity_outcome(item, exc=exc)
     except BaseException as exc:  # noqa: BLE001 - any exception of activity code fails the activity
         log.debug("activity %s of %s raised", item.name, item.instance, exc_info=True)
         return activity_outcome(item, exc=exc)
     return activity_outcome(item, value)
+
+
+def _cancellation_requested() -> bool:
+    """Whether the current task was really cancelled (by a cancel scope). Under asyncio, code can raise
+    ``asyncio.CancelledError`` itself; then no cancellation is pending on the task."""
+    if sniffio.current_async_library() != "asyncio":
+        return True
+    import asyncio
+
+    task = asyncio.current_task()
+    return task is None or task.cancelling() > 0
 
 
 if trio is not None:

@@ -20,7 +20,13 @@ except ImportError:  # pragma: no cover - trio is a dependency; asyncio-only ins
 from ..history import ErrorDetails
 from ..orchestration.decide import Abandon, Decision, TurnPolicy, decide_turn, refused_commit
 from ..orchestration.replay import TurnResult
-from ..providers.base import ExecutionMetadata, OrchestrationItem, ProviderError, ScheduledActivity, now_ms
+from ..providers.base import (
+    ExecutionMetadata,
+    OrchestrationItem,
+    ScheduledActivity,
+    as_provider_error,
+    now_ms,
+)
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -54,7 +60,8 @@ async def orchestration_worker(
                 began = time.perf_counter()
                 item = await provider.fetch_orchestration_item(options.orchestrator_lock_timeout)
                 runtime.metrics.fetch_duration.record(time.perf_counter() - began, {"queue": "orchestrator"})
-            except ProviderError as exc:
+            except Exception as exc:  # noqa: BLE001 - a ProviderError, or a provider's bug: retried
+                exc = as_provider_error("fetch_orchestration_item", exc)
                 failures += 1
                 await runtime.backoff_after_error("orchestration dispatcher", exc, failures)
                 continue
@@ -151,7 +158,7 @@ async def process_item(runtime: Runtime, item: OrchestrationItem) -> None:
 async def _abandon(runtime: Runtime, item: OrchestrationItem, delay: float) -> None:
     try:
         await runtime.provider.abandon_orchestration_item(item.lock_token, delay)
-    except ProviderError as exc:
+    except Exception as exc:  # noqa: BLE001 - a ProviderError or a provider's bug: the lock expires instead
         log.warning("instance %s: abandon failed (%s); the lock will expire", item.instance_id, exc)
 
 
@@ -191,7 +198,8 @@ async def _ack_retrying(
                 cancelled,
             )
             return
-        except ProviderError as exc:
+        except Exception as caught:  # noqa: BLE001 - a ProviderError, or a provider's bug: retried
+            exc = as_provider_error("ack_orchestration_item", caught)
             if exc.kind == "invalid" and (result.error is None or result.error.kind != "StorageRejected"):
                 # The store cannot hold this turn (a value too large for it): replaying it would fail the
                 # same way until poison. Fail the instance now, saying why.
