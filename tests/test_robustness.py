@@ -592,3 +592,26 @@ async def test_a_turn_the_storage_refuses_fails_the_instance_with_its_reason(pg_
     assert state.status is dt.Status.FAILED
     assert (state.error.category, state.error.kind) == ("configuration", "StorageRejected"), state.error
     assert "too long" in state.error.message or "too large" in state.error.message
+
+
+async def test_automatic_child_ids_stay_unique_across_continue_as_new(make_provider):
+    """Found by the property test: after continue-as-new the first child got the id of the previous
+    execution's child (same event id) and was refused as already taken."""
+    reg = base_registry()
+
+    @reg.orchestration("Kid")
+    async def kid(ctx: dt.OrchestrationContext, n: int) -> int:
+        return n
+
+    @reg.orchestration("Generations")
+    async def generations(ctx: dt.OrchestrationContext, n: int) -> int:
+        got = int(await ctx.schedule_sub_orchestration("Kid", n))
+        if n == 0:
+            return await ctx.continue_as_new(1)
+        return got
+
+    async with running(make_provider, reg) as (_, client):
+        await client.start_orchestration("g", "Generations", 0)
+        state = await client.wait_for_orchestration("g", timeout=20)
+        assert state.status is dt.Status.COMPLETED and state.output == 1, state.error
+        assert state.execution_id == 2

@@ -580,8 +580,11 @@ class Turn:
             action = self._pending.popleft()
             kind = action.kind
             if isinstance(kind, SubOrchestrationScheduled) and action.auto_instance:
+                # Unique across continue-as-new: later executions put their execution id in the child id.
+                suffix = (str(self._next_event_id) if self.execution_id == 1
+                          else f"{self.execution_id}.{self._next_event_id}")
                 kind = SubOrchestrationScheduled(
-                    kind.name, f"{self.instance_id}::sub::{self._next_event_id}", kind.input, kind.version
+                    kind.name, f"{self.instance_id}::sub::{suffix}", kind.input, kind.version
                 )
                 action.kind = kind
             source = None
