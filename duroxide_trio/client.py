@@ -9,14 +9,13 @@ from __future__ import annotations
 import enum
 import json
 import math
-import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-import anyio
 import attrs
 
+from .clock import clock_of
 from .history import CancelInstance, ErrorDetails, Event, ExternalRaised, QueueMessage, StartOrchestration
 from .orchestration.context import check_instance_id
 from .orchestration.limits import MAX_NAME_BYTES, MAX_PAYLOAD_BYTES, check_text
@@ -359,7 +358,8 @@ class Client:
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or math.isnan(timeout) or timeout < 0:
             raise ValueError(f"timeout must be a non-negative number of seconds, got {timeout!r}")
         _check_id(instance_id, "instance_id")
-        deadline = time.monotonic() + timeout
+        clock = clock_of(self.provider)  # virtual in tests
+        deadline = clock.monotonic() + timeout
         notifier = self.provider.notifier
         final: InstanceInfo | None = None
         while True:
@@ -369,13 +369,13 @@ class Client:
                 state = self._state(instance_id, final) if final is not None else await self.get_status(instance_id)
                 if state.status.is_terminal:
                     return state
-                remaining = deadline - time.monotonic()
+                remaining = deadline - clock.monotonic()
                 if remaining <= 0:
                     raise TimeoutError(
                         f"instance {instance_id!r} did not finish within {_seconds(timeout)} "
                         f"(status {state.status.value})"
                     )
-                with anyio.move_on_after(min(remaining, poll_interval)):
+                with clock.move_on_after(min(remaining, poll_interval)):
                     await event.wait()
                 final = notifier.take_final(instance_id) if event.is_set() else None
             finally:

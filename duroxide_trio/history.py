@@ -23,6 +23,7 @@ __all__ = [
     "encode_event",
     "encode_work_item",
     "HistoryDecodeError",
+    "UnknownEventKind",
 ]
 
 Category = Literal["application", "infrastructure", "configuration", "poison"]
@@ -598,6 +599,18 @@ class HistoryDecodeError(ValueError):
     """A stored event or work item could not be decoded."""
 
 
+class UnknownEventKind(HistoryDecodeError):
+    """A stored event has a ``type`` this engine does not know (written by a newer engine, most likely)."""
+
+    def __init__(self, type_name: object, event_id: object = None) -> None:
+        at = f" (event {event_id})" if event_id is not None else ""
+        super().__init__(
+            f"unknown event kind {type_name!r}{at}: this engine does not know it (written by a newer engine?)"
+        )
+        self.type_name = type_name
+        self.event_id = event_id
+
+
 def _unstructure_kind(obj: Any) -> dict[str, Any]:
     data: dict[str, Any] = _conv.unstructure(obj)
     return data
@@ -623,10 +636,14 @@ def event_from_dict(d: dict[str, Any]) -> Event:
     fields defaulted).
 
     Raises:
-        HistoryDecodeError: Unknown ``type``, a missing required field or a field of the wrong type.
+        UnknownEventKind: (a ``HistoryDecodeError``) a ``type`` this engine does not know.
+        HistoryDecodeError: A missing required field or a field of the wrong type.
     """
+    type_name = d.get("type")
+    cls = EVENT_KINDS.get(type_name) if isinstance(type_name, str) else None
+    if cls is None:
+        raise UnknownEventKind(d.get("type"), d.get("event_id"))
     try:
-        cls = EVENT_KINDS[d["type"]]
         fields = {k: v for k, v in d.items() if k not in _ENVELOPE}
         kind: Any = _conv.structure(fields, cls)
         return Event(

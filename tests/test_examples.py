@@ -50,6 +50,22 @@ def test_example_resumes_on_existing_database(name, tmp_path):
     assert out.returncode != 0 and "already exists" in out.stderr
 
 
+def test_order_workflow(tmp_path):
+    out = run_example("order_workflow.py", tmp_path)
+    assert "o-1 Completed cancelled: not shipped within 0:00:00.200000" in out
+    assert "refunded pay-o-1" in out and "released rsv-o-1" in out
+
+
+def test_order_workflow_tests_pass():
+    """examples/test_order_workflow.py, run the way its README section says."""
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", os.path.join("examples", "test_order_workflow.py")],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "12 passed" in out.stdout
+
+
 def test_prometheus_metrics_example_serves_real_values():
     """The example runs 20 fan-outs of 5 activities and serves OpenTelemetry metrics over loopback; a scrape
     shows the counts that run produced."""

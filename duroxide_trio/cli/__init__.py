@@ -1,4 +1,4 @@
-"""The ``duroxide-trio`` command: ``stress``, ``validate`` and ``instances``."""
+"""The ``duroxide-trio`` command: ``stress``, ``validate``, ``instances`` and ``replay``."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def _root(
 
 
 # Each sub-module registers its commands on ``app`` when imported.
-for _module in ("stress", "validate", "instances"):
+for _module in ("stress", "validate", "instances", "instances_export", "replay"):
     try:
         importlib.import_module(f"{__name__}.{_module}")
     except ModuleNotFoundError as exc:  # a command module not written yet

@@ -11,17 +11,19 @@ execution ids: the runtime owns all semantics. Instances are created only by ``a
 from __future__ import annotations
 
 import heapq
-import time
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import anyio
 import attrs
 
+from ..clock import WALL_CLOCK, Clock
 from ..history import ActivityExecute, Event, StartOrchestration, WorkItem
 
 __all__ = [
+    "WALL_CLOCK",
     "CannotDeleteSubOrchestration",
+    "Clock",
     "DeleteResult",
     "ExecutionInfo",
     "ExecutionMetadata",
@@ -42,6 +44,7 @@ __all__ = [
     "ScheduledActivity",
     "SystemMetrics",
     "WorkItemLease",
+    "WorkOutlook",
     "as_provider_error",
     "now_ms",
 ]
@@ -55,8 +58,9 @@ TERMINAL_STATUSES = frozenset({COMPLETED, FAILED, CONTINUED_AS_NEW})
 
 
 def now_ms() -> int:
-    """Wall-clock epoch milliseconds (the time base of ``visible_at``, locks and timers)."""
-    return int(time.time() * 1000)
+    """Wall-clock epoch milliseconds (the time base of ``visible_at``, locks and timers). Providers and the
+    runtime read ``provider.clock.now_ms()`` instead, so that tests can run on virtual time."""
+    return WALL_CLOCK.now_ms()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -253,6 +257,16 @@ class SystemMetrics:
 
 
 @attrs.frozen
+class WorkOutlook:
+    """Whether a store can make progress right now, for test time control (``TestEnvironment`` skips
+    virtual time only when nothing is ready and nothing is in progress). Optional for providers."""
+
+    ready: int  # visible messages of unlocked instances + visible, unlocked activity items
+    in_progress: int  # live instance locks + live activity locks
+    next_visible_ms: int | None  # when the next delayed message (a timer, a delayed retry) becomes visible
+
+
+@attrs.frozen
 class QueueDepths:
     """Messages waiting per queue (timers are orchestrator messages with delayed visibility)."""
 
@@ -316,7 +330,8 @@ class Notifier:
     Everything here runs on the event loop thread.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock = WALL_CLOCK) -> None:
+        self.clock = clock
         self._gen: dict[str, int] = {}
         self._events: dict[str, anyio.Event] = {}
         self._deadlines: dict[str, list[float]] = {}
@@ -349,19 +364,20 @@ class Notifier:
     def next_deadline(self, key: str) -> float | None:
         """The earliest known time (epoch seconds) at which work on ``key`` becomes visible, if any."""
         heap = self._deadlines.get(key)
-        now = time.time()
+        now = self.clock.now_ms() / 1000.0
         while heap and heap[0] <= now - 1.0:
             heapq.heappop(heap)
         return heap[0] if heap else None
 
     async def wait(self, key: str, generation: int, timeout: float) -> None:
         """Return when ``key`` was notified after ``generation``, a known deadline passed, or ``timeout``."""
-        deadline_end = time.monotonic() + timeout
+        clock = self.clock
+        deadline_end = clock.monotonic() + timeout
         while self._gen.get(key, 0) == generation:
-            remaining = deadline_end - time.monotonic()
+            remaining = deadline_end - clock.monotonic()
             nd = self.next_deadline(key)
             if nd is not None:
-                until = nd - time.time()
+                until = nd - clock.now_ms() / 1000.0
                 if until <= 0:
                     heapq.heappop(self._deadlines[key])
                     return
@@ -371,7 +387,7 @@ class Notifier:
             ev = self._events.get(key)
             if ev is None:
                 ev = self._events[key] = anyio.Event()
-            with anyio.move_on_after(remaining):
+            with clock.move_on_after(remaining):
                 await ev.wait()
 
     def notify_all(self) -> None:

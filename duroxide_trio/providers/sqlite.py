@@ -38,7 +38,9 @@ from .base import (
     FAILED,
     RUNNING,
     TERMINAL_STATUSES,
+    WALL_CLOCK,
     CannotDeleteSubOrchestration,
+    Clock,
     DeleteResult,
     ExecutionInfo,
     ExecutionMetadata,
@@ -56,6 +58,7 @@ from .base import (
     ScheduledActivity,
     SystemMetrics,
     WorkItemLease,
+    WorkOutlook,
     now_ms,
 )
 
@@ -251,19 +254,25 @@ class _Job:
 class SqliteProvider:
     """Durable state in one SQLite file (or in memory). Use ``await SqliteProvider.open(path)``."""
 
-    def __init__(self, conn: sqlite3.Connection, path: str) -> None:
+    def __init__(self, conn: sqlite3.Connection, path: str, clock: Clock | None = None) -> None:
+        self.clock: Clock = clock or WALL_CLOCK  # every time this provider reads or stores
         self._conn = conn
         self._path = path
         self._limiter = anyio.CapacityLimiter(1)
         self._queue: list[_Job] = []
         self._leading = False
         self._closed = False
-        self.notifier = Notifier()
+        self.notifier = Notifier(self.clock)
 
     # lifecycle -------------------------------------------------------------------------------------
     @classmethod
     async def open(
-        cls, path: str | os.PathLike[str], *, busy_timeout: float = 10.0, create: bool = True
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        busy_timeout: float = 10.0,
+        create: bool = True,
+        clock: Clock | None = None,
     ) -> SqliteProvider:
         """Open the database at ``path`` (``":memory:"`` for an in-memory one) and apply pending migrations.
 
@@ -273,6 +282,8 @@ class SqliteProvider:
             create: create the file (and the schema) when it does not exist. With ``create=False`` a
                 missing file, or a SQLite file that is not a duroxide-trio database, is an error and
                 nothing is written to disk (what read-only tools such as ``duroxide-trio instances`` use).
+            clock: the time of locks, visibility and timers (default: the wall clock; tests pass a
+                ``VirtualClock``).
 
         Returns:
             The provider; use it as ``async with provider:`` or call :meth:`close`.
@@ -323,12 +334,12 @@ class SqliteProvider:
             raise ProviderError.permanent(
                 "open", f"{path!r} is a SQLite database but not a duroxide-trio one (it has no duroxide tables)"
             )
-        return cls(conn, path)
+        return cls(conn, path, clock)
 
     @classmethod
-    async def in_memory(cls) -> SqliteProvider:
+    async def in_memory(cls, *, clock: Clock | None = None) -> SqliteProvider:
         """A fresh in-memory database (gone when the provider closes); same as ``open(":memory:")``."""
-        return await cls.open(":memory:")
+        return await cls.open(":memory:", clock=clock)
 
     @property
     def name(self) -> str:
@@ -527,7 +538,7 @@ class SqliteProvider:
         next_visible: list[int] = []
 
         def _fetch(conn: sqlite3.Connection) -> OrchestrationItem | None:
-            now = now_ms()
+            now = self.clock.now_ms()
             row = conn.execute(
                 """
                 SELECT q.instance_id FROM orchestrator_queue q
@@ -608,8 +619,8 @@ class SqliteProvider:
         item = await self._run(
             "fetch_orchestration_item",
             _fetch,
-            probe=_has_orchestrator_work,
-            idle=_next_orchestrator_visible(next_visible),
+            probe=lambda c: _has_orchestrator_work(c, self.clock.now_ms()),
+            idle=_next_orchestrator_visible(next_visible, self.clock),
         )
         self._note_next(next_visible)
         return item
@@ -635,11 +646,11 @@ class SqliteProvider:
         ]
         orch_rows = [(o.target_instance, encode_work_item(o), _is_start(o), o) for o in orchestrator_items]
         for o in orchestrator_items:
-            _check_int64("ack_orchestration_item", _visible_what(o), _visible_at(o, now_ms()))
+            _check_int64("ack_orchestration_item", _visible_what(o), _visible_at(o, self.clock.now_ms()))
         outcome: dict[str, Any] = {}
 
         def _ack(conn: sqlite3.Connection) -> None:
-            now = now_ms()
+            now = self.clock.now_ms()
             lock = conn.execute(
                 "SELECT instance_id, locked_until FROM instance_locks WHERE lock_token = ?", (lock_token,)
             ).fetchone()
@@ -754,7 +765,7 @@ class SqliteProvider:
         visible: list[int] = []
 
         def _abandon(conn: sqlite3.Connection) -> None:
-            now = now_ms()
+            now = self.clock.now_ms()
             lock = conn.execute("SELECT instance_id FROM instance_locks WHERE lock_token = ?", (lock_token,)).fetchone()
             if lock is None:
                 raise ProviderError.permanent(
@@ -782,7 +793,7 @@ class SqliteProvider:
 
     async def renew_orchestration_item_lock(self, lock_token: str, extend_for: float) -> None:
         def _renew(conn: sqlite3.Connection) -> None:
-            now = now_ms()
+            now = self.clock.now_ms()
             cur = conn.execute(
                 "UPDATE instance_locks SET locked_until = ? WHERE lock_token = ? AND locked_until > ?",
                 (now + _ms(extend_for), lock_token, now),
@@ -797,10 +808,10 @@ class SqliteProvider:
     async def enqueue_for_orchestrator(self, item: WorkItem, delay: float | None = None) -> None:
         text = encode_work_item(item)
         holder: list[int] = []
-        _check_int64("enqueue_for_orchestrator", _visible_what(item), _visible_at(item, now_ms(), delay))
+        _check_int64("enqueue_for_orchestrator", _visible_what(item), _visible_at(item, self.clock.now_ms(), delay))
 
         def _enqueue(conn: sqlite3.Connection) -> None:
-            now = now_ms()
+            now = self.clock.now_ms()
             visible = _visible_at(item, now, delay)
             holder.append(visible - now)
             conn.execute(
@@ -810,7 +821,7 @@ class SqliteProvider:
 
         await self._run("enqueue_for_orchestrator", _enqueue)
         if holder and holder[0] > 0:
-            self.notifier.notify_at("orchestrator", now_ms() + holder[0])
+            self.notifier.notify_at("orchestrator", self.clock.now_ms() + holder[0])
         else:
             self.notifier.notify("orchestrator")
 
@@ -827,7 +838,7 @@ class SqliteProvider:
                 raise InstanceAlreadyExists(item.instance)
             conn.execute(
                 "INSERT INTO orchestrator_queue(instance_id, work_item, is_start, visible_at) VALUES (?, ?, 1, ?)",
-                (item.instance, text, now_ms()),
+                (item.instance, text, self.clock.now_ms()),
             )
 
         await self._run("enqueue_start", _start)
@@ -874,7 +885,7 @@ class SqliteProvider:
             conn.execute(
                 "INSERT INTO worker_queue(work_item, visible_at, attempt_count, instance_id, execution_id, "
                 "activity_id, session_id, tag) VALUES (?, ?, 0, ?, ?, ?, ?, ?)",
-                (text, now_ms(), item.instance, item.execution_id, item.id, item.session_id, item.tag),
+                (text, self.clock.now_ms(), item.instance, item.execution_id, item.id, item.session_id, item.tag),
             )
 
         await self._run("enqueue_for_worker", _enqueue)
@@ -893,7 +904,7 @@ class SqliteProvider:
         bad: list[str] = []
 
         def _fetch(conn: sqlite3.Connection) -> list[WorkItemLease]:
-            now = now_ms()
+            now = self.clock.now_ms()
             rows = conn.execute(
                 "SELECT id, work_item, attempt_count FROM worker_queue "
                 "WHERE visible_at <= ? AND (lock_token IS NULL OR locked_until <= ?) "
@@ -926,7 +937,7 @@ class SqliteProvider:
                     next_visible.append(nxt)
             return leases
 
-        leases = await self._run("fetch_work_item", _fetch, probe=_has_worker_work, idle=_no_leases)
+        leases = await self._run("fetch_work_item", _fetch, probe=lambda c: _has_worker_work(c, self.clock.now_ms()), idle=_no_leases)
         if next_visible:
             self.notifier.notify_at("worker", next_visible[0])
         if bad:
@@ -947,7 +958,7 @@ class SqliteProvider:
         encoded = [(tok, c, encode_work_item(c) if c is not None else None) for tok, c in entries]
 
         def _ack(conn: sqlite3.Connection) -> list[ProviderError | None]:
-            now = now_ms()
+            now = self.clock.now_ms()
             results: list[ProviderError | None] = []
             for token, completion, text in encoded:
                 row = conn.execute(
@@ -979,7 +990,7 @@ class SqliteProvider:
 
     async def renew_work_item_lock(self, lock_token: str, extend_for: float) -> None:
         def _renew(conn: sqlite3.Connection) -> None:
-            now = now_ms()
+            now = self.clock.now_ms()
             cur = conn.execute(
                 "UPDATE worker_queue SET locked_until = ? WHERE lock_token = ? AND locked_until > ?",
                 (now + _ms(extend_for), lock_token, now),
@@ -995,7 +1006,7 @@ class SqliteProvider:
         at_holder: list[int] = []
 
         def _abandon(conn: sqlite3.Connection) -> None:
-            at = now_ms() + _ms(delay or 0)
+            at = self.clock.now_ms() + _ms(delay or 0)
             at_holder.append(at)
             cur = conn.execute(
                 """
@@ -1118,7 +1129,7 @@ class SqliteProvider:
 
     async def get_queue_depths(self) -> QueueDepths:
         def _get(conn: sqlite3.Connection) -> QueueDepths:
-            now = now_ms()
+            now = self.clock.now_ms()
             orch = conn.execute(
                 "SELECT COUNT(*) FROM orchestrator_queue q WHERE NOT EXISTS (SELECT 1 FROM instance_locks l "
                 "WHERE l.instance_id = q.instance_id AND l.locked_until > ?)",
@@ -1145,6 +1156,32 @@ class SqliteProvider:
             )
 
         return await self._run("get_queue_depths", _get, write=False)
+
+    async def work_outlook(self) -> WorkOutlook:
+        """What is ready, in progress and due next (see ``WorkOutlook``); one read."""
+
+        def _get(conn: sqlite3.Connection) -> WorkOutlook:
+            now = self.clock.now_ms()
+            ready = conn.execute(
+                """
+                SELECT (SELECT COUNT(*) FROM orchestrator_queue q
+                        WHERE q.visible_at <= :now
+                          AND NOT EXISTS (SELECT 1 FROM instance_locks l
+                                          WHERE l.instance_id = q.instance_id AND l.locked_until > :now)
+                          AND (q.is_start = 1 OR EXISTS (SELECT 1 FROM instances i WHERE i.instance_id = q.instance_id)))
+                     + (SELECT COUNT(*) FROM worker_queue
+                        WHERE visible_at <= :now AND (lock_token IS NULL OR locked_until <= :now)),
+                       (SELECT COUNT(*) FROM instance_locks WHERE locked_until > :now)
+                     + (SELECT COUNT(*) FROM worker_queue WHERE lock_token IS NOT NULL AND locked_until > :now),
+                       (SELECT MIN(v) FROM (SELECT MIN(visible_at) AS v FROM orchestrator_queue WHERE visible_at > :now
+                                            UNION ALL
+                                            SELECT MIN(visible_at) FROM worker_queue WHERE visible_at > :now))
+                """,
+                {"now": now},
+            ).fetchone()
+            return WorkOutlook(ready[0], ready[1], ready[2])
+
+        return await self._run("work_outlook", _get, write=False)
 
     async def list_children(self, instance_id: str) -> list[str]:
         return await self._run("list_children", lambda c: _children(c, instance_id), write=False)
@@ -1313,7 +1350,7 @@ class SqliteProvider:
             return True, fd
 
         def _renew(conn: sqlite3.Connection) -> list[str]:
-            now = now_ms()
+            now = self.clock.now_ms()
             conn.execute(
                 "INSERT INTO processes(process_id, started_at, heartbeat_at) VALUES (?, ?, ?) "
                 "ON CONFLICT(process_id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
@@ -1394,8 +1431,7 @@ class SqliteProvider:
 # helpers that run inside the worker thread
 
 
-def _has_orchestrator_work(conn: sqlite3.Connection) -> bool:
-    now = now_ms()
+def _has_orchestrator_work(conn: sqlite3.Connection, now: int) -> bool:
     return (
         conn.execute(
             """
@@ -1411,10 +1447,10 @@ def _has_orchestrator_work(conn: sqlite3.Connection) -> bool:
     )
 
 
-def _next_orchestrator_visible(out: list[int]) -> Callable[[sqlite3.Connection], None]:
+def _next_orchestrator_visible(out: list[int], clock: Clock) -> Callable[[sqlite3.Connection], None]:
     def _next(conn: sqlite3.Connection) -> None:
         nxt = conn.execute(
-            "SELECT MIN(visible_at) FROM orchestrator_queue WHERE visible_at > ?", (now_ms(),)
+            "SELECT MIN(visible_at) FROM orchestrator_queue WHERE visible_at > ?", (clock.now_ms(),)
         ).fetchone()[0]
         if nxt is not None:
             out.append(nxt)
@@ -1426,8 +1462,7 @@ def _no_leases(conn: sqlite3.Connection) -> list[WorkItemLease]:
     return []
 
 
-def _has_worker_work(conn: sqlite3.Connection) -> bool:
-    now = now_ms()
+def _has_worker_work(conn: sqlite3.Connection, now: int) -> bool:
     return (
         conn.execute(
             "SELECT 1 FROM worker_queue WHERE visible_at <= ? AND (lock_token IS NULL OR locked_until <= ?) "

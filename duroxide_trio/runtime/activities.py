@@ -238,7 +238,7 @@ class Acker:
                 if runtime.stopping and runtime.stats.busy_activity_workers == 0:
                     return
                 self._wake = anyio.Event()
-                with anyio.move_on_after(0.5):
+                with runtime.clock.move_on_after(0.5):
                     await self._wake.wait()
                 continue
             batch, self._pending = self._pending, []

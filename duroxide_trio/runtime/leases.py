@@ -9,11 +9,11 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
-import time
 from collections.abc import Awaitable, Callable
 
 import anyio
 
+from ..clock import WALL_CLOCK, Clock
 from ..providers.base import ProviderError
 
 log = logging.getLogger("duroxide_trio.runtime.leases")
@@ -25,19 +25,24 @@ class Lease:
     __slots__ = ("renew", "interval", "on_lost", "active", "due")
 
     def __init__(
-        self, renew: Callable[[], Awaitable[None]], interval: float, on_lost: Callable[[BaseException], None]
+        self,
+        renew: Callable[[], Awaitable[None]],
+        interval: float,
+        on_lost: Callable[[BaseException], None],
+        now: float,
     ) -> None:
         self.renew = renew
         self.interval = interval
         self.on_lost = on_lost
         self.active = True
-        self.due = time.monotonic() + interval
+        self.due = now + interval
 
 
 class LeaseRenewer:
     """Owned by the runtime's task group; ``run`` ends when the runtime stops and nothing is held."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock = WALL_CLOCK) -> None:
+        self._clock = clock
         self._heap: list[tuple[float, int, Lease]] = []
         self._counter = itertools.count()
         self._wake = anyio.Event()
@@ -57,7 +62,7 @@ class LeaseRenewer:
         Returns:
             The lease to pass to :meth:`release`.
         """
-        lease = Lease(renew, interval, on_lost)
+        lease = Lease(renew, interval, on_lost, self._clock.monotonic())
         first = self._heap[0][0] if self._heap else None
         self._push(lease)
         if first is None or lease.due < first:
@@ -89,13 +94,13 @@ class LeaseRenewer:
                         break
                     timeout = 3600.0
                 else:
-                    timeout = self._heap[0][0] - time.monotonic()
+                    timeout = self._heap[0][0] - self._clock.monotonic()
                 if timeout > 0:
                     self._wake = anyio.Event()
-                    with anyio.move_on_after(timeout):
+                    with self._clock.move_on_after(timeout):
                         await self._wake.wait()
                     continue
-                now = time.monotonic()
+                now = self._clock.monotonic()
                 while self._heap and self._heap[0][0] <= now:
                     _, _, lease = heapq.heappop(self._heap)
                     if lease.active:
@@ -128,6 +133,6 @@ class LeaseRenewer:
             except Exception:  # noqa: BLE001
                 log.exception("lock-lost callback raised; ignored")
             return
-        lease.due = time.monotonic() + (min(lease.interval / 4, 1.0) if retry else lease.interval)
+        lease.due = self._clock.monotonic() + (min(lease.interval / 4, 1.0) if retry else lease.interval)
         self._push(lease)
         self._wake.set()

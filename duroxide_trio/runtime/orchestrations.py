@@ -118,7 +118,7 @@ def _decide(runtime: Runtime, item: OrchestrationItem) -> Decision:
         handlers=runtime.registry,
         codec=runtime.registry,
         policy=TurnPolicy(options.max_attempts, options.unregistered_delay),
-        now_ms=now_ms(),
+        now_ms=runtime.clock.now_ms(),
         logger=_user_log,
     )
 

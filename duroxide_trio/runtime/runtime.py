@@ -12,6 +12,7 @@ from typing import Any
 import anyio
 import attrs
 
+from ..clock import clock_of
 from ..providers.base import Provider, ProviderError
 from ..registry import Registry
 from .asyncio_loop import AsyncioLoopThread
@@ -95,7 +96,8 @@ class Runtime:
         self.stats = RuntimeStats()
         self._stopping = False
         self._workers_scope: anyio.CancelScope | None = None
-        self.leases = LeaseRenewer()
+        self.clock = clock_of(provider)  # leases, backoffs and turn times (virtual in tests)
+        self.leases = LeaseRenewer(self.clock)
         self.watchdog = Watchdog(self, options.blocked_loop_threshold)
         self.asyncio_loop = AsyncioLoopThread()
         self.metrics = RuntimeMetrics(meter_provider)
@@ -133,7 +135,7 @@ class Runtime:
         else:
             log.warning("%s: provider error (%s): %s", role, "retryable" if exc.retryable else "permanent", exc)
         delay = min(0.01 * (2 ** min(failures, 10)), self.options.provider_retry_cap) if exc.retryable else 0.1
-        await anyio.sleep(delay)
+        await self.clock.sleep(delay)
 
 
 @asynccontextmanager

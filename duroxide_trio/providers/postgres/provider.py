@@ -76,7 +76,9 @@ from ...history import (
 from ..base import (
     COMPLETED,
     FAILED,
+    WALL_CLOCK,
     CannotDeleteSubOrchestration,
+    Clock,
     DeleteResult,
     ExecutionInfo,
     ExecutionMetadata,
@@ -94,7 +96,6 @@ from ..base import (
     ScheduledActivity,
     SystemMetrics,
     WorkItemLease,
-    now_ms,
 )
 from ._driver import AnyioConnection, connect, mask_url
 from ._pool import Pool, PoolClosed
@@ -463,7 +464,9 @@ class PostgresProvider:
         connect_timeout: float,
         listen_conninfo: str,
         prepare: bool = True,
+        clock: Clock | None = None,
     ) -> None:
+        self.clock: Clock = clock or WALL_CLOCK  # the time of locks, visibility and timers (sent as parameters)
         self._url = url
         self._prepare = prepare
         self._schema = schema
@@ -480,7 +483,7 @@ class PostgresProvider:
         self._exit_stack: contextlib.AsyncExitStack | None = None
         self._listener_scopes: set[anyio.CancelScope] = set()
         self._listener_pid: int | None = None
-        self.notifier = Notifier()
+        self.notifier = Notifier(self.clock)
 
     # lifecycle -------------------------------------------------------------------------------------
     @classmethod
@@ -496,6 +499,7 @@ class PostgresProvider:
         application_name: str | None = None,
         prepared_statements: bool = True,
         create_schema: bool = True,
+        clock: Clock | None = None,
     ) -> PostgresProvider:
         """Connect to ``url`` (a ``postgresql://`` URL or a libpq conninfo), create and migrate ``schema``
         if needed, and return the provider.
@@ -595,6 +599,7 @@ class PostgresProvider:
             connect_timeout=connect_timeout,
             listen_conninfo=listen_conninfo,
             prepare=prepared_statements,
+            clock=clock,
         )
         provider._remember(first)
         holder.append(provider)
@@ -875,7 +880,7 @@ class PostgresProvider:
         if not rest:
             self.notifier.notify(key)
             return
-        now = now_ms()
+        now = self.clock.now_ms()
         for part in rest.split(","):
             try:
                 at = int(part)
@@ -893,7 +898,7 @@ class PostgresProvider:
         token = self._new_token()
         async with self._releasing_unseen_claim("orchestrator", token):
             row = await self._one(
-                "fetch_orchestration_item", self._q.fetch_orch, (now_ms(), _ms(lock_timeout), token)
+                "fetch_orchestration_item", self._q.fetch_orch, (self.clock.now_ms(), _ms(lock_timeout), token)
             )
         (
             instance_id,
@@ -951,7 +956,7 @@ class PostgresProvider:
         metadata: ExecutionMetadata,
         cancelled_activities: Sequence[ScheduledActivity] = (),
     ) -> None:
-        now = now_ms()
+        now = self.clock.now_ms()
         custom = [e.kind for e in history_delta if isinstance(e.kind, CustomStatusUpdated)]
         orch_visible = [_visible_at(o, now) for o in orchestrator_items]
         for o, at in zip(orchestrator_items, orch_visible, strict=True):
@@ -1001,7 +1006,7 @@ class PostgresProvider:
         row = await self._one(
             "abandon_orchestration_item",
             self._q.abandon_orch,
-            (lock_token, now_ms(), _ms(delay), ignore_attempt),
+            (lock_token, self.clock.now_ms(), _ms(delay), ignore_attempt),
         )
         if row[0] is not None:
             self.notifier.notify_at("orchestrator", row[0])
@@ -1009,7 +1014,7 @@ class PostgresProvider:
             self.notifier.notify("orchestrator")
 
     async def renew_orchestration_item_lock(self, lock_token: str, extend_for: float) -> None:
-        now = now_ms()
+        now = self.clock.now_ms()
         count = await self._exec(
             "renew_orchestration_item_lock",
             self._q.renew_orch,
@@ -1023,7 +1028,7 @@ class PostgresProvider:
             )
 
     async def enqueue_for_orchestrator(self, item: WorkItem, delay: float | None = None) -> None:
-        now = now_ms()
+        now = self.clock.now_ms()
         visible = _visible_at(item, now, delay)
         _check_int64("enqueue_for_orchestrator", _visible_what(item), visible)
         await self._exec(
@@ -1039,7 +1044,7 @@ class PostgresProvider:
 
     async def enqueue_start(self, item: StartOrchestration) -> None:
         await self._exec(
-            "enqueue_start", self._q.enqueue_start, (item.instance, encode_work_item(item), now_ms()), "none"
+            "enqueue_start", self._q.enqueue_start, (item.instance, encode_work_item(item), self.clock.now_ms()), "none"
         )
         self.notifier.notify("orchestrator")
 
@@ -1088,7 +1093,7 @@ class PostgresProvider:
                 item.id,
                 item.session_id,
                 item.tag,
-                now_ms(),
+                self.clock.now_ms(),
             ),
             "none",
         )
@@ -1107,7 +1112,7 @@ class PostgresProvider:
             rows = await self._all(
                 "fetch_work_item",
                 self._q.fetch_work,
-                (now_ms(), _ms(lock_timeout), max(1, int(max_items)), salt),
+                (self.clock.now_ms(), _ms(lock_timeout), max(1, int(max_items)), salt),
             )
         found: list[tuple[int, WorkItemLease]] = []
         bad: list[tuple[int, str]] = []
@@ -1171,7 +1176,7 @@ class PostgresProvider:
             targets.append(completion.target_instance if completion is not None else None)
         if not ids:
             return results
-        row = await self._one("ack_work_item", self._q.ack_work, (now_ms(), ids, tokens, items, targets))
+        row = await self._one("ack_work_item", self._q.ack_work, (self.clock.now_ms(), ids, tokens, items, targets))
         enqueued = False
         for k, ok, item in zip(positions, row[0], items, strict=True):
             if ok:
@@ -1186,7 +1191,7 @@ class PostgresProvider:
         row_id = _row_id(lock_token)
         count = 0
         if row_id is not None:
-            now = now_ms()
+            now = self.clock.now_ms()
             until = now + _ms(extend_for)
             count = await self._exec(
                 "renew_work_item_lock",
@@ -1208,7 +1213,7 @@ class PostgresProvider:
             raise ProviderError.permanent(
                 "abandon_work_item", f"invalid lock token {lock_token!r}", kind="lock"
             )
-        now = now_ms()
+        now = self.clock.now_ms()
         row = await self._one(
             "abandon_work_item", self._q.abandon_work, (row_id, lock_token, now, _ms(delay), ignore_attempt)
         )
@@ -1278,7 +1283,7 @@ class PostgresProvider:
         )
 
     async def get_queue_depths(self) -> QueueDepths:
-        now = now_ms()
+        now = self.clock.now_ms()
         row = await self._one("get_queue_depths", self._q.queue_depths, {"now": now}, idempotent=True)
         return QueueDepths(
             orchestrator_queue=int(row[0]),
@@ -1371,7 +1376,7 @@ class PostgresProvider:
                 if queue == "worker":
                     query = (f"UPDATE {s}.worker_queue SET lock_token = NULL, locked_until = NULL, visible_at = %s "
                              "WHERE lock_token LIKE %s")  # fmt: skip
-                    params: tuple[Any, ...] = (now_ms(), "%." + token)
+                    params: tuple[Any, ...] = (self.clock.now_ms(), "%." + token)
                 else:
                     query, params = f"DELETE FROM {s}.instance_locks WHERE lock_token = %s", (token,)
                 with anyio.CancelScope(shield=True), anyio.move_on_after(5):
@@ -1424,7 +1429,7 @@ class PostgresProvider:
         if self._closed:
             raise ProviderError.permanent(op, "provider is closed")
         query = f"SELECT {self._quoted_schema()}.renew_process_lease(%s, %s, %s, %s, %s)"
-        params = (process_id, self._process_key, now_ms(), _ms(stale_after), _ms(grace))
+        params = (process_id, self._process_key, self.clock.now_ms(), _ms(stale_after), _ms(grace))
         try:
             with anyio.fail_after(self._command_timeout):
                 conn = await self._lease_connection()
