@@ -1296,17 +1296,18 @@ class SqliteProvider:
     def _lease_dir(self) -> str:
         return self._path + ".processes"
 
-    async def register_process(self, process_id: str) -> None:
+    async def register_process(self, process_id: str) -> bool:
         """Take this process's liveness lease: an exclusive ``flock`` on
         ``<database>.processes/<process_id>.lock`` (released by the OS when the process dies) and a row
-        in ``processes``. Locks fetched from now on carry ``process_id``. A no-op in memory."""
+        in ``processes``. Locks fetched from now on carry ``process_id``. Returns False (no lease
+        needed) in memory: no other process can share the database."""
         if not process_id.isalnum():
             raise ValueError(f"process id must be alphanumeric, got {process_id!r}")
         if self._path == ":memory:":
-            return
+            return False
         if self._lease_fd is not None and self._process_id == process_id:  # a retry: the lock is ours
             await self.renew_process_lease(process_id, 3600.0)
-            return
+            return True
         import fcntl
 
         def _lock() -> int:
@@ -1325,6 +1326,7 @@ class SqliteProvider:
             raise ProviderError.permanent("register_process", f"cannot take the process lease: {exc}") from None
         self._process_id = process_id
         await self.renew_process_lease(process_id, 3600.0)
+        return True
 
     async def renew_process_lease(self, process_id: str, stale_after: float, grace: float = 1.0) -> list[str]:
         """Heartbeat this process's row and reclaim the locks of every process whose lease is gone (its

@@ -15,8 +15,9 @@ own lease and releases the locks of any process whose lease is gone, so that wor
   heartbeat: after ``stale_after`` seconds survivors reclaim it too. Its late writes are then rejected
   (its tokens are gone), and it re-registers when it wakes up.
 
-This is an optional provider capability: a provider with ``register_process``,
-``renew_process_lease`` and ``unregister_process`` gets it; others keep lock expiry only.
+This is an optional provider capability: a provider with ``register_process`` (returning False when no
+lease is needed, e.g. an in-memory database), ``renew_process_lease`` and ``unregister_process`` gets it;
+others keep lock expiry only.
 """
 
 from __future__ import annotations
@@ -94,7 +95,10 @@ async def run_liveness(
                     # The first attempt delays the runtime's start: keep it short (locks taken before
                     # the lease is registered only lack the fast recovery).
                     with anyio.fail_after(3 if not started else 10):
-                        await provider.register_process(process_id)
+                        needed = await provider.register_process(process_id)
+                    if needed is False:  # e.g. an in-memory database: no other process can share it
+                        task_status.started()
+                        return
                     registered = True
                     log.debug("process lease %s taken", process_id)
                 else:

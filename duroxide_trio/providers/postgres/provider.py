@@ -1388,15 +1388,16 @@ class PostgresProvider:
                             await anyio.sleep(0.25)
             raise
 
-    async def register_process(self, process_id: str) -> None:
+    async def register_process(self, process_id: str) -> bool:
         """Take this process's liveness lease: a row in ``processes`` and a session-level advisory lock
         (keyed by schema and process id) on a connection of its own, held until the connection dies or
-        :meth:`unregister_process`. Locks fetched from now on carry ``process_id``."""
+        :meth:`unregister_process`. Locks fetched from now on carry ``process_id``. Returns True."""
         if not process_id.isalnum():
             raise ValueError(f"process id must be alphanumeric, got {process_id!r}")
         self._process_key = _hash64(f"duroxide_trio:process:{self._schema}:{process_id}")
         self._process_id = process_id
         await self.renew_process_lease(process_id, 3600.0)
+        return True
 
     async def _lease_connection(self) -> AnyioConnection[Any]:
         conn = self._lease_conn
