@@ -260,7 +260,9 @@ async def test_fail_fast_stops_at_a_runtime_process_that_dies_on_its_own_and_rep
     config = StressConfig(duration=20, max_concurrent=4, tasks_per_instance=2)
     with pytest.raises(StressAborted) as caught:
         await run_chaos(ChaosTarget.sqlite(str(tmp_path / "ff.db")), config, processes=2,
-                        chaos=[parse_chaos("kill:every=1s")], fail_fast=True, on_progress=on_progress)  # fmt: skip
+                        # one harness kill at 1 s (for the timeline), the next only at ~6 s: the harness must not
+                        # happen to kill the process the test stopped, or the exit would count as its own
+                        chaos=[parse_chaos("kill:every=5s,first=1s")], fail_fast=True, on_progress=on_progress)  # fmt: skip
     exc = caught.value
     assert "exited unexpectedly" in str(exc.error)
     crash = stress_report.write_crash_report(
