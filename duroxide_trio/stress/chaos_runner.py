@@ -37,7 +37,7 @@ from .chaos import ChaosSpec, ChaosTimeline, run_schedule
 from .config import StressConfig
 from .ledger import open_ledger
 from .result import StressResult
-from .runner import StressAborted, StressMonitor, describe_error, runtime_options
+from .runner import StressAborted, StressMonitor, describe_error, launch_until, runtime_options
 from .scenarios import Launch, get_scenario
 from .verdict import Verdict, compute_verdict
 from .workers import WorkerPool
@@ -521,23 +521,7 @@ async def _load_and_drain(
                 background.start_soon(run_schedule, spec, action(spec), seed + 17 * (i + 1), stop_chaos)
         load_end = monitor.load_start + config.duration
         async with anyio.create_task_group() as instances:
-            seq = 0
-            while True:
-                remaining = load_end - time.monotonic()
-                if remaining <= 0:
-                    break
-                acquired = False
-                with anyio.move_on_after(remaining):
-                    await slots.acquire()
-                    acquired = True
-                if not acquired:
-                    break
-                if time.monotonic() >= load_end:
-                    slots.release()
-                    break
-                instances.start_soon(instance, seq)
-                seq += 1
-                await anyio.lowlevel.checkpoint()
+            await launch_until(load_end, slots, instances, instance)
             monitor.load_end = time.monotonic()
             pool.load_end_s = timeline.now()
             monitor.activities_at_load_end = remote.stats.activities_completed

@@ -16,11 +16,12 @@ import sys
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import anyio
+import anyio.abc
 import anyio.lowlevel
 import attrs
 
@@ -531,23 +532,7 @@ async def _load_and_drain(
         monitor.phase = "load"
         load_end = monitor.load_start + config.duration
         async with anyio.create_task_group() as instances:
-            seq = 0
-            while True:
-                remaining = load_end - time.monotonic()
-                if remaining <= 0:
-                    break
-                acquired = False
-                with anyio.move_on_after(remaining):
-                    await slots.acquire()
-                    acquired = True
-                if not acquired:
-                    break
-                if time.monotonic() >= load_end:
-                    slots.release()
-                    break
-                instances.start_soon(instance, seq)
-                seq += 1
-                await anyio.lowlevel.checkpoint()  # let the instance issue its start before the next one
+            await launch_until(load_end, slots, instances, instance)
             monitor.load_end = time.monotonic()
             monitor.activities_at_load_end = runtime.stats.activities_completed
             monitor.phase = "draining"
@@ -629,3 +614,31 @@ async def _one_instance(
         monitor._record_failure(instance_id, "wrong_output", reason, now)
         return
     monitor._record_completion((now - started) * 1000.0, now)
+
+
+async def launch_until(
+    load_end: float,
+    slots: anyio.Semaphore,
+    instances: anyio.abc.TaskGroup,
+    instance: Callable[[int], Coroutine[Any, Any, None]],
+) -> int:
+    """Start ``instance(0)``, ``instance(1)``, ... in ``instances``, one per free slot (each instance
+    releases its slot), until the monotonic time ``load_end``; nothing starts after it even when the event
+    loop was held. Returns how many were started."""
+    seq = 0
+    while True:
+        remaining = load_end - time.monotonic()
+        if remaining <= 0:
+            return seq
+        acquired = False
+        with anyio.move_on_after(remaining):
+            await slots.acquire()
+            acquired = True
+        if not acquired:
+            return seq
+        if time.monotonic() >= load_end:
+            slots.release()
+            return seq
+        instances.start_soon(instance, seq)
+        seq += 1
+        await anyio.lowlevel.checkpoint()  # let the instance issue its start before the next one
