@@ -4,6 +4,7 @@ Orchestrations are ``async def`` functions replayed deterministically from a per
 activities run at-least-once; state lives in a provider (SQLite embedded, PostgreSQL for scale-out).
 """
 
+from .activity import ActivityContext, CancellationSignal
 from .client import Client, OrchestrationState
 from .errors import (
     ActivityFailed,
@@ -32,9 +33,7 @@ from .orchestration.limits import (
 from .providers.base import Provider, ProviderAdmin, ProviderFactory
 from .providers.sqlite import SqliteFactory, SqliteProvider
 from .registry import Registry
-from .runtime.activities import ActivityContext
-from .runtime.options import RuntimeOptions
-from .runtime.runtime import Runtime, open_runtime
+from .runtime import Runtime, RuntimeOptions, open_runtime
 
 __version__ = "0.1.0"
 
@@ -42,6 +41,7 @@ __all__ = [
     "ActivityContext",
     "ActivityFailed",
     "Backoff",
+    "CancellationSignal",
     "Client",
     "DuroxideError",
     "DurableFuture",

@@ -32,7 +32,7 @@ import anyio.lowlevel
 import attrs
 
 from ..providers.base import InstanceAlreadyExists
-from ..runtime.runtime import RuntimeStats
+from ..runtime import RuntimeStats
 from .chaos import ChaosSpec, ChaosTimeline, run_schedule
 from .config import StressConfig
 from .ledger import open_ledger
@@ -551,7 +551,7 @@ async def _load_and_drain(
 
 
 def _error_entry(role: str, message: str) -> Any:
-    from ..runtime.runtime import RecentError
+    from ..runtime import RecentError
 
     return RecentError(time.time(), role, message, False)
 

@@ -27,8 +27,7 @@ import attrs
 
 from ..providers.base import Provider, ProviderFactory
 from ..registry import Registry
-from ..runtime.options import RuntimeOptions
-from ..runtime.runtime import RecentError, Runtime, open_runtime
+from ..runtime import RecentError, Runtime, RuntimeOptions, open_runtime
 from .config import StressConfig
 from .result import (
     FailureRecord,

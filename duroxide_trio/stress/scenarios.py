@@ -21,9 +21,9 @@ import attrs
 from ..registry import Registry
 
 if TYPE_CHECKING:
+    from ..activity import ActivityContext
     from ..client import Client, OrchestrationState
     from ..orchestration.context import OrchestrationContext
-    from ..runtime.activities import ActivityContext
     from .config import StressConfig
 
 __all__ = ["SCENARIOS", "Launch", "Scenario", "get_scenario"]

@@ -170,7 +170,7 @@ def _emit(message: dict[str, Any]) -> None:
 
 
 async def _worker(spec: dict[str, Any]) -> None:
-    from ..runtime.runtime import open_runtime
+    from ..runtime import open_runtime
     from .runner import runtime_options
 
     config = StressConfig(**spec["config"])
@@ -190,7 +190,7 @@ async def _worker(spec: dict[str, Any]) -> None:
     errors: list[tuple[bool, str]] = []
     liveness = spec.get("liveness") or {}
     async with provider, anyio.create_task_group() as lease_group:
-        from ..runtime.liveness import LivenessOptions, run_liveness
+        from ..runtime import LivenessOptions, run_liveness
 
         options = LivenessOptions.from_env()
         options = attrs.evolve(options, **{k: v for k, v in liveness.items() if k in ("stale_after", "enabled")})

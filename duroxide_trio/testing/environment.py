@@ -38,8 +38,7 @@ from ..client import Client, OrchestrationState
 from ..clock import WALL_CLOCK, Clock, VirtualClock
 from ..providers.sqlite import SqliteProvider
 from ..registry import Registry
-from ..runtime.options import RuntimeOptions
-from ..runtime.runtime import Runtime, open_runtime
+from ..runtime import Runtime, RuntimeOptions, open_runtime
 
 __all__ = ["ActivityCall", "TestEnvironment", "TEST_OPTIONS"]
 

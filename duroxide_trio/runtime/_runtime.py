@@ -2,78 +2,32 @@
 
 from __future__ import annotations
 
-import collections
 import logging
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
-import attrs
+import anyio.abc
 
+from ..client import Client
 from ..clock import clock_of
 from ..providers.base import Provider, ProviderError
 from ..registry import Registry
-from .asyncio_loop import AsyncioLoopThread
-from .leases import LeaseRenewer
-from .metrics import RuntimeMetrics
+from ._activities import Acker, activity_worker
+from ._asyncio_loop import AsyncioLoopThread
+from ._env import StopSignal, WorkerEnv
+from ._leases import LeaseRenewer
+from ._liveness import run_liveness
+from ._metrics import RuntimeMetrics
+from ._orchestrations import orchestration_worker
+from ._stats import ProviderErrors, RuntimeStats
+from ._watchdog import Watchdog
 from .options import RuntimeOptions
-from .watchdog import Watchdog
 
-__all__ = ["Runtime", "RuntimeStats", "open_runtime"]
+__all__ = ["Runtime", "open_runtime"]
 
 log = logging.getLogger("duroxide_trio.runtime")
-
-
-@attrs.define
-class RecentError:
-    """One error a dispatcher met: when (epoch seconds), which ``role`` (``"activity dispatcher"``...),
-    the message, and whether it was ``expected`` (retried lock contention)."""
-
-    at: float
-    role: str
-    message: str
-    expected: bool
-
-
-@attrs.define
-class RuntimeStats:
-    """Counters a dashboard can read while the runtime runs."""
-
-    orchestration_turns: int = 0
-    orchestration_fetches: int = 0
-    activities_completed: int = 0
-    activities_failed: int = 0
-    activity_fetches: int = 0
-    provider_errors: int = 0
-    busy_orchestration_workers: int = 0
-    busy_activity_workers: int = 0
-    recent_errors: collections.deque[RecentError] = attrs.field(factory=lambda: collections.deque(maxlen=200))
-    error_listeners: list[Any] = attrs.field(factory=list)
-
-    def record_error(self, role: str, exc: BaseException | str, *, expected: bool) -> None:
-        """Remember an error in ``recent_errors`` (the last 200) and tell every ``error_listeners``
-        callback (``listener(RecentError, exc)``; one that raises is logged and ignored).
-
-        Args:
-            role: What met the error (``"orchestration dispatcher"``, ``"activity dispatcher"``).
-            exc: The exception, or a message.
-            expected: True for retried lock contention (not a problem by itself).
-        """
-        message = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
-        err = RecentError(time.time(), role, message, expected)
-        self.recent_errors.append(err)
-        for listener in list(self.error_listeners):
-            try:
-                listener(err, exc)
-            except Exception:  # noqa: BLE001 - a broken listener must not stop a dispatcher
-                log.exception("error listener %r raised; ignored", listener)
-
-
-def is_expected_provider_error(exc: BaseException) -> bool:
-    """Retried lock contention: SQLite busy/locked, PostgreSQL deadlock or serialization failure."""
-    return isinstance(exc, ProviderError) and exc.retryable and exc.contention
 
 
 class Runtime:
@@ -94,23 +48,22 @@ class Runtime:
         self.registry = registry
         self.options = options
         self.stats = RuntimeStats()
-        self._stopping = False
+        self._stop = StopSignal()
         self._workers_scope: anyio.CancelScope | None = None
         self.clock = clock_of(provider)  # leases, backoffs and turn times (virtual in tests)
         self.leases = LeaseRenewer(self.clock)
-        self.watchdog = Watchdog(self, options.blocked_loop_threshold)
+        self.watchdog = Watchdog(options.worker_lock_timeout, options.blocked_loop_threshold)
         self.asyncio_loop = AsyncioLoopThread()
         self.metrics = RuntimeMetrics(meter_provider)
+        self._errors = ProviderErrors(self.stats, self.metrics, self.clock, options.provider_retry_cap)
         self.services: Any = None  # the task group of the runtime's own services (set by open_runtime)
-        self._acker: Any = None
-        from ..client import Client
-
+        self._acker: Acker | None = None
         self.client = Client(provider, registry=registry)
 
     @property
     def stopping(self) -> bool:
         """True once the ``open_runtime`` block is being left: dispatchers fetch no more work."""
-        return self._stopping
+        return bool(self._stop)
 
     def _wake_all(self) -> None:
         self.provider.notifier.notify("orchestrator")
@@ -118,24 +71,34 @@ class Runtime:
         if self._acker is not None:
             self._acker.poke()
 
+    def _env(self, services: anyio.abc.TaskGroup) -> WorkerEnv:
+        """The services the dispatchers run with (the task group: the runtime's own)."""
+        return WorkerEnv(
+            provider=self.provider,
+            registry=self.registry,
+            options=self.options,
+            clock=self.clock,
+            notifier=self.provider.notifier,
+            metrics=self.metrics,
+            stats=self.stats,
+            errors=self._errors,
+            leases=self.leases,
+            watchdog=self.watchdog,
+            client=self.client,
+            asyncio_loop=self.asyncio_loop,
+            services=services,
+            stop=self._stop,
+        )
+
     def count_provider_error(self, role: str, exc: ProviderError) -> None:
         """Count a provider error of ``role`` in the stats and the metrics."""
-        self.stats.provider_errors += 1
-        self.metrics.provider_errors.add(1, {"role": role, "retryable": exc.retryable})
+        self._errors.count(role, exc)
 
     async def backoff_after_error(self, role: str, exc: ProviderError, failures: int) -> None:
         """Count, record and log a provider error of a dispatcher's fetch, then sleep before the retry:
         ``0.01 * 2 ** failures`` seconds (``failures``: consecutive ones so far) up to
         ``provider_retry_cap`` for retryable errors, 0.1 s for permanent ones."""
-        self.count_provider_error(role, exc)
-        expected = is_expected_provider_error(exc)
-        self.stats.record_error(role, exc, expected=expected)
-        if expected:
-            log.debug("%s: retrying after %s", role, exc)
-        else:
-            log.warning("%s: provider error (%s): %s", role, "retryable" if exc.retryable else "permanent", exc)
-        delay = min(0.01 * (2 ** min(failures, 10)), self.options.provider_retry_cap) if exc.retryable else 0.1
-        await self.clock.sleep(delay)
+        await self._errors.backoff(role, exc, failures)
 
 
 @asynccontextmanager
@@ -184,12 +147,10 @@ async def open_runtime(
 @asynccontextmanager
 async def _run(runtime: Runtime) -> AsyncIterator[Runtime]:
     options = runtime.options
-    from .activities import Acker, activity_worker
-    from .orchestrations import orchestration_worker
-
-    acker = runtime._acker = Acker(runtime)
     async with anyio.create_task_group() as outer:
         runtime.services = outer
+        env = runtime._env(outer)
+        acker = runtime._acker = Acker(env)
         workers_done = anyio.Event()
         acker_done = anyio.Event()
 
@@ -200,12 +161,12 @@ async def _run(runtime: Runtime) -> AsyncIterator[Runtime]:
                     turn_slots = anyio.Semaphore(options.orchestration_slots)
                     for i in range(options.orchestration_concurrency):
                         workers.start_soon(
-                            orchestration_worker, runtime, i, turn_slots, workers, name=f"orchestration-dispatcher-{i}"
+                            orchestration_worker, env, i, turn_slots, workers, name=f"orchestration-dispatcher-{i}"
                         )
                     slots = anyio.Semaphore(options.activity_slots)
                     for i in range(options.worker_concurrency):
                         workers.start_soon(
-                            activity_worker, runtime, i, slots, workers, acker, name=f"activity-dispatcher-{i}"
+                            activity_worker, env, i, slots, workers, acker, name=f"activity-dispatcher-{i}"
                         )
             finally:
                 workers_done.set()
@@ -228,15 +189,14 @@ async def _run(runtime: Runtime) -> AsyncIterator[Runtime]:
         if listener is not None:
             # Cross-process wake-ups (PostgreSQL LISTEN); a no-op if the provider's own block runs one.
             await outer.start(listener)
-        from .liveness import run_liveness  # the process lease: a dead process's locks move in ~1.5 s
-
+        # The process lease: a dead process's locks move in ~1.5 s.
         await outer.start(run_liveness, runtime.provider)
         outer.start_soon(run_acker, name="activity-acker")
         outer.start_soon(run_workers, name="dispatchers")
         try:
             yield runtime
         finally:
-            runtime._stopping = True
+            runtime._stop.set()
             runtime._wake_all()
             with anyio.CancelScope(shield=True):
                 with anyio.move_on_after(options.shutdown_grace):

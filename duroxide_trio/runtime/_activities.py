@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import functools
-import itertools
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -14,11 +13,14 @@ import anyio.to_thread
 import attrs
 import sniffio
 
+from .._retry import Retry
+from ..activity import ActivityContext
 from ..history import ActivityError, ActivityExecute, ActivityResult, ErrorDetails
 from ..orchestration import limits
 from ..orchestration.replay import describe_exception
 from ..providers.base import ProviderError, WorkItemLease, as_provider_error
 from ..registry import ActivityHandler, Registry, decode_payload, encode_payload
+from ._env import Fetcher, FetchFailed, WorkerEnv
 from .options import RuntimeOptions
 
 try:
@@ -27,114 +29,38 @@ try:
 except ImportError:  # pragma: no cover
     trio = None  # type: ignore[assignment]
 
-if TYPE_CHECKING:
-    from ..client import Client
-    from .runtime import Runtime
-
-__all__ = ["ActivityContext", "CancellationSignal"]
+__all__ = ["Acker", "activity_worker", "activity_outcome", "decide_activity", "run_activity"]
 
 log = logging.getLogger("duroxide_trio.runtime.activities")
-
-
-class CancellationSignal:
-    """Set when the orchestration no longer wants this activity's result (or its lock was lost).
-    ``bool(signal)`` tells whether it is set; ``await signal`` waits for it."""
-
-    def __init__(self) -> None:
-        self._event: anyio.Event | None = None  # created on first wait: most activities never wait
-        self._set = False
-        self.reason = ""
-
-    def __bool__(self) -> bool:
-        return self._set
-
-    def set(self, reason: str) -> None:
-        """Set the signal with ``reason`` (the first reason is kept) and wake its waiters."""
-        if not self._set:
-            self._set = True
-            self.reason = reason
-            if self._event is not None:
-                self._event.set()
-
-    async def wait(self) -> None:
-        """Return once the signal is set (at once if it is)."""
-        if self._set:
-            return
-        if self._event is None:
-            self._event = anyio.Event()
-        await self._event.wait()
-
-    def __await__(self) -> Any:
-        return self.wait().__await__()
-
-
-class ActivityContext:
-    """What an activity gets as its first argument.
-
-    Attributes:
-        instance_id: The orchestration instance that scheduled the activity.
-        execution_id: That instance's execution.
-        activity_name: The registered activity name.
-        activity_id: The ``ActivityScheduled`` event id (with the two above, it names this activity).
-        orchestration_name: The scheduling orchestration.
-        attempt: The ``RetryPolicy`` attempt (1-based; 1 without a retry policy).
-        delivery_count: How often this very work item has been delivered (above 1 after a crash or a
-            lost lock: activities run at least once).
-        session_id: The ``session_id`` given to ``schedule_activity``, or ``None``.
-        tag: The ``tag`` given to ``schedule_activity``, or ``None``.
-        client: A ``Client`` of the runtime (e.g. to raise an event to another instance).
-        cancelled: A ``CancellationSignal``, set when the orchestration no longer wants the result
-            (a ``select`` loser, a cancelled or finished instance) or the lock was lost; ``if
-            ctx.cancelled:`` or ``await ctx.cancelled``. The activity then has
-            ``RuntimeOptions.activity_cancellation_grace`` to stop before it is cancelled.
-        logger: A logger adapter whose records carry the instance, execution, event id, activity and
-            attempt.
-    """
-
-    def __init__(self, runtime: Runtime, item: ActivityExecute, delivery_count: int) -> None:
-        self.instance_id = item.instance
-        self.execution_id = item.execution_id
-        self.activity_name = item.name
-        self.activity_id = item.id
-        self.orchestration_name = item.orchestration_name
-        #: The ``RetryPolicy`` attempt this execution belongs to (1-based; 1 without a retry policy).
-        self.attempt = item.attempt
-        #: How many times this very work item has been delivered (at-least-once: > 1 after a crash or a
-        #: lost lock); the runtime fails it as poison past ``RuntimeOptions.max_attempts``.
-        self.delivery_count = delivery_count
-        self.session_id = item.session_id
-        self.tag = item.tag
-        self.client: Client = runtime.client
-        self.cancelled = CancellationSignal()
-        self.logger = logging.LoggerAdapter(
-            logging.getLogger("duroxide_trio.activity"),
-            {"instance_id": item.instance, "execution_id": item.execution_id, "event_id": item.id,
-             "activity": item.name, "attempt": item.attempt},
-        )
-
-    def __repr__(self) -> str:
-        return (
-            f"<ActivityContext {self.activity_name} of {self.instance_id} attempt {self.attempt} "
-            f"delivery {self.delivery_count}>"
-        )
 
 
 MAX_BATCH = 32
 #: How long an activity completion's ack keeps retrying transient errors (at most half the lock).
 ACK_RETRY_FOR = 10.0
+#: A completion's ack: at least 5 tries, and up to ``ACK_RETRY_FOR`` (set per ack).
+_ACK_RETRY = Retry(attempts=5, base=0.01, factor=2.0, cap=0.5)
+_ROLE = "activity dispatcher"
 
 
 async def activity_worker(
-    runtime: Runtime, index: int, slots: anyio.Semaphore, task_group: anyio.abc.TaskGroup, acker: Acker
+    env: WorkerEnv, index: int, slots: anyio.Semaphore, task_group: anyio.abc.TaskGroup, acker: Acker
 ) -> None:
     """Fetch activities while slots are free (several per round trip when the provider can); each runs
     as its own task in the runtime's task group."""
-    provider = runtime.provider
-    notifier = provider.notifier
-    options = runtime.options
+    provider = env.provider
+    notifier = env.notifier
+    options = env.options
     fetch_many = getattr(provider, "fetch_work_items", None)
-    failures = 0
-    while not runtime.stopping:
+    held = 0
+
+    async def fetch() -> list[WorkItemLease]:
+        if fetch_many is not None:
+            return list(await fetch_many(options.worker_lock_timeout, held))
+        one = await provider.fetch_work_item(options.worker_lock_timeout)
+        return [one] if one is not None else []
+
+    fetcher = Fetcher(env, "worker", "fetch_work_items", _ROLE, fetch)
+    while not env.stopping:
         await slots.acquire()
         held = 1
         if fetch_many is not None:
@@ -143,34 +69,23 @@ async def activity_worker(
                 held += 1
         try:
             generation = notifier.generation("worker")
-            try:
-                began = time.perf_counter()
-                if fetch_many is not None:
-                    leases = await fetch_many(options.worker_lock_timeout, held)
-                else:
-                    one = await provider.fetch_work_item(options.worker_lock_timeout)
-                    leases = [one] if one is not None else []
-                runtime.metrics.fetch_duration.record(time.perf_counter() - began, {"queue": "worker"})
-            except Exception as exc:  # noqa: BLE001 - a ProviderError, or a provider's bug: retried
-                exc = as_provider_error("fetch_work_items", exc)
-                failures += 1
-                await runtime.backoff_after_error("activity dispatcher", exc, failures)
+            leases = await fetcher.fetch()
+            if isinstance(leases, FetchFailed):
                 continue
-            failures = 0
-            runtime.stats.activity_fetches += 1
-            if leases and runtime.stopping:
+            env.stats.activity_fetches += 1
+            if leases and env.stopping:
                 # Fetched as the runtime stops: give them back at once instead of holding the locks.
                 with anyio.CancelScope(shield=True):
                     for lease in leases:
-                        await _give_back(runtime, lease)
+                        await _give_back(env, lease)
                 break
             # Fetched work counts as busy from now on: the acker outlives every fetched item.
-            runtime.stats.busy_activity_workers += len(leases)
+            env.stats.busy_activity_workers += len(leases)
             for lease in leases:
-                task_group.start_soon(_run_in_slot, runtime, lease, slots, acker, name=f"activity {lease.item.name}")
+                task_group.start_soon(_run_in_slot, env, lease, slots, acker, name=f"activity {lease.item.name}")
                 held -= 1
             if not leases:
-                if runtime.stopping:
+                if env.stopping:
                     break
                 for _ in range(held):
                     slots.release()
@@ -181,21 +96,21 @@ async def activity_worker(
                 slots.release()
 
 
-async def _give_back(runtime: Runtime, lease: WorkItemLease) -> None:
+async def _give_back(env: WorkerEnv, lease: WorkItemLease) -> None:
     """Return a fetched item to the queue at once without counting a delivery (bounded, never raises)."""
     with anyio.move_on_after(5):
         try:
-            await runtime.provider.abandon_work_item(lease.lock_token, None, ignore_attempt=True)
+            await env.provider.abandon_work_item(lease.lock_token, None, ignore_attempt=True)
         except Exception as exc:  # noqa: BLE001 - never raises
             log.warning("activity %s of %s: giving it back failed (%s); its lock will expire",
                         lease.item.name, lease.item.instance, exc)
 
 
-async def _run_in_slot(runtime: Runtime, lease: WorkItemLease, slots: anyio.Semaphore, acker: Acker) -> None:
+async def _run_in_slot(env: WorkerEnv, lease: WorkItemLease, slots: anyio.Semaphore, acker: Acker) -> None:
     try:
-        await run_activity(runtime, lease, acker)
+        await run_activity(env, lease, acker)
     finally:
-        runtime.stats.busy_activity_workers -= 1
+        env.stats.busy_activity_workers -= 1
         slots.release()
         acker.poke()
 
@@ -204,8 +119,8 @@ class Acker:
     """Group commit for activity completions: everything finished while the previous ack was in flight is
     acked in the next single round trip (when the provider has ``ack_work_items``)."""
 
-    def __init__(self, runtime: Runtime) -> None:
-        self._runtime = runtime
+    def __init__(self, env: WorkerEnv) -> None:
+        self._env = env
         self._pending: list[list[Any]] = []
         self._wake = anyio.Event()
         self._window: anyio.Event | None = None  # shared by every entry of the next batch
@@ -232,13 +147,13 @@ class Acker:
     async def run(self) -> None:
         """Ack queued completions in batches (retrying retryable errors up to 5 times); returns when the
         runtime stops and no activity is in flight."""
-        runtime = self._runtime
+        env = self._env
         while True:
             if not self._pending:
-                if runtime.stopping and runtime.stats.busy_activity_workers == 0:
+                if env.stopping and env.stats.busy_activity_workers == 0:
                     return
                 self._wake = anyio.Event()
-                with runtime.clock.move_on_after(0.5):
+                with env.clock.move_on_after(0.5):
                     await self._wake.wait()
                 continue
             batch, self._pending = self._pending, []
@@ -251,12 +166,11 @@ class Acker:
                 window.set()
 
     async def _ack_batch(self, entries: list[tuple[str, Any]]) -> list[ProviderError | None]:
-        provider = self._runtime.provider
+        env = self._env
+        provider = env.provider
         many = getattr(provider, "ack_work_items", None)
-        # Keep retrying transient errors through a database restart (not only 5 quick attempts): a
-        # completion given up on waits for its lock to expire (30 s by default) and runs again.
-        deadline = anyio.current_time() + min(ACK_RETRY_FOR, self._runtime.options.worker_lock_timeout / 2)
-        for attempt in itertools.count():
+
+        async def commit() -> list[ProviderError | None]:
             try:
                 if many is not None:
                     return list(await many(entries))
@@ -270,13 +184,24 @@ class Acker:
                             raise
                         results.append(exc)
                 return results
-            except Exception as exc:  # noqa: BLE001 - a ProviderError, or a provider's bug: retried
-                exc = as_provider_error("ack_work_items", exc)
-                self._runtime.stats.record_error("activity dispatcher", exc, expected=exc.retryable)
-                if not exc.retryable or (attempt >= 4 and anyio.current_time() >= deadline):
-                    return [exc] * len(entries)
-                await anyio.sleep(min(0.01 * (2 ** min(attempt, 10)), 0.5))
-        raise AssertionError("unreachable")
+            except ProviderError:
+                raise
+            except Exception as caught:  # noqa: BLE001 - a provider's bug: retried as a transient error
+                raise as_provider_error("ack_work_items", caught) from caught
+
+        def on_retry(exc: Exception, retry: int, delay: float) -> None:
+            env.errors.record(_ROLE, exc, expected=True)
+
+        # Keep retrying transient errors through a database restart (not only 5 quick attempts): a
+        # completion given up on waits for its lock to expire (30 s by default) and runs again.
+        policy = _ACK_RETRY.with_deadline(min(ACK_RETRY_FOR, env.options.worker_lock_timeout / 2))
+        try:
+            return await policy.call(
+                commit, retry_if=lambda exc: isinstance(exc, ProviderError) and exc.retryable, on_retry=on_retry
+            )
+        except ProviderError as exc:
+            env.errors.record(_ROLE, exc, expected=exc.retryable)
+            return [exc] * len(entries)
 
 
 def _failure(kind: str, message: str, category: str = "application") -> ErrorDetails:
@@ -352,30 +277,30 @@ def activity_outcome(item: ActivityExecute, value: Any = None, exc: BaseExceptio
     return ActivityError(item.instance, item.execution_id, item.id, details)
 
 
-async def run_activity(runtime: Runtime, lease: WorkItemLease, acker: Acker) -> None:
+async def run_activity(env: WorkerEnv, lease: WorkItemLease, acker: Acker) -> None:
     """Run one fetched activity: give it back if unregistered here, fail it if poison or its input does
     not convert, else run the code with lock renewal and ack its completion (nothing is acked if the lock
     was lost). Shutdown cancellation gives the item back and propagates."""
     item = lease.item
-    options = runtime.options
-    provider = runtime.provider
+    options = env.options
+    provider = env.provider
     key = (item.instance, item.execution_id, item.id)
 
-    plan = decide_activity(lease, runtime.registry, options, runtime.watchdog.blocked_note(key))
+    plan = decide_activity(lease, env.registry, options, env.watchdog.blocked_note(key))
     if isinstance(plan, _GiveBack):
         log.warning("%s", plan.note)
-        runtime.stats.record_error("activity dispatcher", plan.note, expected=False)
+        env.errors.record(_ROLE, plan.note, expected=False)
         with anyio.CancelScope(shield=True), anyio.move_on_after(5):
             try:
                 await provider.abandon_work_item(lease.lock_token, plan.delay)
             except Exception as exc:  # noqa: BLE001 - the lock expires instead
                 log.warning("abandon failed: %s", exc)
         return
-    metrics = runtime.metrics
+    metrics = env.metrics
     if isinstance(plan, _Complete):
         if plan.note:
             log.error("%s", plan.note)
-        runtime.stats.activities_failed += 1
+        env.stats.activities_failed += 1
         poison = plan.completion.details.category == "poison"
         metrics.activities.add(1, {"outcome": "poison" if poison else "failed"})
         if poison:
@@ -383,7 +308,7 @@ async def run_activity(runtime: Runtime, lease: WorkItemLease, acker: Acker) -> 
         await _ack(acker, lease, plan.completion)
         return
 
-    ctx = ActivityContext(runtime, item, lease.attempt_count)
+    ctx = ActivityContext(item, lease.attempt_count, env.client)
     completion: Any = None
     lost = False
     work_scope = anyio.CancelScope()
@@ -393,12 +318,12 @@ async def run_activity(runtime: Runtime, lease: WorkItemLease, acker: Acker) -> 
         lost = True
         metrics.locks_lost.add(1, {"kind": "activity"})
         ctx.cancelled.set("the orchestration no longer needs this result, or the lock was lost")
-        note = runtime.watchdog.blocked_note(key)
+        note = env.watchdog.blocked_note(key)
         log.log(logging.WARNING if note else logging.INFO, "activity %s of %s cancelled: %s%s",
                 item.name, item.instance, exc, f" ({note})" if note else "")
         work_scope.deadline = anyio.current_time() + options.activity_cancellation_grace
 
-    held = runtime.leases.hold(
+    held = env.leases.hold(
         lambda: provider.renew_work_item_lock(lease.lock_token, options.worker_lock_timeout),
         options.renewal_interval(options.worker_lock_timeout, options.worker_lock_renewal_buffer),
         on_lost,
@@ -406,37 +331,37 @@ async def run_activity(runtime: Runtime, lease: WorkItemLease, acker: Acker) -> 
     began = time.perf_counter()
     try:
         with work_scope:
-            completion = await _invoke(runtime, plan.handler, ctx, item, plan.args)
+            completion = await _invoke(env, plan.handler, ctx, item, plan.args)
     except anyio.get_cancelled_exc_class():
         # Shutdown after the grace period: give the item back at once, without counting an attempt.
         with anyio.CancelScope(shield=True):
-            await _give_back(runtime, lease)
+            await _give_back(env, lease)
         metrics.activities.add(1, {"outcome": "abandoned"})
         raise
     finally:
-        runtime.leases.release(held)
+        env.leases.release(held)
     if lost or completion is None:
         metrics.activities.add(1, {"outcome": "lost"})
         return  # cancelled by lock stealing: nobody wants the result
     outcome = "failed" if isinstance(completion, ActivityError) else "completed"
     if outcome == "failed":
-        runtime.stats.activities_failed += 1
+        env.stats.activities_failed += 1
     else:
-        runtime.stats.activities_completed += 1
+        env.stats.activities_completed += 1
     metrics.activities.add(1, {"outcome": outcome})
     metrics.activity_duration.record(time.perf_counter() - began, {"outcome": outcome})
     await _ack(acker, lease, completion)
 
 
 async def _invoke(
-    runtime: Runtime, handler: ActivityHandler, ctx: ActivityContext, item: ActivityExecute, args: tuple[Any, ...]
+    env: WorkerEnv, handler: ActivityHandler, ctx: ActivityContext, item: ActivityExecute, args: tuple[Any, ...]
 ) -> Any:
     """Run the user's code; whatever it raises (even ``KeyboardInterrupt`` or ``SystemExit``) becomes the
     activity's failure. Under trio it runs KeyboardInterrupt-protected, so a real Ctrl-C goes to the main
     task, not into activity code. A sync activity runs in a thread that is abandoned on cancellation."""
     try:
         if handler.loop == "asyncio" and sniffio.current_async_library() == "trio":
-            value = await runtime.asyncio_loop.run(runtime.services, handler.fn(ctx, *args))
+            value = await env.asyncio_loop.run(env.services, handler.fn(ctx, *args))
         elif handler.is_async:
             value = await handler.fn(ctx, *args)
         else:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import time
-from typing import TYPE_CHECKING
 
 import anyio
 import anyio.abc
@@ -18,24 +16,36 @@ try:
 except ImportError:  # pragma: no cover - trio is a dependency; asyncio-only installs still work
     trio = None  # type: ignore[assignment]
 
+from .._retry import Retry
 from ..history import ErrorDetails, Status
 from ..orchestration.decide import Abandon, Decision, TurnPolicy, decide_turn, refused_commit
 from ..orchestration.replay import TurnResult
 from ..providers.base import (
     ExecutionMetadata,
     OrchestrationItem,
+    ProviderError,
     ScheduledActivity,
     as_provider_error,
     now_ms,
 )
-
-if TYPE_CHECKING:
-    from .runtime import Runtime
+from ._env import Fetcher, FetchFailed, WorkerEnv
 
 log = logging.getLogger("duroxide_trio.runtime.orchestrations")
 _user_log = logging.getLogger("duroxide_trio.orchestration")
 
 ACK_RETRIES = 5
+#: A turn's commit: transient errors are retried through a database restart, at least ``ACK_RETRIES``
+#: times and up to half the lock (at most ``ACK_RETRY_FOR`` seconds, set per commit).
+ACK_RETRY_FOR = 10.0
+_ACK_RETRY = Retry(attempts=ACK_RETRIES, base=0.01, factor=2.0, cap=0.5)
+_ROLE = "orchestration dispatcher"
+#: The ``outcome`` attribute of the turn metrics, by the execution's status after the turn.
+_OUTCOMES: dict[str, str] = {
+    Status.RUNNING: "running",
+    Status.COMPLETED: "completed",
+    Status.FAILED: "failed",
+    Status.CONTINUED_AS_NEW: "continued_as_new",
+}
 
 
 def error_to_output(details: ErrorDetails) -> str:
@@ -44,81 +54,76 @@ def error_to_output(details: ErrorDetails) -> str:
 
 
 async def orchestration_worker(
-    runtime: Runtime, index: int, slots: anyio.Semaphore, task_group: anyio.abc.TaskGroup
+    env: WorkerEnv, index: int, slots: anyio.Semaphore, task_group: anyio.abc.TaskGroup
 ) -> None:
     """Fetch locked batches while a turn slot is free; each turn runs as its own task, so a turn's commit
     overlaps the next fetch (the engine itself is synchronous and fast)."""
-    provider = runtime.provider
-    notifier = provider.notifier
-    options = runtime.options
-    failures = 0
-    while not runtime.stopping:
+    notifier = env.notifier
+    options = env.options
+    fetcher = Fetcher(
+        env, "orchestrator", "fetch_orchestration_item", _ROLE,
+        lambda: env.provider.fetch_orchestration_item(options.orchestrator_lock_timeout),
+    )
+    while not env.stopping:
         await slots.acquire()
         started = False
         try:
             generation = notifier.generation("orchestrator")
-            try:
-                began = time.perf_counter()
-                item = await provider.fetch_orchestration_item(options.orchestrator_lock_timeout)
-                runtime.metrics.fetch_duration.record(time.perf_counter() - began, {"queue": "orchestrator"})
-            except Exception as exc:  # noqa: BLE001 - a ProviderError, or a provider's bug: retried
-                exc = as_provider_error("fetch_orchestration_item", exc)
-                failures += 1
-                await runtime.backoff_after_error("orchestration dispatcher", exc, failures)
+            item = await fetcher.fetch()
+            if isinstance(item, FetchFailed):
                 continue
-            failures = 0
-            runtime.stats.orchestration_fetches += 1
+            env.stats.orchestration_fetches += 1
             if item is None:
-                if runtime.stopping:
+                if env.stopping:
                     break
                 slots.release()
                 started = True  # released already
                 await notifier.wait("orchestrator", generation, options.poll_interval)
                 continue
-            task_group.start_soon(_turn_in_slot, runtime, item, slots, name=f"turn {item.instance_id}")
+            task_group.start_soon(_turn_in_slot, env, item, slots, name=f"turn {item.instance_id}")
             started = True
         finally:
             if not started:
                 slots.release()
 
 
-async def _turn_in_slot(runtime: Runtime, item: OrchestrationItem, slots: anyio.Semaphore) -> None:
-    runtime.stats.busy_orchestration_workers += 1
+async def _turn_in_slot(env: WorkerEnv, item: OrchestrationItem, slots: anyio.Semaphore) -> None:
+    env.stats.busy_orchestration_workers += 1
     try:
-        await _process_with_renewal(runtime, item)
+        await _process_with_renewal(env, item)
     finally:
-        runtime.stats.busy_orchestration_workers -= 1
+        env.stats.busy_orchestration_workers -= 1
         slots.release()
 
 
-async def _process_with_renewal(runtime: Runtime, item: OrchestrationItem) -> None:
-    options = runtime.options
+async def _process_with_renewal(env: WorkerEnv, item: OrchestrationItem) -> None:
+    options = env.options
 
     def on_lost(exc: BaseException) -> None:
-        runtime.metrics.locks_lost.add(1, {"kind": "orchestration"})
+        env.metrics.locks_lost.add(1, {"kind": "orchestration"})
         log.warning("instance %s: lock renewal failed: %s", item.instance_id, exc)
 
-    held = runtime.leases.hold(
-        lambda: runtime.provider.renew_orchestration_item_lock(item.lock_token, options.orchestrator_lock_timeout),
+    held = env.leases.hold(
+        lambda: env.provider.renew_orchestration_item_lock(item.lock_token, options.orchestrator_lock_timeout),
         options.renewal_interval(options.orchestrator_lock_timeout, options.orchestrator_lock_renewal_buffer),
         on_lost,
     )
     try:
-        await process_item(runtime, item)
+        await process_item(env, item)
     finally:
-        runtime.leases.release(held)
+        env.leases.release(held)
 
 
-def _decide(runtime: Runtime, item: OrchestrationItem) -> Decision:
+def _decide(env: WorkerEnv, item: OrchestrationItem) -> Decision:
     """The pure decision, run with trio's KeyboardInterrupt protection: a real Ctrl-C is delivered at the
     next checkpoint, so a KeyboardInterrupt seen inside is raised by the orchestration's own code."""
-    options = runtime.options
+    options = env.options
     return decide_turn(
         item,
-        handlers=runtime.registry,
-        codec=runtime.registry,
+        handlers=env.registry,
+        codec=env.registry,
         policy=TurnPolicy(options.max_attempts, options.unregistered_delay),
-        now_ms=runtime.clock.now_ms(),
+        now_ms=env.clock.now_ms(),
         logger=_user_log,
     )
 
@@ -127,26 +132,26 @@ if trio is not None:
     _decide = trio.lowlevel.enable_ki_protection(_decide)
 
 
-async def process_item(runtime: Runtime, item: OrchestrationItem) -> None:
+async def process_item(env: WorkerEnv, item: OrchestrationItem) -> None:
     """Decide what the batch means, then commit or abandon it (the only I/O)."""
     began = time.perf_counter()
-    decision = _decide(runtime, item)
+    decision = _decide(env, item)
     if decision.note:
         log.log(decision.level, "%s", decision.note,
                 extra={"instance_id": item.instance_id, "execution_id": item.execution_id})
         if decision.level >= logging.WARNING:
-            runtime.stats.record_error("orchestration dispatcher", decision.note, expected=False)
-    metrics = runtime.metrics
+            env.errors.record(_ROLE, decision.note, expected=False)
+    metrics = env.metrics
     if isinstance(decision, Abandon):
-        await _abandon(runtime, item, decision.delay)
+        await _abandon(env, item, decision.delay)
         metrics.turns.add(1, {"outcome": "abandoned"})
         return
     result = decision.result
     if decision.ran_code:
-        runtime.stats.orchestration_turns += 1
-    await _ack(runtime, item, result)
+        env.stats.orchestration_turns += 1
+    await _ack(env, item, result)
     if metrics.enabled:
-        outcome = (result.status or "running").lower().replace("continuedasnew", "continued_as_new")
+        outcome = _OUTCOMES.get(result.status or Status.RUNNING, "running")
         metrics.turns.add(1, {"outcome": outcome})
         metrics.turn_duration.record(time.perf_counter() - began, {"outcome": outcome})
         if result.error is not None and result.error.category == "poison":
@@ -156,14 +161,14 @@ async def process_item(runtime: Runtime, item: OrchestrationItem) -> None:
             metrics.retries.add(retries)
 
 
-async def _abandon(runtime: Runtime, item: OrchestrationItem, delay: float) -> None:
+async def _abandon(env: WorkerEnv, item: OrchestrationItem, delay: float) -> None:
     try:
-        await runtime.provider.abandon_orchestration_item(item.lock_token, delay)
+        await env.provider.abandon_orchestration_item(item.lock_token, delay)
     except Exception as exc:  # noqa: BLE001 - a ProviderError or a provider's bug: the lock expires instead
         log.warning("instance %s: abandon failed (%s); the lock will expire", item.instance_id, exc)
 
 
-async def _ack(runtime: Runtime, item: OrchestrationItem, result: TurnResult) -> None:
+async def _ack(env: WorkerEnv, item: OrchestrationItem, result: TurnResult) -> None:
     output = result.output
     if result.status == Status.FAILED and result.error is not None:
         output = error_to_output(result.error)
@@ -177,21 +182,19 @@ async def _ack(runtime: Runtime, item: OrchestrationItem, result: TurnResult) ->
     cancelled = [ScheduledActivity(i, e, a) for (i, e, a) in result.cancelled_activities]
     # A commit is never skipped by a cancellation (shutdown): a terminal state must be written.
     with anyio.CancelScope(shield=True):
-        await _ack_retrying(runtime, item, result, metadata, cancelled)
+        await _ack_retrying(env, item, result, metadata, cancelled)
 
 
 async def _ack_retrying(
-    runtime: Runtime,
+    env: WorkerEnv,
     item: OrchestrationItem,
     result: TurnResult,
     metadata: ExecutionMetadata,
     cancelled: list[ScheduledActivity],
 ) -> None:
-    # Transient errors are retried through a database restart, up to half the lock (at most 10 s).
-    deadline = anyio.current_time() + min(10.0, runtime.options.orchestrator_lock_timeout / 2)
-    for attempt in itertools.count():
+    async def commit() -> None:
         try:
-            await runtime.provider.ack_orchestration_item(
+            await env.provider.ack_orchestration_item(
                 item.lock_token,
                 result.execution_id,
                 result.history_delta,
@@ -200,28 +203,39 @@ async def _ack_retrying(
                 metadata,
                 cancelled,
             )
+        except ProviderError:
+            raise
+        except Exception as caught:  # noqa: BLE001 - a provider's bug: retried as a transient error
+            raise as_provider_error("ack_orchestration_item", caught) from caught
+
+    def refused(exc: ProviderError) -> bool:
+        # The store cannot hold this turn (a value too large for it): replaying it would fail the same way
+        # until poison (unless this already is the refusal's own turn).
+        return exc.kind == "invalid" and (result.error is None or result.error.kind != "StorageRejected")
+
+    def on_retry(exc: Exception, retry: int, delay: float) -> None:
+        assert isinstance(exc, ProviderError)
+        env.errors.count(_ROLE, exc)
+        env.errors.record(_ROLE, exc, expected=True)
+
+    policy = _ACK_RETRY.with_deadline(min(ACK_RETRY_FOR, env.options.orchestrator_lock_timeout / 2))
+    try:
+        await policy.call(
+            commit,
+            retry_if=lambda exc: isinstance(exc, ProviderError) and exc.retryable and not refused(exc),
+            on_retry=on_retry,
+        )
+    except ProviderError as exc:
+        env.errors.count(_ROLE, exc)
+        if refused(exc):
+            log.error("instance %s: the storage refused the turn (%s); failing the instance",
+                      item.instance_id, exc.message)
+            await _ack(env, item, refused_commit(item, exc.message, now_ms=now_ms()))
             return
-        except Exception as caught:  # noqa: BLE001 - a ProviderError, or a provider's bug: retried
-            exc = as_provider_error("ack_orchestration_item", caught)
-            if exc.kind == "invalid" and (result.error is None or result.error.kind != "StorageRejected"):
-                # The store cannot hold this turn (a value too large for it): replaying it would fail the
-                # same way until poison. Fail the instance now, saying why.
-                runtime.count_provider_error("orchestration dispatcher", exc)
-                log.error("instance %s: the storage refused the turn (%s); failing the instance",
-                          item.instance_id, exc.message)
-                refused = refused_commit(item, exc.message, now_ms=now_ms())
-                await _ack(runtime, item, refused)
-                return
-            if not exc.retryable or (attempt >= ACK_RETRIES - 1 and anyio.current_time() >= deadline):
-                runtime.count_provider_error("orchestration dispatcher", exc)
-                runtime.stats.record_error("orchestration dispatcher", exc, expected=False)
-                log.warning(
-                    "instance %s: turn not committed (%s); the lock will expire and the turn will be replayed",
-                    item.instance_id, exc,
-                )
-                if exc.retryable:
-                    await _abandon(runtime, item, 0.1)
-                return
-            runtime.count_provider_error("orchestration dispatcher", exc)
-            runtime.stats.record_error("orchestration dispatcher", exc, expected=True)
-            await anyio.sleep(min(0.01 * (2 ** min(attempt, 10)), 0.5))
+        env.errors.record(_ROLE, exc, expected=False)
+        log.warning(
+            "instance %s: turn not committed (%s); the lock will expire and the turn will be replayed",
+            item.instance_id, exc,
+        )
+        if exc.retryable:
+            await _abandon(env, item, 0.1)

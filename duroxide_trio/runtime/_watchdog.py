@@ -18,13 +18,10 @@ import threading
 import time
 from collections import OrderedDict
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 import anyio.to_thread
-
-if TYPE_CHECKING:
-    from .runtime import Runtime
 
 __all__ = ["Watchdog"]
 
@@ -37,8 +34,8 @@ _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 class Watchdog:
     """Owned by the runtime; ``run`` lives in the runtime's task group until ``stop``."""
 
-    def __init__(self, runtime: Runtime, threshold: float) -> None:
-        self._runtime = runtime
+    def __init__(self, worker_lock_timeout: float, threshold: float) -> None:
+        self._worker_lock_timeout = worker_lock_timeout
         self.threshold = threshold
         self.tick = min(0.1, threshold / 4)
         self._beat = time.monotonic()
@@ -55,7 +52,7 @@ class Watchdog:
             return ""
         return (
             f"its code blocked the event loop for {seconds:.1f}s (worker_lock_timeout is "
-            f"{self._runtime.options.worker_lock_timeout:g}s), so its lock could not be renewed: do not call "
+            f"{self._worker_lock_timeout:g}s), so its lock could not be renewed: do not call "
             "blocking code in an async def activity — use a plain def activity (it runs in a thread) or "
             "anyio.to_thread.run_sync"
         )

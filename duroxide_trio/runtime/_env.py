@@ -1,0 +1,110 @@
+"""The services the dispatchers run with, handed to them by ``open_runtime`` (the workers never see the
+``Runtime``)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+import anyio.abc
+import attrs
+
+from ..clock import Clock
+from ..providers.base import Notifier, Provider, as_provider_error
+from ..registry import Registry
+from ._asyncio_loop import AsyncioLoopThread
+from ._leases import LeaseRenewer
+from ._metrics import RuntimeMetrics
+from ._stats import ProviderErrors, RuntimeStats
+from ._watchdog import Watchdog
+from .options import RuntimeOptions
+
+if TYPE_CHECKING:
+    from ..client import Client
+
+__all__ = ["FETCH_FAILED", "FetchFailed", "Fetcher", "StopSignal", "WorkerEnv"]
+
+T = TypeVar("T")
+
+
+class StopSignal:
+    """Set once when the ``open_runtime`` block is being left: dispatchers fetch no more work."""
+
+    __slots__ = ("_set",)
+
+    def __init__(self) -> None:
+        self._set = False
+
+    def __bool__(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        """Tell the dispatchers to stop fetching."""
+        self._set = True
+
+
+@attrs.frozen(slots=True)
+class WorkerEnv:
+    """What a dispatcher needs: the store, the handlers, the options, time, wake-ups, metrics and
+    counters, the lease renewer, the watchdog's notes, a client for activities, the asyncio loop thread
+    and the task group of the runtime's services, the stop signal, and error reporting."""
+
+    provider: Provider
+    registry: Registry
+    options: RuntimeOptions
+    clock: Clock
+    notifier: Notifier
+    metrics: RuntimeMetrics
+    stats: RuntimeStats
+    errors: ProviderErrors
+    leases: LeaseRenewer
+    watchdog: Watchdog
+    client: Client
+    asyncio_loop: AsyncioLoopThread
+    services: anyio.abc.TaskGroup
+    stop: StopSignal
+
+    @property
+    def stopping(self) -> bool:
+        """True once the runtime is stopping."""
+        return bool(self.stop)
+
+
+class FetchFailed:
+    """What :meth:`Fetcher.fetch` returns when the fetch failed (and was waited out)."""
+
+    __slots__ = ()
+
+
+FETCH_FAILED = FetchFailed()
+
+
+class Fetcher(Generic[T]):
+    """One dispatcher's fetch: timed into the ``fetch.duration`` metric of its queue; a failure is
+    reported and backed off (longer with each consecutive failure) before the dispatcher tries again."""
+
+    __slots__ = ("_env", "_fetch", "_operation", "_queue", "_role", "failures")
+
+    def __init__(
+        self, env: WorkerEnv, queue: str, operation: str, role: str, fetch: Callable[[], Awaitable[T]]
+    ) -> None:
+        self._env = env
+        self._queue = queue
+        self._operation = operation
+        self._role = role
+        self._fetch = fetch
+        self.failures = 0
+
+    async def fetch(self) -> T | FetchFailed:
+        """Fetch once: the provider's answer, or ``FETCH_FAILED`` after the error's backoff."""
+        try:
+            began = time.perf_counter()
+            value = await self._fetch()
+            self._env.metrics.fetch_duration.record(time.perf_counter() - began, {"queue": self._queue})
+        except Exception as exc:  # noqa: BLE001 - a ProviderError, or a provider's bug: retried
+            self.failures += 1
+            await self._env.errors.backoff(self._role, as_provider_error(self._operation, exc), self.failures)
+            return FETCH_FAILED
+        self.failures = 0
+        return value
