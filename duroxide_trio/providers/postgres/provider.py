@@ -59,6 +59,7 @@ from psycopg import pq, sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from ..._masking import redact, url_password_problem, url_secrets
+from ..._retry import Retry
 from ...history import (
     ActivityExecute,
     ContinueAsNew,
@@ -175,6 +176,9 @@ def _check_int64(op: str, what: str, value: int) -> None:
 
 _IDLE = pq.TransactionStatus.IDLE
 _INTERNAL_RETRIES = 3
+#: Waits between the internal retries of one statement, and between LISTEN reconnects.
+_STATEMENT_RETRY = Retry(base=0.002, factor=2.0, cap=0.016)
+_LISTEN_RETRY = Retry(base=0.1, factor=2.0, cap=5.0)
 
 
 def _ms(seconds: float | None) -> int:
@@ -783,7 +787,7 @@ class PostgresProvider:
                         limit = 0
                     if attempt < limit:
                         logger.debug("%s: retrying after %s", op, error)
-                        await anyio.sleep(0.002 * attempt)
+                        await _STATEMENT_RETRY.sleep(attempt - 1)
                         continue
                 raise error from None
 
@@ -816,7 +820,7 @@ class PostgresProvider:
             task_status.started()
             return
         started = False
-        delay = 0.1
+        retries = 0  # consecutive failed connections: the wait doubles from 0.1 s up to 5 s
         listen = sql.SQL("LISTEN {}").format(sql.Identifier(self._channel))
         with anyio.CancelScope() as scope:
             self._listener_scopes.add(scope)
@@ -836,7 +840,7 @@ class PostgresProvider:
                         else:
                             started = True
                             task_status.started()
-                        delay = 0.1
+                        retries = 0
                         async with contextlib.aclosing(conn.notifies()) as notifications:
                             async for notification in notifications:
                                 self._on_notify(notification)
@@ -847,7 +851,7 @@ class PostgresProvider:
                             mask_url(self._url),
                             self._schema,
                             message,
-                            delay,
+                            _LISTEN_RETRY.delay(retries),
                         )
                     finally:
                         self._listener_pid = None
@@ -858,8 +862,8 @@ class PostgresProvider:
                     if not started:
                         started = True
                         task_status.started()
-                    await anyio.sleep(delay)
-                    delay = min(delay * 2, 5.0)
+                    await _LISTEN_RETRY.sleep(retries)
+                    retries += 1
             finally:
                 self._listener_scopes.discard(scope)
 
