@@ -20,7 +20,7 @@ PACKAGES = (
     "duroxide_trio.orchestration",
     "duroxide_trio.runtime",
 )
-MODULES = ("duroxide_trio.registry", "duroxide_trio.client", "duroxide_trio.history")
+MODULES = ("duroxide_trio.registry", "duroxide_trio.client", "duroxide_trio.history", "duroxide_trio.activity")
 PROTOCOL_METHODS = {
     name
     for proto in (Provider, ProviderAdmin, ProviderFactory)

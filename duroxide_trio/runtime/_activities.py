@@ -48,7 +48,6 @@ async def activity_worker(
     """Fetch activities while slots are free (several per round trip when the provider can); each runs
     as its own task in the runtime's task group."""
     provider = env.provider
-    notifier = env.notifier
     options = env.options
     fetch_many = getattr(provider, "fetch_work_items", None)
     held = 0
@@ -68,11 +67,9 @@ async def activity_worker(
                 slots.acquire_nowait()
                 held += 1
         try:
-            generation = notifier.generation("worker")
             leases = await fetcher.fetch()
             if isinstance(leases, FetchFailed):
                 continue
-            env.stats.activity_fetches += 1
             if leases and env.stopping:
                 # Fetched as the runtime stops: give them back at once instead of holding the locks.
                 with anyio.CancelScope(shield=True):
@@ -90,7 +87,7 @@ async def activity_worker(
                 for _ in range(held):
                     slots.release()
                 held = 0
-                await notifier.wait("worker", generation, options.poll_interval)
+                await fetcher.wait_for_work()
         finally:
             for _ in range(held):
                 slots.release()

@@ -81,10 +81,12 @@ FETCH_FAILED = FetchFailed()
 
 
 class Fetcher(Generic[T]):
-    """One dispatcher's fetch: timed into the ``fetch.duration`` metric of its queue; a failure is
-    reported and backed off (longer with each consecutive failure) before the dispatcher tries again."""
+    """One dispatcher's fetch from its queue (``"orchestrator"`` or ``"worker"``): the wake-up generation
+    is taken first (so no notification is missed), the fetch is timed into the ``fetch.duration`` metric
+    and counted in the stats, and a failure is reported and backed off (longer with each consecutive
+    failure) before the dispatcher tries again."""
 
-    __slots__ = ("_env", "_fetch", "_operation", "_queue", "_role", "failures")
+    __slots__ = ("_env", "_fetch", "_generation", "_operation", "_queue", "_role", "failures")
 
     def __init__(
         self, env: WorkerEnv, queue: str, operation: str, role: str, fetch: Callable[[], Awaitable[T]]
@@ -94,17 +96,26 @@ class Fetcher(Generic[T]):
         self._operation = operation
         self._role = role
         self._fetch = fetch
+        self._generation = 0
         self.failures = 0
 
     async def fetch(self) -> T | FetchFailed:
         """Fetch once: the provider's answer, or ``FETCH_FAILED`` after the error's backoff."""
+        env = self._env
+        self._generation = env.notifier.generation(self._queue)
         try:
             began = time.perf_counter()
             value = await self._fetch()
-            self._env.metrics.fetch_duration.record(time.perf_counter() - began, {"queue": self._queue})
+            env.metrics.fetch_duration.record(time.perf_counter() - began, {"queue": self._queue})
         except Exception as exc:  # noqa: BLE001 - a ProviderError, or a provider's bug: retried
             self.failures += 1
-            await self._env.errors.backoff(self._role, as_provider_error(self._operation, exc), self.failures)
+            await env.errors.backoff(self._role, as_provider_error(self._operation, exc), self.failures)
             return FETCH_FAILED
         self.failures = 0
+        env.stats.count_fetch(self._queue)
         return value
+
+    async def wait_for_work(self) -> None:
+        """After an empty fetch: wait until the queue is notified (since that fetch) or the poll interval
+        passes."""
+        await self._env.notifier.wait(self._queue, self._generation, self._env.options.poll_interval)

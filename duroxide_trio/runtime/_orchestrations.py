@@ -58,7 +58,6 @@ async def orchestration_worker(
 ) -> None:
     """Fetch locked batches while a turn slot is free; each turn runs as its own task, so a turn's commit
     overlaps the next fetch (the engine itself is synchronous and fast)."""
-    notifier = env.notifier
     options = env.options
     fetcher = Fetcher(
         env, "orchestrator", "fetch_orchestration_item", _ROLE,
@@ -68,17 +67,15 @@ async def orchestration_worker(
         await slots.acquire()
         started = False
         try:
-            generation = notifier.generation("orchestrator")
             item = await fetcher.fetch()
             if isinstance(item, FetchFailed):
                 continue
-            env.stats.orchestration_fetches += 1
             if item is None:
                 if env.stopping:
                     break
                 slots.release()
                 started = True  # released already
-                await notifier.wait("orchestrator", generation, options.poll_interval)
+                await fetcher.wait_for_work()
                 continue
             task_group.start_soon(_turn_in_slot, env, item, slots, name=f"turn {item.instance_id}")
             started = True

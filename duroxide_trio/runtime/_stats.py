@@ -46,6 +46,13 @@ class RuntimeStats:
     recent_errors: collections.deque[RecentError] = attrs.field(factory=lambda: collections.deque(maxlen=200))
     error_listeners: list[Any] = attrs.field(factory=list)
 
+    def count_fetch(self, queue: str) -> None:
+        """Count one fetch from ``queue`` (``"orchestrator"`` or ``"worker"``)."""
+        if queue == "orchestrator":
+            self.orchestration_fetches += 1
+        else:
+            self.activity_fetches += 1
+
     def record_error(self, role: str, exc: BaseException | str, *, expected: bool) -> None:
         """Remember an error in ``recent_errors`` (the last 200) and tell every ``error_listeners``
         callback (``listener(RecentError, exc)``; one that raises is logged and ignored).

@@ -285,7 +285,7 @@ async def run_chaos(
     the timeline. With ``fail_fast`` the first failed or wrong instance, or a worker that exits on its
     own, stops the run and raises :class:`StressAborted` (its ``chaos`` attribute holds the partial
     :class:`ChaosResult`). ``liveness``: the workers hold process liveness leases (fast recovery, see
-    ``runtime/liveness.py``); ``lease_stale_after``: a worker without heartbeat for this long (a stall)
+    ``runtime/_liveness.py``); ``lease_stale_after``: a worker without heartbeat for this long (a stall)
     is reclaimed."""
     if processes < 1:
         raise ValueError("processes must be at least 1")
