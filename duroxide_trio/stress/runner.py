@@ -448,7 +448,10 @@ async def run_suite(
     on_progress: ProgressCallback | None = None,
     fail_fast: bool = False,
 ) -> list[StressResult]:
-    """Run each config in turn, each on a fresh provider; returns the results in order."""
+    """Run each config in turn, each on a fresh provider; returns the results in order. Every config's
+    scenario is looked up first, so an unknown name is a ``ValueError`` before anything runs."""
+    for config in configs:
+        get_scenario(config.scenario)
     results = []
     for config in configs:
         results.append(await run(factory, config, on_progress=on_progress, fail_fast=fail_fast))
