@@ -12,7 +12,7 @@ import pytest
 
 import duroxide_trio as dt
 from duroxide_trio import stress
-from duroxide_trio.stress import report
+from duroxide_trio.stress import _report as report
 
 SMOKE = dict(duration=1.0, max_concurrent=4, tasks_per_instance=3, activity_delay_ms=5, wait_timeout=30.0)
 

@@ -14,7 +14,7 @@ from typing import Any
 import typer
 from rich.console import Console
 
-from .common import mask_url
+from ._provider import mask_url
 
 __all__ = ["makes_own_cluster", "run_chaos_command"]
 
@@ -94,7 +94,7 @@ def run_chaos_command(
 ) -> None:
     """Run the multi-process (chaos) stress mode with the options ``cli/stress.py`` parsed; exits 1 unless every
     verdict is clean."""
-    from ..stress.chaos import ChaosSpecError, parse_chaos
+    from ..stress._chaos import ChaosSpecError, parse_chaos
 
     if processes is None:
         raise typer.BadParameter("--chaos needs --processes N (runtime processes to apply it to)", param_hint="--chaos")
@@ -144,11 +144,11 @@ def _run_all(
 ) -> tuple[list[Any], str | None]:  # fmt: skip
     import anyio
 
-    from ..stress import report
-    from ..stress.chaos_report import ChaosDashboard, chaos_appendix, verdict_lines
-    from ..stress.chaos_runner import ChaosTarget, run_chaos
-    from ..stress.dashboard import PlainProgress, summary_panel
-    from ..stress.runner import StressAborted, describe_error
+    from ..stress import _report as report
+    from ..stress._chaos_report import ChaosDashboard, chaos_appendix, verdict_lines
+    from ..stress._chaos_runner import ChaosTarget, run_chaos
+    from ..stress._dashboard import PlainProgress, summary_panel
+    from ..stress._runner import StressAborted, describe_error
 
     results: list[Any] = []
     aborted: list[str] = []
@@ -206,8 +206,8 @@ def _report(
     results: list[Any], aborted: str | None, *, kind: str, url: str | None, harness_cluster: bool,
     json_path: Path | None, track: bool, cloud: bool, results_dir: Path, out: Console, backend: str,
 ) -> None:  # fmt: skip
-    from ..stress import report
-    from ..stress.chaos_report import append_chaos_tracking, process_table, throughput_chart, verdict_table
+    from ..stress import _report as report
+    from ..stress._chaos_report import append_chaos_tracking, process_table, throughput_chart, verdict_table
 
     stress_results = [cr.result for cr in results]
     if results:

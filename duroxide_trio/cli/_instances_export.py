@@ -13,7 +13,7 @@ import anyio
 import typer
 
 from ._provider import CannotOpen, DbOption, SchemaOption, UrlOption, open_provider
-from .instances import instances_app
+from ._instances import instances_app
 
 
 def _default_path(instance_id: str) -> Path:

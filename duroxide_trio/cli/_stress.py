@@ -16,8 +16,8 @@ import typer
 from rich.console import Console
 
 from . import app
-from .common import database_url as resolve_database_url
-from .common import mask_url
+from ._provider import database_url as resolve_database_url
+from ._provider import mask_url
 
 __all__ = ["stress"]
 
@@ -36,13 +36,13 @@ class BackendChoice(enum.StrEnum):
 
 
 def _scenario_help() -> str:
-    from ..stress.scenarios import SCENARIOS
+    from ..stress._scenarios import SCENARIOS
 
     return "Scenario to run: " + ", ".join(SCENARIOS) + ", or 'all' (one run each)."
 
 
 def _preset_help() -> str:
-    from ..stress.config import PRESETS
+    from ..stress._config import PRESETS
 
     parts = [
         f"{name} ({p['duration']:g}s, {p['max_concurrent']} in flight, {p['tasks_per_instance']} tasks, "
@@ -172,11 +172,11 @@ def stress(
     ),
 ) -> None:
     """Run the stress harness and print the comparison table (exit code 1 unless every run reached 100 %)."""
-    from ..stress.config import PRESETS, SUITE_CONCURRENCY, StressConfig
-    from ..stress.scenarios import SCENARIOS
+    from ..stress._config import PRESETS, SUITE_CONCURRENCY, StressConfig
+    from ..stress._scenarios import SCENARIOS
 
     if report_path is not None:
-        from ..stress import html_report
+        from ..stress import _html_report as html_report
 
         try:
             html_report.require_plotly()
@@ -192,7 +192,7 @@ def stress(
     url: str | None
     if kind == "postgres":
         url = resolve_database_url(explicit_url)
-        from .stress_chaos import makes_own_cluster
+        from ._stress_chaos import makes_own_cluster
 
         if not url and not makes_own_cluster(chaos, chaos_own_database):
             raise typer.BadParameter(
@@ -255,7 +255,7 @@ def stress(
             configs.append(StressConfig(**base, scenario=name))
 
     if processes is not None or chaos:  # the multi-process (chaos) mode: cli/stress_chaos.py
-        from .stress_chaos import run_chaos_command
+        from ._stress_chaos import run_chaos_command
 
         run_chaos_command(
             configs, kind=kind, url=url, processes=processes, chaos=list(chaos or []), own_database=chaos_own_database,
@@ -282,7 +282,7 @@ def stress(
     results, aborted, interrupted = outcome
 
     # -- report -----------------------------------------------------------------------------------------
-    from ..stress import report
+    from ..stress import _report as report
 
     if results:
         out.print()
@@ -298,7 +298,7 @@ def stress(
         )  # fmt: skip
         out.print(f"JSON written to {json_path}")
     if report_path is not None and results:
-        from ..stress import html_report
+        from ..stress import _html_report as html_report
 
         html_report.write_report(
             report_path, results, provider=kind, database_url=url if kind == "postgres" else None,
@@ -372,10 +372,10 @@ def _run_all(
 
     import anyio
 
-    from ..stress import report
-    from ..stress.dashboard import Dashboard, PlainProgress, summary_panel
-    from ..stress.result import format_ms
-    from ..stress.runner import StressAborted, describe_error, run
+    from ..stress import _report as report
+    from ..stress._dashboard import Dashboard, PlainProgress, summary_panel
+    from ..stress._result import format_ms
+    from ..stress._runner import StressAborted, describe_error, run
 
     results: list[Any] = []
     aborted: list[str] = []

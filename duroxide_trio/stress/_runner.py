@@ -29,8 +29,8 @@ from ..providers.base import Provider, ProviderFactory
 from ..registry import Registry
 from ..runtime.options import RuntimeOptions
 from ..runtime.runtime import RecentError, Runtime, open_runtime
-from .config import StressConfig
-from .result import (
+from ._config import StressConfig
+from ._result import (
     FailureRecord,
     StressResult,
     TimelinePoint,
@@ -38,7 +38,7 @@ from .result import (
     latency_stats,
     percentile,
 )
-from .scenarios import Launch, get_scenario
+from ._scenarios import Launch, get_scenario
 
 __all__ = ["ErrorEntry", "StressAborted", "StressMonitor", "run", "run_suite", "runtime_options"]
 
