@@ -18,9 +18,7 @@ from duroxide_trio.history import (
     OrchestrationCompleted,
     OrchestrationStarted,
 )
-from duroxide_trio.stress import StressConfig
-from duroxide_trio.stress import ChaosSpecError, parse_chaos
-from duroxide_trio.stress import ChaosTarget, run_chaos
+from duroxide_trio.stress import ChaosSpecError, ChaosTarget, StressConfig, parse_chaos, run_chaos
 from duroxide_trio.stress._verdict import examine_history
 
 pytestmark = pytest.mark.anyio

@@ -4,8 +4,8 @@ tracked results and JSON output."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import anyio
 import pytest

@@ -56,18 +56,19 @@ SchemaOption = Annotated[str, typer.Option("--schema", help="PostgreSQL schema (
 
 
 def provider_option(help: str, *, short: bool = False, show_default: bool = True) -> Any:
-    """The ``--provider`` option (``-p`` too with ``short``) with this command's help text."""
+    """The ``--provider`` option (``-p`` too with ``short``) with this command's help text, for
+    ``Annotated[ProviderKind, provider_option(...)] = default``."""
     names = ("--provider", "-p") if short else ("--provider",)
     return typer.Option(*names, help=help, case_sensitive=False, show_default=show_default)
 
 
 def url_option(help: str) -> Any:
-    """The ``--database-url`` option with this command's help text."""
+    """The ``--database-url`` option with this command's help text, for ``Annotated[str | None, ...]``."""
     return typer.Option("--database-url", help=help, show_default=False)
 
 
 def backend_option() -> Any:
-    """The ``--backend`` option."""
+    """The ``--backend`` option, for ``Annotated[Backend, backend_option()] = Backend.trio``."""
     return typer.Option("--backend", help="anyio backend to run on.")
 
 

@@ -1,5 +1,5 @@
 """``duroxide-trio stress --processes N [--chaos SPEC ...]``: the multi-process (chaos) mode of the stress
-command. ``cli/stress.py`` parses the options and hands over here."""
+command. ``_stress.py`` parses the options and hands over here."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any
 import typer
 from rich.console import Console
 
-from ._provider import mask_url
+from ._provider import masked
 
 __all__ = ["makes_own_cluster", "run_chaos_command"]
 
@@ -59,7 +59,7 @@ def _database(
         with local_cluster(settings={"fsync": "off", "full_page_writes": "off"}) as cluster:
             if url:
                 err.print(
-                    f"restart-db: not touching {mask_url(url)}; running on a throwaway cluster at {cluster.url} "
+                    f"restart-db: not touching {masked(url)}; running on a throwaway cluster at {cluster.url} "
                     "(pass --chaos-own-database to restart your own server)"
                 )
             else:
@@ -84,7 +84,9 @@ def run_chaos_command(
     stuck_after: float,
     backend: str,
     fail_fast: bool,
-    dashboard: bool | None,
+    use_dashboard: bool,
+    out: Console,
+    err: Console,
     json_path: Path | None,
     track: bool,
     cloud: bool,
@@ -92,7 +94,7 @@ def run_chaos_command(
     pool_max: int | None,
     liveness: bool = True,
 ) -> None:
-    """Run the multi-process (chaos) stress mode with the options ``cli/stress.py`` parsed; exits 1 unless every
+    """Run the multi-process (chaos) stress mode with the options ``_stress.py`` parsed (with its consoles); exits 1 unless every
     verdict is clean."""
     from ..stress._chaos import ChaosSpecError, parse_chaos
 
@@ -115,14 +117,9 @@ def run_chaos_command(
         import logging
 
         logging.getLogger("duroxide_trio.providers.postgres").setLevel(logging.ERROR)
-    use_dashboard = dashboard if dashboard is not None else sys.stdout.isatty()
-    out = Console(highlight=False, force_terminal=True if use_dashboard else None)
-    if not out.is_terminal:
-        out = Console(highlight=False, width=200)
-    err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 200)
     with _database(kind, url, restart_db=restart_db, own_database=own_database, restart_command=restart_command,
                    err=err) as (db_url, restart, harness_cluster):  # fmt: skip
-        shown = mask_url(db_url) if kind == "postgres" and db_url else (url or "temporary file")
+        shown = masked(db_url) if kind == "postgres" and db_url else (url or "temporary file")
         out.print(
             f"[bold]duroxide-trio stress[/]: provider [cyan]{kind}[/] ({shown}), {processes} runtime processes, "
             f"chaos {' '.join(chaos) or 'none'}, backend {backend}, {len(configs)} run{'s' if len(configs) != 1 else ''}"
@@ -193,7 +190,7 @@ def _run_all(
                 out.print(summary_panel(exc.result, kind, shown, aborted=message))
                 return
             except Exception as exc:  # noqa: BLE001 - reported masked
-                message = report.mask_text(describe_error(exc), url)
+                message = masked(describe_error(exc), url)
                 err.print(f"[bold red]error[/] in {label}: {message}")
                 aborted.append(message)
                 return

@@ -11,7 +11,15 @@ import anyio
 import typer
 
 from . import app
-from ._provider import Backend, ProviderKind, backend_option, choose_provider, masked, provider_option, url_option
+from ._provider import (
+    Backend,
+    ProviderKind,
+    backend_option,
+    choose_provider,
+    masked,
+    provider_option,
+    url_option,
+)
 
 
 @app.command()
