@@ -10,22 +10,14 @@ from typing import Annotated, Any
 import anyio
 import typer
 
-from . import app
-from ._provider import (
-    Backend,
-    ProviderKind,
-    backend_option,
-    choose_provider,
-    masked,
-    provider_option,
-    url_option,
-)
+from . import _provider, app
+from ._provider import Backend, ProviderKind
 
 
 @app.command()
 def validate(
-    provider: Annotated[ProviderKind, provider_option("Provider to validate.", short=True)] = ProviderKind.sqlite,
-    database_url_option: Annotated[str | None, url_option("PostgreSQL URL (default: $DATABASE_URL).")] = None,
+    provider: Annotated[ProviderKind, _provider.provider_option("Provider to validate.", short=True)] = ProviderKind.sqlite,
+    database_url_option: Annotated[str | None, _provider.url_option("PostgreSQL URL (default: $DATABASE_URL).")] = None,
     category: Annotated[
         list[str] | None,
         typer.Option("--category", "-c", help="Run only this category (repeatable).", show_default=False),
@@ -36,7 +28,7 @@ def validate(
             "--json", help="Write the results as JSON to this file.", dir_okay=False, show_default=False
         ),
     ] = None,
-    backend: Annotated[Backend, backend_option()] = Backend.trio,
+    backend: Annotated[Backend, _provider.backend_option()] = Backend.trio,
     lock_timeout: Annotated[
         float | None,
         typer.Option(
@@ -66,7 +58,7 @@ def validate(
             f"known: {', '.join(CATEGORIES)}",
             param_hint="--category",
         )
-    choice = choose_provider(provider, database_url_option)
+    choice = _provider.choose_provider(provider, database_url_option)
     factory = choice.factory(lock_timeout=lock_timeout)
     target = provider.value + (f" at {choice.shown}" if choice.url else "")
     run_and_report(factory, target, category=category, json_path=json_path, backend=backend, verbose=verbose)
@@ -100,7 +92,7 @@ def run_and_report(
 
     report = anyio.run(_run, backend=backend.value)
     if isinstance(report, Exception):
-        typer.secho(f"Cannot create a {target.split()[0]} provider: {masked(report)}", fg=typer.colors.RED, err=True)
+        typer.secho(f"Cannot create a {target.split()[0]} provider: {_provider.masked(report)}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=2)
 
     width = max(len(name) for name in report.categories) if report.categories else 0
