@@ -204,8 +204,8 @@ def choose_provider(
 def _sqlite_path(url: str | None) -> str | None:
     if not url:
         return None
-    if url.startswith("sqlite:///"):
-        return url[len("sqlite:///") - 1 :] if url.startswith("sqlite:////") else url[len("sqlite:///") :]
+    if url.startswith("sqlite:///"):  # sqlite:///relative.db, sqlite:////absolute.db
+        return url[len("sqlite:///") :]
     if url.startswith("sqlite://"):
         return url[len("sqlite://") :]
     if url.startswith("sqlite:"):

@@ -249,13 +249,13 @@ def stress_configs(
         )
     base: dict[str, Any] = dict(PRESETS[preset]) if preset else {}
     base.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    matrix = SUITE_CONCURRENCY if suite else [(base.get("orchestration_concurrency"), base.get("worker_concurrency"))]
-    configs = []
-    for name in list(SCENARIOS) if scenario == "all" else [scenario]:
-        for orch, worker in matrix:
-            concurrency = {"orchestration_concurrency": orch, "worker_concurrency": worker}
-            configs.append(StressConfig(**(base | {k: v for k, v in concurrency.items() if v is not None}),
-                                        scenario=name))  # fmt: skip
+    runs: list[dict[str, Any]] = (
+        [base | {"orchestration_concurrency": orch, "worker_concurrency": worker} for orch, worker in SUITE_CONCURRENCY]
+        if suite
+        else [base]
+    )
+    configs = [StressConfig(**fields, scenario=name)
+               for name in (list(SCENARIOS) if scenario == "all" else [scenario]) for fields in runs]  # fmt: skip
     return configs
 
 
