@@ -25,6 +25,7 @@ import anyio.abc
 import anyio.lowlevel
 import attrs
 
+from ..errors import DuroxideError
 from ..providers.base import Provider, ProviderFactory
 from ..registry import Registry
 from ..runtime.options import RuntimeOptions
@@ -73,7 +74,7 @@ class ErrorEntry:
     expected: bool
 
 
-class StressAborted(Exception):
+class StressAborted(DuroxideError):
     """``fail_fast`` stopped the run at the first unexpected error.
 
     ``error`` is that error (an exception or a message), ``traceback`` its formatted traceback,
