@@ -51,7 +51,9 @@ from .base import (
     InstanceStillRunning,
     Notifier,
     OrchestrationItem,
+    ProviderCapabilities,
     ProviderError,
+    ProviderErrorKind,
     PruneOptions,
     PruneResult,
     QueueDepths,
@@ -197,25 +199,25 @@ def _provider_error(op: str, exc: BaseException, path: str = "") -> ProviderErro
         name = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
         text = str(exc)
         lowered = text.lower()
-        if primary in _CONTENTION_CODES or (primary is None and ("locked" in lowered or "busy" in lowered)):
-            return ProviderError.transient(op, f"{where}: {text} ({name})", kind="contention")
+        if primary in _CONTENTION_CODES:  # by result code only, never by the message text
+            return ProviderError.transient(op, f"{where}: {text} ({name})", kind=ProviderErrorKind.CONTENTION)
         if primary == 9 or lowered == "interrupted":
-            return ProviderError.transient(op, f"{where}: statement interrupted ({name})", kind="timeout")
+            return ProviderError.transient(op, f"{where}: statement interrupted ({name})", kind=ProviderErrorKind.TIMEOUT)
         if primary == 7:
-            return ProviderError.transient(op, f"{where}: out of memory ({name})", kind="resources")
+            return ProviderError.transient(op, f"{where}: out of memory ({name})", kind=ProviderErrorKind.RESOURCES)
         if primary in _STORE_CODES or "not a database" in lowered or "malformed" in lowered:
-            return ProviderError.permanent(op, f"{where} cannot be used: {text} ({name})", kind="corrupt")
+            return ProviderError.permanent(op, f"{where} cannot be used: {text} ({name})", kind=ProviderErrorKind.CORRUPT)
         if isinstance(exc, sqlite3.IntegrityError) or primary == 19:
-            return ProviderError.permanent(op, f"constraint violated: {text}", kind="conflict")
+            return ProviderError.permanent(op, f"constraint violated: {text}", kind=ProviderErrorKind.CONFLICT)
         if primary in _INVALID_CODES or isinstance(exc, sqlite3.DataError):
-            return ProviderError.permanent(op, f"invalid value: {text} ({name})", kind="invalid")
+            return ProviderError.permanent(op, f"invalid value: {text} ({name})", kind=ProviderErrorKind.INVALID)
         if isinstance(exc, sqlite3.ProgrammingError) and "closed" in lowered:
-            return ProviderError.permanent(op, "provider is closed", kind="closed")
+            return ProviderError.permanent(op, "provider is closed", kind=ProviderErrorKind.CLOSED)
         # SQLITE_ERROR and the rest (e.g. "no such table": a database this provider did not create or
         # that was altered): retrying cannot help.
-        return ProviderError.permanent(op, f"{where}: {text} ({name})", kind="corrupt")
+        return ProviderError.permanent(op, f"{where}: {text} ({name})", kind=ProviderErrorKind.CORRUPT)
     if isinstance(exc, OverflowError):
-        return ProviderError.permanent(op, f"invalid value: {exc}", kind="invalid")
+        return ProviderError.permanent(op, f"invalid value: {exc}", kind=ProviderErrorKind.INVALID)
     return ProviderError.permanent(op, f"{type(exc).__name__}: {exc}")
 
 
@@ -227,7 +229,7 @@ def _check_int64(op: str, what: str, value: int) -> None:
             f"{what} {value} is out of range: it must fit in a signed 64-bit integer (at most "
             f"{_INT64_MAX}); for a timer, the fire time is in epoch milliseconds, so the delay is too far "
             "in the future",
-            kind="invalid",
+            kind=ProviderErrorKind.INVALID,
         )
 
 
@@ -253,6 +255,9 @@ class _Job:
 
 class SqliteProvider:
     """Durable state in one SQLite file (or in memory). Use ``await SqliteProvider.open(path)``."""
+
+    #: Batch work items, process leases and the work outlook; no cross-process listener (SQLite has none).
+    capabilities = ProviderCapabilities(batch_work_items=True, process_leases=True, work_outlook=True)
 
     def __init__(self, conn: sqlite3.Connection, path: str, clock: Clock | None = None) -> None:
         self.clock: Clock = clock or WALL_CLOCK  # every time this provider reads or stores
@@ -392,7 +397,7 @@ class SqliteProvider:
         a caller is cancelled. With ``probe``, a cheap autocommit read runs first; when it finds nothing,
         ``idle`` runs instead of the write transaction (idle polls never take the write lock)."""
         if self._closed:
-            raise ProviderError.permanent(op, "provider is closed", kind="closed")
+            raise ProviderError.permanent(op, "provider is closed", kind=ProviderErrorKind.CLOSED)
         job = _Job(op, fn, write, probe, idle)
         self._queue.append(job)
         while not job.finished:
@@ -441,7 +446,7 @@ class SqliteProvider:
         try:
             if self._closed:
                 # close() ran while these jobs were queued: the connection is gone.
-                raise ProviderError.permanent("sqlite", "provider is closed", kind="closed")
+                raise ProviderError.permanent("sqlite", "provider is closed", kind=ProviderErrorKind.CLOSED)
             self._execute(batch)
         except BaseException as exc:  # noqa: BLE001 - reported to each caller of the batch
             self._rollback_quietly()
@@ -657,11 +662,11 @@ class SqliteProvider:
             if lock is None:
                 raise ProviderError.permanent(
                     "ack_orchestration_item", f"invalid lock token {lock_token!r} (lock lost or instance deleted)",
-                    kind="lock",
+                    kind=ProviderErrorKind.LOCK_LOST,
                 )
             instance_id, locked_until = lock
             if locked_until <= now:
-                raise ProviderError.permanent("ack_orchestration_item", "instance lock expired", kind="lock")
+                raise ProviderError.permanent("ack_orchestration_item", "instance lock expired", kind=ProviderErrorKind.LOCK_LOST)
             conn.execute("DELETE FROM orchestrator_queue WHERE lock_token = ?", (lock_token,))
             if metadata.orchestration_name is not None:
                 conn.execute(
@@ -769,7 +774,7 @@ class SqliteProvider:
             lock = conn.execute("SELECT instance_id FROM instance_locks WHERE lock_token = ?", (lock_token,)).fetchone()
             if lock is None:
                 raise ProviderError.permanent(
-                    "abandon_orchestration_item", f"invalid lock token {lock_token!r}", kind="lock"
+                    "abandon_orchestration_item", f"invalid lock token {lock_token!r}", kind=ProviderErrorKind.LOCK_LOST
                 )
             conn.execute("DELETE FROM instance_locks WHERE lock_token = ?", (lock_token,))
             if ignore_attempt:
@@ -800,7 +805,7 @@ class SqliteProvider:
             )
             if cur.rowcount == 0:
                 raise ProviderError.permanent(
-                    "renew_orchestration_item_lock", "lock token invalid or lock already expired", kind="lock"
+                    "renew_orchestration_item_lock", "lock token invalid or lock already expired", kind=ProviderErrorKind.LOCK_LOST
                 )
 
         await self._run("renew_orchestration_item_lock", _renew)
@@ -970,7 +975,7 @@ class SqliteProvider:
                         ProviderError.permanent(
                             "ack_work_item",
                             "lock token invalid or expired (the activity was cancelled or its lock lost)",
-                            kind="lock",
+                            kind=ProviderErrorKind.LOCK_LOST,
                         )
                     )
                     continue
@@ -996,7 +1001,7 @@ class SqliteProvider:
                 (now + _ms(extend_for), lock_token, now),
             )
             if cur.rowcount == 0:
-                raise ProviderError.permanent("renew_work_item_lock", "lock token invalid or expired", kind="lock")
+                raise ProviderError.permanent("renew_work_item_lock", "lock token invalid or expired", kind=ProviderErrorKind.LOCK_LOST)
 
         await self._run("renew_work_item_lock", _renew)
 
@@ -1018,7 +1023,7 @@ class SqliteProvider:
             )
             if cur.rowcount == 0:
                 raise ProviderError.permanent(
-                    "abandon_work_item", f"invalid lock token {lock_token!r}", kind="lock"
+                    "abandon_work_item", f"invalid lock token {lock_token!r}", kind=ProviderErrorKind.LOCK_LOST
                 )
 
         await self._run("abandon_work_item", _abandon)
@@ -1287,6 +1292,11 @@ class SqliteProvider:
     # process liveness leases (optional capability, see runtime/liveness.py and migration 2) ------------
     _process_id: str | None = None
     _lease_fd: int | None = None
+
+    @property
+    def process_id(self) -> str | None:
+        """The process whose lease this provider holds (``None``: none registered)."""
+        return self._process_id
 
     def _new_token(self) -> str:
         """A fresh lock token; ``'<process>:<random>'`` once a process is registered."""

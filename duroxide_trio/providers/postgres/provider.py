@@ -89,7 +89,9 @@ from ..base import (
     InstanceStillRunning,
     Notifier,
     OrchestrationItem,
+    ProviderCapabilities,
     ProviderError,
+    ProviderErrorKind,
     PruneOptions,
     PruneResult,
     QueueDepths,
@@ -116,7 +118,7 @@ _INT64_MIN = -(2**63)
 _INDEX_NAME = re.compile(r'index "([^"]+)"')
 
 
-def classify_sqlstate(state: str | None) -> tuple[bool, str | None]:
+def classify_sqlstate(state: str | None) -> tuple[bool, ProviderErrorKind | None]:
     """``(retryable, kind)`` of a server error, by its SQLSTATE only (never by its text).
 
     Retryable: connection exceptions (class 08), transaction rollback (class 40: serialization failure,
@@ -129,25 +131,25 @@ def classify_sqlstate(state: str | None) -> tuple[bool, str | None]:
         return False, None
     cls = state[:2]
     if state == "55P03" or cls == "40":
-        return True, "contention"
+        return True, ProviderErrorKind.CONTENTION
     if cls == "08" or state.startswith("57P0"):
-        return True, "connection"
+        return True, ProviderErrorKind.CONNECTION
     if cls == "53":
-        return True, "resources"
+        return True, ProviderErrorKind.RESOURCES
     if state == "57014":
-        return True, "timeout"
+        return True, ProviderErrorKind.TIMEOUT
     if state == "0A000":  # "cached plan must not change result type": a fresh connection fixes it
-        return True, "connection"
+        return True, ProviderErrorKind.CONNECTION
     if cls in ("22", "54"):
-        return False, "invalid"
+        return False, ProviderErrorKind.INVALID
     if cls == "23":
-        return False, "conflict"
+        return False, ProviderErrorKind.CONFLICT
     if state in ("DX001", "DX002"):
-        return False, "lock"
+        return False, ProviderErrorKind.LOCK_LOST
     if cls == "DX":
-        return False, "conflict"
+        return False, ProviderErrorKind.CONFLICT
     if cls in ("28", "3D", "42"):
-        return False, "config"
+        return False, ProviderErrorKind.CONFIG
     return False, None
 
 
@@ -169,7 +171,7 @@ def _check_int64(op: str, what: str, value: int) -> None:
             f"{what} {value} is out of range: it must fit in a signed 64-bit integer "
             f"(at most {_INT64_MAX}); for a timer, the fire time is in epoch milliseconds, so the delay is "
             "too far in the future",
-            kind="invalid",
+            kind=ProviderErrorKind.INVALID,
         )
 
 
@@ -330,12 +332,12 @@ def _connect_error(
                 "connect",
                 f"the server at {where} refused the connection: {reason} (check the user, password and "
                 "database name of the URL)",
-                kind="config",
+                kind=ProviderErrorKind.CONFIG,
             )
         return ProviderError.transient(
-            "connect", f"cannot connect to {where}: {reason}", kind="connection"
+            "connect", f"cannot connect to {where}: {reason}", kind=ProviderErrorKind.CONNECTION
         )
-    return ProviderError.permanent("connect", f"cannot connect to {where}: {reason}", kind="config")
+    return ProviderError.permanent("connect", f"cannot connect to {where}: {reason}", kind=ProviderErrorKind.CONFIG)
 
 
 class _StaleConnection(Exception):
@@ -453,6 +455,10 @@ class PostgresProvider:
     """Durable state in a PostgreSQL schema. Create with ``await PostgresProvider.connect(url)``; run it
     with ``async with provider:`` (which also owns the LISTEN connection for cross-process wake-ups)."""
 
+    #: Batch work items, the LISTEN listener and process leases (no work outlook: tests' virtual time
+    #: runs on SQLite).
+    capabilities = ProviderCapabilities(batch_work_items=True, listener=True, process_leases=True)
+
     def __init__(
         self,
         *,
@@ -532,14 +538,14 @@ class PostgresProvider:
         problem = url_password_problem(url)
         if problem is not None:
             raise ProviderError.permanent(
-                "connect", f"malformed connection URL {masked}: {problem}", kind="config"
+                "connect", f"malformed connection URL {masked}: {problem}", kind=ProviderErrorKind.CONFIG
             )
         try:
             params = conninfo_to_dict(url)
         except psycopg.Error as ex:
             reason = redact(ex, secrets=secrets).strip()
             raise ProviderError.permanent(
-                "connect", f"bad connection string {masked}: {reason}", kind="config"
+                "connect", f"bad connection string {masked}: {reason}", kind=ProviderErrorKind.CONFIG
             ) from None
         where = _where(params)
         extra: dict[str, Any] = {}
@@ -576,7 +582,7 @@ class PostgresProvider:
                         cur = await conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,))
                         if await cur.fetchone() is None:
                             raise ProviderError.permanent(
-                                "connect", f"schema {schema!r} does not exist in {masked}", kind="config"
+                                "connect", f"schema {schema!r} does not exist in {masked}", kind=ProviderErrorKind.CONFIG
                             )
                     await _migrate(conn, schema, quoted)
                     first = conn
@@ -585,7 +591,7 @@ class PostgresProvider:
                 await pool.close()
             if isinstance(ex, TimeoutError):
                 raise ProviderError.transient(
-                    "connect", f"connecting to {where} ({masked}) timed out", kind="timeout"
+                    "connect", f"connecting to {where} ({masked}) timed out", kind=ProviderErrorKind.TIMEOUT
                 ) from None
             if isinstance(ex, psycopg.Error):
                 raise _connect_error(ex, where, masked, schema, secrets) from None
@@ -638,7 +644,7 @@ class PostgresProvider:
     async def __aenter__(self) -> PostgresProvider:
         """Start the LISTEN task (owned by this ``async with`` block) and return the provider."""
         if self._closed:
-            raise ProviderError.permanent("open", "provider is closed", kind="closed")
+            raise ProviderError.permanent("open", "provider is closed", kind=ProviderErrorKind.CLOSED)
         self._entered += 1
         if self._entered > 1:
             return self
@@ -706,7 +712,7 @@ class PostgresProvider:
         if state == "DX006":
             return CannotDeleteSubOrchestration(op, detail, diag.message_hint or "")
         if isinstance(ex, PoolClosed):
-            return ProviderError.permanent(op, "provider is closed", kind="closed")
+            return ProviderError.permanent(op, "provider is closed", kind=ProviderErrorKind.CLOSED)
         if state:
             retryable, kind = classify_sqlstate(state)
             if state.startswith("54"):
@@ -719,9 +725,9 @@ class PostgresProvider:
                 text = f"{message} (SQLSTATE {state})"
             return ProviderError(op, text, retryable=retryable, kind=kind)
         if isinstance(ex, (psycopg.OperationalError, psycopg.InterfaceError)):
-            return ProviderError.transient(op, f"connection problem: {message}", kind="connection")
+            return ProviderError.transient(op, f"connection problem: {message}", kind=ProviderErrorKind.CONNECTION)
         if isinstance(ex, psycopg.DataError):
-            return ProviderError.permanent(op, f"invalid value: {message}", kind="invalid")
+            return ProviderError.permanent(op, f"invalid value: {message}", kind=ProviderErrorKind.INVALID)
         return ProviderError.permanent(op, f"{message} ({type(ex).__name__})")
 
     async def _exec(
@@ -738,7 +744,7 @@ class PostgresProvider:
         Retried here: a connection found dead before use (always safe), a deadlock or serialisation
         failure (rolled back), and, for ``idempotent`` operations, any transient error."""
         if self._closed:
-            raise ProviderError.permanent(op, "provider is closed", kind="closed")
+            raise ProviderError.permanent(op, "provider is closed", kind=ProviderErrorKind.CLOSED)
         attempt = 0
         while True:
             attempt += 1
@@ -766,11 +772,11 @@ class PostgresProvider:
                 if attempt <= self._pool.max_size + 1:
                     continue
                 raise ProviderError.transient(
-                    op, "no live database connection (server restarting?)", kind="connection"
+                    op, "no live database connection (server restarting?)", kind=ProviderErrorKind.CONNECTION
                 ) from None
             except TimeoutError:
                 raise ProviderError.transient(
-                    op, f"timed out after {self._command_timeout:g} s", kind="timeout"
+                    op, f"timed out after {self._command_timeout:g} s", kind=ProviderErrorKind.TIMEOUT
                 ) from None
             except psycopg.Error as ex:
                 error = self._error(op, ex)
@@ -1024,7 +1030,7 @@ class PostgresProvider:
         )
         if count == 0:
             raise ProviderError.permanent(
-                "renew_orchestration_item_lock", "lock token invalid or lock already expired", kind="lock"
+                "renew_orchestration_item_lock", "lock token invalid or lock already expired", kind=ProviderErrorKind.LOCK_LOST
             )
 
     async def enqueue_for_orchestrator(self, item: WorkItem, delay: float | None = None) -> None:
@@ -1063,7 +1069,7 @@ class PostgresProvider:
         try:
             return [decode_event(r[0]) for r in rows]
         except HistoryDecodeError as exc:
-            raise ProviderError.permanent(op, str(exc), kind="corrupt") from None
+            raise ProviderError.permanent(op, str(exc), kind=ProviderErrorKind.CORRUPT) from None
 
     async def append_with_execution(
         self, instance_id: str, execution_id: int, events: Sequence[Event]
@@ -1153,7 +1159,7 @@ class PostgresProvider:
             return ProviderError.permanent(
                 "ack_work_item",
                 "lock token invalid or expired (the activity was cancelled or its lock lost)",
-                kind="lock",
+                kind=ProviderErrorKind.LOCK_LOST,
             )
 
         results: list[ProviderError | None] = [None] * len(entries)
@@ -1202,7 +1208,7 @@ class PostgresProvider:
             )
         if count == 0:
             raise ProviderError.permanent(
-                "renew_work_item_lock", "lock token invalid or expired", kind="lock"
+                "renew_work_item_lock", "lock token invalid or expired", kind=ProviderErrorKind.LOCK_LOST
             )
 
     async def abandon_work_item(
@@ -1211,7 +1217,7 @@ class PostgresProvider:
         row_id = _row_id(lock_token)
         if row_id is None:
             raise ProviderError.permanent(
-                "abandon_work_item", f"invalid lock token {lock_token!r}", kind="lock"
+                "abandon_work_item", f"invalid lock token {lock_token!r}", kind=ProviderErrorKind.LOCK_LOST
             )
         now = self.clock.now_ms()
         row = await self._one(
@@ -1351,6 +1357,11 @@ class PostgresProvider:
     # process liveness leases (optional capability, see runtime/liveness.py and migration 0003) --------
     _process_id: str | None = None
     _process_key: int = 0
+
+    @property
+    def process_id(self) -> str | None:
+        """The process whose lease this provider holds (``None``: none registered)."""
+        return self._process_id
     _lease_conn: AnyioConnection[Any] | None = None
 
     def _quoted_schema(self) -> str:
