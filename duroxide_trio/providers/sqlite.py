@@ -21,17 +21,21 @@ import anyio.to_thread
 
 from ..history import (
     ActivityExecute,
-    ContinueAsNew,
-    CustomStatusUpdated,
     Event,
     HistoryDecodeError,
     StartOrchestration,
-    TimerDue,
     WorkItem,
     decode_event,
-    decode_work_item,
     encode_event,
     encode_work_item,
+)
+from ._kernel import (
+    EncodedTurn,
+    ProviderKernel,
+    TurnCommitted,
+    decode_activity,
+    decode_batch,
+    ms,
 )
 from .base import (
     COMPLETED,
@@ -161,20 +165,6 @@ MIGRATIONS: list[str] = [
 ]
 
 
-def _is_start(item: WorkItem) -> int:
-    return 1 if isinstance(item, (StartOrchestration, ContinueAsNew)) else 0
-
-
-def _visible_at(item: WorkItem, now: int, delay: float | None = None) -> int:
-    if isinstance(item, TimerDue):
-        return item.fire_at_ms
-    return now + int((delay or 0) * 1000)
-
-
-def _ms(seconds: float) -> int:
-    return max(0, int(seconds * 1000))
-
-
 #: Primary SQLite result codes (``sqlite3.Error.sqlite_errorcode & 0xFF``) and what they mean here.
 _CONTENTION_CODES = {5: "SQLITE_BUSY", 6: "SQLITE_LOCKED"}
 _STORE_CODES = {
@@ -182,7 +172,6 @@ _STORE_CODES = {
     14: "SQLITE_CANTOPEN", 15: "SQLITE_PROTOCOL", 22: "SQLITE_NOLFS", 23: "SQLITE_AUTH", 26: "SQLITE_NOTADB",
 }  # fmt: skip
 _INVALID_CODES = {18: "SQLITE_TOOBIG", 20: "SQLITE_MISMATCH", 25: "SQLITE_RANGE"}
-_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
 def _provider_error(op: str, exc: BaseException, path: str = "") -> ProviderError:
@@ -221,24 +210,6 @@ def _provider_error(op: str, exc: BaseException, path: str = "") -> ProviderErro
     return ProviderError.permanent(op, f"{type(exc).__name__}: {exc}")
 
 
-def _check_int64(op: str, what: str, value: int) -> None:
-    """Refuse an integer SQLite cannot store (it would raise OverflowError deep in the batch)."""
-    if not _INT64_MIN <= value <= _INT64_MAX:
-        raise ProviderError.permanent(
-            op,
-            f"{what} {value} is out of range: it must fit in a signed 64-bit integer (at most "
-            f"{_INT64_MAX}); for a timer, the fire time is in epoch milliseconds, so the delay is too far "
-            "in the future",
-            kind=ProviderErrorKind.INVALID,
-        )
-
-
-def _visible_what(item: WorkItem) -> str:
-    if isinstance(item, TimerDue):
-        return f"timer fire time (instance {item.instance!r}, timer {item.id}, epoch ms)"
-    return "visible-at time (epoch ms)"
-
-
 class _Job:
     """One queued operation. ``finished`` once ``result`` or ``error`` is final; ``wake`` is set when the
     job finished or when its caller should take over as leader."""
@@ -253,7 +224,7 @@ class _Job:
         self.wake = anyio.Event()
 
 
-class SqliteProvider:
+class SqliteProvider(ProviderKernel):
     """Durable state in one SQLite file (or in memory). Use ``await SqliteProvider.open(path)``."""
 
     #: Batch work items, process leases and the work outlook; no cross-process listener (SQLite has none).
@@ -368,12 +339,6 @@ class SqliteProvider:
             await anyio.to_thread.run_sync(self._conn.close, limiter=self._limiter)
 
     async def __aenter__(self) -> SqliteProvider:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    def as_admin(self) -> SqliteProvider:
         return self
 
     # plumbing --------------------------------------------------------------------------------------
@@ -539,7 +504,7 @@ class SqliteProvider:
         self, lock_timeout: float, poll_timeout: float = 0.0
     ) -> OrchestrationItem | None:
         token = self._new_token()
-        lock_ms = _ms(lock_timeout)
+        lock_ms = ms(lock_timeout)
         next_visible: list[int] = []
 
         def _fetch(conn: sqlite3.Connection) -> OrchestrationItem | None:
@@ -576,48 +541,32 @@ class SqliteProvider:
                 (token, instance_id, now),
             ).fetchall()
             rows.sort(key=lambda r: r[0])
-            errors: list[str] = []
-            messages: list[WorkItem] = []
-            for _, text, _ in rows:
-                try:
-                    messages.append(decode_work_item(text))
-                except HistoryDecodeError as exc:
-                    errors.append(str(exc))
-            attempt = max(r[2] for r in rows)
             inst = conn.execute(
                 "SELECT name, version, current_execution_id FROM instances WHERE instance_id = ?",
                 (instance_id,),
             ).fetchone()
-            history: list[Event] = []
-            if inst is not None:
-                name, version, execution_id = inst
-                try:
-                    history = [
-                        decode_event(t)
-                        for (t,) in conn.execute(
-                            "SELECT event_data FROM history WHERE instance_id = ? AND execution_id = ? "
-                            "ORDER BY event_id",
-                            (instance_id, execution_id),
-                        )
-                    ]
-                except HistoryDecodeError as exc:
-                    history = []
-                    errors.append(str(exc))
-            else:
-                start = next((m for m in messages if isinstance(m, (StartOrchestration, ContinueAsNew))), None)
-                name = start.name if start is not None else ""
-                version = start.version if start is not None else None
-                execution_id = start.execution_id if start is not None else 1
-            return OrchestrationItem(
+            name, version, execution_id = inst if inst is not None else ("", None, 1)
+            history_texts = (
+                [
+                    t
+                    for (t,) in conn.execute(
+                        "SELECT event_data FROM history WHERE instance_id = ? AND execution_id = ? ORDER BY event_id",
+                        (instance_id, execution_id),
+                    )
+                ]
+                if inst is not None
+                else []
+            )
+            return decode_batch(
                 instance_id=instance_id,
-                orchestration_name=name,
+                lock_token=token,
+                attempt_count=max(r[2] for r in rows),
+                message_texts=[r[1] for r in rows],
+                has_instance=inst is not None,
+                name=name,
                 version=version,
                 execution_id=execution_id,
-                history=history,
-                messages=messages,
-                lock_token=token,
-                attempt_count=attempt,
-                history_error="; ".join(errors) if errors else None,
+                history_texts=history_texts,
             )
 
         # A cheap read first (same hop): an idle poll must not take the write lock.
@@ -634,24 +583,15 @@ class SqliteProvider:
         if next_visible:
             self.notifier.notify_at("orchestrator", next_visible[0])
 
-    async def ack_orchestration_item(
+    async def _commit_turn(
         self,
         lock_token: str,
         execution_id: int,
-        history_delta: Sequence[Event],
-        worker_items: Sequence[ActivityExecute],
-        orchestrator_items: Sequence[WorkItem],
+        turn: EncodedTurn,
         metadata: ExecutionMetadata,
-        cancelled_activities: Sequence[ScheduledActivity] = (),
-    ) -> None:
-        history_rows = [(e.event_id, e.type_name, encode_event(e)) for e in history_delta]
-        custom = [e.kind for e in history_delta if isinstance(e.kind, CustomStatusUpdated)]
-        worker_rows = [
-            (encode_work_item(w), w.instance, w.execution_id, w.id, w.session_id, w.tag) for w in worker_items
-        ]
-        orch_rows = [(o.target_instance, encode_work_item(o), _is_start(o), o) for o in orchestrator_items]
-        for o in orchestrator_items:
-            _check_int64("ack_orchestration_item", _visible_what(o), _visible_at(o, self.clock.now_ms()))
+        cancelled_activities: Sequence[ScheduledActivity],
+    ) -> TurnCommitted:
+        history_rows = list(zip(turn.event_ids, turn.event_types, turn.event_texts, strict=True))
         outcome: dict[str, Any] = {}
 
         def _ack(conn: sqlite3.Connection) -> None:
@@ -711,17 +651,17 @@ class SqliteProvider:
                     "WHERE instance_id = ? AND execution_id = ?",
                     (metadata.status, metadata.output, now if terminal else None, instance_id, execution_id),
                 )
-            if custom:
+            if turn.custom_status_changed:
                 conn.execute(
                     "UPDATE instances SET custom_status = ?, custom_status_version = custom_status_version + 1 "
                     "WHERE instance_id = ?",
-                    (custom[-1].status, instance_id),
+                    (turn.custom_status, instance_id),
                 )
-            if worker_rows:
+            if turn.workers:
                 conn.executemany(
                     "INSERT INTO worker_queue(work_item, visible_at, attempt_count, instance_id, execution_id, "
                     "activity_id, session_id, tag) VALUES (?, ?, 0, ?, ?, ?, ?, ?)",
-                    [(w[0], now, *w[1:]) for w in worker_rows],
+                    [(w.text, now, w.instance, w.execution_id, w.activity_id, w.session_id, w.tag) for w in turn.workers],
                 )
             for c in cancelled_activities:
                 conn.execute(
@@ -729,8 +669,8 @@ class SqliteProvider:
                     (c.instance_id, c.execution_id, c.activity_id),
                 )
             wake_now = False
-            for target, text, is_start, item in orch_rows:
-                visible = _visible_at(item, now)
+            for o in turn.orchestrator:
+                visible = o.visible(now)
                 if visible > now:
                     outcome.setdefault("later", []).append(visible)
                 else:
@@ -738,7 +678,7 @@ class SqliteProvider:
                 conn.execute(
                     "INSERT INTO orchestrator_queue(instance_id, work_item, is_start, visible_at) "
                     "VALUES (?, ?, ?, ?)",
-                    (target, text, is_start, visible),
+                    (o.target, o.text, o.start, visible),
                 )
             conn.execute("DELETE FROM instance_locks WHERE instance_id = ?", (instance_id,))
             if not wake_now:
@@ -755,14 +695,7 @@ class SqliteProvider:
                 outcome["final"] = _instance_info(conn, instance_id)
 
         await self._run("ack_orchestration_item", _ack)
-        if worker_rows:
-            self.notifier.notify("worker")
-        if outcome.get("wake"):
-            self.notifier.notify("orchestrator")
-        for at in outcome.get("later", ()):
-            self.notifier.notify_at("orchestrator", at)
-        if metadata.status in (COMPLETED, FAILED):
-            self.notifier.notify_instance(outcome["instance"], outcome.get("final"))
+        return TurnCommitted(outcome["instance"], outcome["wake"], outcome.get("later", ()), outcome.get("final"))
 
     async def abandon_orchestration_item(
         self, lock_token: str, delay: float | None = None, ignore_attempt: bool = False
@@ -783,7 +716,7 @@ class SqliteProvider:
                     (lock_token,),
                 )
             if delay:
-                at = now + _ms(delay)
+                at = now + ms(delay)
                 conn.execute(
                     "UPDATE orchestrator_queue SET visible_at = ? WHERE lock_token = ? AND visible_at <= ?",
                     (at, lock_token, now),
@@ -801,7 +734,7 @@ class SqliteProvider:
             now = self.clock.now_ms()
             cur = conn.execute(
                 "UPDATE instance_locks SET locked_until = ? WHERE lock_token = ? AND locked_until > ?",
-                (now + _ms(extend_for), lock_token, now),
+                (now + ms(extend_for), lock_token, now),
             )
             if cur.rowcount == 0:
                 raise ProviderError.permanent(
@@ -810,25 +743,14 @@ class SqliteProvider:
 
         await self._run("renew_orchestration_item_lock", _renew)
 
-    async def enqueue_for_orchestrator(self, item: WorkItem, delay: float | None = None) -> None:
-        text = encode_work_item(item)
-        holder: list[int] = []
-        _check_int64("enqueue_for_orchestrator", _visible_what(item), _visible_at(item, self.clock.now_ms(), delay))
-
+    async def _insert_orchestrator_message(self, target: str, text: str, start: bool, visible: int, now: int) -> None:
         def _enqueue(conn: sqlite3.Connection) -> None:
-            now = self.clock.now_ms()
-            visible = _visible_at(item, now, delay)
-            holder.append(visible - now)
             conn.execute(
                 "INSERT INTO orchestrator_queue(instance_id, work_item, is_start, visible_at) VALUES (?, ?, ?, ?)",
-                (item.target_instance, text, _is_start(item), visible),
+                (target, text, start, visible),
             )
 
         await self._run("enqueue_for_orchestrator", _enqueue)
-        if holder and holder[0] > 0:
-            self.notifier.notify_at("orchestrator", self.clock.now_ms() + holder[0])
-        else:
-            self.notifier.notify("orchestrator")
 
     async def enqueue_start(self, item: StartOrchestration) -> None:
         text = encode_work_item(item)
@@ -896,15 +818,11 @@ class SqliteProvider:
         await self._run("enqueue_for_worker", _enqueue)
         self.notifier.notify("worker")
 
-    async def fetch_work_item(self, lock_timeout: float, poll_timeout: float = 0.0) -> WorkItemLease | None:
-        leases = await self.fetch_work_items(lock_timeout, 1, poll_timeout)
-        return leases[0] if leases else None
-
     async def fetch_work_items(
         self, lock_timeout: float, max_items: int, poll_timeout: float = 0.0
     ) -> list[WorkItemLease]:
         """Lock up to ``max_items`` visible work items in one round trip (each gets its own token)."""
-        lock_ms = _ms(lock_timeout)
+        lock_ms = ms(lock_timeout)
         next_visible: list[int] = []
         bad: list[str] = []
 
@@ -919,9 +837,7 @@ class SqliteProvider:
             leases: list[WorkItemLease] = []
             for row_id, text, attempts in rows:
                 try:
-                    item = decode_work_item(text)
-                    if not isinstance(item, ActivityExecute):
-                        raise HistoryDecodeError(f"worker queue holds a {type(item).__name__}, not ActivityExecute")
+                    item = decode_activity(text)
                 except HistoryDecodeError as exc:
                     # An undecodable row can never run: drop it rather than loop on it forever.
                     conn.execute("DELETE FROM worker_queue WHERE id = ?", (row_id,))
@@ -950,11 +866,6 @@ class SqliteProvider:
 
             logging.getLogger("duroxide_trio.providers.sqlite").error("dropped undecodable work items: %s", bad)
         return leases
-
-    async def ack_work_item(self, lock_token: str, completion: WorkItem | None) -> None:
-        (error,) = await self.ack_work_items([(lock_token, completion)])
-        if error is not None:
-            raise error
 
     async def ack_work_items(
         self, entries: Sequence[tuple[str, WorkItem | None]]
@@ -998,7 +909,7 @@ class SqliteProvider:
             now = self.clock.now_ms()
             cur = conn.execute(
                 "UPDATE worker_queue SET locked_until = ? WHERE lock_token = ? AND locked_until > ?",
-                (now + _ms(extend_for), lock_token, now),
+                (now + ms(extend_for), lock_token, now),
             )
             if cur.rowcount == 0:
                 raise ProviderError.permanent("renew_work_item_lock", "lock token invalid or expired", kind=ProviderErrorKind.LOCK_LOST)
@@ -1011,7 +922,7 @@ class SqliteProvider:
         at_holder: list[int] = []
 
         def _abandon(conn: sqlite3.Connection) -> None:
-            at = self.clock.now_ms() + _ms(delay or 0)
+            at = self.clock.now_ms() + ms(delay or 0)
             at_holder.append(at)
             cur = conn.execute(
                 """
@@ -1087,11 +998,6 @@ class SqliteProvider:
             ]
 
         return await self._run("list_executions", _list, write=False)
-
-    async def read_history(self, instance_id: str, execution_id: int | None = None) -> list[Event]:
-        if execution_id is None:
-            return await self.read(instance_id)
-        return await self.read_with_execution(instance_id, execution_id)
 
     async def get_execution_info(self, instance_id: str, execution_id: int) -> ExecutionInfo | None:
         def _get(conn: sqlite3.Connection) -> ExecutionInfo | None:
@@ -1225,13 +1131,12 @@ class SqliteProvider:
         self.notifier.notify_instance(instance_id)
         return result
 
-    async def delete_instances_atomic(self, instance_ids: Sequence[str], force: bool = False) -> DeleteResult:
-        ids = list(dict.fromkeys(instance_ids))
+    async def _delete_many(self, ids: list[str], force: bool) -> DeleteResult:
         return await self._run(
             "delete_instances_atomic", lambda c: _delete_ids(c, ids, force, "delete_instances_atomic")
         )
 
-    async def delete_instance_bulk(self, filter: InstanceFilter) -> DeleteResult:
+    async def _delete_bulk(self, filter: InstanceFilter) -> DeleteResult:
         def _bulk(conn: sqlite3.Connection) -> DeleteResult:
             sql = (
                 "SELECT i.instance_id FROM instances i JOIN executions e "
@@ -1240,8 +1145,6 @@ class SqliteProvider:
             )
             params: list[Any] = []
             if filter.instance_ids is not None:
-                if not filter.instance_ids:
-                    return DeleteResult()
                 sql += f" AND i.instance_id IN ({','.join('?' * len(filter.instance_ids))})"
                 params.extend(filter.instance_ids)
             if filter.completed_before_ms is not None:
@@ -1265,13 +1168,11 @@ class SqliteProvider:
 
         return await self._run("prune_executions", _prune)
 
-    async def prune_executions_bulk(self, filter: InstanceFilter, options: PruneOptions) -> PruneResult:
+    async def _prune_bulk(self, filter: InstanceFilter, options: PruneOptions) -> PruneResult:
         def _bulk(conn: sqlite3.Connection) -> PruneResult:
             sql = "SELECT instance_id FROM instances"
             params: list[Any] = []
             if filter.instance_ids is not None:
-                if not filter.instance_ids:
-                    return PruneResult()
                 sql += f" WHERE instance_id IN ({','.join('?' * len(filter.instance_ids))})"
                 params.extend(filter.instance_ids)
             sql += " ORDER BY created_at, rowid LIMIT ?"
@@ -1346,7 +1247,7 @@ class SqliteProvider:
         import fcntl
 
         lease_dir = self._lease_dir()
-        stale_ms, grace_ms = _ms(stale_after), _ms(grace)
+        stale_ms, grace_ms = ms(stale_after), ms(grace)
 
         def _probe(other: str) -> tuple[bool, int | None]:
             """(dead, fd holding its lock file) — the fd is kept until the reclaim is done."""

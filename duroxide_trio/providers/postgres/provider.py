@@ -61,21 +61,23 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from ..._masking import redact, url_password_problem, url_secrets
 from ...history import (
     ActivityExecute,
-    ContinueAsNew,
-    CustomStatusUpdated,
     Event,
     HistoryDecodeError,
     StartOrchestration,
-    TimerDue,
     WorkItem,
     decode_event,
-    decode_work_item,
     encode_event,
     encode_work_item,
 )
+from .._kernel import (
+    EncodedTurn,
+    ProviderKernel,
+    TurnCommitted,
+    decode_activity,
+    decode_batch,
+    ms,
+)
 from ..base import (
-    COMPLETED,
-    FAILED,
     WALL_CLOCK,
     CannotDeleteSubOrchestration,
     Clock,
@@ -112,9 +114,6 @@ _MIGRATION_FILE = re.compile(r"^(\d{4})_[A-Za-z0-9_]+\.sql$")
 
 #: Rolled back for sure, so even a write is safe to re-run at once.
 _RERUN_STATES = frozenset({"40001", "40P01"})
-#: The int64 range of every BIGINT column (epoch milliseconds, ids).
-_INT64_MAX = 2**63 - 1
-_INT64_MIN = -(2**63)
 _INDEX_NAME = re.compile(r'index "([^"]+)"')
 
 
@@ -163,40 +162,8 @@ def _too_large(message: str) -> str:
     )
 
 
-def _check_int64(op: str, what: str, value: int) -> None:
-    """Refuse an integer no BIGINT column can hold, naming it (instead of a driver error or a retry)."""
-    if not _INT64_MIN <= value <= _INT64_MAX:
-        raise ProviderError.permanent(
-            op,
-            f"{what} {value} is out of range: it must fit in a signed 64-bit integer "
-            f"(at most {_INT64_MAX}); for a timer, the fire time is in epoch milliseconds, so the delay is "
-            "too far in the future",
-            kind=ProviderErrorKind.INVALID,
-        )
-
-
 _IDLE = pq.TransactionStatus.IDLE
 _INTERNAL_RETRIES = 3
-
-
-def _ms(seconds: float | None) -> int:
-    return max(0, int((seconds or 0) * 1000))
-
-
-def _is_start(item: WorkItem) -> bool:
-    return isinstance(item, (StartOrchestration, ContinueAsNew))
-
-
-def _visible_at(item: WorkItem, now: int, delay: float | None = None) -> int:
-    if isinstance(item, TimerDue):
-        return item.fire_at_ms
-    return now + _ms(delay)
-
-
-def _visible_what(item: WorkItem) -> str:
-    if isinstance(item, TimerDue):
-        return f"timer fire time (instance {item.instance!r}, timer {item.id}, epoch ms)"
-    return "visible-at time (epoch ms)"
 
 
 def _hash64(text: str) -> int:
@@ -451,7 +418,7 @@ class _Queries:
 Fetch = Literal["none", "one", "all", "rowcount"]
 
 
-class PostgresProvider:
+class PostgresProvider(ProviderKernel):
     """Durable state in a PostgreSQL schema. Create with ``await PostgresProvider.connect(url)``; run it
     with ``async with provider:`` (which also owns the LISTEN connection for cross-process wake-ups)."""
 
@@ -687,9 +654,6 @@ class PostgresProvider:
                     await lease.close()
             await self._pool.close()
 
-    def as_admin(self) -> PostgresProvider:
-        return self
-
     # plumbing --------------------------------------------------------------------------------------
     def _scrub(self, text: str) -> str:
         """``text`` with every form of the URL's password masked (see ``duroxide_trio._masking``)."""
@@ -904,7 +868,7 @@ class PostgresProvider:
         token = self._new_token()
         async with self._releasing_unseen_claim("orchestrator", token):
             row = await self._one(
-                "fetch_orchestration_item", self._q.fetch_orch, (self.clock.now_ms(), _ms(lock_timeout), token)
+                "fetch_orchestration_item", self._q.fetch_orch, (self.clock.now_ms(), ms(lock_timeout), token)
             )
         (
             instance_id,
@@ -921,68 +885,44 @@ class PostgresProvider:
             if next_visible is not None:
                 self.notifier.notify_at("orchestrator", next_visible)
             return None
-        errors: list[str] = []
-        messages: list[WorkItem] = []
-        for text in texts:
-            try:
-                messages.append(decode_work_item(text))
-            except HistoryDecodeError as exc:
-                errors.append(str(exc))
-        history: list[Event] = []
-        if has_instance:
-            try:
-                history = [decode_event(t) for t in history_texts]
-            except HistoryDecodeError as exc:
-                history = []
-                errors.append(str(exc))
-        else:
-            start = next((m for m in messages if isinstance(m, (StartOrchestration, ContinueAsNew))), None)
-            name = start.name if start is not None else ""
-            version = start.version if start is not None else None
-            execution_id = start.execution_id if start is not None else 1
-        return OrchestrationItem(
+        return decode_batch(
             instance_id=instance_id,
-            orchestration_name=name,
-            version=version,
-            execution_id=execution_id,
-            history=history,
-            messages=messages,
             lock_token=token,
             attempt_count=attempt,
-            history_error="; ".join(errors) if errors else None,
+            message_texts=texts,
+            has_instance=bool(has_instance),
+            name=name,
+            version=version,
+            execution_id=execution_id,
+            history_texts=history_texts or (),
         )
 
-    async def ack_orchestration_item(
+    async def _commit_turn(
         self,
         lock_token: str,
         execution_id: int,
-        history_delta: Sequence[Event],
-        worker_items: Sequence[ActivityExecute],
-        orchestrator_items: Sequence[WorkItem],
+        turn: EncodedTurn,
         metadata: ExecutionMetadata,
-        cancelled_activities: Sequence[ScheduledActivity] = (),
-    ) -> None:
-        now = self.clock.now_ms()
-        custom = [e.kind for e in history_delta if isinstance(e.kind, CustomStatusUpdated)]
-        orch_visible = [_visible_at(o, now) for o in orchestrator_items]
-        for o, at in zip(orchestrator_items, orch_visible, strict=True):
-            _check_int64("ack_orchestration_item", _visible_what(o), at)
+        cancelled_activities: Sequence[ScheduledActivity],
+    ) -> TurnCommitted:
+        now = turn.now
+        orch_visible = [o.visible(now) for o in turn.orchestrator]
         params = (
             lock_token,
             now,
             execution_id,
-            [e.event_id for e in history_delta],
-            [e.type_name for e in history_delta],
-            [encode_event(e) for e in history_delta],
-            [encode_work_item(w) for w in worker_items],
-            [w.instance for w in worker_items],
-            [w.execution_id for w in worker_items],
-            [w.id for w in worker_items],
-            [w.session_id for w in worker_items],
-            [w.tag for w in worker_items],
-            [o.target_instance for o in orchestrator_items],
-            [encode_work_item(o) for o in orchestrator_items],
-            [_is_start(o) for o in orchestrator_items],
+            turn.event_ids,
+            turn.event_types,
+            turn.event_texts,
+            [w.text for w in turn.workers],
+            [w.instance for w in turn.workers],
+            [w.execution_id for w in turn.workers],
+            [w.activity_id for w in turn.workers],
+            [w.session_id for w in turn.workers],
+            [w.tag for w in turn.workers],
+            [o.target for o in turn.orchestrator],
+            [o.text for o in turn.orchestrator],
+            [o.start for o in turn.orchestrator],
             orch_visible,
             [c.instance_id for c in cancelled_activities],
             [c.execution_id for c in cancelled_activities],
@@ -992,19 +932,11 @@ class PostgresProvider:
             metadata.parent_instance_id,
             metadata.status,
             metadata.output,
-            bool(custom),
-            custom[-1].status if custom else None,
+            turn.custom_status_changed,
+            turn.custom_status,
         )
         instance_id, wake = await self._one("ack_orchestration_item", self._q.ack_orch, params)
-        if worker_items:
-            self.notifier.notify("worker")
-        if wake:
-            self.notifier.notify("orchestrator")
-        for at in orch_visible:
-            if at > now:
-                self.notifier.notify_at("orchestrator", at)
-        if metadata.status in (COMPLETED, FAILED):
-            self.notifier.notify_instance(instance_id)
+        return TurnCommitted(instance_id, bool(wake), [at for at in orch_visible if at > now])
 
     async def abandon_orchestration_item(
         self, lock_token: str, delay: float | None = None, ignore_attempt: bool = False
@@ -1012,7 +944,7 @@ class PostgresProvider:
         row = await self._one(
             "abandon_orchestration_item",
             self._q.abandon_orch,
-            (lock_token, self.clock.now_ms(), _ms(delay), ignore_attempt),
+            (lock_token, self.clock.now_ms(), ms(delay), ignore_attempt),
         )
         if row[0] is not None:
             self.notifier.notify_at("orchestrator", row[0])
@@ -1024,7 +956,7 @@ class PostgresProvider:
         count = await self._exec(
             "renew_orchestration_item_lock",
             self._q.renew_orch,
-            (now + _ms(extend_for), lock_token, now),
+            (now + ms(extend_for), lock_token, now),
             "rowcount",
             idempotent=True,
         )
@@ -1033,20 +965,10 @@ class PostgresProvider:
                 "renew_orchestration_item_lock", "lock token invalid or lock already expired", kind=ProviderErrorKind.LOCK_LOST
             )
 
-    async def enqueue_for_orchestrator(self, item: WorkItem, delay: float | None = None) -> None:
-        now = self.clock.now_ms()
-        visible = _visible_at(item, now, delay)
-        _check_int64("enqueue_for_orchestrator", _visible_what(item), visible)
+    async def _insert_orchestrator_message(self, target: str, text: str, start: bool, visible: int, now: int) -> None:
         await self._exec(
-            "enqueue_for_orchestrator",
-            self._q.enqueue_orch,
-            (item.target_instance, encode_work_item(item), _is_start(item), visible, now),
-            "none",
+            "enqueue_for_orchestrator", self._q.enqueue_orch, (target, text, start, visible, now), "none"
         )
-        if visible > now:
-            self.notifier.notify_at("orchestrator", visible)
-        else:
-            self.notifier.notify("orchestrator")
 
     async def enqueue_start(self, item: StartOrchestration) -> None:
         await self._exec(
@@ -1105,10 +1027,6 @@ class PostgresProvider:
         )
         self.notifier.notify("worker")
 
-    async def fetch_work_item(self, lock_timeout: float, poll_timeout: float = 0.0) -> WorkItemLease | None:
-        leases = await self.fetch_work_items(lock_timeout, 1, poll_timeout)
-        return leases[0] if leases else None
-
     async def fetch_work_items(
         self, lock_timeout: float, max_items: int, poll_timeout: float = 0.0
     ) -> list[WorkItemLease]:
@@ -1118,7 +1036,7 @@ class PostgresProvider:
             rows = await self._all(
                 "fetch_work_item",
                 self._q.fetch_work,
-                (self.clock.now_ms(), _ms(lock_timeout), max(1, int(max_items)), salt),
+                (self.clock.now_ms(), ms(lock_timeout), max(1, int(max_items)), salt),
             )
         found: list[tuple[int, WorkItemLease]] = []
         bad: list[tuple[int, str]] = []
@@ -1128,11 +1046,7 @@ class PostgresProvider:
                     self.notifier.notify_at("worker", next_visible)
                 continue
             try:
-                item = decode_work_item(text)
-                if not isinstance(item, ActivityExecute):
-                    raise HistoryDecodeError(
-                        f"worker queue holds a {type(item).__name__}, not ActivityExecute"
-                    )
+                item = decode_activity(text)
             except HistoryDecodeError as exc:
                 bad.append((row_id, str(exc)))
                 continue
@@ -1144,11 +1058,6 @@ class PostgresProvider:
                 await self._exec("fetch_work_item", self._q.drop_work, ([i for i, _ in bad],), "none")
         found.sort(key=lambda pair: pair[0])
         return [lease for _, lease in found]
-
-    async def ack_work_item(self, lock_token: str, completion: WorkItem | None) -> None:
-        (error,) = await self.ack_work_items([(lock_token, completion)])
-        if error is not None:
-            raise error
 
     async def ack_work_items(
         self, entries: Sequence[tuple[str, WorkItem | None]]
@@ -1198,7 +1107,7 @@ class PostgresProvider:
         count = 0
         if row_id is not None:
             now = self.clock.now_ms()
-            until = now + _ms(extend_for)
+            until = now + ms(extend_for)
             count = await self._exec(
                 "renew_work_item_lock",
                 self._q.renew_work,
@@ -1221,7 +1130,7 @@ class PostgresProvider:
             )
         now = self.clock.now_ms()
         row = await self._one(
-            "abandon_work_item", self._q.abandon_work, (row_id, lock_token, now, _ms(delay), ignore_attempt)
+            "abandon_work_item", self._q.abandon_work, (row_id, lock_token, now, ms(delay), ignore_attempt)
         )
         if row[0] > now:
             self.notifier.notify_at("worker", row[0])
@@ -1261,11 +1170,6 @@ class PostgresProvider:
     async def list_executions(self, instance_id: str) -> list[int]:
         rows = await self._all("list_executions", self._q.list_executions, (instance_id,), idempotent=True)
         return [int(r[0]) for r in rows]
-
-    async def read_history(self, instance_id: str, execution_id: int | None = None) -> list[Event]:
-        if execution_id is None:
-            return await self.read(instance_id)
-        return await self.read_with_execution(instance_id, execution_id)
 
     async def get_execution_info(self, instance_id: str, execution_id: int) -> ExecutionInfo | None:
         row = await self._one(
@@ -1320,16 +1224,11 @@ class PostgresProvider:
         self.notifier.notify_instance(instance_id)
         return DeleteResult(*(int(v) for v in row))
 
-    async def delete_instances_atomic(self, instance_ids: Sequence[str], force: bool = False) -> DeleteResult:
-        ids = list(dict.fromkeys(instance_ids))
-        if not ids:
-            return DeleteResult()
+    async def _delete_many(self, ids: list[str], force: bool) -> DeleteResult:
         row = await self._one("delete_instances_atomic", self._q.delete_instances, (ids, force))
         return DeleteResult(*(int(v) for v in row))
 
-    async def delete_instance_bulk(self, filter: InstanceFilter) -> DeleteResult:
-        if filter.instance_ids is not None and not filter.instance_ids:
-            return DeleteResult()
+    async def _delete_bulk(self, filter: InstanceFilter) -> DeleteResult:
         row = await self._one(
             "delete_instance_bulk",
             self._q.delete_bulk,
@@ -1343,9 +1242,7 @@ class PostgresProvider:
         )
         return PruneResult(*(int(v) for v in row))
 
-    async def prune_executions_bulk(self, filter: InstanceFilter, options: PruneOptions) -> PruneResult:
-        if filter.instance_ids is not None and not filter.instance_ids:
-            return PruneResult()
+    async def _prune_bulk(self, filter: InstanceFilter, options: PruneOptions) -> PruneResult:
         row = await self._one(
             "prune_executions_bulk",
             self._q.prune_bulk,
@@ -1441,7 +1338,7 @@ class PostgresProvider:
         if self._closed:
             raise ProviderError.permanent(op, "provider is closed")
         query = f"SELECT {self._quoted_schema()}.renew_process_lease(%s, %s, %s, %s, %s)"
-        params = (process_id, self._process_key, self.clock.now_ms(), _ms(stale_after), _ms(grace))
+        params = (process_id, self._process_key, self.clock.now_ms(), ms(stale_after), ms(grace))
         try:
             with anyio.fail_after(self._command_timeout):
                 conn = await self._lease_connection()
