@@ -174,7 +174,7 @@ def test_provider_error_kind_is_an_enum_that_decides_retryable() -> None:
 
 
 def test_sqlite_contention_is_recognised_by_result_code_not_by_text() -> None:
-    from duroxide_trio.providers.sqlite import _provider_error
+    from duroxide_trio.providers.sqlite._errors import provider_error as _provider_error
 
     busy = sqlite3.OperationalError("database is locked")
     busy.sqlite_errorcode = 5  # type: ignore[attr-defined]

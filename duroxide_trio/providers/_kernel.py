@@ -20,7 +20,7 @@ This module imports ``history`` and ``providers.base`` only.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 import attrs
@@ -255,6 +255,17 @@ def notify_visible(notifier: Notifier, key: str, at: int | None, now: int) -> No
 
 
 @attrs.frozen
+class TurnToCommit:
+    """What the dialect's ``_commit_turn`` commits: the encoded turn under its lock token."""
+
+    lock_token: str
+    execution_id: int
+    turn: EncodedTurn
+    metadata: ExecutionMetadata
+    cancelled_activities: Sequence[ScheduledActivity]
+
+
+@attrs.frozen
 class TurnCommitted:
     """What the dialect's commit of a turn found out, for the fan-out: the instance, whether it has
     messages visible now (``wake``), the later visibility times it enqueued, and its final info (a
@@ -271,36 +282,40 @@ class TurnCommitted:
 
 
 class ProviderKernel:
-    """The logic both providers share. A dialect subclasses it and implements the ``_commit_turn``,
-    ``_insert_orchestrator_message``, ``fetch_work_items``, ``ack_work_items``, ``read``,
-    ``read_with_execution``, ``_delete_many``, ``_delete_bulk``, ``_prune_bulk`` and ``close`` hooks."""
+    """The logic both providers share. A dialect subclasses it and implements the hooks declared below
+    (its SQL): ``_commit_turn``, ``_insert_orchestrator_message``, ``fetch_work_items``,
+    ``ack_work_items``, ``read``, ``read_with_execution``, ``_delete_many``, ``_delete_bulk``,
+    ``_prune_bulk`` and ``close``."""
 
     clock: Clock
     notifier: Notifier
+
+    if TYPE_CHECKING:  # the dialect's hooks (each a method of the dialect's class)
+        #: Commit the turn atomically and release its lock.
+        _commit_turn: Callable[[TurnToCommit], Awaitable[TurnCommitted]]
+        #: Insert one orchestrator message: ``(target, text, is_start, visible_at, now)``.
+        _insert_orchestrator_message: Callable[[str, str, bool, int, int], Awaitable[None]]
+        #: ``BatchWorkItems``: several worker-queue items per round trip.
+        fetch_work_items: Callable[[float, int, float], Awaitable[list[WorkItemLease]]]
+        ack_work_items: Callable[[Sequence[tuple[str, WorkItem | None]]], Awaitable[list[ProviderError | None]]]
+        #: The current execution's history, and one execution's.
+        read: Callable[[str], Awaitable[list[Event]]]
+        read_with_execution: Callable[[str, int], Awaitable[list[Event]]]
+        #: Delete distinct, non-empty ids in one transaction; bulk delete and prune for a filter that
+        #: can match something.
+        _delete_many: Callable[[list[str], bool], Awaitable[DeleteResult]]
+        _delete_bulk: Callable[[InstanceFilter], Awaitable[DeleteResult]]
+        _prune_bulk: Callable[[InstanceFilter, PruneOptions], Awaitable[PruneResult]]
+        close: Callable[[], Awaitable[None]]
 
     def as_admin(self) -> ProviderAdmin:
         """Both providers are their own management interface."""
         return self  # type: ignore[return-value]
 
-    async def close(self) -> None:
-        """Release connections and threads; idempotent (the dialect's)."""
-        raise NotImplementedError
-
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
     # orchestrator queue ---------------------------------------------------------------------------
-    async def _commit_turn(
-        self,
-        lock_token: str,
-        execution_id: int,
-        turn: EncodedTurn,
-        metadata: ExecutionMetadata,
-        cancelled_activities: Sequence[ScheduledActivity],
-    ) -> TurnCommitted:
-        """The dialect: commit ``turn`` atomically and release the lock."""
-        raise NotImplementedError
-
     async def ack_orchestration_item(
         self,
         lock_token: str,
@@ -313,7 +328,9 @@ class ProviderKernel:
     ) -> None:
         """Commit one turn atomically (see ``Provider.ack_orchestration_item``) and wake who it concerns."""
         turn = encode_turn(self.clock.now_ms(), history_delta, worker_items, orchestrator_items)
-        committed = await self._commit_turn(lock_token, execution_id, turn, metadata, cancelled_activities)
+        committed = await self._commit_turn(
+            TurnToCommit(lock_token, execution_id, turn, metadata, tuple(cancelled_activities))
+        )
         self._fan_out_turn(turn, committed, metadata)
 
     def _fan_out_turn(self, turn: EncodedTurn, committed: TurnCommitted, metadata: ExecutionMetadata) -> None:
@@ -328,10 +345,6 @@ class ProviderKernel:
         if metadata.status in (COMPLETED, FAILED):
             self.notifier.notify_instance(committed.instance_id, committed.final)
 
-    async def _insert_orchestrator_message(self, target: str, text: str, start: bool, visible: int, now: int) -> None:
-        """The dialect: insert one orchestrator message visible at ``visible``."""
-        raise NotImplementedError
-
     async def enqueue_for_orchestrator(self, item: WorkItem, delay: float | None = None) -> None:
         """Put a message on the orchestrator queue, visible after ``delay`` seconds (a timer at its time)."""
         now = self.clock.now_ms()
@@ -341,16 +354,6 @@ class ProviderKernel:
         notify_visible(self.notifier, "orchestrator", visible, now)
 
     # worker queue ---------------------------------------------------------------------------------
-    async def fetch_work_items(
-        self, lock_timeout: float, max_items: int, poll_timeout: float = 0.0
-    ) -> list[WorkItemLease]:
-        """The dialect: lock up to ``max_items`` visible work items in one round trip."""
-        raise NotImplementedError
-
-    async def ack_work_items(self, entries: Sequence[tuple[str, WorkItem | None]]) -> list[ProviderError | None]:
-        """The dialect: ack several work items in one round trip; one result per entry."""
-        raise NotImplementedError
-
     async def fetch_work_item(self, lock_timeout: float, poll_timeout: float = 0.0) -> WorkItemLease | None:
         """The oldest visible activity, locked (``fetch_work_items`` of one)."""
         leases = await self.fetch_work_items(lock_timeout, 1, poll_timeout)
@@ -363,23 +366,11 @@ class ProviderKernel:
             raise error
 
     # history and management -----------------------------------------------------------------------
-    async def read(self, instance_id: str) -> list[Event]:
-        """The dialect: the current execution's history."""
-        raise NotImplementedError
-
-    async def read_with_execution(self, instance_id: str, execution_id: int) -> list[Event]:
-        """The dialect: one execution's history."""
-        raise NotImplementedError
-
     async def read_history(self, instance_id: str, execution_id: int | None = None) -> list[Event]:
         """One execution's history (default: the current one); empty if unknown."""
         if execution_id is None:
             return await self.read(instance_id)
         return await self.read_with_execution(instance_id, execution_id)
-
-    async def _delete_many(self, ids: list[str], force: bool) -> DeleteResult:
-        """The dialect: delete these (distinct, non-empty) instances in one transaction."""
-        raise NotImplementedError
 
     async def delete_instances_atomic(self, instance_ids: Sequence[str], force: bool = False) -> DeleteResult:
         """Delete these instances in one transaction (all or none); duplicates count once."""
@@ -388,19 +379,11 @@ class ProviderKernel:
             return DeleteResult()
         return await self._delete_many(ids, force)
 
-    async def _delete_bulk(self, filter: InstanceFilter) -> DeleteResult:
-        """The dialect: ``delete_instance_bulk`` for a filter that can match something."""
-        raise NotImplementedError
-
     async def delete_instance_bulk(self, filter: InstanceFilter) -> DeleteResult:
         """Delete terminal root instances matching ``filter`` (an empty id list matches nothing)."""
         if filter.instance_ids is not None and not filter.instance_ids:
             return DeleteResult()
         return await self._delete_bulk(filter)
-
-    async def _prune_bulk(self, filter: InstanceFilter, options: PruneOptions) -> PruneResult:
-        """The dialect: ``prune_executions_bulk`` for a filter that can match something."""
-        raise NotImplementedError
 
     async def prune_executions_bulk(self, filter: InstanceFilter, options: PruneOptions) -> PruneResult:
         """``prune_executions`` for every instance matching ``filter`` (an empty id list matches nothing)."""

@@ -664,8 +664,8 @@ class ProviderFactory(Protocol):
     """Creates fresh, isolated providers (for the validation suite and the stress harness).
 
     Optional hooks used by a few validation tests: ``lock_timeout`` (seconds, short so lock-expiry tests
-    are quick), ``corrupt_instance_history(provider, instance_id)`` and
-    ``get_max_attempt_count(provider, instance_id)``; ``cleanup(provider)`` runs after use."""
+    are quick) and ``test_hooks(provider)`` (a ``testing.validation._support.TestHooks``: the suite's
+    one way into the provider's storage); ``cleanup(provider)`` runs after use."""
 
     async def create_provider(self) -> Provider:
         """A fresh, isolated, migrated provider (a new file, schema or database)."""

@@ -70,9 +70,9 @@ from ...history import (
     encode_work_item,
 )
 from .._kernel import (
-    EncodedTurn,
     ProviderKernel,
     TurnCommitted,
+    TurnToCommit,
     decode_activity,
     decode_batch,
     ms,
@@ -83,7 +83,6 @@ from ..base import (
     Clock,
     DeleteResult,
     ExecutionInfo,
-    ExecutionMetadata,
     InstanceAlreadyExists,
     InstanceFilter,
     InstanceInfo,
@@ -97,7 +96,6 @@ from ..base import (
     PruneOptions,
     PruneResult,
     QueueDepths,
-    ScheduledActivity,
     SystemMetrics,
     WorkItemLease,
 )
@@ -897,14 +895,9 @@ class PostgresProvider(ProviderKernel):
             history_texts=history_texts or (),
         )
 
-    async def _commit_turn(
-        self,
-        lock_token: str,
-        execution_id: int,
-        turn: EncodedTurn,
-        metadata: ExecutionMetadata,
-        cancelled_activities: Sequence[ScheduledActivity],
-    ) -> TurnCommitted:
+    async def _commit_turn(self, commit: TurnToCommit) -> TurnCommitted:
+        lock_token, execution_id, turn = commit.lock_token, commit.execution_id, commit.turn
+        metadata, cancelled_activities = commit.metadata, commit.cancelled_activities
         now = turn.now
         orch_visible = [o.visible(now) for o in turn.orchestrator]
         params = (
