@@ -124,7 +124,7 @@ async def test_postgres_out_of_range_and_too_long_values_are_permanent(pg_url: s
 
 
 def test_sqlstate_classification_table() -> None:
-    from duroxide_trio.providers.postgres.provider import classify_sqlstate
+    from duroxide_trio.providers.postgres._errors import classify_sqlstate
 
     retryable = {
         "08006": "connection", "08001": "connection", "40001": "contention", "40P01": "contention",
