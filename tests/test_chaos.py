@@ -349,7 +349,7 @@ async def test_advisory_lock_keys_are_scoped_to_the_schema(pg_url):
 
     from duroxide_trio.history import StartOrchestration
     from duroxide_trio.providers.postgres import PostgresProvider
-    from duroxide_trio.providers.postgres.provider import _hash64
+    from duroxide_trio.providers.postgres._queries import _hash64
 
     schemas = [pg_support.new_schema_name(), pg_support.new_schema_name()]
     providers = [await PostgresProvider.connect(pg_url, schema=s, pool_max=2) for s in schemas]

@@ -18,7 +18,7 @@ from ..activity import ActivityContext
 from ..history import ActivityError, ActivityExecute, ActivityResult, ErrorDetails
 from ..orchestration import limits
 from ..orchestration.replay import describe_exception
-from ..providers.base import ProviderError, WorkItemLease, as_provider_error
+from ..providers.base import ProviderError, ProviderErrorKind, WorkItemLease, as_batch, as_provider_error
 from ..registry import ActivityHandler, Registry, decode_payload, encode_payload
 from ._env import Fetcher, FetchFailed, WorkerEnv
 from .options import RuntimeOptions
@@ -49,7 +49,8 @@ async def activity_worker(
     as its own task in the runtime's task group."""
     provider = env.provider
     options = env.options
-    fetch_many = getattr(provider, "fetch_work_items", None)
+    batch = as_batch(provider)
+    fetch_many = batch.fetch_work_items if batch is not None else None
     held = 0
 
     async def fetch() -> list[WorkItemLease]:
@@ -165,7 +166,8 @@ class Acker:
     async def _ack_batch(self, entries: list[tuple[str, Any]]) -> list[ProviderError | None]:
         env = self._env
         provider = env.provider
-        many = getattr(provider, "ack_work_items", None)
+        batch = as_batch(provider)
+        many = batch.ack_work_items if batch is not None else None
 
         async def commit() -> list[ProviderError | None]:
             try:
@@ -391,7 +393,7 @@ if trio is not None:
 
 async def _ack(acker: Acker, lease: WorkItemLease, completion: Any) -> None:
     error = await acker.ack(lease, completion)
-    if error is not None and error.kind == "invalid" and isinstance(completion, ActivityResult):
+    if error is not None and error.kind is ProviderErrorKind.INVALID and isinstance(completion, ActivityResult):
         # The store cannot hold this result (e.g. a NUL character on PostgreSQL): record why instead.
         item = lease.item
         details = _failure("StorageRejected", f"the storage refused the result of activity {item.name!r}: "

@@ -24,6 +24,7 @@ from ..providers.base import (
     ExecutionMetadata,
     OrchestrationItem,
     ProviderError,
+    ProviderErrorKind,
     ScheduledActivity,
     as_provider_error,
     now_ms,
@@ -208,7 +209,9 @@ async def _ack_retrying(
     def refused(exc: ProviderError) -> bool:
         # The store cannot hold this turn (a value too large for it): replaying it would fail the same way
         # until poison (unless this already is the refusal's own turn).
-        return exc.kind == "invalid" and (result.error is None or result.error.kind != "StorageRejected")
+        return exc.kind is ProviderErrorKind.INVALID and (
+            result.error is None or result.error.kind != "StorageRejected"
+        )
 
     def on_retry(exc: Exception, retry: int, delay: float) -> None:
         assert isinstance(exc, ProviderError)

@@ -12,7 +12,7 @@ import anyio.abc
 
 from ..client import Client
 from ..clock import clock_of
-from ..providers.base import Provider, ProviderError
+from ..providers.base import Provider, ProviderError, as_listener
 from ..registry import Registry
 from ._activities import Acker, activity_worker
 from ._asyncio_loop import AsyncioLoopThread
@@ -185,10 +185,10 @@ async def _run(runtime: Runtime) -> AsyncIterator[Runtime]:
         if runtime.metrics.enabled:
             outer.start_soon(runtime.metrics.sample_queues, runtime.provider, options.metrics_interval,
                              name="queue-metrics")
-        listener = getattr(runtime.provider, "run_listener", None)
-        if listener is not None:
+        listening = as_listener(runtime.provider)
+        if listening is not None:
             # Cross-process wake-ups (PostgreSQL LISTEN); a no-op if the provider's own block runs one.
-            await outer.start(listener)
+            await outer.start(listening.run_listener)
         # The process lease: a dead process's locks move in ~1.5 s.
         await outer.start(run_liveness, runtime.provider)
         outer.start_soon(run_acker, name="activity-acker")

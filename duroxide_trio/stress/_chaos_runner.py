@@ -136,7 +136,7 @@ class ChaosTarget:
         if os.environ.get("DUROXIDE_CHAOS_KEEP"):  # debugging: leave the database for inspection
             return
         if self.kind == "postgres":
-            from ..providers.postgres.provider import drop_schema
+            from ..providers.postgres import drop_schema
 
             assert self.url is not None and self.schema is not None
             with contextlib.suppress(Exception):
