@@ -548,7 +548,7 @@ class ListenerCapable(Protocol):
 
 
 class ProcessLeases(Protocol):
-    """``ProviderCapabilities.process_leases``: one lease per runtime process (``runtime.liveness``)."""
+    """``ProviderCapabilities.process_leases``: one lease per runtime process (``runtime._liveness``)."""
 
     @property
     def process_id(self) -> str | None:

@@ -1,5 +1,5 @@
 """Process liveness leases of the PostgreSQL provider (``ProviderCapabilities.process_leases``, see
-``runtime/liveness.py`` and migration 0003): a row and a session advisory lock per process."""
+``runtime/_liveness.py`` and migration 0003): a row and a session advisory lock per process."""
 
 from __future__ import annotations
 

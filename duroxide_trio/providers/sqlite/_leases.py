@@ -1,5 +1,5 @@
 """Process liveness leases of the SQLite provider (``ProviderCapabilities.process_leases``, see
-``runtime/liveness.py`` and migration 2): an OS file lock per process beside the database."""
+``runtime/_liveness.py`` and migration 2): an OS file lock per process beside the database."""
 
 from __future__ import annotations
 

@@ -89,7 +89,7 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (instance_id, key)
     );
     """,
-    # 2: process liveness leases (runtime/liveness.py): one row per runtime process; the lease itself is
+    # 2: process liveness leases (runtime/_liveness.py): one row per runtime process; the lease itself is
     # an OS file lock (flock) on <database>.processes/<process id>.lock that dies with its process.
     """
     CREATE TABLE processes (
