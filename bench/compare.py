@@ -23,9 +23,11 @@ completed), else 0.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -59,6 +61,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--orch-concurrency", type=int, default=2, help="orchestration dispatchers (default 2)")
     p.add_argument("--worker-concurrency", type=int, default=2, help="activity dispatchers (default 2)")
     p.add_argument("--wait-timeout", type=float, default=60.0, help="seconds one instance may take")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run every side this many times, interleaved; the table shows medians (default 1)")
     p.add_argument("--providers", default=",".join(PROVIDERS), help="comma list of postgres, sqlite")
     p.add_argument("--peers", default=",".join(PEERS), help=f"comma list of {', '.join(PEERS)} ('' = none)")
     p.add_argument("--peer", action="append", default=[], metavar="KEY=DRIVER",
@@ -71,6 +75,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, help="also write every side's result here")
     p.add_argument("--logs", type=Path, help="directory for each side's stderr (default: a temp dir)")
     args = p.parse_args(argv)
+    if args.rounds < 1:
+        p.error("--rounds must be at least 1")
     args.providers = [x for x in args.providers.split(",") if x]
     for prov in args.providers:
         if prov not in PROVIDERS:
@@ -203,34 +209,42 @@ def run_driver(args: argparse.Namespace, key: str, driver: Path, provider: str, 
 
 
 def run_all(args: argparse.Namespace, workdir: Path, logs: Path) -> list[dict[str, Any]]:
-    """Every side on every provider, one at a time; results in table order."""
+    """Every side on every provider, one at a time, ``args.rounds`` times; each round starts with the
+    next side (round 2 of three sides runs B, C, A), so no side always runs first. Each run gets fresh
+    storage."""
     results: list[dict[str, Any]] = []
     sides = [(OURS, None), *((key, drv) for key, (drv, _) in args.drivers.items())]
 
-    def one(provider: str, key: str, driver: Path | None, target: str) -> None:
+    def one(provider: str, rnd: int, key: str, driver: Path | None, target: str) -> None:
         label = OURS if driver is None else key
-        print(f"{provider}: {label} ...", file=sys.stderr, flush=True)
-        log = logs / f"{provider}-{key}.log"
+        print(f"{provider}, round {rnd + 1}/{args.rounds}: {label} ...", file=sys.stderr, flush=True)
+        log = logs / f"{provider}-{key}-{rnd + 1}.log"
         if driver is None:
             res = run_ours(args, provider, target, workdir, log)
         else:
             res = run_driver(args, key, driver, provider, target, workdir, log)
         res.setdefault("peer", label)
-        res["key"] = key
-        res["provider"] = provider
+        res.update(key=key, provider=provider, round=rnd + 1, log=str(log))
         results.append(res)
+        if "error" in res:
+            print(f"  {res['error']}", file=sys.stderr, flush=True)
+        else:
+            print(f"  {res['orch_per_s']:.1f} orch/s, p50 {res['p50_ms']:.0f} ms, "
+                  f"{res['completed']}/{res['launched']} completed", file=sys.stderr, flush=True)
 
     for provider in args.providers:
         eligible = [(k, d) for k, d in sides if d is None or provider in args.drivers[k][1]]
-        if provider == "postgres":
-            with postgres_server(args.database_url) as server:
-                for key, driver in eligible:
-                    db_key = "trio" if driver is None else key
-                    with own_database(server, db_key) as url:
-                        one(provider, key, driver, url)
-        else:
-            for key, driver in eligible:
-                one(provider, key, driver, str(workdir / f"{'trio' if driver is None else key}.sqlite"))
+        with contextlib.ExitStack() as stack:
+            server = stack.enter_context(postgres_server(args.database_url)) if provider == "postgres" else ""
+            for rnd in range(args.rounds):
+                shift = rnd % len(eligible)
+                for key, driver in eligible[shift:] + eligible[:shift]:
+                    name = "trio" if driver is None else key
+                    if provider == "postgres":
+                        with own_database(server, name) as url:
+                            one(provider, rnd, key, driver, url)
+                    else:
+                        one(provider, rnd, key, driver, str(workdir / f"{name}-{rnd + 1}.sqlite"))
     return results
 
 
@@ -242,64 +256,106 @@ def _ms(v: float) -> str:
     return f"{v:.0f} ms"
 
 
-def table(results: list[dict[str, Any]]) -> str:
-    """A Markdown table: one row per side and provider, with our ratio over each peer on that provider.
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else 0.0
 
-    ``ours ×`` = our throughput / this side's throughput; ``p50 ÷`` = this side's p50 / ours (how many
-    times lower our latency is)."""
+
+def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per provider and side (ours first, then the peers in the order they ran first): over its
+    rounds the median ``orch_per_s``, ``p50_ms`` and ``p95_ms``, the lowest and highest ``orch_per_s``,
+    and the summed counts; ``error`` if any round crashed."""
+    out: list[dict[str, Any]] = []
+    for provider in dict.fromkeys(r["provider"] for r in results):
+        rows = [r for r in results if r["provider"] == provider]
+        keys = sorted(dict.fromkeys(r["key"] for r in rows), key=lambda k: k != OURS)
+        for key in keys:
+            runs = [r for r in rows if r["key"] == key]
+            first = runs[0]
+            entry: dict[str, Any] = {"provider": provider, "key": key, "peer": first.get("peer", key),
+                                     "version": first.get("version", ""), "rounds": len(runs)}
+            errors = [r["error"] for r in runs if "error" in r]
+            if errors:
+                entry["error"] = errors[0]
+                out.append(entry)
+                continue
+            orch = [r["orch_per_s"] for r in runs]
+            entry.update(
+                orch_per_s=_median(orch), orch_min=min(orch), orch_max=max(orch),
+                p50_ms=_median([r["p50_ms"] for r in runs]), p95_ms=_median([r["p95_ms"] for r in runs]),
+                **{n: sum(r[n] for r in runs) for n in ("completed", "launched", "failed", "wrong")},
+            )
+            out.append(entry)
+    return out
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    """A Markdown table: one row per provider and side (see :func:`summarize`), with our ratio over each
+    peer on that provider: ``ours × orch/s`` = our throughput / theirs; ``ours ÷ p50`` = their p50 / ours
+    (how many times lower our median latency is). With several rounds the figures are medians, and
+    orch/s shows the lowest–highest round in brackets."""
     header = ("| storage | system | orch/s | p50 | p95 | completed | failed / wrong | ours × orch/s "
               "| ours ÷ p50 |")
     lines = [header, "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for provider in dict.fromkeys(r["provider"] for r in results):
-        rows = [r for r in results if r["provider"] == provider]
-        ours = next((r for r in rows if r.get("key") == OURS and "error" not in r), None)
-        for r in rows:
-            name = f"{r.get('peer', r.get('key'))} {r.get('version', '')}".strip()
-            if "error" in r:
-                lines.append(f"| {provider} | {name} | error: {r['error']} | | | | | | |")
-                continue
-            if r.get("key") == OURS or ours is None:
-                ratio = lat = "—"
-            else:
-                ratio = f"{ours['orch_per_s'] / r['orch_per_s']:.1f}×" if r["orch_per_s"] else "∞"
-                lat = f"{r['p50_ms'] / ours['p50_ms']:.1f}×" if ours["p50_ms"] else "—"
-            lines.append(
-                f"| {provider} | {name} | {r['orch_per_s']:.1f} | {_ms(r['p50_ms'])} | {_ms(r['p95_ms'])} "
-                f"| {r['completed']}/{r['launched']} | {r['failed']} / {r['wrong']} | {ratio} | {lat} |"
-            )
+    summary = summarize(results)
+    for r in summary:
+        provider = r["provider"]
+        ours = next((o for o in summary if o["provider"] == provider and o["key"] == OURS
+                     and "error" not in o), None)
+        name = f"{r['peer']} {r['version']}".strip()
+        if "error" in r:
+            lines.append(f"| {provider} | {name} | error: {r['error']} | | | | | | |")
+            continue
+        if r["key"] == OURS or ours is None:
+            ratio = lat = "—"
+        else:
+            ratio = f"{ours['orch_per_s'] / r['orch_per_s']:.1f}×" if r["orch_per_s"] else "∞"
+            lat = f"{r['p50_ms'] / ours['p50_ms']:.1f}×" if ours["p50_ms"] else "—"
+        orch = f"{r['orch_per_s']:.1f}"
+        if r["rounds"] > 1:
+            orch += f" ({r['orch_min']:.0f}–{r['orch_max']:.0f})"
+        lines.append(
+            f"| {provider} | {name} | {orch} | {_ms(r['p50_ms'])} | {_ms(r['p95_ms'])} "
+            f"| {r['completed']}/{r['launched']} | {r['failed']} / {r['wrong']} | {ratio} | {lat} |"
+        )
     return "\n".join(lines)
 
 
-def describe(args: argparse.Namespace) -> str:
-    """One line naming the workload and the machine, printed above the table."""
+def describe(args: argparse.Namespace, load_before: float) -> str:
+    """One line naming the workload and the machine (with its 1-minute load average before the runs:
+    other work on the machine moves the figures), printed above the table."""
     return (
-        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores: {args.max_concurrent} in "
-        f"flight, {args.tasks} activities of {args.activity_delay_ms} ms each, "
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores (load {load_before:.1f} before): "
+        f"{args.max_concurrent} in flight, {args.tasks} activities of {args.activity_delay_ms} ms each, "
         f"{args.orch_concurrency}:{args.worker_concurrency} dispatchers, {args.duration:g} s per run"
+        + (f", {args.rounds} rounds (medians)" if args.rounds > 1 else "")
     )
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="dx-compare-") as tmp:
         workdir = Path(tmp)
         logs = args.logs or workdir
         logs.mkdir(parents=True, exist_ok=True)
         results = run_all(args, workdir, logs)
-        print(describe(args))
+        print(describe(args, load_before))
         print()
         print(table(results))
         bad = [r for r in results if "error" in r or r.get("failed") or r.get("wrong")]
         for r in bad:
             msgs = r.get("failures") or []
-            print(f"\n{r['provider']} {r.get('peer')}: {r.get('error', '')} failed {r.get('failed')} "
+            print(f"\n{r['provider']} {r.get('peer')} round {r['round']}: {r.get('error', '')} "
+                  f"failed {r.get('failed')} "
                   f"wrong {r.get('wrong')} {'; '.join(msgs)}", file=sys.stderr)
-            if not args.logs:
-                log = logs / f"{r['provider']}-{r['key']}.log"
+            if not args.logs:  # the temporary directory goes away: show the log's tail
+                log = Path(r["log"])
                 if log.exists():
                     print("\n".join(log.read_text(errors="replace").splitlines()[-20:]), file=sys.stderr)
         if args.json:
-            args.json.write_text(json.dumps({"workload": describe(args), "results": results}, indent=2))
+            payload = {"workload": describe(args, load_before), "summary": summarize(results),
+                       "results": results}
+            args.json.write_text(json.dumps(payload, indent=2))
     return 1 if bad else 0
 
 

@@ -119,7 +119,7 @@ def test_sqlite_table_with_a_correct_and_a_lying_peer(tmp_path: Path) -> None:
     assert row[8] == f"{stub['p50_ms'] / ours['p50_ms']:.1f}×"
     assert _row(proc.stdout, "liar")[6] == f"0 / {liar['wrong']}"
     assert _row(proc.stdout, "duroxide-trio")[7] == "—"
-    assert "20 in flight, 5 activities of 10 ms each, 2:2 dispatchers" in proc.stdout
+    assert "20 in flight, 5 activities of 10 ms each, 2:2 dispatchers, 0.5 s per run" in proc.stdout
 
 
 def test_postgres_each_side_gets_its_own_database_dropped_afterwards(tmp_path: Path, pg_url: str) -> None:
@@ -144,6 +144,26 @@ def test_table_reports_a_crashed_side_and_no_ratio_without_ours() -> None:
     text = compare.table([peer, crashed])
     assert _row(text, "P 1")[7] == "—"  # no ours row on this provider: no ratio
     assert "error: ImportError: no module" in _row(text, "Q")[2]
+
+
+def test_several_rounds_show_medians_and_range() -> None:
+    compare = _load_compare()
+
+    def run(key: str, orch: float, p50: float) -> dict[str, Any]:
+        return {"key": key, "peer": key, "version": "1", "provider": "sqlite", "orch_per_s": orch,
+                "p50_ms": p50, "p95_ms": 2 * p50, "completed": 10, "launched": 10, "failed": 0, "wrong": 0}
+
+    # Round 2 ran the peer first: the table still puts ours first.
+    results = [run("duroxide-trio", 100.0, 100.0), run("p", 10.0, 900.0),
+               run("p", 30.0, 700.0), run("duroxide-trio", 140.0, 80.0),
+               run("duroxide-trio", 120.0, 90.0), run("p", 20.0, 800.0)]
+    text = compare.table(results)
+    lines = [ln for ln in text.splitlines() if ln.startswith("| sqlite")]
+    assert lines[0].startswith("| sqlite | duroxide-trio")
+    ours, peer = _row(text, "duroxide-trio"), _row(text, "p 1")
+    assert ours[2] == "120.0 (100–140)" and ours[3] == "90 ms" and ours[5] == "30/30"
+    assert peer[2] == "20.0 (10–30)" and peer[3] == "800 ms"
+    assert peer[7] == "6.0×" and peer[8] == "8.9×"  # 120 / 20 and 800 / 90
 
 
 def test_database_url_rewrite_keeps_credentials_and_query() -> None:
