@@ -13,7 +13,7 @@ one after another, never two at once:
 
 PostgreSQL: the server in ``--database-url`` / ``$DATABASE_URL``, or a throwaway cluster started from the
 local binaries and removed afterwards. Every side gets a database of its own on that server
-(``dx_compare_<side>``), created before its run and dropped after it. SQLite: every side gets a new file
+(``dx_compare_<side>``, see ``--database-prefix``), created before its run and dropped after it. SQLite: every side gets a new file
 in a temporary directory.
 
 The exit code is 1 if a side crashed, or had a failed or wrong instance (those never count as
@@ -72,6 +72,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ours-python", default=sys.executable, help="interpreter with duroxide-trio")
     p.add_argument("--database-url", default=os.environ.get("DATABASE_URL"),
                    help="PostgreSQL server to use (default $DATABASE_URL, else a throwaway cluster)")
+    p.add_argument("--database-prefix", default="dx_compare_",
+                   help="name prefix of the per-side databases (default dx_compare_: dx_compare_dbos, ...)")
     p.add_argument("--json", type=Path, help="also write every side's result here")
     p.add_argument("--logs", type=Path, help="directory for each side's stderr (default: a temp dir)")
     args = p.parse_args(argv)
@@ -132,11 +134,12 @@ def _with_database(url: str, dbname: str) -> str:
 
 
 @contextmanager
-def own_database(server_url: str, key: str) -> Iterator[str]:
-    """Create ``dx_compare_<key>`` on the server (dropping a leftover one first), yield its URL, drop it."""
+def own_database(server_url: str, name: str) -> Iterator[str]:
+    """Create database ``name`` on the server (dropping a leftover one first), yield its URL, drop it."""
     import psycopg
 
-    name = f"dx_compare_{key}"
+    if not re.fullmatch(r"[a-z0-9_]+", name):
+        raise ValueError(f"database name {name!r}: use [a-z0-9_] only")
 
     def admin(sql: str) -> None:
         with psycopg.connect(server_url, autocommit=True, connect_timeout=10) as conn:
@@ -241,7 +244,7 @@ def run_all(args: argparse.Namespace, workdir: Path, logs: Path) -> list[dict[st
                 for key, driver in eligible[shift:] + eligible[:shift]:
                     name = "trio" if driver is None else key
                     if provider == "postgres":
-                        with own_database(server, name) as url:
+                        with own_database(server, args.database_prefix + name) as url:
                             one(provider, rnd, key, driver, url)
                     else:
                         one(provider, rnd, key, driver, str(workdir / f"{name}-{rnd + 1}.sqlite"))

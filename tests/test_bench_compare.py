@@ -11,6 +11,7 @@ import importlib.util
 import json
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -123,15 +124,16 @@ def test_sqlite_table_with_a_correct_and_a_lying_peer(tmp_path: Path) -> None:
 
 
 def test_postgres_each_side_gets_its_own_database_dropped_afterwards(tmp_path: Path, pg_url: str) -> None:
+    prefix = f"dx_compare_t{uuid.uuid4().hex[:8]}_"
     proc, data = _compare(tmp_path, "--providers", "postgres", "--database-url", pg_url,
-                          "--peer", f"stub={_stub(tmp_path, 'stub')}")
+                          "--database-prefix", prefix, "--peer", f"stub={_stub(tmp_path, 'stub')}")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     by_key = {r["key"]: r for r in data["results"]}
-    assert by_key["stub"]["knobs"]["database"] == "dx_compare_stub"
+    assert by_key["stub"]["knobs"]["database"] == f"{prefix}stub"
     assert by_key["duroxide-trio"]["completed"] == by_key["duroxide-trio"]["launched"] > 0
     with psycopg.connect(pg_url) as conn:
         left = conn.execute(
-            "select datname from pg_database where datname in ('dx_compare_trio', 'dx_compare_stub')"
+            "select datname from pg_database where datname like %s", (prefix + "%",)
         ).fetchall()
     assert left == []
 
