@@ -4,17 +4,23 @@ Orchestrations are ``async def`` functions replayed deterministically from a per
 activities run at-least-once; state lives in a provider (SQLite embedded, PostgreSQL for scale-out).
 """
 
-from .client import Client, ManagementNotAvailable, OrchestrationState, Status, UnknownOrchestration
-from .history import ErrorDetails, Event
-from .orchestration.context import (
+from .client import Client, OrchestrationState
+from .errors import (
     ActivityFailed,
-    Backoff,
-    DurableFuture,
-    OrchestrationContext,
-    RetryPolicy,
+    DuroxideError,
+    InstanceAlreadyExists,
+    InstanceNotFound,
+    InstanceStillRunning,
+    ManagementNotAvailable,
+    OrchestrationTimeout,
+    PayloadError,
+    ProviderError,
     SubOrchestrationFailed,
     TaskFailed,
+    UnknownOrchestration,
 )
+from .history import ErrorDetails, Event, Status
+from .orchestration.context import Backoff, DurableFuture, OrchestrationContext, RetryPolicy
 from .orchestration.limits import (
     MAX_CUSTOM_STATUS_BYTES,
     MAX_HISTORY_BYTES,
@@ -23,17 +29,9 @@ from .orchestration.limits import (
     MAX_TIMER_SECONDS,
     LimitExceeded,
 )
-from .providers.base import (
-    InstanceAlreadyExists,
-    InstanceNotFound,
-    InstanceStillRunning,
-    Provider,
-    ProviderAdmin,
-    ProviderError,
-    ProviderFactory,
-)
+from .providers.base import Provider, ProviderAdmin, ProviderFactory
 from .providers.sqlite import SqliteFactory, SqliteProvider
-from .registry import PayloadError, Registry
+from .registry import Registry
 from .runtime.activities import ActivityContext
 from .runtime.options import RuntimeOptions
 from .runtime.runtime import Runtime, open_runtime
@@ -45,6 +43,7 @@ __all__ = [
     "ActivityFailed",
     "Backoff",
     "Client",
+    "DuroxideError",
     "DurableFuture",
     "ErrorDetails",
     "Event",
@@ -60,6 +59,7 @@ __all__ = [
     "ManagementNotAvailable",
     "OrchestrationContext",
     "OrchestrationState",
+    "OrchestrationTimeout",
     "PayloadError",
     "PostgresFactory",
     "PostgresProvider",

@@ -6,7 +6,6 @@ orchestration names at start and returns typed outputs.
 
 from __future__ import annotations
 
-import enum
 import json
 import math
 from collections.abc import Sequence
@@ -16,7 +15,16 @@ from typing import Any
 import attrs
 
 from .clock import clock_of
-from .history import CancelInstance, ErrorDetails, Event, ExternalRaised, QueueMessage, StartOrchestration
+from .errors import ManagementNotAvailable, OrchestrationTimeout, UnknownOrchestration
+from .history import (
+    CancelInstance,
+    ErrorDetails,
+    Event,
+    ExternalRaised,
+    QueueMessage,
+    StartOrchestration,
+    Status,
+)
 from .orchestration.context import check_instance_id
 from .orchestration.limits import MAX_NAME_BYTES, MAX_PAYLOAD_BYTES, check_text
 from .providers.base import (
@@ -34,38 +42,18 @@ from .providers.base import (
 )
 from .registry import Registry, decode_payload, encode_payload, parse_version
 
-__all__ = ["Client", "OrchestrationState", "Status", "UnknownOrchestration", "ManagementNotAvailable"]
+__all__ = [
+    "Client",
+    "ManagementNotAvailable",
+    "OrchestrationState",
+    "OrchestrationTimeout",
+    "Status",
+    "UnknownOrchestration",
+]
 
 
-class Status(enum.StrEnum):
-    """The status of an instance as the client reports it (``OrchestrationState.status``).
-
-    ``NOT_FOUND``: no such instance, or it was started but its first turn has not been committed yet
-    (instances are created by their first turn). ``RUNNING``: the current execution has not finished
-    (also right after a continue-as-new, until the next execution starts). ``COMPLETED`` and ``FAILED``
-    are terminal. The value is the stored spelling (``"Running"``); ``str(status)`` gives it too.
-    """
-
-    NOT_FOUND = "NotFound"
-    RUNNING = "Running"
-    COMPLETED = "Completed"
-    FAILED = "Failed"
-
-    def __str__(self) -> str:
-        return self.value
-
-    @property
-    def is_terminal(self) -> bool:
-        """True for ``COMPLETED`` and ``FAILED``: the instance will not change any more."""
-        return self in (Status.COMPLETED, Status.FAILED)
-
-
-class UnknownOrchestration(ValueError):
-    """``start_orchestration`` named an orchestration the client's registry does not have."""
-
-
-class ManagementNotAvailable(RuntimeError):
-    """The provider has no management (``ProviderAdmin``) capability."""
+#: The statuses ``list_instances`` filters by (a current execution's status).
+_LISTABLE = (Status.RUNNING, Status.COMPLETED, Status.FAILED, Status.CONTINUED_AS_NEW)
 
 
 @attrs.frozen
@@ -296,14 +284,14 @@ class Client:
             return OrchestrationState(instance_id, Status.NOT_FOUND)
         output: Any = None
         error: ErrorDetails | None = None
-        if info.status == "Completed":
+        if info.status == Status.COMPLETED:
             status = Status.COMPLETED
             hint = None
             if self.registry is not None:
                 h = self.registry.resolve_orchestration(info.name, info.version)
                 hint = h.output_type if h else None
             output = decode_payload(info.output, hint)
-        elif info.status == "Failed":
+        elif info.status == Status.FAILED:
             status = Status.FAILED
             try:
                 error = ErrorDetails(**json.loads(info.output or "{}"))
@@ -371,7 +359,7 @@ class Client:
                     return state
                 remaining = deadline - clock.monotonic()
                 if remaining <= 0:
-                    raise TimeoutError(
+                    raise OrchestrationTimeout(
                         f"instance {instance_id!r} did not finish within {_seconds(timeout)} "
                         f"(status {state.status.value})"
                     )
@@ -421,9 +409,9 @@ class Client:
         """
         value = status.value if isinstance(status, Status) else status
         if isinstance(value, str):
-            known = {s.lower(): s for s in ("Running", "Completed", "Failed", "ContinuedAsNew")}
+            known = {s.value.lower(): s.value for s in _LISTABLE}
             value = known.get(value.lower().replace("_", ""), value)
-        if value is not None and value not in ("Running", "Completed", "Failed", "ContinuedAsNew"):
+        if value is not None and value not in _LISTABLE:
             raise ValueError(
                 f"unknown status {status!r}: use dt.Status.RUNNING, COMPLETED or FAILED (or 'running', "
                 "'completed', 'failed')"

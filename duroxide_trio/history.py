@@ -7,14 +7,19 @@ optional fields with their defaults, so histories written by older or newer vers
 
 from __future__ import annotations
 
+import enum
 import json
 from typing import Any, Literal
 
 import attrs
 import cattrs
 
+from .errors import DuroxideError, ErrorDetails
+
 __all__ = [
     "ErrorDetails",
+    "Status",
+    "TERMINAL_STATUSES",
     "Event",
     "EventKind",
     "WorkItem",
@@ -26,35 +31,38 @@ __all__ = [
     "UnknownEventKind",
 ]
 
-Category = Literal["application", "infrastructure", "configuration", "poison"]
+class Status(enum.StrEnum):
+    """The status of an instance (``OrchestrationState.status``) or of one execution
+    (``ExecutionInfo.status``). The one spelling of statuses in the package: providers store the value.
 
-
-@attrs.frozen
-class ErrorDetails:
-    """Why something failed. Only ``application`` errors are visible to orchestration code as exceptions;
-    ``configuration`` (nondeterminism), ``infrastructure`` and ``poison`` fail the instance.
-
-    Attributes:
-        category: ``"application"`` (the code raised, an activity or child failed, a timeout, a cancel;
-            orchestration code sees it as ``ActivityFailed`` / ``SubOrchestrationFailed``),
-            ``"configuration"`` (nondeterminism, a size limit, a corrupted history),
-            ``"infrastructure"`` (an engine error) or ``"poison"`` (a message that kept failing, or an
-            orchestration or activity that is not registered anywhere).
-        kind: A short machine-readable reason, e.g. ``"ActivityFailed"``, ``"OrchestrationFailed"``,
-            ``"Timeout"``, ``"Cancelled"``, ``"BadInput"``, ``"Nondeterminism"``, ``"LimitExceeded"``,
-            ``"Unregistered"``.
-        message: The human-readable text (``"ValueError: card declined"``); cut at 64 KiB.
-        retryable: Whether retrying may help (informational; the runtime does not act on it).
+    ``NOT_FOUND``: no such instance, or it was started but its first turn has not been committed yet
+    (instances are created by their first turn). ``RUNNING``: the current execution has not finished
+    (also right after a continue-as-new, until the next execution starts). ``COMPLETED`` and ``FAILED``
+    are terminal. ``CONTINUED_AS_NEW`` is only ever the status of an *execution* that ended by
+    continuing as new (``Client.list_executions``); an instance is never reported in it. The value is the
+    stored spelling (``"Running"``); ``str(status)`` gives it too; a ``Status`` compares equal to its text.
     """
 
-    category: str
-    kind: str
-    message: str
-    retryable: bool = False
+    NOT_FOUND = "NotFound"
+    RUNNING = "Running"
+    COMPLETED = "Completed"
+    FAILED = "Failed"
+    CONTINUED_AS_NEW = "ContinuedAsNew"
 
-    def display(self) -> str:
-        """The text to show a person: ``message``."""
-        return self.message
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def is_terminal(self) -> bool:
+        """True for ``COMPLETED`` and ``FAILED``: the instance will not change any more."""
+        return self in (Status.COMPLETED, Status.FAILED)
+
+
+#: Execution statuses after which an execution never changes again.
+TERMINAL_STATUSES = frozenset({Status.COMPLETED, Status.FAILED, Status.CONTINUED_AS_NEW})
+
+
+Category = Literal["application", "infrastructure", "configuration", "poison"]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -595,7 +603,7 @@ WORK_ITEM_KINDS: dict[str, type] = {
 _conv = cattrs.Converter(forbid_extra_keys=False)
 
 
-class HistoryDecodeError(ValueError):
+class HistoryDecodeError(DuroxideError, ValueError):
     """A stored event or work item could not be decoded."""
 
 

@@ -18,6 +18,8 @@ from typing import Any
 import attrs
 from cattrs.preconf.json import make_converter
 
+from .errors import PayloadError
+
 __all__ = ["Registry", "converter", "encode_payload", "decode_payload", "PayloadError"]
 
 #: The converter used for every payload. Register extra hooks on it for your own types.
@@ -26,10 +28,6 @@ converter.register_unstructure_hook(uuid.UUID, str)
 converter.register_structure_hook(uuid.UUID, lambda v, _: v if isinstance(v, uuid.UUID) else uuid.UUID(str(v)))
 
 _VERSION_RE = re.compile(r"^\d+(\.\d+){0,2}$")
-
-
-class PayloadError(TypeError):
-    """A value could not be turned into JSON (or JSON into the annotated type)."""
 
 
 def encode_payload(value: Any, what: str = "value") -> str | None:

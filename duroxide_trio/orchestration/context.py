@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from ..errors import ActivityFailed, SubOrchestrationFailed, TaskFailed
 from ..history import (
     ActivityScheduled,
     CustomStatusUpdated,
@@ -81,22 +82,6 @@ BLOCKED = _Blocked()
 
 # ---------------------------------------------------------------------------------------------------------
 # Errors visible to orchestration code
-
-
-class TaskFailed(Exception):
-    """A scheduled task failed; ``details`` says why."""
-
-    def __init__(self, details: ErrorDetails) -> None:
-        super().__init__(details.message)
-        self.details = details
-
-
-class ActivityFailed(TaskFailed):
-    """An activity raised (or timed out, or was poisoned)."""
-
-
-class SubOrchestrationFailed(TaskFailed):
-    """A sub-orchestration ended Failed."""
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from ..history import (
     Event,
     OrchestrationStarted,
     StartOrchestration,
+    Status,
     SubOrchError,
     WorkItem,
 )
@@ -159,7 +160,7 @@ def _fail(batch: Batch, details: ErrorDetails, now_ms: int, plan: TurnPlan | Non
     name = plan.name or batch.orchestration_name or "unknown"
     version = plan.version or batch.version or "0.0.0"
     if plan.action == "unreadable":
-        return TurnResult(execution_id=batch.execution_id, name=name, version=version, status="Failed",
+        return TurnResult(execution_id=batch.execution_id, name=name, version=version, status=Status.FAILED,
                           error=details)
     return fail_instance(instance_id=batch.instance_id, plan=plan, details=details, now_ms=now_ms,
                          name=name, version=version)
@@ -235,7 +236,7 @@ def _decide(
     if result.warnings:
         return Commit(result, logging.WARNING, f"instance {instance!r}: " + "; ".join(result.warnings),
                       ran_code=True)
-    if result.status == "Failed" and result.error is not None and result.error.category != "application":
+    if result.status == Status.FAILED and result.error is not None and result.error.category != "application":
         return Commit(result, logging.ERROR, f"instance {instance!r} failed: {result.error.message}", ran_code=True)
     return Commit(result, ran_code=True)
 

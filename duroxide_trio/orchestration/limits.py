@@ -11,6 +11,7 @@ from typing import Any
 
 import attrs
 
+from ..errors import DuroxideError
 from ..history import ErrorDetails, Event
 
 __all__ = [
@@ -64,7 +65,7 @@ def human(n: int | float) -> str:
     return f"{int(n)} bytes"
 
 
-class LimitExceeded(ValueError):
+class LimitExceeded(DuroxideError, ValueError):
     """A size limit was exceeded. ``details`` is the ``configuration`` / ``LimitExceeded`` error the
     instance fails with when orchestration code does not catch it."""
 

@@ -44,6 +44,7 @@ from ..history import (
     QueueSubscribed,
     QueueSubscriptionCancelled,
     StartOrchestration,
+    Status,
     SubOrchError,
     SubOrchestrationCancelRequested,
     SubOrchestrationCompleted,
@@ -73,10 +74,10 @@ from .context import (
 
 __all__ = ["Codec", "Handler", "TurnPlan", "TurnResult", "plan_turn", "run_turn"]
 
-RUNNING = "Running"
-COMPLETED = "Completed"
-FAILED = "Failed"
-CONTINUED_AS_NEW = "ContinuedAsNew"
+RUNNING = Status.RUNNING
+COMPLETED = Status.COMPLETED
+FAILED = Status.FAILED
+CONTINUED_AS_NEW = Status.CONTINUED_AS_NEW
 
 MAX_QUIESCENCE = 10_000
 

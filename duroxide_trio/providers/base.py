@@ -18,7 +18,16 @@ import anyio
 import attrs
 
 from ..clock import WALL_CLOCK, Clock
-from ..history import ActivityExecute, Event, StartOrchestration, WorkItem
+from ..errors import (
+    CannotDeleteSubOrchestration,
+    InstanceAlreadyExists,
+    InstanceNotFound,
+    InstanceStillRunning,
+    ProviderError,
+    as_provider_error,
+)
+from ..history import TERMINAL_STATUSES as TERMINAL_STATUSES
+from ..history import ActivityExecute, Event, StartOrchestration, Status, WorkItem
 
 __all__ = [
     "WALL_CLOCK",
@@ -49,12 +58,11 @@ __all__ = [
     "now_ms",
 ]
 
-#: Execution status strings stored by providers.
-RUNNING = "Running"
-COMPLETED = "Completed"
-FAILED = "Failed"
-CONTINUED_AS_NEW = "ContinuedAsNew"
-TERMINAL_STATUSES = frozenset({COMPLETED, FAILED, CONTINUED_AS_NEW})
+#: Execution statuses stored by providers (the one ``Status`` enum; these names stay for provider code).
+RUNNING = Status.RUNNING
+COMPLETED = Status.COMPLETED
+FAILED = Status.FAILED
+CONTINUED_AS_NEW = Status.CONTINUED_AS_NEW
 
 
 def now_ms() -> int:
@@ -64,106 +72,7 @@ def now_ms() -> int:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Errors
-
-
-class ProviderError(Exception):
-    """A storage operation failed. ``retryable`` errors (busy, locked, deadlock, connection loss) may be
-    retried with backoff; permanent ones (bad or expired lock token, duplicate event, corruption) not.
-
-    ``kind`` says what went wrong, so callers need not read the message (None: not classified):
-
-    - retryable: ``"contention"`` (lock contention: SQLite busy/locked, PostgreSQL deadlock, serialization
-      failure, lock not available; expected under load), ``"connection"`` (connection lost or refused,
-      server shutting down, pool exhausted), ``"resources"`` (the server is out of memory, disk or
-      connections), ``"timeout"`` (the operation or a statement timed out);
-    - permanent: ``"invalid"`` (a value the store cannot hold: too large, out of range, malformed),
-      ``"conflict"`` (a constraint or duplicate), ``"lock"`` (lock token invalid or expired),
-      ``"corrupt"`` (the store is damaged or not a database), ``"config"`` (bad connection settings,
-      credentials, database or path), ``"closed"`` (the provider is closed);
-    - ``"bug"``: the provider raised something that is not a ``ProviderError`` (retried, and logged).
-
-    ``contention`` is ``kind == "contention"`` (a keyword ``contention=True`` sets that kind).
-    """
-
-    def __init__(
-        self,
-        operation: str,
-        message: str,
-        *,
-        retryable: bool = False,
-        kind: str | None = None,
-        contention: bool = False,
-    ) -> None:
-        super().__init__(f"{operation}: {message}")
-        self.operation = operation
-        self.message = message
-        self.retryable = retryable
-        self.kind: str | None = "contention" if contention else kind
-
-    @property
-    def contention(self) -> bool:
-        """Expected lock contention (retried quietly): ``kind == "contention"``."""
-        return self.kind == "contention"
-
-    @classmethod
-    def transient(cls, operation: str, message: str, *, kind: str | None = None) -> ProviderError:
-        """A retryable error (busy, locked, deadlock, lost connection); ``kind`` as documented above."""
-        return cls(operation, message, retryable=True, kind=kind)
-
-    @classmethod
-    def permanent(cls, operation: str, message: str, *, kind: str | None = None) -> ProviderError:
-        """An error that retrying does not fix (bad or expired lock token, duplicate, corruption)."""
-        return cls(operation, message, retryable=False, kind=kind)
-
-
-def as_provider_error(operation: str, exc: BaseException) -> ProviderError:
-    """``exc`` itself if it is a ``ProviderError``; anything else a provider raised is a bug of that
-    provider, turned into a retryable error of kind ``"bug"`` (the runtime retries it with backoff and
-    logs it, instead of stopping)."""
-    if isinstance(exc, ProviderError):
-        return exc
-    error = ProviderError.transient(
-        operation, f"the provider raised {type(exc).__name__}: {exc} (a bug of the provider; retrying)", kind="bug"
-    )
-    error.__cause__ = exc
-    return error
-
-
-class InstanceAlreadyExists(ProviderError):
-    """``start_orchestration`` for an instance id that already has an instance (or a pending start)."""
-
-    def __init__(self, instance_id: str) -> None:
-        super().__init__("start_orchestration", f"instance {instance_id!r} already exists")
-        self.instance_id = instance_id
-
-
-class InstanceNotFound(ProviderError):
-    """The operation named an instance that does not exist."""
-
-    def __init__(self, operation: str, instance_id: str) -> None:
-        super().__init__(operation, f"instance {instance_id!r} not found")
-        self.instance_id = instance_id
-
-
-class InstanceStillRunning(ProviderError):
-    """``delete_instance`` of a running instance without ``force``."""
-
-    def __init__(self, operation: str, instance_id: str) -> None:
-        super().__init__(operation, f"instance {instance_id!r} is still running (use force=True)")
-        self.instance_id = instance_id
-
-
-class CannotDeleteSubOrchestration(ProviderError):
-    """``delete_instance`` of a sub-orchestration: delete its root instead."""
-
-    def __init__(self, operation: str, instance_id: str, parent_id: str) -> None:
-        super().__init__(
-            operation,
-            f"instance {instance_id!r} is a sub-orchestration of {parent_id!r}; delete the root instead",
-        )
-        self.instance_id = instance_id
-
+# Errors: defined in ``duroxide_trio.errors`` (one root, ``DuroxideError``), re-exported here for providers
 
 # ---------------------------------------------------------------------------------------------------------
 # Item types

@@ -18,7 +18,7 @@ try:
 except ImportError:  # pragma: no cover - trio is a dependency; asyncio-only installs still work
     trio = None  # type: ignore[assignment]
 
-from ..history import ErrorDetails
+from ..history import ErrorDetails, Status
 from ..orchestration.decide import Abandon, Decision, TurnPolicy, decide_turn, refused_commit
 from ..orchestration.replay import TurnResult
 from ..providers.base import (
@@ -165,7 +165,7 @@ async def _abandon(runtime: Runtime, item: OrchestrationItem, delay: float) -> N
 
 async def _ack(runtime: Runtime, item: OrchestrationItem, result: TurnResult) -> None:
     output = result.output
-    if result.status == "Failed" and result.error is not None:
+    if result.status == Status.FAILED and result.error is not None:
         output = error_to_output(result.error)
     metadata = ExecutionMetadata(
         orchestration_name=result.name or None,

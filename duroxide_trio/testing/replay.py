@@ -46,6 +46,7 @@ from ..history import (
     OrchestrationFailed,
     OrchestrationStarted,
     QueueSubscribed,
+    Status,
     SubOrchestrationCancelRequested,
     SubOrchestrationScheduled,
     TimerCreated,
@@ -382,7 +383,7 @@ def _decided_by_runtime(ev: Event) -> bool:
 
 
 def _is_nondeterminism(result: TurnResult) -> bool:
-    return result.status == "Failed" and result.error is not None and result.error.kind == "Nondeterminism"
+    return result.status == Status.FAILED and result.error is not None and result.error.kind == "Nondeterminism"
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -33,6 +33,8 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
+from ...errors import DuroxideError
+
 __all__ = [
     "ClusterStartError",
     "ClusterUnavailable",
@@ -53,11 +55,11 @@ BINDIR_ENV = "DUROXIDE_PG_BINDIR"
 _BASE_SETTINGS = {"max_connections": "300"}
 
 
-class ClusterUnavailable(RuntimeError):
+class ClusterUnavailable(DuroxideError, RuntimeError):
     """A throwaway cluster cannot be started here: no PostgreSQL binaries, or no non-root user."""
 
 
-class ClusterStartError(RuntimeError):
+class ClusterStartError(DuroxideError, RuntimeError):
     """The PostgreSQL binaries failed to initialise or start a cluster."""
 
 
