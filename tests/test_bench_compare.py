@@ -100,7 +100,9 @@ def test_sqlite_table_with_a_correct_and_a_lying_peer(tmp_path: Path) -> None:
 
     # Our side really ran: a stress run on SQLite, every instance completed and counted.
     assert ours["completed"] == ours["launched"] > 0 and ours["failed"] == 0, ours
-    assert ours["orch_per_s"] > 0 and 0 < ours["p50_ms"] <= ours["p95_ms"]
+    # (Only completions inside the 0.5 s window count towards orch/s: on a very busy machine there may be
+    # none, so orch/s is not asserted positive.)
+    assert 0 < ours["p50_ms"] <= ours["p95_ms"] and ours["orch_per_s"] * ours["load_s"] <= ours["completed"]
     # Each side got a SQLite file of its own.
     assert stub["knobs"]["sqlite_path"] != liar["knobs"]["sqlite_path"]
 
@@ -116,9 +118,11 @@ def test_sqlite_table_with_a_correct_and_a_lying_peer(tmp_path: Path) -> None:
     row = _row(proc.stdout, "stub")
     assert row[0] == "sqlite"
     assert row[2] == f"{stub['orch_per_s']:.1f}"
+    assert stub["orch_per_s"] > 0, stub  # 5 ms per instance, 20 in flight: hundreds in the window
     assert row[7] == f"{ours['orch_per_s'] / stub['orch_per_s']:.1f}×"
     assert row[8] == f"{stub['p50_ms'] / ours['p50_ms']:.1f}×"
     assert _row(proc.stdout, "liar")[6] == f"0 / {liar['wrong']}"
+    assert _row(proc.stdout, "duroxide-trio")[2] == f"{ours['orch_per_s']:.1f}"
     assert _row(proc.stdout, "duroxide-trio")[7] == "—"
     assert "20 in flight, 5 activities of 10 ms each, 2:2 dispatchers, 0.5 s per run" in proc.stdout
 
