@@ -37,7 +37,7 @@ def tests(session: nox.Session) -> None:
 @nox.session
 def lint(session: nox.Session) -> None:
     session.install("-q", "ruff")
-    session.run("ruff", "check", "duroxide_trio", "tests", "examples", "ops")
+    session.run("ruff", "check", "duroxide_trio", "tests", "examples", "ops", "bench")
 
 
 @nox.session
