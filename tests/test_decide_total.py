@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from duroxide_trio import history as h
-from duroxide_trio.orchestration.decide import Abandon, Commit, TurnPolicy, decide_turn
+from duroxide_trio.orchestration._decide import Abandon, Commit, TurnPolicy, decide_turn
 from duroxide_trio.registry import Registry
 
 names = st.sampled_from(["A", "B", "go", "q", ""])
@@ -20,7 +20,7 @@ kinds = st.one_of(
     st.builds(h.OrchestrationStarted, st.sampled_from(["Orch", "Missing"]), st.just("1.0.0"), payload),
     st.builds(h.ActivityScheduled, names, payload),
     st.builds(h.ActivityCompleted, payload),
-    st.builds(h.ActivityFailed, details),
+    st.builds(h.ActivityFailedEvent, details),
     st.builds(h.TimerCreated, st.integers(0, 10**6)),
     st.builds(h.TimerFired, st.integers(0, 10**6)),
     st.builds(h.ExternalSubscribed, names),

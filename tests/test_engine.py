@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import attrs
@@ -9,7 +10,7 @@ import pytest
 
 import duroxide_trio as dt
 from duroxide_trio import history as h
-from duroxide_trio.orchestration.replay import TurnResult, plan_turn, run_turn
+from duroxide_trio.orchestration._replay import TurnResult, plan_turn, run_turn
 from duroxide_trio.registry import Registry
 
 
@@ -500,3 +501,17 @@ def _sample(a: attrs.Attribute):
     if "ErrorDetails" in str(a.type):
         return h.ErrorDetails("application", "K", "m")
     return "s"
+
+
+def test_renamed_failure_events_keep_their_stored_tag_and_old_names() -> None:
+    details = h.ErrorDetails("application", "ActivityFailed", "boom")
+    for cls, tag in ((h.ActivityFailedEvent, "ActivityFailed"), (h.SubOrchestrationFailedEvent, "SubOrchestrationFailed")):
+        text = h.encode_event(h.Event(3, cls(details), 2, 7))
+        assert json.loads(text)["type"] == tag
+        assert h.decode_event(text) == h.Event(3, cls(details), 2, 7)
+        with pytest.warns(DeprecationWarning, match=cls.__name__):
+            old = getattr(h, tag)
+        assert old is cls
+    assert not issubclass(h.ActivityFailedEvent, BaseException)
+    with pytest.raises(AttributeError):
+        _ = h.NoSuchEvent  # type: ignore[attr-defined]

@@ -54,7 +54,7 @@ from ..history import (
     event_from_dict,
     event_to_dict,
 )
-from ..orchestration.replay import TurnResult, plan_turn, run_turn
+from ..orchestration._replay import TurnResult, plan_turn, run_turn
 from ..providers.base import Provider, ProviderError
 from ..registry import Registry
 
