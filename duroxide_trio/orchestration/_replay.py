@@ -170,7 +170,7 @@ class TurnResult:
     worker_items: list[ActivityExecute] = attrs.field(factory=list)
     orchestrator_items: list[WorkItem] = attrs.field(factory=list)
     cancelled_activities: list[tuple[str, int, int]] = attrs.field(factory=list)
-    status: str | None = None
+    status: Status | None = None
     output: str | None = None
     error: ErrorDetails | None = None
     name: str = ""
@@ -867,7 +867,7 @@ class Turn:
             )
         return r
 
-    def _cancel_outstanding(self, status: str) -> None:
+    def _cancel_outstanding(self, status: Status) -> None:
         reason = f"orchestration_terminal_{status.lower()}"
         for event_id, sched in list(self._schedules.items()):
             if sched.state != "open":
