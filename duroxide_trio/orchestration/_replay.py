@@ -750,18 +750,7 @@ class Turn:
             start = self.plan.start
             assert start is not None
             self._cancel_first = any(isinstance(m, CancelInstance) for m in self.plan.messages)
-            carry = list(start.carry_forward) if isinstance(start, ContinueAsNew) else []
-            started = OrchestrationStarted(
-                name=self.handler.name,
-                version=self.handler.version,
-                input=start.input,
-                parent_instance=start.parent_instance,
-                parent_id=start.parent_id,
-                parent_execution_id=start.parent_execution_id,
-                carry_forward=carry,
-                initial_custom_status=start.initial_custom_status if isinstance(start, ContinueAsNew) else None,
-            )
-            ev = self._new_event(started)
+            ev = self._new_event(_started_event(start, self.handler.name, self.handler.version, carry=True))
             self._apply(ev, persisted=False)
         self._flush()
         completed = {
@@ -832,18 +821,13 @@ class Turn:
             return r
         self._cancel_outstanding(r.status or Status.FAILED)
         self._new_event(terminal)
-        if started is not None and started.parent_instance and r.status != Status.CONTINUED_AS_NEW:
+        parent = _parent_of(started)
+        if parent is not None and r.status != Status.CONTINUED_AS_NEW:
             if r.status == Status.COMPLETED:
-                r.orchestrator_items.append(
-                    SubOrchResult(started.parent_instance, started.parent_execution_id or 1, started.parent_id or 0,
-                                  r.output)
-                )
+                r.orchestrator_items.append(SubOrchResult(*parent, r.output))
             else:
                 assert r.error is not None
-                r.orchestrator_items.append(
-                    SubOrchError(started.parent_instance, started.parent_execution_id or 1, started.parent_id or 0,
-                                 r.error)
-                )
+                r.orchestrator_items.append(SubOrchError(*parent, r.error))
         if r.status == Status.CONTINUED_AS_NEW and self._can is not None:
             carry: list[tuple[str, str | None]] = []
             for (space, name), buf in self._buffers.items():
@@ -934,28 +918,42 @@ def fail_instance(
             r.history_delta.append(Event(next_id, SubOrchestrationCancelRequested(reason), event_id, now_ms))
             r.orchestrator_items.append(CancelInstance(kind.instance, "parent failed"))
         next_id += 1
-    parent: tuple[str, int, int] | None = None
+    started: OrchestrationStarted | None = None
     if history and isinstance(history[0].kind, OrchestrationStarted):
-        s = history[0].kind
-        if s.parent_instance:
-            parent = (s.parent_instance, s.parent_execution_id or 1, s.parent_id or 0)
-        r.parent_instance = s.parent_instance
+        started = history[0].kind
     elif not history:
-        start = plan.start
-        started = OrchestrationStarted(
-            name=name,
-            version=version,
-            input=start.input if start else None,
-            parent_instance=start.parent_instance if start else None,
-            parent_id=start.parent_id if start else None,
-            parent_execution_id=start.parent_execution_id if start else None,
-        )
+        started = _started_event(plan.start, name, version, carry=False)
         r.history_delta.append(Event(next_id, started, None, now_ms))
         next_id += 1
+    if started is not None:
         r.parent_instance = started.parent_instance
-        if started.parent_instance:
-            parent = (started.parent_instance, started.parent_execution_id or 1, started.parent_id or 0)
     r.history_delta.append(Event(next_id, OrchestrationFailed(details), None, now_ms))
+    parent = _parent_of(started)
     if parent is not None:
-        r.orchestrator_items.append(SubOrchError(parent[0], parent[1], parent[2], details))
+        r.orchestrator_items.append(SubOrchError(*parent, details))
     return r
+
+
+def _started_event(
+    start: StartOrchestration | ContinueAsNew | None, name: str, version: str, *, carry: bool
+) -> OrchestrationStarted:
+    """The first event of an execution started by ``start`` (with a continue-as-new's carried messages and
+    custom status if ``carry``)."""
+    can = start if carry and isinstance(start, ContinueAsNew) else None
+    return OrchestrationStarted(
+        name=name,
+        version=version,
+        input=start.input if start else None,
+        parent_instance=start.parent_instance if start else None,
+        parent_id=start.parent_id if start else None,
+        parent_execution_id=start.parent_execution_id if start else None,
+        carry_forward=list(can.carry_forward) if can else [],
+        initial_custom_status=can.initial_custom_status if can else None,
+    )
+
+
+def _parent_of(started: OrchestrationStarted | None) -> tuple[str, int, int] | None:
+    """``(instance, execution id, event id)`` of the parent that scheduled this execution, if any."""
+    if started is None or not started.parent_instance:
+        return None
+    return started.parent_instance, started.parent_execution_id or 1, started.parent_id or 0
