@@ -5,20 +5,19 @@ name, a payload that does not convert, a task that failed inside an orchestratio
 out). Each class also keeps the built-in base it had before the root existed (``ValueError``,
 ``TypeError``, ``RuntimeError``, ``TimeoutError``), so older ``except`` clauses keep working.
 
-This module sits on the bottom floor with ``history``: it imports nothing of the package at run time.
+It also defines :class:`ErrorDetails`, the stored description of a failure that ``TaskFailed`` carries
+(``history`` re-exports it). This module is the bottom floor: it imports nothing of the package.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .history import ErrorDetails
+import attrs
 
 __all__ = [
     "ActivityFailed",
     "CannotDeleteSubOrchestration",
     "DuroxideError",
+    "ErrorDetails",
     "InstanceAlreadyExists",
     "InstanceNotFound",
     "InstanceStillRunning",
@@ -35,6 +34,34 @@ __all__ = [
 
 class DuroxideError(Exception):
     """The root of every exception duroxide-trio raises."""
+
+
+@attrs.frozen
+class ErrorDetails:
+    """Why something failed. Only ``application`` errors are visible to orchestration code as exceptions;
+    ``configuration`` (nondeterminism), ``infrastructure`` and ``poison`` fail the instance.
+
+    Attributes:
+        category: ``"application"`` (the code raised, an activity or child failed, a timeout, a cancel;
+            orchestration code sees it as ``ActivityFailed`` / ``SubOrchestrationFailed``),
+            ``"configuration"`` (nondeterminism, a size limit, a corrupted history),
+            ``"infrastructure"`` (an engine error) or ``"poison"`` (a message that kept failing, or an
+            orchestration or activity that is not registered anywhere).
+        kind: A short machine-readable reason, e.g. ``"ActivityFailed"``, ``"OrchestrationFailed"``,
+            ``"Timeout"``, ``"Cancelled"``, ``"BadInput"``, ``"Nondeterminism"``, ``"LimitExceeded"``,
+            ``"Unregistered"``.
+        message: The human-readable text (``"ValueError: card declined"``); cut at 64 KiB.
+        retryable: Whether retrying may help (informational; the runtime does not act on it).
+    """
+
+    category: str
+    kind: str
+    message: str
+    retryable: bool = False
+
+    def display(self) -> str:
+        """The text to show a person: ``message``."""
+        return self.message
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import attrs
 import cattrs
 
-from .errors import DuroxideError
+from .errors import DuroxideError, ErrorDetails
 
 __all__ = [
     "ErrorDetails",
@@ -84,34 +84,6 @@ TERMINAL_STATUSES = frozenset({Status.COMPLETED, Status.FAILED, Status.CONTINUED
 
 
 Category = Literal["application", "infrastructure", "configuration", "poison"]
-
-
-@attrs.frozen
-class ErrorDetails:
-    """Why something failed. Only ``application`` errors are visible to orchestration code as exceptions;
-    ``configuration`` (nondeterminism), ``infrastructure`` and ``poison`` fail the instance.
-
-    Attributes:
-        category: ``"application"`` (the code raised, an activity or child failed, a timeout, a cancel;
-            orchestration code sees it as ``ActivityFailed`` / ``SubOrchestrationFailed``),
-            ``"configuration"`` (nondeterminism, a size limit, a corrupted history),
-            ``"infrastructure"`` (an engine error) or ``"poison"`` (a message that kept failing, or an
-            orchestration or activity that is not registered anywhere).
-        kind: A short machine-readable reason, e.g. ``"ActivityFailed"``, ``"OrchestrationFailed"``,
-            ``"Timeout"``, ``"Cancelled"``, ``"BadInput"``, ``"Nondeterminism"``, ``"LimitExceeded"``,
-            ``"Unregistered"``.
-        message: The human-readable text (``"ValueError: card declined"``); cut at 64 KiB.
-        retryable: Whether retrying may help (informational; the runtime does not act on it).
-    """
-
-    category: str
-    kind: str
-    message: str
-    retryable: bool = False
-
-    def display(self) -> str:
-        """The text to show a person: ``message``."""
-        return self.message
 
 
 # ---------------------------------------------------------------------------------------------------------
