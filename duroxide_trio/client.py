@@ -137,7 +137,7 @@ class Client:
     """
 
     def __init__(self, provider: Provider, *, registry: Registry | None = None) -> None:
-        if not hasattr(provider, "fetch_orchestration_item"):
+        if not isinstance(provider, Provider):
             raise TypeError(f"Client needs a provider, got {type(provider).__name__}")
         self.provider = provider
         self.registry = registry

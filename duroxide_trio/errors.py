@@ -11,6 +11,8 @@ It also defines :class:`ErrorDetails`, the stored description of a failure that 
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 import attrs
 
 __all__ = [
@@ -25,6 +27,7 @@ __all__ = [
     "OrchestrationTimeout",
     "PayloadError",
     "ProviderError",
+    "ProviderErrorKind",
     "SubOrchestrationFailed",
     "TaskFailed",
     "UnknownOrchestration",
@@ -68,23 +71,72 @@ class ErrorDetails:
 # Storage (raised by providers, seen by the runtime and by client callers)
 
 
+class ProviderErrorKind(StrEnum):
+    """What a storage failure was, so that the runtime decides on a kind and never on a message's text.
+
+    The values are the spellings stored and logged before this enum existed (``str(kind)`` is the value).
+    ``retryable`` follows from the kind (:attr:`retryable`):
+
+    - retryable (transient): ``CONTENTION`` (lock contention: SQLite busy/locked, PostgreSQL deadlock,
+      serialization failure, lock not available; expected under load), ``CONNECTION`` (connection lost or
+      refused, server shutting down, pool exhausted), ``RESOURCES`` (the server is out of memory, disk or
+      connections), ``TIMEOUT`` (the operation or a statement timed out), ``BUG`` (the provider raised
+      something that is not a ``ProviderError``: retried, and logged);
+    - permanent: ``LOCK_LOST`` (lock token invalid or expired), ``NOT_FOUND`` (the named instance or item
+      does not exist), ``CONFLICT`` (a constraint or duplicate), ``INVALID`` (a value the store cannot
+      hold: too large, out of range, malformed), ``CORRUPT`` (the store is damaged or not a database),
+      ``CONFIG`` (bad connection settings, credentials, database or path), ``CLOSED`` (the provider is
+      closed).
+    """
+
+    CONTENTION = "contention"
+    CONNECTION = "connection"
+    RESOURCES = "resources"
+    TIMEOUT = "timeout"
+    BUG = "bug"
+    LOCK_LOST = "lock"
+    NOT_FOUND = "not_found"
+    CONFLICT = "conflict"
+    INVALID = "invalid"
+    CORRUPT = "corrupt"
+    CONFIG = "config"
+    CLOSED = "closed"
+
+    @property
+    def retryable(self) -> bool:
+        """Whether retrying (with backoff) may help: the transient kinds."""
+        return self in _RETRYABLE_KINDS
+
+
+_RETRYABLE_KINDS = frozenset(
+    {
+        ProviderErrorKind.CONTENTION,
+        ProviderErrorKind.CONNECTION,
+        ProviderErrorKind.RESOURCES,
+        ProviderErrorKind.TIMEOUT,
+        ProviderErrorKind.BUG,
+    }
+)
+
+
+def _as_kind(kind: ProviderErrorKind | str | None) -> ProviderErrorKind | None:
+    if kind is None or isinstance(kind, ProviderErrorKind):
+        return kind
+    try:
+        return ProviderErrorKind(kind)
+    except ValueError:
+        known = ", ".join(repr(k.value) for k in ProviderErrorKind)
+        raise ValueError(f"unknown ProviderError kind {kind!r}; one of {known}") from None
+
+
 class ProviderError(DuroxideError):
     """A storage operation failed. ``retryable`` errors (busy, locked, deadlock, connection loss) may be
     retried with backoff; permanent ones (bad or expired lock token, duplicate event, corruption) not.
 
-    ``kind`` says what went wrong, so callers need not read the message (None: not classified):
-
-    - retryable: ``"contention"`` (lock contention: SQLite busy/locked, PostgreSQL deadlock, serialization
-      failure, lock not available; expected under load), ``"connection"`` (connection lost or refused,
-      server shutting down, pool exhausted), ``"resources"`` (the server is out of memory, disk or
-      connections), ``"timeout"`` (the operation or a statement timed out);
-    - permanent: ``"invalid"`` (a value the store cannot hold: too large, out of range, malformed),
-      ``"conflict"`` (a constraint or duplicate), ``"lock"`` (lock token invalid or expired),
-      ``"corrupt"`` (the store is damaged or not a database), ``"config"`` (bad connection settings,
-      credentials, database or path), ``"closed"`` (the provider is closed);
-    - ``"bug"``: the provider raised something that is not a ``ProviderError`` (retried, and logged).
-
-    ``contention`` is ``kind == "contention"`` (a keyword ``contention=True`` sets that kind).
+    ``kind`` (a :class:`ProviderErrorKind`, or ``None``: not classified) says what went wrong, so callers
+    need not read the message; ``retryable`` follows from it. A third-party provider may still pass
+    ``retryable=`` alone (an unclassified error), a kind's string spelling (``kind="contention"``), or
+    ``contention=True``; ``retryable`` given explicitly wins over the kind's default.
     """
 
     def __init__(
@@ -92,28 +144,35 @@ class ProviderError(DuroxideError):
         operation: str,
         message: str,
         *,
-        retryable: bool = False,
-        kind: str | None = None,
+        retryable: bool | None = None,
+        kind: ProviderErrorKind | str | None = None,
         contention: bool = False,
     ) -> None:
         super().__init__(f"{operation}: {message}")
         self.operation = operation
         self.message = message
-        self.retryable = retryable
-        self.kind: str | None = "contention" if contention else kind
+        resolved = ProviderErrorKind.CONTENTION if contention else _as_kind(kind)
+        self.kind: ProviderErrorKind | None = resolved
+        self.retryable: bool = (
+            retryable if retryable is not None else (resolved.retryable if resolved is not None else False)
+        )
 
     @property
     def contention(self) -> bool:
-        """Expected lock contention (retried quietly): ``kind == "contention"``."""
-        return self.kind == "contention"
+        """Expected lock contention (retried quietly): ``kind is ProviderErrorKind.CONTENTION``."""
+        return self.kind is ProviderErrorKind.CONTENTION
 
     @classmethod
-    def transient(cls, operation: str, message: str, *, kind: str | None = None) -> ProviderError:
+    def transient(
+        cls, operation: str, message: str, *, kind: ProviderErrorKind | str | None = None
+    ) -> ProviderError:
         """A retryable error (busy, locked, deadlock, lost connection); ``kind`` as documented above."""
         return cls(operation, message, retryable=True, kind=kind)
 
     @classmethod
-    def permanent(cls, operation: str, message: str, *, kind: str | None = None) -> ProviderError:
+    def permanent(
+        cls, operation: str, message: str, *, kind: ProviderErrorKind | str | None = None
+    ) -> ProviderError:
         """An error that retrying does not fix (bad or expired lock token, duplicate, corruption)."""
         return cls(operation, message, retryable=False, kind=kind)
 
@@ -125,7 +184,8 @@ def as_provider_error(operation: str, exc: BaseException) -> ProviderError:
     if isinstance(exc, ProviderError):
         return exc
     error = ProviderError.transient(
-        operation, f"the provider raised {type(exc).__name__}: {exc} (a bug of the provider; retrying)", kind="bug"
+        operation, f"the provider raised {type(exc).__name__}: {exc} (a bug of the provider; retrying)",
+        kind=ProviderErrorKind.BUG,
     )
     error.__cause__ = exc
     return error
@@ -135,7 +195,7 @@ class InstanceAlreadyExists(ProviderError):
     """``start_orchestration`` for an instance id that already has an instance (or a pending start)."""
 
     def __init__(self, instance_id: str) -> None:
-        super().__init__("start_orchestration", f"instance {instance_id!r} already exists")
+        super().__init__("start_orchestration", f"instance {instance_id!r} already exists", kind=ProviderErrorKind.CONFLICT)
         self.instance_id = instance_id
 
 
@@ -143,7 +203,7 @@ class InstanceNotFound(ProviderError):
     """The operation named an instance that does not exist."""
 
     def __init__(self, operation: str, instance_id: str) -> None:
-        super().__init__(operation, f"instance {instance_id!r} not found")
+        super().__init__(operation, f"instance {instance_id!r} not found", kind=ProviderErrorKind.NOT_FOUND)
         self.instance_id = instance_id
 
 
@@ -151,7 +211,9 @@ class InstanceStillRunning(ProviderError):
     """``delete_instance`` of a running instance without ``force``."""
 
     def __init__(self, operation: str, instance_id: str) -> None:
-        super().__init__(operation, f"instance {instance_id!r} is still running (use force=True)")
+        super().__init__(
+            operation, f"instance {instance_id!r} is still running (use force=True)", kind=ProviderErrorKind.CONFLICT
+        )
         self.instance_id = instance_id
 
 
@@ -162,6 +224,7 @@ class CannotDeleteSubOrchestration(ProviderError):
         super().__init__(
             operation,
             f"instance {instance_id!r} is a sub-orchestration of {parent_id!r}; delete the root instead",
+            kind=ProviderErrorKind.CONFLICT,
         )
         self.instance_id = instance_id
 

@@ -18,10 +18,8 @@ from duroxide_trio.history import (
     OrchestrationCompleted,
     OrchestrationStarted,
 )
-from duroxide_trio.stress import StressConfig
-from duroxide_trio.stress.chaos import ChaosSpecError, parse_chaos
-from duroxide_trio.stress.chaos_runner import ChaosTarget, run_chaos
-from duroxide_trio.stress.verdict import examine_history
+from duroxide_trio.stress import ChaosSpecError, ChaosTarget, StressConfig, parse_chaos, run_chaos
+from duroxide_trio.stress._verdict import examine_history
 
 pytestmark = pytest.mark.anyio
 
@@ -245,8 +243,8 @@ async def test_fail_fast_stops_at_a_runtime_process_that_dies_on_its_own_and_rep
     import signal
 
     from duroxide_trio.stress import StressAborted
-    from duroxide_trio.stress import report as stress_report
-    from duroxide_trio.stress.chaos_report import chaos_appendix
+    from duroxide_trio.stress import _report as stress_report
+    from duroxide_trio.stress._chaos_report import chaos_appendix
 
     sent: list[int] = []
 
@@ -351,7 +349,7 @@ async def test_advisory_lock_keys_are_scoped_to_the_schema(pg_url):
 
     from duroxide_trio.history import StartOrchestration
     from duroxide_trio.providers.postgres import PostgresProvider
-    from duroxide_trio.providers.postgres.provider import _hash64
+    from duroxide_trio.providers.postgres._queries import _hash64
 
     schemas = [pg_support.new_schema_name(), pg_support.new_schema_name()]
     providers = [await PostgresProvider.connect(pg_url, schema=s, pool_max=2) for s in schemas]

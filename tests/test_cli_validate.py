@@ -87,20 +87,22 @@ def test_validate_postgres_needs_a_url() -> None:
     assert "DATABASE_URL" in proc.stderr
 
 
-def test_validate_failure_exits_1_and_lists_failures(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """In process, with a deliberately broken provider in place of SQLite."""
+def test_validate_failure_exits_1_and_lists_failures(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """In process: the command's run-and-report step with a deliberately broken provider."""
+    import typer
     from test_validation_catches_bugs import ListIgnoresStatus, WrapperFactory
-    from typer.testing import CliRunner
 
-    import duroxide_trio.cli.validate as validate_cli
-    from duroxide_trio.cli import app
+    from duroxide_trio.cli._provider import Backend
+    from duroxide_trio.cli._validate import run_and_report
 
-    monkeypatch.setattr(validate_cli, "_factory", lambda *args: WrapperFactory(ListIgnoresStatus))
     out = tmp_path / "broken.json"
-    result = CliRunner().invoke(app, ["validate", "--category", "management", "--json", str(out)])
-    assert result.exit_code == 1, result.output
-    assert "FAIL management" in result.output
-    assert "FAIL management/test_list_instances_by_status" in result.output
+    with pytest.raises(typer.Exit) as exit_info:
+        run_and_report(WrapperFactory(ListIgnoresStatus), "sqlite", category=["management"], json_path=out,
+                       backend=Backend.trio, verbose=False)  # fmt: skip
+    output = capsys.readouterr().out
+    assert exit_info.value.exit_code == 1, output
+    assert "FAIL management" in output
+    assert "FAIL management/test_list_instances_by_status" in output
     data = json.loads(out.read_text())
     assert data["failed"] >= 1
     assert data["categories"]["management"]["failures"] == ["test_list_instances_by_status"]

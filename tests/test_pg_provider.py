@@ -38,10 +38,10 @@ from duroxide_trio.providers.base import (
     ProviderError,
     now_ms,
 )
-from duroxide_trio.providers.postgres import PostgresProvider
+from duroxide_trio.providers.postgres import PostgresProvider, drop_schema
 from duroxide_trio.providers.postgres._driver import AnyioConnection, connect
+from duroxide_trio.providers.postgres._migrations import _load_migrations
 from duroxide_trio.providers.postgres._pool import PoolTimeout
-from duroxide_trio.providers.postgres.provider import _load_migrations, drop_schema
 
 pytestmark = pytest.mark.anyio
 

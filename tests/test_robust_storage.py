@@ -124,7 +124,7 @@ async def test_postgres_out_of_range_and_too_long_values_are_permanent(pg_url: s
 
 
 def test_sqlstate_classification_table() -> None:
-    from duroxide_trio.providers.postgres.provider import classify_sqlstate
+    from duroxide_trio.providers.postgres._errors import classify_sqlstate
 
     retryable = {
         "08006": "connection", "08001": "connection", "40001": "contention", "40P01": "contention",
@@ -147,6 +147,54 @@ def test_provider_error_kind_and_contention_flag() -> None:
     assert not ProviderError.transient("op", "m", kind="connection").contention
     assert ProviderError.permanent("op", "m").kind is None
     assert str(ProviderError("op", "msg")) == "op: msg"
+
+
+def test_provider_error_kind_is_an_enum_that_decides_retryable() -> None:
+    from duroxide_trio.errors import ProviderErrorKind
+
+    # the stored/logged spellings did not change
+    assert [k.value for k in ProviderErrorKind] == [
+        "contention", "connection", "resources", "timeout", "bug",
+        "lock", "not_found", "conflict", "invalid", "corrupt", "config", "closed",
+    ]  # fmt: skip
+    transient = {ProviderErrorKind.CONTENTION, ProviderErrorKind.CONNECTION, ProviderErrorKind.RESOURCES,
+                 ProviderErrorKind.TIMEOUT, ProviderErrorKind.BUG}
+    for kind in ProviderErrorKind:
+        error = ProviderError("op", "m", kind=kind)
+        assert error.retryable is (kind in transient), kind
+        assert ProviderError("op", "m", kind=kind.value).kind is kind  # a third party's string spelling
+    # an explicit ``retryable`` (the old constructor keyword and the classmethods) still wins
+    assert ProviderError.transient("op", "m", kind="invalid").retryable
+    assert not ProviderError("op", "m", retryable=False, kind=ProviderErrorKind.CONNECTION).retryable
+    assert ProviderError("op", "m", retryable=True).retryable and ProviderError("op", "m").retryable is False
+    with pytest.raises(ValueError, match="unknown ProviderError kind 'nonsense'"):
+        ProviderError("op", "m", kind="nonsense")
+    assert dt.InstanceNotFound("op", "x").kind is ProviderErrorKind.NOT_FOUND
+    assert dt.InstanceAlreadyExists("x").kind is ProviderErrorKind.CONFLICT
+
+
+def test_sqlite_contention_is_recognised_by_result_code_not_by_text() -> None:
+    from duroxide_trio.providers.sqlite._errors import provider_error as _provider_error
+
+    busy = sqlite3.OperationalError("database is locked")
+    busy.sqlite_errorcode = 5  # type: ignore[attr-defined]
+    assert _provider_error("op", busy).contention
+    worded = sqlite3.OperationalError("database is locked")  # no result code: not recognised by its words
+    assert not _provider_error("op", worded).contention
+
+
+def test_providers_declare_their_capabilities() -> None:
+    from duroxide_trio.providers.base import NO_CAPABILITIES, ProviderCapabilities, capabilities_of
+    from duroxide_trio.testing.faults import FaultyProvider
+
+    assert SqliteProvider.capabilities == ProviderCapabilities(
+        batch_work_items=True, process_leases=True, work_outlook=True
+    )
+    assert PostgresProvider.capabilities == ProviderCapabilities(
+        batch_work_items=True, listener=True, process_leases=True
+    )
+    assert capabilities_of(object()) is NO_CAPABILITIES
+    assert FaultyProvider(SqliteProvider, {}).capabilities == SqliteProvider.capabilities
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -109,7 +109,7 @@ async def test_run_stops_at_duration_and_reports_unfinished_instances(
     assert result.unfinished == result.launched == result.failed
     assert all(f.kind == "timeout" for f in result.failures)
     assert result.load_duration_s == pytest.approx(config.duration, abs=0.5)
-    assert result.drain_bound_s == pytest.approx(config.wait_timeout + stress.runner.DRAIN_SLACK)
+    assert result.drain_bound_s == pytest.approx(config.wait_timeout + stress._runner.DRAIN_SLACK)
     assert result.drain_duration_s <= result.drain_bound_s
     assert result.duration_s <= config.duration + result.drain_bound_s + 1.0
     # nothing launched after the load phase
@@ -120,7 +120,7 @@ async def test_run_stops_at_duration_and_reports_unfinished_instances(
     assert data["unfinished"] == result.launched and data["passed"] is False
     from rich.console import Console
 
-    from duroxide_trio.stress.dashboard import summary_panel
+    from duroxide_trio.stress._dashboard import summary_panel
 
     console = Console(width=200, record=True)
     console.print(summary_panel(result, "sqlite", None))

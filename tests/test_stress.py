@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import anyio
 import pytest
 
 import duroxide_trio as dt
 from duroxide_trio import stress
-from duroxide_trio.stress import report
+from duroxide_trio.stress import _report as report
 
 SMOKE = dict(duration=1.0, max_concurrent=4, tasks_per_instance=3, activity_delay_ms=5, wait_timeout=30.0)
 
@@ -243,9 +244,18 @@ def test_json_output_has_every_run_and_no_password(tmp_path) -> None:
         assert key in run["result"], key
 
 
-def test_config_validation_and_presets() -> None:
-    with pytest.raises(ValueError, match="unknown stress scenario"):
-        stress.StressConfig(scenario="nope")
+async def test_config_validation_and_presets(tmp_path: Path, anyio_backend: str) -> None:
+    # The scenario name is checked where the catalogue is used: before any provider is opened.
+    unknown = stress.StressConfig(scenario="nope")
+    with pytest.raises(ValueError, match="unknown stress scenario 'nope'; choose one of: fanout"):
+        stress.get_scenario("nope")
+    with pytest.raises(ValueError, match="unknown stress scenario 'nope'"):
+        await stress.run(dt.SqliteFactory(str(tmp_path / "never.db")), unknown)
+    with pytest.raises(ValueError, match="unknown stress scenario 'nope'"):
+        await stress.run_suite(dt.SqliteFactory(str(tmp_path / "never.db")), [stress.StressConfig(), unknown])
+    assert not (tmp_path / "never.db").exists()
+    with pytest.raises(ValueError, match="scenario must be a scenario name"):
+        stress.StressConfig(scenario="")
     with pytest.raises(ValueError, match="max_concurrent"):
         stress.StressConfig(max_concurrent=0)
     assert stress.StressConfig().concurrency_label == "2:2"

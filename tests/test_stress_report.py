@@ -121,7 +121,7 @@ def test_cli_report_of_a_suite_renders_in_a_browser(tmp_path: Path) -> None:
 
 def test_failures_are_marked_in_the_report(tmp_path: Path) -> None:
     plotly_installed()
-    from duroxide_trio.stress import html_report
+    from duroxide_trio.stress import _html_report as html_report
 
     slow = stress.StressConfig(duration=1.0, max_concurrent=2, tasks_per_instance=1, activity_delay_ms=300,
                                wait_timeout=0.1)  # fmt: skip

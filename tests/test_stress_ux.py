@@ -17,8 +17,8 @@ from rich.console import Console
 
 import duroxide_trio as dt
 from duroxide_trio import stress
-from duroxide_trio.stress import report
-from duroxide_trio.stress.result import format_duration, format_ms
+from duroxide_trio.stress import _report as report
+from duroxide_trio.stress._result import format_duration, format_ms
 
 RAW_FLOAT = re.compile(r"\d\.\d{4,}")
 
@@ -88,7 +88,7 @@ def test_timeouts_are_reported_in_readable_units() -> None:
 
 def test_peak_rss_is_measured_per_run() -> None:
     """A run that holds 200 MB for a moment reports it; the next run does not inherit that peak."""
-    from duroxide_trio.stress.scenarios import _value
+    from duroxide_trio.stress._scenarios import _value
 
     hog = dt.Registry()
     held = {"done": False}

@@ -66,11 +66,8 @@ class WrapperFactory:
     async def cleanup(self, provider: Wrapper) -> None:
         await self.inner.cleanup(provider._inner)
 
-    async def corrupt_instance_history(self, provider: Wrapper, instance_id: str) -> None:
-        await self.inner.corrupt_instance_history(provider._inner, instance_id)
-
-    async def get_max_attempt_count(self, provider: Wrapper, instance_id: str) -> int:
-        return await self.inner.get_max_attempt_count(provider._inner, instance_id)
+    def test_hooks(self, provider: Wrapper) -> Any:
+        return self.inner.test_hooks(provider._inner)
 
 
 # --- the bugs ---------------------------------------------------------------------------------------------

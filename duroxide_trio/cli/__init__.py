@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-
 import typer
 
 app = typer.Typer(
@@ -41,13 +39,8 @@ def _root(
     """Durable orchestrations on Trio/anyio: stress tests, provider validation and instance management."""
 
 
-# Each sub-module registers its commands on ``app`` when imported.
-for _module in ("stress", "validate", "instances", "instances_export", "replay"):
-    try:
-        importlib.import_module(f"{__name__}.{_module}")
-    except ModuleNotFoundError as exc:  # a command module not written yet
-        if exc.name != f"{__name__}.{_module}":
-            raise
+# Each private module registers its commands on ``app`` when imported.
+from . import _instances, _instances_export, _replay, _stress, _validate  # noqa: E402,F401
 
 
 def main() -> None:

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 import anyio
+import anyio.abc
 import attrs
 
 from ..clock import WALL_CLOCK, Clock
@@ -24,6 +25,7 @@ from ..errors import (
     InstanceNotFound,
     InstanceStillRunning,
     ProviderError,
+    ProviderErrorKind,
     as_provider_error,
 )
 from ..history import TERMINAL_STATUSES as TERMINAL_STATUSES
@@ -46,7 +48,14 @@ __all__ = [
     "Provider",
     "ProviderAdmin",
     "ProviderError",
+    "ProviderErrorKind",
     "ProviderFactory",
+    "BatchWorkItems",
+    "ListenerCapable",
+    "NO_CAPABILITIES",
+    "OutlookCapable",
+    "ProcessLeases",
+    "ProviderCapabilities",
     "PruneOptions",
     "PruneResult",
     "QueueDepths",
@@ -54,7 +63,11 @@ __all__ = [
     "SystemMetrics",
     "WorkItemLease",
     "WorkOutlook",
+    "as_batch",
+    "as_listener",
+    "as_process_leases",
     "as_provider_error",
+    "capabilities_of",
     "now_ms",
 ]
 
@@ -473,6 +486,111 @@ class Provider(Protocol):
         ...
 
 
+# ---------------------------------------------------------------------------------------------------------
+# Optional capabilities: declared, never probed
+
+
+@attrs.frozen
+class ProviderCapabilities:
+    """What optional operations a provider has, beyond :class:`Provider`. A provider declares them as its
+    ``capabilities`` attribute; the runtime reads this declaration (``capabilities_of``) and never probes
+    for methods. A provider that declares nothing has none of them (:data:`NO_CAPABILITIES`), which is
+    always correct: every capability is a faster or richer path the runtime can do without.
+
+    - ``batch_work_items``: :class:`BatchWorkItems` (``fetch_work_items`` / ``ack_work_items``: several
+      activities per round trip). Without it the runtime calls ``fetch_work_item`` / ``ack_work_item``.
+    - ``listener``: :class:`ListenerCapable` (``run_listener``: cross-process wake-ups, started in the
+      runtime's task group). Without it only in-process wake-ups and the fallback poll wake dispatchers.
+    - ``process_leases``: :class:`ProcessLeases` (a per-process lease, so that a dead process's locks move
+      at once). Without it locks move when they expire.
+    - ``work_outlook``: :class:`OutlookCapable` (``work_outlook``, for ``TestEnvironment``'s virtual time).
+    """
+
+    batch_work_items: bool = False
+    listener: bool = False
+    process_leases: bool = False
+    work_outlook: bool = False
+
+
+#: The capabilities of a provider that declares none.
+NO_CAPABILITIES = ProviderCapabilities()
+
+
+def capabilities_of(provider: object) -> ProviderCapabilities:
+    """``provider.capabilities`` if it declares them (a :class:`ProviderCapabilities`), else none."""
+    declared = getattr(provider, "capabilities", None)
+    return declared if isinstance(declared, ProviderCapabilities) else NO_CAPABILITIES
+
+
+class BatchWorkItems(Protocol):
+    """``ProviderCapabilities.batch_work_items``: the worker queue several items per round trip."""
+
+    async def fetch_work_items(
+        self, lock_timeout: float, max_items: int, poll_timeout: float = 0.0
+    ) -> list[WorkItemLease]:
+        """Lock up to ``max_items`` visible activities (as ``fetch_work_item`` does one); may be empty."""
+        ...
+
+    async def ack_work_items(self, entries: Sequence[tuple[str, WorkItem | None]]) -> list[ProviderError | None]:
+        """``ack_work_item`` for each ``(lock_token, completion)`` in one transaction; one entry per
+        input: ``None`` when that ack committed, else its (permanent) error. Raises only when the whole
+        batch failed (e.g. a lost connection)."""
+        ...
+
+
+class ListenerCapable(Protocol):
+    """``ProviderCapabilities.listener``: cross-process wake-ups onto ``provider.notifier``."""
+
+    async def run_listener(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Listen until cancelled (start it with ``await tg.start(provider.run_listener)``); returns at
+        once when the provider's own ``async with`` block already runs a listener."""
+        ...
+
+
+class ProcessLeases(Protocol):
+    """``ProviderCapabilities.process_leases``: one lease per runtime process (``runtime.liveness``)."""
+
+    @property
+    def process_id(self) -> str | None:
+        """The process whose lease this provider holds (``None``: none registered)."""
+        ...
+
+    async def register_process(self, process_id: str) -> bool:
+        """Take the lease of ``process_id``; False if it could not be taken now (retried)."""
+        ...
+
+    async def renew_process_lease(self, process_id: str, stale_after: float, grace: float = 1.0) -> list[str]:
+        """Renew the lease; release the locks of processes whose lease went stale; return their ids."""
+        ...
+
+    async def unregister_process(self, process_id: str) -> None:
+        """Give the lease back (on shutdown)."""
+        ...
+
+
+class OutlookCapable(Protocol):
+    """``ProviderCapabilities.work_outlook``: whether the store can make progress right now."""
+
+    async def work_outlook(self) -> WorkOutlook:
+        """Ready and in-progress work and the next delayed visibility (see :class:`WorkOutlook`)."""
+        ...
+
+
+def as_batch(provider: object) -> BatchWorkItems | None:
+    """``provider`` as :class:`BatchWorkItems` if it declares that capability, else ``None``."""
+    return cast(BatchWorkItems, provider) if capabilities_of(provider).batch_work_items else None
+
+
+def as_listener(provider: object) -> ListenerCapable | None:
+    """``provider`` as :class:`ListenerCapable` if it declares that capability, else ``None``."""
+    return cast(ListenerCapable, provider) if capabilities_of(provider).listener else None
+
+
+def as_process_leases(provider: object) -> ProcessLeases | None:
+    """``provider`` as :class:`ProcessLeases` if it declares that capability, else ``None``."""
+    return cast(ProcessLeases, provider) if capabilities_of(provider).process_leases else None
+
+
 @runtime_checkable
 class ProviderAdmin(Protocol):
     """Management operations (the Client's ``list_instances``, ``delete_instance``, ``prune_executions``...)."""
@@ -546,8 +664,8 @@ class ProviderFactory(Protocol):
     """Creates fresh, isolated providers (for the validation suite and the stress harness).
 
     Optional hooks used by a few validation tests: ``lock_timeout`` (seconds, short so lock-expiry tests
-    are quick), ``corrupt_instance_history(provider, instance_id)`` and
-    ``get_max_attempt_count(provider, instance_id)``; ``cleanup(provider)`` runs after use."""
+    are quick) and ``test_hooks(provider)`` (a ``testing.validation._support.TestHooks``: the suite's
+    one way into the provider's storage); ``cleanup(provider)`` runs after use."""
 
     async def create_provider(self) -> Provider:
         """A fresh, isolated, migrated provider (a new file, schema or database)."""

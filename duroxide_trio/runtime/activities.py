@@ -17,7 +17,7 @@ import sniffio
 from ..history import ActivityError, ActivityExecute, ActivityResult, ErrorDetails
 from ..orchestration import limits
 from ..orchestration._replay import describe_exception
-from ..providers.base import ProviderError, WorkItemLease, as_provider_error
+from ..providers.base import ProviderError, ProviderErrorKind, WorkItemLease, as_batch, as_provider_error
 from ..registry import ActivityHandler, Registry, decode_payload, encode_payload
 from .options import RuntimeOptions
 
@@ -132,7 +132,8 @@ async def activity_worker(
     provider = runtime.provider
     notifier = provider.notifier
     options = runtime.options
-    fetch_many = getattr(provider, "fetch_work_items", None)
+    batch = as_batch(provider)
+    fetch_many = batch.fetch_work_items if batch is not None else None
     failures = 0
     while not runtime.stopping:
         await slots.acquire()
@@ -252,7 +253,8 @@ class Acker:
 
     async def _ack_batch(self, entries: list[tuple[str, Any]]) -> list[ProviderError | None]:
         provider = self._runtime.provider
-        many = getattr(provider, "ack_work_items", None)
+        batch = as_batch(provider)
+        many = batch.ack_work_items if batch is not None else None
         # Keep retrying transient errors through a database restart (not only 5 quick attempts): a
         # completion given up on waits for its lock to expire (30 s by default) and runs again.
         deadline = anyio.current_time() + min(ACK_RETRY_FOR, self._runtime.options.worker_lock_timeout / 2)
@@ -469,7 +471,7 @@ if trio is not None:
 
 async def _ack(acker: Acker, lease: WorkItemLease, completion: Any) -> None:
     error = await acker.ack(lease, completion)
-    if error is not None and error.kind == "invalid" and isinstance(completion, ActivityResult):
+    if error is not None and error.kind is ProviderErrorKind.INVALID and isinstance(completion, ActivityResult):
         # The store cannot hold this result (e.g. a NUL character on PostgreSQL): record why instead.
         item = lease.item
         details = _failure("StorageRejected", f"the storage refused the result of activity {item.name!r}: "

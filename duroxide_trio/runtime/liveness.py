@@ -15,9 +15,10 @@ own lease and releases the locks of any process whose lease is gone, so that wor
   heartbeat: after ``stale_after`` seconds survivors reclaim it too. Its late writes are then rejected
   (its tokens are gone), and it re-registers when it wakes up.
 
-This is an optional provider capability: a provider with ``register_process`` (returning False when no
-lease is needed, e.g. an in-memory database), ``renew_process_lease`` and ``unregister_process`` gets it;
-others keep lock expiry only.
+This is an optional provider capability: a provider that declares ``ProviderCapabilities(process_leases=True)``
+and implements ``providers.base.ProcessLeases`` (``register_process`` returning False when no lease is
+needed, e.g. an in-memory database, ``renew_process_lease``, ``unregister_process``, ``process_id``) gets
+it; others keep lock expiry only.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from typing import Any
 import anyio
 import anyio.abc
 import attrs
+
+from ..providers.base import as_process_leases
 
 __all__ = ["LivenessOptions", "run_liveness", "supports_liveness"]
 
@@ -65,11 +68,8 @@ class LivenessOptions:
 
 
 def supports_liveness(provider: Any) -> bool:
-    """Whether ``provider`` has the process-lease capability."""
-    return all(
-        callable(getattr(provider, name, None))
-        for name in ("register_process", "renew_process_lease", "unregister_process")
-    )
+    """Whether ``provider`` declares the process-lease capability (``ProviderCapabilities.process_leases``)."""
+    return as_process_leases(provider) is not None
 
 
 async def run_liveness(
@@ -82,7 +82,8 @@ async def run_liveness(
     it reports started once registered, or after the first failed attempt). A no-op if the provider
     lacks the capability, the lease is disabled, or a lease is already held on this provider."""
     options = options or LivenessOptions.from_env()
-    if not options.enabled or not supports_liveness(provider) or getattr(provider, "_process_id", None):
+    leases = as_process_leases(provider)
+    if not options.enabled or leases is None or leases.process_id:
         task_status.started()
         return
     process_id = uuid.uuid4().hex[:16]
@@ -95,14 +96,14 @@ async def run_liveness(
                     # The first attempt delays the runtime's start: keep it short (locks taken before
                     # the lease is registered only lack the fast recovery).
                     with anyio.fail_after(3 if not started else 10):
-                        needed = await provider.register_process(process_id)
+                        needed = await leases.register_process(process_id)
                     if needed is False:  # e.g. an in-memory database: no other process can share it
                         task_status.started()
                         return
                     registered = True
                     log.debug("process lease %s taken", process_id)
                 else:
-                    reclaimed = await provider.renew_process_lease(
+                    reclaimed = await leases.renew_process_lease(
                         process_id, options.stale_after, options.grace
                     )
                     if reclaimed:
@@ -117,6 +118,6 @@ async def run_liveness(
         if registered:
             with anyio.CancelScope(shield=True), anyio.move_on_after(5):
                 try:
-                    await provider.unregister_process(process_id)
+                    await leases.unregister_process(process_id)
                 except Exception as exc:  # noqa: BLE001 - the lease dies with the process anyway
                     log.debug("process lease %s: unregister failed: %s", process_id, exc)

@@ -24,6 +24,7 @@ from ..orchestration._replay import TurnResult
 from ..providers.base import (
     ExecutionMetadata,
     OrchestrationItem,
+    ProviderErrorKind,
     ScheduledActivity,
     as_provider_error,
     now_ms,
@@ -203,7 +204,7 @@ async def _ack_retrying(
             return
         except Exception as caught:  # noqa: BLE001 - a ProviderError, or a provider's bug: retried
             exc = as_provider_error("ack_orchestration_item", caught)
-            if exc.kind == "invalid" and (result.error is None or result.error.kind != "StorageRejected"):
+            if exc.kind is ProviderErrorKind.INVALID and (result.error is None or result.error.kind != "StorageRejected"):
                 # The store cannot hold this turn (a value too large for it): replaying it would fail the
                 # same way until poison. Fail the instance now, saying why.
                 runtime.count_provider_error("orchestration dispatcher", exc)

@@ -13,7 +13,7 @@ import anyio
 import attrs
 
 from ..clock import clock_of
-from ..providers.base import Provider, ProviderError
+from ..providers.base import Provider, ProviderError, as_listener
 from ..registry import Registry
 from .asyncio_loop import AsyncioLoopThread
 from .leases import LeaseRenewer
@@ -224,10 +224,10 @@ async def _run(runtime: Runtime) -> AsyncIterator[Runtime]:
         if runtime.metrics.enabled:
             outer.start_soon(runtime.metrics.sample_queues, runtime.provider, options.metrics_interval,
                              name="queue-metrics")
-        listener = getattr(runtime.provider, "run_listener", None)
-        if listener is not None:
+        listening = as_listener(runtime.provider)
+        if listening is not None:
             # Cross-process wake-ups (PostgreSQL LISTEN); a no-op if the provider's own block runs one.
-            await outer.start(listener)
+            await outer.start(listening.run_listener)
         from .liveness import run_liveness  # the process lease: a dead process's locks move in ~1.5 s
 
         await outer.start(run_liveness, runtime.provider)

@@ -13,7 +13,7 @@ from typing import Any
 
 import attrs
 
-from ..providers.base import ProviderError
+from ..providers.base import ProviderCapabilities, ProviderError, capabilities_of
 
 __all__ = ["Fault", "FaultyProvider"]
 
@@ -80,6 +80,11 @@ class FaultyProvider:
         if fault.error is not None:
             return fault.error(f"{fault.message} ({when})")
         return ProviderError(name, f"{fault.message} ({when})", retryable=fault.retryable)
+
+    @property
+    def capabilities(self) -> ProviderCapabilities:
+        """The wrapped provider's capabilities (each optional operation is forwarded, faults included)."""
+        return capabilities_of(self._inner)
 
     @property
     def notifier(self) -> Any:

@@ -43,225 +43,56 @@ Design (see ``migrations/0001_initial.sql`` for the server side):
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import importlib.resources
 import logging
 import re
-import select
-import uuid
-from collections.abc import AsyncIterator, Sequence
-from typing import Any, Literal
+from collections.abc import Sequence
+from typing import Any
 
 import anyio
 import anyio.abc
 import psycopg
-from psycopg import pq, sql
+from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from ..._masking import redact, url_password_problem, url_secrets
-from ...history import (
-    ActivityExecute,
-    ContinueAsNew,
-    CustomStatusUpdated,
-    Event,
-    HistoryDecodeError,
-    StartOrchestration,
-    TimerDue,
-    WorkItem,
-    decode_event,
-    decode_work_item,
-    encode_event,
-    encode_work_item,
-)
 from ..base import (
-    COMPLETED,
-    FAILED,
     WALL_CLOCK,
     CannotDeleteSubOrchestration,
     Clock,
-    DeleteResult,
-    ExecutionInfo,
-    ExecutionMetadata,
     InstanceAlreadyExists,
-    InstanceFilter,
-    InstanceInfo,
     InstanceNotFound,
     InstanceStillRunning,
     Notifier,
-    OrchestrationItem,
+    ProviderCapabilities,
     ProviderError,
-    PruneOptions,
-    PruneResult,
-    QueueDepths,
-    ScheduledActivity,
-    SystemMetrics,
-    WorkItemLease,
+    ProviderErrorKind,
 )
-from ._driver import AnyioConnection, connect, mask_url
+from ._base import PgBase, _connection_dead
+from ._driver import AnyioConnection, mask_url
+from ._errors import _too_large, classify_sqlstate
+from ._history import HistoryJob
+from ._leases import LeasesJob
+from ._listener import ListenerJob
+from ._management import ManagementJob
+from ._migrations import _migrate
 from ._pool import Pool, PoolClosed
+from ._queries import Fetch, _Queries, channel_name
+from ._queues import QueuesJob
 
-__all__ = ["PostgresFactory", "PostgresProvider"]
+__all__ = ["DEFAULT_SCHEMA", "PostgresProvider", "check_schema_name"]
 
 logger = logging.getLogger("duroxide_trio.providers.postgres")
 
 DEFAULT_SCHEMA = "duroxide"
-MIGRATIONS_TABLE = "_duroxide_migrations"
-_MIGRATION_FILE = re.compile(r"^(\d{4})_[A-Za-z0-9_]+\.sql$")
 
 #: Rolled back for sure, so even a write is safe to re-run at once.
 _RERUN_STATES = frozenset({"40001", "40P01"})
-#: The int64 range of every BIGINT column (epoch milliseconds, ids).
-_INT64_MAX = 2**63 - 1
-_INT64_MIN = -(2**63)
-_INDEX_NAME = re.compile(r'index "([^"]+)"')
 
 
-def classify_sqlstate(state: str | None) -> tuple[bool, str | None]:
-    """``(retryable, kind)`` of a server error, by its SQLSTATE only (never by its text).
-
-    Retryable: connection exceptions (class 08), transaction rollback (class 40: serialization failure,
-    deadlock), insufficient resources (53), operator intervention (57P0x: admin shutdown, crash
-    recovery), lock not available (55P03), a cancelled statement (57014, statement_timeout) and 0A000
-    (a prepared statement made stale by a concurrent migration: another connection succeeds). Everything
-    else is permanent: data exceptions (22), integrity (23), program limits (54), the project's own DX
-    codes, syntax and the rest. ``None`` (no SQLSTATE: a client-side error) is decided by the caller."""
-    if not state:
-        return False, None
-    cls = state[:2]
-    if state == "55P03" or cls == "40":
-        return True, "contention"
-    if cls == "08" or state.startswith("57P0"):
-        return True, "connection"
-    if cls == "53":
-        return True, "resources"
-    if state == "57014":
-        return True, "timeout"
-    if state == "0A000":  # "cached plan must not change result type": a fresh connection fixes it
-        return True, "connection"
-    if cls in ("22", "54"):
-        return False, "invalid"
-    if cls == "23":
-        return False, "conflict"
-    if state in ("DX001", "DX002"):
-        return False, "lock"
-    if cls == "DX":
-        return False, "conflict"
-    if cls in ("28", "3D", "42"):
-        return False, "config"
-    return False, None
-
-
-def _too_large(message: str) -> str:
-    """What a program-limit error (54000, e.g. an index row too large) was about, for the message."""
-    m = _INDEX_NAME.search(message)
-    index = f" (index {m.group(1)!r})" if m else ""
-    return (
-        f"a key is too large to store{index}: PostgreSQL indexes keys of at most about 2.7 KB, so an "
-        "instance id (or an orchestration or activity name, a session id, an event name) is too long"
-    )
-
-
-def _check_int64(op: str, what: str, value: int) -> None:
-    """Refuse an integer no BIGINT column can hold, naming it (instead of a driver error or a retry)."""
-    if not _INT64_MIN <= value <= _INT64_MAX:
-        raise ProviderError.permanent(
-            op,
-            f"{what} {value} is out of range: it must fit in a signed 64-bit integer "
-            f"(at most {_INT64_MAX}); for a timer, the fire time is in epoch milliseconds, so the delay is "
-            "too far in the future",
-            kind="invalid",
-        )
-
-
-_IDLE = pq.TransactionStatus.IDLE
 _INTERNAL_RETRIES = 3
 
 
-def _ms(seconds: float | None) -> int:
-    return max(0, int((seconds or 0) * 1000))
-
-
-def _is_start(item: WorkItem) -> bool:
-    return isinstance(item, (StartOrchestration, ContinueAsNew))
-
-
-def _visible_at(item: WorkItem, now: int, delay: float | None = None) -> int:
-    if isinstance(item, TimerDue):
-        return item.fire_at_ms
-    return now + _ms(delay)
-
-
-def _visible_what(item: WorkItem) -> str:
-    if isinstance(item, TimerDue):
-        return f"timer fire time (instance {item.instance!r}, timer {item.id}, epoch ms)"
-    return "visible-at time (epoch ms)"
-
-
-def _hash64(text: str) -> int:
-    """A stable signed 64-bit integer for ``text`` (advisory-lock keys, seeds)."""
-    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big", signed=True)
-
-
-def channel_name(schema: str) -> str:
-    """The NOTIFY channel of ``schema`` (at most 63 bytes, PostgreSQL's identifier limit)."""
-    name = f"duroxide:{schema}"
-    if len(name.encode()) > 63:
-        name = "duroxide:" + hashlib.blake2b(schema.encode(), digest_size=16).hexdigest()
-    return name
-
-
-def _row_id(token: str) -> int | None:
-    """Work-item tokens are ``'<row id>.<random>'``; None for anything else."""
-    head, dot, _ = token.partition(".")
-    if not dot or not head.isdigit() or len(head) > 18:
-        return None
-    return int(head)
-
-
-def _load_migrations() -> list[tuple[int, str, str]]:
-    """``(version, file name, sql)`` of the embedded migrations, in order."""
-    folder = importlib.resources.files(__package__) / "migrations"
-    out = []
-    for entry in folder.iterdir():
-        m = _MIGRATION_FILE.match(entry.name)
-        if m is not None:
-            out.append((int(m.group(1)), entry.name, entry.read_text(encoding="utf-8")))
-    out.sort()
-    versions = [v for v, _, _ in out]
-    if not out or len(set(versions)) != len(versions):
-        raise RuntimeError(f"bad migration set in {folder}: {[n for _, n, _ in out]}")
-    return out
-
-
-def _connection_dead(conn: AnyioConnection[Any]) -> bool:
-    """True if an idle pooled connection was closed by the server (terminated backend, restart): the
-    server's goodbye is already waiting in the socket. Costs one non-blocking poll."""
-    if conn.closed or conn.broken:
-        return True
-    try:
-        fd = conn.pgconn.socket
-    except psycopg.OperationalError:
-        return True
-    try:
-        if hasattr(select, "poll"):
-            poller = select.poll()
-            poller.register(fd, select.POLLIN)
-            if not poller.poll(0):
-                return False
-        else:  # pragma: no cover - Windows
-            readable, _, _ = select.select([fd], [], [], 0)
-            if not readable:
-                return False
-        conn.pgconn.consume_input()
-    except (OSError, psycopg.Error):
-        return True
-    while conn.pgconn.notifies() is not None:  # nothing listens on pool connections; drop strays
-        pass
-    return conn.pgconn.status != pq.ConnStatus.OK or conn.pgconn.transaction_status != _IDLE
-
-
 _SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
-
 
 def check_schema_name(schema: object) -> None:
     """Refuse a schema name that is not a plain identifier: ``ValueError`` naming it and the rule."""
@@ -280,7 +111,6 @@ def check_schema_name(schema: object) -> None:
     if schema.lower().startswith("pg_"):
         raise ValueError(f"schema {schema!r} uses the prefix reserved by PostgreSQL; {rule}")
 
-
 def _where(params: dict[str, Any]) -> str:
     """``host:port/database`` of a connection (libpq defaults where unset); never the password."""
     host = str(params.get("host") or params.get("hostaddr") or "localhost")
@@ -289,7 +119,6 @@ def _where(params: dict[str, Any]) -> str:
     user = params.get("user")
     text = f"{host}:{port}/{dbname}"
     return f"{text} (user {user!r})" if user else text
-
 
 #: How a server that refuses a connection says why (libpq gives no SQLSTATE for connection failures).
 _REFUSED_FOR_GOOD = (
@@ -302,7 +131,6 @@ _REFUSED_FOR_GOOD = (
     "not permitted to log in",
     "invalid",
 )
-
 
 def _connect_error(
     ex: psycopg.Error, where: str, masked: str, schema: str, secrets: Sequence[str]
@@ -330,128 +158,23 @@ def _connect_error(
                 "connect",
                 f"the server at {where} refused the connection: {reason} (check the user, password and "
                 "database name of the URL)",
-                kind="config",
+                kind=ProviderErrorKind.CONFIG,
             )
         return ProviderError.transient(
-            "connect", f"cannot connect to {where}: {reason}", kind="connection"
+            "connect", f"cannot connect to {where}: {reason}", kind=ProviderErrorKind.CONNECTION
         )
-    return ProviderError.permanent("connect", f"cannot connect to {where}: {reason}", kind="config")
-
+    return ProviderError.permanent("connect", f"cannot connect to {where}: {reason}", kind=ProviderErrorKind.CONFIG)
 
 class _StaleConnection(Exception):
     pass
 
-
-class _Queries:
-    """Every statement the provider sends, built once for one (quoted) schema."""
-
-    def __init__(self, s: str) -> None:
-        self.fetch_orch = f"SELECT * FROM {s}.fetch_orchestration_item(%s, %s, %s)"
-        self.ack_orch = (
-            f"SELECT * FROM {s}.ack_orchestration_item(%s, %s, %s, "
-            "%b::bigint[], %b::text[], %b::text[], "
-            "%b::text[], %b::text[], %b::bigint[], %b::bigint[], %b::text[], %b::text[], "
-            "%b::text[], %b::text[], %b::boolean[], %b::bigint[], "
-            "%b::text[], %b::bigint[], %b::bigint[], "
-            "%s, %s, %s, %s, %s, %s, %s)"
-        )
-        self.abandon_orch = f"SELECT {s}.abandon_orchestration_item(%s, %s, %s, %s)"
-        self.renew_orch = (
-            f"UPDATE {s}.instance_locks SET locked_until = %s WHERE lock_token = %s AND locked_until > %s"
-        )
-        self.enqueue_orch = f"SELECT {s}.enqueue_orchestrator(%s, %s, %s, %s, %s)"
-        self.enqueue_start = f"SELECT {s}.enqueue_start(%s, %s, %s)"
-        self.enqueue_worker = f"SELECT {s}.enqueue_worker(%s, %s, %s, %s, %s, %s, %s)"
-        self.fetch_work = f"SELECT * FROM {s}.fetch_work_items(%s, %s, %s::integer, %s)"
-        self.ack_work = f"SELECT {s}.ack_work_items(%s, %b::bigint[], %b::text[], %b::text[], %b::text[])"
-        self.renew_work = (
-            f"UPDATE {s}.worker_queue SET locked_until = %s, visible_at = %s "
-            "WHERE id = %s AND lock_token = %s AND locked_until > %s"
-        )
-        self.abandon_work = f"SELECT {s}.abandon_work_item(%s, %s, %s, %s, %s)"
-        self.drop_work = f"DELETE FROM {s}.worker_queue WHERE id = ANY(%b::bigint[])"
-        self.read = (
-            f"SELECT h.event_data FROM {s}.history h WHERE h.instance_id = %(id)s AND h.execution_id = "
-            f"COALESCE((SELECT i.current_execution_id FROM {s}.instances i WHERE i.instance_id = %(id)s), "
-            f"(SELECT max(x.execution_id) FROM {s}.history x WHERE x.instance_id = %(id)s)) "
-            "ORDER BY h.event_id"
-        )
-        self.read_execution = f"SELECT event_data FROM {s}.history WHERE instance_id = %s AND execution_id = %s ORDER BY event_id"
-        self.instance_exists = (
-            f"SELECT 1 FROM {s}.instances WHERE instance_id = %s "
-            f"UNION ALL SELECT 1 FROM {s}.orchestrator_queue WHERE instance_id = %s AND is_start LIMIT 1"
-        )
-        self.append = (
-            f"INSERT INTO {s}.history (instance_id, execution_id, event_id, event_type, event_data) "
-            "SELECT %s, %s, u.i, u.t, u.d FROM unnest(%b::bigint[], %b::text[], %b::text[]) AS u(i, t, d)"
-        )
-        self.instance_info = (
-            "SELECT i.name, i.version, i.current_execution_id, COALESCE(e.status, 'Running'), e.output, "
-            "i.custom_status, i.custom_status_version, i.created_at, i.updated_at, i.parent_instance_id "
-            f"FROM {s}.instances i LEFT JOIN {s}.executions e "
-            "ON e.instance_id = i.instance_id AND e.execution_id = i.current_execution_id "
-            "WHERE i.instance_id = %s"
-        )
-        self.custom_status = (
-            f"SELECT custom_status, custom_status_version FROM {s}.instances WHERE instance_id = %s"
-        )
-        self.list_instances = f"SELECT instance_id FROM {s}.instances ORDER BY created_at DESC, seq DESC"
-        self.list_instances_by_status = (
-            f"SELECT i.instance_id FROM {s}.instances i JOIN {s}.executions e "
-            "ON e.instance_id = i.instance_id AND e.execution_id = i.current_execution_id "
-            "WHERE e.status = %s ORDER BY i.created_at DESC, i.seq DESC"
-        )
-        self.list_executions = (
-            f"SELECT execution_id FROM {s}.executions WHERE instance_id = %s ORDER BY execution_id"
-        )
-        self.execution_info = (
-            "SELECT e.status, e.output, e.started_at, e.completed_at, "
-            f"(SELECT count(*) FROM {s}.history h WHERE h.instance_id = e.instance_id "
-            "AND h.execution_id = e.execution_id) "
-            f"FROM {s}.executions e WHERE e.instance_id = %s AND e.execution_id = %s"
-        )
-        self.metrics = (
-            f"SELECT (SELECT count(*) FROM {s}.instances), (SELECT count(*) FROM {s}.executions), "
-            f"(SELECT count(*) FROM {s}.history), "
-            "count(*) FILTER (WHERE e.status IN ('Running', 'ContinuedAsNew')), "
-            "count(*) FILTER (WHERE e.status = 'Completed'), count(*) FILTER (WHERE e.status = 'Failed') "
-            f"FROM {s}.instances i JOIN {s}.executions e "
-            "ON e.instance_id = i.instance_id AND e.execution_id = i.current_execution_id"
-        )
-        self.queue_depths = (
-            f"SELECT (SELECT count(*) FROM {s}.orchestrator_queue q WHERE NOT EXISTS ("
-            f"SELECT 1 FROM {s}.instance_locks l WHERE l.instance_id = q.instance_id AND l.locked_until > %(now)s)), "
-            f"(SELECT count(*) FROM {s}.worker_queue WHERE lock_token IS NULL OR locked_until <= %(now)s), "
-            f"(SELECT min(q.visible_at) FROM {s}.orchestrator_queue q WHERE q.visible_at <= %(now)s AND NOT EXISTS ("
-            f"SELECT 1 FROM {s}.instance_locks l WHERE l.instance_id = q.instance_id AND l.locked_until > %(now)s)), "
-            f"(SELECT min(visible_at) FROM {s}.worker_queue WHERE visible_at <= %(now)s AND "
-            "(lock_token IS NULL OR locked_until <= %(now)s))"
-        )
-        self.children = (
-            f"SELECT instance_id FROM {s}.instances WHERE parent_instance_id = %s ORDER BY created_at, seq"
-        )
-        self.parent = f"SELECT parent_instance_id FROM {s}.instances WHERE instance_id = %s"
-        self.tree = (
-            f"SELECT {s}.instance_tree(%(id)s) WHERE EXISTS "
-            f"(SELECT 1 FROM {s}.instances WHERE instance_id = %(id)s)"
-        )
-        self.delete_instance = f"SELECT * FROM {s}.delete_instance(%s, %s)"
-        self.delete_instances = f"SELECT * FROM {s}.delete_instances(%b::text[], %s)"
-        self.delete_bulk = f"SELECT * FROM {s}.delete_instance_bulk(%b::text[], %s::bigint, %s::integer)"
-        self.prune = f"SELECT * FROM {s}.prune_executions(%s, %s::integer, %s::bigint)"
-        self.prune_bulk = (
-            f"SELECT * FROM {s}.prune_executions_bulk(%b::text[], %s::integer, %s::integer, %s::bigint)"
-        )
-        self.corrupt = f"UPDATE {s}.history SET event_data = '{{not json' WHERE instance_id = %s"
-        self.max_attempt = f"SELECT max(attempt_count) FROM {s}.orchestrator_queue WHERE instance_id = %s"
-
-
-Fetch = Literal["none", "one", "all", "rowcount"]
-
-
-class PostgresProvider:
+class PostgresProvider(QueuesJob, HistoryJob, ManagementJob, ListenerJob, LeasesJob, PgBase):
     """Durable state in a PostgreSQL schema. Create with ``await PostgresProvider.connect(url)``; run it
     with ``async with provider:`` (which also owns the LISTEN connection for cross-process wake-ups)."""
+
+    #: Batch work items, the LISTEN listener and process leases (no work outlook: tests' virtual time
+    #: runs on SQLite).
+    capabilities = ProviderCapabilities(batch_work_items=True, listener=True, process_leases=True)
 
     def __init__(
         self,
@@ -485,7 +208,6 @@ class PostgresProvider:
         self._listener_pid: int | None = None
         self.notifier = Notifier(self.clock)
 
-    # lifecycle -------------------------------------------------------------------------------------
     @classmethod
     async def connect(
         cls,
@@ -532,14 +254,14 @@ class PostgresProvider:
         problem = url_password_problem(url)
         if problem is not None:
             raise ProviderError.permanent(
-                "connect", f"malformed connection URL {masked}: {problem}", kind="config"
+                "connect", f"malformed connection URL {masked}: {problem}", kind=ProviderErrorKind.CONFIG
             )
         try:
             params = conninfo_to_dict(url)
         except psycopg.Error as ex:
             reason = redact(ex, secrets=secrets).strip()
             raise ProviderError.permanent(
-                "connect", f"bad connection string {masked}: {reason}", kind="config"
+                "connect", f"bad connection string {masked}: {reason}", kind=ProviderErrorKind.CONFIG
             ) from None
         where = _where(params)
         extra: dict[str, Any] = {}
@@ -576,7 +298,7 @@ class PostgresProvider:
                         cur = await conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,))
                         if await cur.fetchone() is None:
                             raise ProviderError.permanent(
-                                "connect", f"schema {schema!r} does not exist in {masked}", kind="config"
+                                "connect", f"schema {schema!r} does not exist in {masked}", kind=ProviderErrorKind.CONFIG
                             )
                     await _migrate(conn, schema, quoted)
                     first = conn
@@ -585,7 +307,7 @@ class PostgresProvider:
                 await pool.close()
             if isinstance(ex, TimeoutError):
                 raise ProviderError.transient(
-                    "connect", f"connecting to {where} ({masked}) timed out", kind="timeout"
+                    "connect", f"connecting to {where} ({masked}) timed out", kind=ProviderErrorKind.TIMEOUT
                 ) from None
             if isinstance(ex, psycopg.Error):
                 raise _connect_error(ex, where, masked, schema, secrets) from None
@@ -638,7 +360,7 @@ class PostgresProvider:
     async def __aenter__(self) -> PostgresProvider:
         """Start the LISTEN task (owned by this ``async with`` block) and return the provider."""
         if self._closed:
-            raise ProviderError.permanent("open", "provider is closed", kind="closed")
+            raise ProviderError.permanent("open", "provider is closed", kind=ProviderErrorKind.CLOSED)
         self._entered += 1
         if self._entered > 1:
             return self
@@ -681,10 +403,6 @@ class PostgresProvider:
                     await lease.close()
             await self._pool.close()
 
-    def as_admin(self) -> PostgresProvider:
-        return self
-
-    # plumbing --------------------------------------------------------------------------------------
     def _scrub(self, text: str) -> str:
         """``text`` with every form of the URL's password masked (see ``duroxide_trio._masking``)."""
         return redact(text, secrets=self._secrets)
@@ -706,7 +424,7 @@ class PostgresProvider:
         if state == "DX006":
             return CannotDeleteSubOrchestration(op, detail, diag.message_hint or "")
         if isinstance(ex, PoolClosed):
-            return ProviderError.permanent(op, "provider is closed", kind="closed")
+            return ProviderError.permanent(op, "provider is closed", kind=ProviderErrorKind.CLOSED)
         if state:
             retryable, kind = classify_sqlstate(state)
             if state.startswith("54"):
@@ -719,9 +437,9 @@ class PostgresProvider:
                 text = f"{message} (SQLSTATE {state})"
             return ProviderError(op, text, retryable=retryable, kind=kind)
         if isinstance(ex, (psycopg.OperationalError, psycopg.InterfaceError)):
-            return ProviderError.transient(op, f"connection problem: {message}", kind="connection")
+            return ProviderError.transient(op, f"connection problem: {message}", kind=ProviderErrorKind.CONNECTION)
         if isinstance(ex, psycopg.DataError):
-            return ProviderError.permanent(op, f"invalid value: {message}", kind="invalid")
+            return ProviderError.permanent(op, f"invalid value: {message}", kind=ProviderErrorKind.INVALID)
         return ProviderError.permanent(op, f"{message} ({type(ex).__name__})")
 
     async def _exec(
@@ -738,7 +456,7 @@ class PostgresProvider:
         Retried here: a connection found dead before use (always safe), a deadlock or serialisation
         failure (rolled back), and, for ``idempotent`` operations, any transient error."""
         if self._closed:
-            raise ProviderError.permanent(op, "provider is closed", kind="closed")
+            raise ProviderError.permanent(op, "provider is closed", kind=ProviderErrorKind.CLOSED)
         attempt = 0
         while True:
             attempt += 1
@@ -766,11 +484,11 @@ class PostgresProvider:
                 if attempt <= self._pool.max_size + 1:
                     continue
                 raise ProviderError.transient(
-                    op, "no live database connection (server restarting?)", kind="connection"
+                    op, "no live database connection (server restarting?)", kind=ProviderErrorKind.CONNECTION
                 ) from None
             except TimeoutError:
                 raise ProviderError.transient(
-                    op, f"timed out after {self._command_timeout:g} s", kind="timeout"
+                    op, f"timed out after {self._command_timeout:g} s", kind=ProviderErrorKind.TIMEOUT
                 ) from None
             except psycopg.Error as ex:
                 error = self._error(op, ex)
@@ -794,810 +512,3 @@ class PostgresProvider:
         rows: list[Any] = await self._exec(op, query, params, "all", idempotent=idempotent)
         return rows
 
-    def _remember(self, conn: AnyioConnection[Any]) -> None:
-        """Note a pool connection's backend pid: NOTIFYs it sends are our own commits."""
-        if len(self._own) > 4 * self._pool.max_size:
-            self._own = {pid: c for pid, c in self._own.items() if not c.closed}
-        self._own[conn.info.backend_pid] = conn
-
-    # LISTEN ----------------------------------------------------------------------------------------
-    async def run_listener(
-        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
-    ) -> None:
-        """Hold the LISTEN connection and map notifications from other processes onto ``self.notifier``,
-        until the provider closes or the caller's scope is cancelled.
-
-        ``async with provider`` runs this in a task group it owns; an owner with its own task group may
-        run it instead (``await tg.start(provider.run_listener)``). With ``tg.start`` it reports started
-        once listening (or after the first failure: polling works meanwhile). If the connection drops it
-        logs, backs off (0.1 s doubling to 5 s) and reconnects, then wakes every waiter once, since
-        notifications may have been missed. Returns at once if a listener already runs."""
-        if self._closed or self._listener_scopes:
-            task_status.started()
-            return
-        started = False
-        delay = 0.1
-        listen = sql.SQL("LISTEN {}").format(sql.Identifier(self._channel))
-        with anyio.CancelScope() as scope:
-            self._listener_scopes.add(scope)
-            try:
-                while True:
-                    conn: AnyioConnection[Any] | None = None
-                    try:
-                        conn = await connect(
-                            self._listen_conninfo, connect_timeout=self._connect_timeout, autocommit=True
-                        )
-                        with anyio.fail_after(self._command_timeout):
-                            await conn.execute(listen)
-                        self._listener_pid = conn.info.backend_pid
-                        if started:
-                            logger.info("LISTEN connection to %s re-established", mask_url(self._url))
-                            self.notifier.notify_all()  # notifications may have been missed meanwhile
-                        else:
-                            started = True
-                            task_status.started()
-                        delay = 0.1
-                        async with contextlib.aclosing(conn.notifies()) as notifications:
-                            async for notification in notifications:
-                                self._on_notify(notification)
-                    except Exception as ex:
-                        message = self._scrub(str(ex)) or type(ex).__name__
-                        logger.warning(
-                            "LISTEN connection to %s (schema %r) failed: %s; reconnecting in %.1f s",
-                            mask_url(self._url),
-                            self._schema,
-                            message,
-                            delay,
-                        )
-                    finally:
-                        self._listener_pid = None
-                        if conn is not None:
-                            with anyio.CancelScope(shield=True):
-                                with contextlib.suppress(Exception):
-                                    await conn.close()
-                    if not started:
-                        started = True
-                        task_status.started()
-                    await anyio.sleep(delay)
-                    delay = min(delay * 2, 5.0)
-            finally:
-                self._listener_scopes.discard(scope)
-
-    def _on_notify(self, notification: psycopg.Notify) -> None:
-        own = self._own.get(notification.pid)
-        if own is not None and not own.closed:
-            return  # our own commit: already notified in-process
-        payload = notification.payload
-        if not payload:
-            return
-        kind, rest = payload[0], payload[1:]
-        if kind == "d":
-            self.notifier.notify_instance(rest)
-            return
-        key = "orchestrator" if kind == "o" else "worker" if kind == "w" else None
-        if key is None:
-            return
-        if not rest:
-            self.notifier.notify(key)
-            return
-        now = self.clock.now_ms()
-        for part in rest.split(","):
-            try:
-                at = int(part)
-            except ValueError:
-                continue
-            if at <= now:
-                self.notifier.notify(key)
-            else:
-                self.notifier.notify_at(key, at)
-
-    # orchestrator queue ----------------------------------------------------------------------------
-    async def fetch_orchestration_item(
-        self, lock_timeout: float, poll_timeout: float = 0.0
-    ) -> OrchestrationItem | None:
-        token = self._new_token()
-        async with self._releasing_unseen_claim("orchestrator", token):
-            row = await self._one(
-                "fetch_orchestration_item", self._q.fetch_orch, (self.clock.now_ms(), _ms(lock_timeout), token)
-            )
-        (
-            instance_id,
-            name,
-            version,
-            execution_id,
-            has_instance,
-            texts,
-            attempt,
-            history_texts,
-            next_visible,
-        ) = row
-        if instance_id is None:
-            if next_visible is not None:
-                self.notifier.notify_at("orchestrator", next_visible)
-            return None
-        errors: list[str] = []
-        messages: list[WorkItem] = []
-        for text in texts:
-            try:
-                messages.append(decode_work_item(text))
-            except HistoryDecodeError as exc:
-                errors.append(str(exc))
-        history: list[Event] = []
-        if has_instance:
-            try:
-                history = [decode_event(t) for t in history_texts]
-            except HistoryDecodeError as exc:
-                history = []
-                errors.append(str(exc))
-        else:
-            start = next((m for m in messages if isinstance(m, (StartOrchestration, ContinueAsNew))), None)
-            name = start.name if start is not None else ""
-            version = start.version if start is not None else None
-            execution_id = start.execution_id if start is not None else 1
-        return OrchestrationItem(
-            instance_id=instance_id,
-            orchestration_name=name,
-            version=version,
-            execution_id=execution_id,
-            history=history,
-            messages=messages,
-            lock_token=token,
-            attempt_count=attempt,
-            history_error="; ".join(errors) if errors else None,
-        )
-
-    async def ack_orchestration_item(
-        self,
-        lock_token: str,
-        execution_id: int,
-        history_delta: Sequence[Event],
-        worker_items: Sequence[ActivityExecute],
-        orchestrator_items: Sequence[WorkItem],
-        metadata: ExecutionMetadata,
-        cancelled_activities: Sequence[ScheduledActivity] = (),
-    ) -> None:
-        now = self.clock.now_ms()
-        custom = [e.kind for e in history_delta if isinstance(e.kind, CustomStatusUpdated)]
-        orch_visible = [_visible_at(o, now) for o in orchestrator_items]
-        for o, at in zip(orchestrator_items, orch_visible, strict=True):
-            _check_int64("ack_orchestration_item", _visible_what(o), at)
-        params = (
-            lock_token,
-            now,
-            execution_id,
-            [e.event_id for e in history_delta],
-            [e.type_name for e in history_delta],
-            [encode_event(e) for e in history_delta],
-            [encode_work_item(w) for w in worker_items],
-            [w.instance for w in worker_items],
-            [w.execution_id for w in worker_items],
-            [w.id for w in worker_items],
-            [w.session_id for w in worker_items],
-            [w.tag for w in worker_items],
-            [o.target_instance for o in orchestrator_items],
-            [encode_work_item(o) for o in orchestrator_items],
-            [_is_start(o) for o in orchestrator_items],
-            orch_visible,
-            [c.instance_id for c in cancelled_activities],
-            [c.execution_id for c in cancelled_activities],
-            [c.activity_id for c in cancelled_activities],
-            metadata.orchestration_name,
-            metadata.orchestration_version,
-            metadata.parent_instance_id,
-            metadata.status,
-            metadata.output,
-            bool(custom),
-            custom[-1].status if custom else None,
-        )
-        instance_id, wake = await self._one("ack_orchestration_item", self._q.ack_orch, params)
-        if worker_items:
-            self.notifier.notify("worker")
-        if wake:
-            self.notifier.notify("orchestrator")
-        for at in orch_visible:
-            if at > now:
-                self.notifier.notify_at("orchestrator", at)
-        if metadata.status in (COMPLETED, FAILED):
-            self.notifier.notify_instance(instance_id)
-
-    async def abandon_orchestration_item(
-        self, lock_token: str, delay: float | None = None, ignore_attempt: bool = False
-    ) -> None:
-        row = await self._one(
-            "abandon_orchestration_item",
-            self._q.abandon_orch,
-            (lock_token, self.clock.now_ms(), _ms(delay), ignore_attempt),
-        )
-        if row[0] is not None:
-            self.notifier.notify_at("orchestrator", row[0])
-        else:
-            self.notifier.notify("orchestrator")
-
-    async def renew_orchestration_item_lock(self, lock_token: str, extend_for: float) -> None:
-        now = self.clock.now_ms()
-        count = await self._exec(
-            "renew_orchestration_item_lock",
-            self._q.renew_orch,
-            (now + _ms(extend_for), lock_token, now),
-            "rowcount",
-            idempotent=True,
-        )
-        if count == 0:
-            raise ProviderError.permanent(
-                "renew_orchestration_item_lock", "lock token invalid or lock already expired", kind="lock"
-            )
-
-    async def enqueue_for_orchestrator(self, item: WorkItem, delay: float | None = None) -> None:
-        now = self.clock.now_ms()
-        visible = _visible_at(item, now, delay)
-        _check_int64("enqueue_for_orchestrator", _visible_what(item), visible)
-        await self._exec(
-            "enqueue_for_orchestrator",
-            self._q.enqueue_orch,
-            (item.target_instance, encode_work_item(item), _is_start(item), visible, now),
-            "none",
-        )
-        if visible > now:
-            self.notifier.notify_at("orchestrator", visible)
-        else:
-            self.notifier.notify("orchestrator")
-
-    async def enqueue_start(self, item: StartOrchestration) -> None:
-        await self._exec(
-            "enqueue_start", self._q.enqueue_start, (item.instance, encode_work_item(item), self.clock.now_ms()), "none"
-        )
-        self.notifier.notify("orchestrator")
-
-    # history ---------------------------------------------------------------------------------------
-    async def read(self, instance_id: str) -> list[Event]:
-        rows = await self._all("read", self._q.read, {"id": instance_id}, idempotent=True)
-        return self._decode_history("read", rows)
-
-    async def read_with_execution(self, instance_id: str, execution_id: int) -> list[Event]:
-        rows = await self._all(
-            "read_with_execution", self._q.read_execution, (instance_id, execution_id), idempotent=True
-        )
-        return self._decode_history("read_with_execution", rows)
-
-    def _decode_history(self, op: str, rows: list[Any]) -> list[Event]:
-        try:
-            return [decode_event(r[0]) for r in rows]
-        except HistoryDecodeError as exc:
-            raise ProviderError.permanent(op, str(exc), kind="corrupt") from None
-
-    async def append_with_execution(
-        self, instance_id: str, execution_id: int, events: Sequence[Event]
-    ) -> None:
-        await self._exec(
-            "append_with_execution",
-            self._q.append,
-            (
-                instance_id,
-                execution_id,
-                [e.event_id for e in events],
-                [e.type_name for e in events],
-                [encode_event(e) for e in events],
-            ),
-            "none",
-        )
-
-    # worker queue ----------------------------------------------------------------------------------
-    async def enqueue_for_worker(self, item: ActivityExecute) -> None:
-        await self._exec(
-            "enqueue_for_worker",
-            self._q.enqueue_worker,
-            (
-                encode_work_item(item),
-                item.instance,
-                item.execution_id,
-                item.id,
-                item.session_id,
-                item.tag,
-                self.clock.now_ms(),
-            ),
-            "none",
-        )
-        self.notifier.notify("worker")
-
-    async def fetch_work_item(self, lock_timeout: float, poll_timeout: float = 0.0) -> WorkItemLease | None:
-        leases = await self.fetch_work_items(lock_timeout, 1, poll_timeout)
-        return leases[0] if leases else None
-
-    async def fetch_work_items(
-        self, lock_timeout: float, max_items: int, poll_timeout: float = 0.0
-    ) -> list[WorkItemLease]:
-        """Lock up to ``max_items`` visible work items in one round trip (each gets its own token)."""
-        salt = self._new_token()
-        async with self._releasing_unseen_claim("worker", salt):
-            rows = await self._all(
-                "fetch_work_item",
-                self._q.fetch_work,
-                (self.clock.now_ms(), _ms(lock_timeout), max(1, int(max_items)), salt),
-            )
-        found: list[tuple[int, WorkItemLease]] = []
-        bad: list[tuple[int, str]] = []
-        for row_id, token, text, attempts, next_visible in rows:
-            if row_id is None:
-                if next_visible is not None:
-                    self.notifier.notify_at("worker", next_visible)
-                continue
-            try:
-                item = decode_work_item(text)
-                if not isinstance(item, ActivityExecute):
-                    raise HistoryDecodeError(
-                        f"worker queue holds a {type(item).__name__}, not ActivityExecute"
-                    )
-            except HistoryDecodeError as exc:
-                bad.append((row_id, str(exc)))
-                continue
-            found.append((row_id, WorkItemLease(item=item, lock_token=token, attempt_count=attempts)))
-        if bad:
-            # An undecodable row can never run: drop it rather than loop on it forever.
-            logger.error("dropping undecodable work items: %s", [m for _, m in bad])
-            with contextlib.suppress(ProviderError):
-                await self._exec("fetch_work_item", self._q.drop_work, ([i for i, _ in bad],), "none")
-        found.sort(key=lambda pair: pair[0])
-        return [lease for _, lease in found]
-
-    async def ack_work_item(self, lock_token: str, completion: WorkItem | None) -> None:
-        (error,) = await self.ack_work_items([(lock_token, completion)])
-        if error is not None:
-            raise error
-
-    async def ack_work_items(
-        self, entries: Sequence[tuple[str, WorkItem | None]]
-    ) -> list[ProviderError | None]:
-        """Ack several work items in one round trip; one result per entry (``None`` = acked)."""
-
-        def lost() -> ProviderError:
-            return ProviderError.permanent(
-                "ack_work_item",
-                "lock token invalid or expired (the activity was cancelled or its lock lost)",
-                kind="lock",
-            )
-
-        results: list[ProviderError | None] = [None] * len(entries)
-        positions: list[int] = []
-        ids: list[int] = []
-        tokens: list[str] = []
-        items: list[str | None] = []
-        targets: list[str | None] = []
-        seen: set[int] = set()
-        for k, (token, completion) in enumerate(entries):
-            row_id = _row_id(token) if isinstance(token, str) else None
-            if row_id is None or row_id in seen:
-                results[k] = lost()
-                continue
-            seen.add(row_id)
-            positions.append(k)
-            ids.append(row_id)
-            tokens.append(token)
-            items.append(encode_work_item(completion) if completion is not None else None)
-            targets.append(completion.target_instance if completion is not None else None)
-        if not ids:
-            return results
-        row = await self._one("ack_work_item", self._q.ack_work, (self.clock.now_ms(), ids, tokens, items, targets))
-        enqueued = False
-        for k, ok, item in zip(positions, row[0], items, strict=True):
-            if ok:
-                enqueued = enqueued or item is not None
-            else:
-                results[k] = lost()
-        if enqueued:
-            self.notifier.notify("orchestrator")
-        return results
-
-    async def renew_work_item_lock(self, lock_token: str, extend_for: float) -> None:
-        row_id = _row_id(lock_token)
-        count = 0
-        if row_id is not None:
-            now = self.clock.now_ms()
-            until = now + _ms(extend_for)
-            count = await self._exec(
-                "renew_work_item_lock",
-                self._q.renew_work,
-                (until, until, row_id, lock_token, now),
-                "rowcount",
-                idempotent=True,
-            )
-        if count == 0:
-            raise ProviderError.permanent(
-                "renew_work_item_lock", "lock token invalid or expired", kind="lock"
-            )
-
-    async def abandon_work_item(
-        self, lock_token: str, delay: float | None = None, ignore_attempt: bool = False
-    ) -> None:
-        row_id = _row_id(lock_token)
-        if row_id is None:
-            raise ProviderError.permanent(
-                "abandon_work_item", f"invalid lock token {lock_token!r}", kind="lock"
-            )
-        now = self.clock.now_ms()
-        row = await self._one(
-            "abandon_work_item", self._q.abandon_work, (row_id, lock_token, now, _ms(delay), ignore_attempt)
-        )
-        if row[0] > now:
-            self.notifier.notify_at("worker", row[0])
-        else:
-            self.notifier.notify("worker")
-
-    # status ----------------------------------------------------------------------------------------
-    async def get_instance_info(self, instance_id: str) -> InstanceInfo | None:
-        row = await self._one("get_instance_info", self._q.instance_info, (instance_id,), idempotent=True)
-        if row is None:
-            return None
-        return InstanceInfo(instance_id, *row)
-
-    async def instance_exists(self, instance_id: str) -> bool:
-        """True if ``instance_id`` has an instance or a pending start."""
-        row = await self._one("instance_exists", self._q.instance_exists, (instance_id, instance_id), idempotent=True)
-        return row is not None
-
-    async def get_custom_status(
-        self, instance_id: str, last_seen_version: int
-    ) -> tuple[str | None, int] | None:
-        row = await self._one("get_custom_status", self._q.custom_status, (instance_id,), idempotent=True)
-        if row is None or row[1] <= last_seen_version:
-            return None
-        return row[0], int(row[1])
-
-    # management ------------------------------------------------------------------------------------
-    async def list_instances(self, status: str | None = None) -> list[str]:
-        if status is None:
-            rows = await self._all("list_instances", self._q.list_instances, None, idempotent=True)
-        else:
-            rows = await self._all(
-                "list_instances", self._q.list_instances_by_status, (status,), idempotent=True
-            )
-        return [r[0] for r in rows]
-
-    async def list_executions(self, instance_id: str) -> list[int]:
-        rows = await self._all("list_executions", self._q.list_executions, (instance_id,), idempotent=True)
-        return [int(r[0]) for r in rows]
-
-    async def read_history(self, instance_id: str, execution_id: int | None = None) -> list[Event]:
-        if execution_id is None:
-            return await self.read(instance_id)
-        return await self.read_with_execution(instance_id, execution_id)
-
-    async def get_execution_info(self, instance_id: str, execution_id: int) -> ExecutionInfo | None:
-        row = await self._one(
-            "get_execution_info", self._q.execution_info, (instance_id, execution_id), idempotent=True
-        )
-        if row is None:
-            return None
-        status, output, started_at, completed_at, count = row
-        return ExecutionInfo(execution_id, status, output, started_at, completed_at, int(count))
-
-    async def get_system_metrics(self) -> SystemMetrics:
-        row = await self._one("get_system_metrics", self._q.metrics, None, idempotent=True)
-        instances, executions, events, running, completed, failed = (int(v) for v in row)
-        return SystemMetrics(
-            total_instances=instances,
-            total_executions=executions,
-            running_instances=running,
-            completed_instances=completed,
-            failed_instances=failed,
-            total_events=events,
-        )
-
-    async def get_queue_depths(self) -> QueueDepths:
-        now = self.clock.now_ms()
-        row = await self._one("get_queue_depths", self._q.queue_depths, {"now": now}, idempotent=True)
-        return QueueDepths(
-            orchestrator_queue=int(row[0]),
-            worker_queue=int(row[1]),
-            oldest_orchestrator_age_ms=None if row[2] is None else max(now - int(row[2]), 0),
-            oldest_worker_age_ms=None if row[3] is None else max(now - int(row[3]), 0),
-        )
-
-    async def list_children(self, instance_id: str) -> list[str]:
-        rows = await self._all("list_children", self._q.children, (instance_id,), idempotent=True)
-        return [r[0] for r in rows]
-
-    async def get_parent_id(self, instance_id: str) -> str | None:
-        row = await self._one("get_parent_id", self._q.parent, (instance_id,), idempotent=True)
-        if row is None:
-            raise InstanceNotFound("get_parent_id", instance_id)
-        parent: str | None = row[0]
-        return parent
-
-    async def get_instance_tree(self, instance_id: str) -> list[str]:
-        row = await self._one("get_instance_tree", self._q.tree, {"id": instance_id}, idempotent=True)
-        if row is None:
-            raise InstanceNotFound("get_instance_tree", instance_id)
-        return list(row[0])
-
-    async def delete_instance(self, instance_id: str, force: bool = False) -> DeleteResult:
-        row = await self._one("delete_instance", self._q.delete_instance, (instance_id, force))
-        self.notifier.notify_instance(instance_id)
-        return DeleteResult(*(int(v) for v in row))
-
-    async def delete_instances_atomic(self, instance_ids: Sequence[str], force: bool = False) -> DeleteResult:
-        ids = list(dict.fromkeys(instance_ids))
-        if not ids:
-            return DeleteResult()
-        row = await self._one("delete_instances_atomic", self._q.delete_instances, (ids, force))
-        return DeleteResult(*(int(v) for v in row))
-
-    async def delete_instance_bulk(self, filter: InstanceFilter) -> DeleteResult:
-        if filter.instance_ids is not None and not filter.instance_ids:
-            return DeleteResult()
-        row = await self._one(
-            "delete_instance_bulk",
-            self._q.delete_bulk,
-            (filter.instance_ids, filter.completed_before_ms, filter.limit),
-        )
-        return DeleteResult(*(int(v) for v in row))
-
-    async def prune_executions(self, instance_id: str, options: PruneOptions) -> PruneResult:
-        row = await self._one(
-            "prune_executions", self._q.prune, (instance_id, options.keep_last, options.completed_before_ms)
-        )
-        return PruneResult(*(int(v) for v in row))
-
-    async def prune_executions_bulk(self, filter: InstanceFilter, options: PruneOptions) -> PruneResult:
-        if filter.instance_ids is not None and not filter.instance_ids:
-            return PruneResult()
-        row = await self._one(
-            "prune_executions_bulk",
-            self._q.prune_bulk,
-            (filter.instance_ids, filter.limit, options.keep_last, options.completed_before_ms),
-        )
-        return PruneResult(*(int(v) for v in row))
-
-    # fault-injection hooks for the validation suite --------------------------------------------------
-    # process liveness leases (optional capability, see runtime/liveness.py and migration 0003) --------
-    _process_id: str | None = None
-    _process_key: int = 0
-    _lease_conn: AnyioConnection[Any] | None = None
-
-    def _quoted_schema(self) -> str:
-        return sql.Identifier(self._schema).as_string(None)
-
-    def _new_token(self) -> str:
-        """A fresh lock token; ``'<process>:<random>'`` once a process is registered, so survivors can
-        release exactly a dead process's locks."""
-        token = uuid.uuid4().hex
-        return f"{self._process_id}:{token}" if self._process_id else token
-
-    @contextlib.asynccontextmanager
-    async def _releasing_unseen_claim(self, queue: str, token: str) -> AsyncIterator[None]:
-        """A fetch that failed with a transient error (the connection dropped, a timeout) may have
-        committed its claim without the caller ever seeing it: the locks would strand their work until
-        they expire (a full worker lock timeout) although this process is alive. Release exactly that
-        fetch's locks (found by its token), best effort for a few seconds, then re-raise."""
-        try:
-            yield
-        except ProviderError as exc:
-            if exc.retryable and not self._closed:
-                s = self._quoted_schema()
-                if queue == "worker":
-                    query = (f"UPDATE {s}.worker_queue SET lock_token = NULL, locked_until = NULL, visible_at = %s "
-                             "WHERE lock_token LIKE %s")  # fmt: skip
-                    params: tuple[Any, ...] = (self.clock.now_ms(), "%." + token)
-                else:
-                    query, params = f"DELETE FROM {s}.instance_locks WHERE lock_token = %s", (token,)
-                with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-                    while True:
-                        try:
-                            await self._exec("release_unseen_claim", query, params, "none", idempotent=True)
-                            break
-                        except ProviderError:
-                            await anyio.sleep(0.25)
-            raise
-
-    async def register_process(self, process_id: str) -> bool:
-        """Take this process's liveness lease: a row in ``processes`` and a session-level advisory lock
-        (keyed by schema and process id) on a connection of its own, held until the connection dies or
-        :meth:`unregister_process`. Locks fetched from now on carry ``process_id``. Returns True."""
-        if not process_id.isalnum():
-            raise ValueError(f"process id must be alphanumeric, got {process_id!r}")
-        self._process_key = _hash64(f"duroxide_trio:process:{self._schema}:{process_id}")
-        self._process_id = process_id
-        await self.renew_process_lease(process_id, 3600.0)
-        return True
-
-    async def _lease_connection(self) -> AnyioConnection[Any]:
-        conn = self._lease_conn
-        if conn is not None and not conn.closed and not _connection_dead(conn):
-            return conn
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                await conn.close()
-        self._lease_conn = None
-        conn = await connect(self._listen_conninfo, autocommit=True, connect_timeout=self._connect_timeout)
-        try:
-            cur = await conn.execute("SELECT pg_try_advisory_lock(%s)", (self._process_key,))
-            row = await cur.fetchone()
-            if row is None or not row[0]:  # our previous session still holds it (a half-dead TCP peer)
-                raise psycopg.OperationalError("process lease is still held by a previous session")
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await conn.close()
-            raise
-        self._lease_conn = conn
-        return conn
-
-    async def renew_process_lease(
-        self, process_id: str, stale_after: float, grace: float = 1.0
-    ) -> list[str]:
-        """Heartbeat this process's lease (taking it again after a lost connection) and reclaim the
-        locks of every process whose lease is gone (advisory lock free for ``grace`` seconds, or no
-        heartbeat for ``stale_after`` seconds, by the database's clock). Returns the reclaimed ids."""
-        op = "renew_process_lease"
-        if self._closed:
-            raise ProviderError.permanent(op, "provider is closed")
-        query = f"SELECT {self._quoted_schema()}.renew_process_lease(%s, %s, %s, %s, %s)"
-        params = (process_id, self._process_key, self.clock.now_ms(), _ms(stale_after), _ms(grace))
-        try:
-            with anyio.fail_after(self._command_timeout):
-                conn = await self._lease_connection()
-                cur = await conn.execute(query, params, prepare=self._prepare)
-                row = await cur.fetchone()
-        except TimeoutError:
-            raise ProviderError.transient(op, f"timed out after {self._command_timeout:g} s") from None
-        except psycopg.Error as ex:
-            if self._lease_conn is not None and _connection_dead(self._lease_conn):
-                with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
-                    await self._lease_conn.close()
-                self._lease_conn = None
-            raise self._error(op, ex) from None
-        reclaimed = list(row[0] or []) if row is not None else []
-        if reclaimed:
-            self.notifier.notify("orchestrator")
-            self.notifier.notify("worker")
-        return reclaimed
-
-    async def unregister_process(self, process_id: str) -> None:
-        """Give the lease back (clean shutdown): delete the row and close the lease connection."""
-        conn, self._lease_conn = self._lease_conn, None
-        self._process_id = None
-        if conn is None:
-            return
-        with anyio.CancelScope(shield=True):
-            try:
-                with anyio.move_on_after(5):
-                    await conn.execute(
-                        f"DELETE FROM {self._quoted_schema()}.processes WHERE process_id = %s", (process_id,)
-                    )
-            except psycopg.Error:
-                pass
-            finally:
-                await conn.close()
-
-    async def _corrupt_instance_history(self, instance_id: str) -> None:
-        await self._exec("corrupt", self._q.corrupt, (instance_id,), "none")
-
-    async def _max_attempt_count(self, instance_id: str) -> int:
-        row = await self._one("max_attempt_count", self._q.max_attempt, (instance_id,), idempotent=True)
-        return int(row[0] or 0)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# migrations
-
-
-async def _migrate(conn: AnyioConnection[Any], schema: str, quoted: str) -> None:
-    """Bring ``schema`` up to the newest embedded migration. Each pending migration runs in its own
-    transaction holding an advisory lock keyed by the schema, so concurrent connects apply it once."""
-    migrations = _load_migrations()
-    table = f"{quoted}.{sql.Identifier(MIGRATIONS_TABLE).as_string(conn)}"
-    if await _latest_applied(conn, table) >= migrations[-1][0]:
-        return  # up to date: no lock needed
-    lock_key = _hash64(f"duroxide_trio:migrations:{schema}")
-    substitutions = {
-        "@schema@": quoted,
-        "@channel@": sql.Literal(channel_name(schema)).as_string(conn),
-        "@lock_seed@": str(_hash64(f"duroxide_trio:locks:{schema}")),
-    }
-    for version, file_name, text in migrations:
-        async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key,))
-            cur = await conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,))
-            if await cur.fetchone() is None:
-                await conn.execute(f"CREATE SCHEMA {quoted}")
-            await conn.execute(
-                f"CREATE TABLE IF NOT EXISTS {table} (version INTEGER PRIMARY KEY, name TEXT NOT NULL, "
-                "applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
-            )
-            cur = await conn.execute(f"SELECT 1 FROM {table} WHERE version = %s", (version,))
-            if await cur.fetchone() is not None:
-                continue
-            script = text
-            for placeholder, value in substitutions.items():
-                script = script.replace(placeholder, value)
-            await conn.execute(script)
-            await conn.execute(f"INSERT INTO {table} (version, name) VALUES (%s, %s)", (version, file_name))
-            logger.info("schema %r: applied migration %s", schema, file_name)
-
-
-async def _latest_applied(conn: AnyioConnection[Any], table: str) -> int:
-    cur = await conn.execute("SELECT to_regclass(%s)", (table,))
-    row = await cur.fetchone()
-    if row is None or row[0] is None:
-        return 0
-    cur = await conn.execute(f"SELECT COALESCE(max(version), 0) FROM {table}")
-    row = await cur.fetchone()
-    return int(row[0]) if row is not None else 0
-
-
-# ---------------------------------------------------------------------------------------------------------
-# factory
-
-
-class PostgresFactory:
-    """``ProviderFactory`` for PostgreSQL (validation suite, stress harness): each ``create_provider()``
-    connects to a fresh schema ``duroxide_test_<random>`` that ``cleanup()`` drops again (unless
-    ``keep_schema``); with ``schema`` given, every provider uses that schema and nothing is dropped."""
-
-    def __init__(
-        self,
-        url: str,
-        *,
-        schema: str | None = None,
-        pool_max: int | None = None,
-        lock_timeout: float = 1.0,
-        keep_schema: bool = False,
-    ) -> None:
-        self.url = url
-        self.schema = schema
-        self.pool_max = pool_max
-        self.lock_timeout = lock_timeout
-        self.keep_schema = keep_schema
-        self._created: dict[int, str] = {}
-
-    @property
-    def description(self) -> str:
-        """``"postgres"`` (shown in stress results)."""
-        return "postgres"
-
-    def __repr__(self) -> str:
-        return f"PostgresFactory({mask_url(self.url)!r}, schema={self.schema!r})"
-
-    async def create_provider(self) -> PostgresProvider:
-        """Connect a provider to a fresh schema ``duroxide_test_<random>`` (or to ``schema``), created and
-        migrated."""
-        schema = self.schema or f"duroxide_test_{uuid.uuid4().hex[:8]}"
-        provider = await PostgresProvider.connect(self.url, schema=schema, pool_max=self.pool_max)
-        if self.schema is None:
-            self._created[id(provider)] = schema
-        return provider
-
-    async def open_peer(self, provider: PostgresProvider) -> PostgresProvider:
-        """Another provider (its own pool) on the same schema, like a second process."""
-        return await PostgresProvider.connect(self.url, schema=provider.schema, pool_max=self.pool_max)
-
-    async def cleanup(self, provider: PostgresProvider) -> None:
-        """Close ``provider`` and drop the schema this factory created for it (unless ``keep_schema``)."""
-        await provider.close()
-        schema = self._created.pop(id(provider), None)
-        if schema is not None and not self.keep_schema:
-            await drop_schema(self.url, schema)
-
-    async def corrupt_instance_history(self, provider: PostgresProvider, instance_id: str) -> None:
-        """Validation hook: make the instance's stored history undecodable."""
-        await provider._corrupt_instance_history(instance_id)
-
-    async def get_max_attempt_count(self, provider: PostgresProvider, instance_id: str) -> int:
-        """Validation hook: the highest attempt count among the instance's queued messages."""
-        return await provider._max_attempt_count(instance_id)
-
-
-async def drop_schema(url: str, schema: str, *, timeout: float = 30.0) -> None:
-    """Drop ``schema`` and everything in it (its functions, tables and migration record)."""
-    try:
-        with anyio.fail_after(timeout):
-            conn = await connect(url, autocommit=True)
-            try:
-                await conn.execute("SET lock_timeout = '10s'")
-                await conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
-            finally:
-                with anyio.CancelScope(shield=True):
-                    await conn.close()
-    except psycopg.Error as ex:
-        message = redact(ex, url)
-        raise ProviderError.transient("drop_schema", f"cannot drop schema {schema!r}: {message}") from None
-    except TimeoutError:
-        raise ProviderError.transient("drop_schema", f"dropping schema {schema!r} timed out") from None

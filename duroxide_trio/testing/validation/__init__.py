@@ -17,9 +17,12 @@ Run it
 Optional factory attributes/hooks the suite uses
   - ``lock_timeout`` (seconds, default 1.0): the short lock timeout lock-expiry tests wait out;
   - ``cleanup(provider)``: dispose of a provider (drop its schema, remove its file...);
-  - ``corrupt_instance_history(provider, instance_id)``: make the stored history undecodable (tests that
-    need it are skipped without it); ``get_max_attempt_count(provider, instance_id)``: the stored maximum
-    attempt count of an instance's orchestrator messages (extra checks when present);
+  - ``test_hooks(provider)``: a ``TestHooks`` (``testing.validation._support.TestHooks``) into the
+    provider's storage: ``corrupt_instance_history(instance_id)`` makes the stored history undecodable
+    (tests that need it are skipped without it), ``max_attempt_count(instance_id)`` is the stored maximum
+    attempt count of an instance's orchestrator messages (extra checks when present). The older factory
+    methods ``corrupt_instance_history(provider, instance_id)`` / ``get_max_attempt_count(provider,
+    instance_id)`` still work;
   - ``open_peer(provider)``: another provider (connection or pool) on the *same* store, closed with
     ``close()``; concurrency tests then run across several connections. Without it, a file-backed
     SQLite provider gets a second connection to its file, and other providers are shared by the

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import AsyncIterator, Awaitable, Sequence
-from typing import Any, NoReturn, TypeVar, overload
+from typing import Any, ClassVar, NoReturn, Protocol, TypeVar, cast, overload
 
 import anyio
 
@@ -152,20 +152,55 @@ def admin_of(provider: Provider) -> ProviderAdmin:
     return admin
 
 
+class TestHooks(Protocol):
+    """The validation suite's one way into a provider's storage, for the few tests that need to put the
+    store in a state no contract operation produces. A factory hands them out as
+    ``factory.test_hooks(provider) -> TestHooks``; each provider implements them in one private module
+    (``providers/sqlite/_testhooks.py``, ``providers/postgres/_testhooks.py``), so production provider
+    classes carry no test-only code.
+
+    A factory without ``test_hooks`` may still offer the older per-hook methods
+    ``corrupt_instance_history(provider, instance_id)`` and ``get_max_attempt_count(provider, instance_id)``.
+    """
+
+    __test__: ClassVar[bool] = False  # not a pytest test class
+
+    async def corrupt_instance_history(self, instance_id: str) -> None:
+        """Make the instance's stored history undecodable (the poison tests)."""
+        ...
+
+    async def max_attempt_count(self, instance_id: str) -> int:
+        """The highest stored attempt count among the instance's orchestrator messages."""
+        ...
+
+
+def hooks_of(factory: ProviderFactory, provider: Provider) -> TestHooks | None:
+    """The factory's ``TestHooks`` for ``provider`` (``None``: the factory declares none)."""
+    make = getattr(factory, "test_hooks", None)
+    return None if make is None else cast(TestHooks, make(provider))
+
+
 async def corrupt_history(factory: ProviderFactory, provider: Provider, instance_id: str) -> None:
-    hook = getattr(factory, "corrupt_instance_history", None)
-    if hook is None:
-        skip("factory has no corrupt_instance_history(provider, instance_id) hook")
-    await hook(provider, instance_id)
+    hooks = hooks_of(factory, provider)
+    if hooks is not None:
+        await hooks.corrupt_instance_history(instance_id)
+        return
+    legacy = getattr(factory, "corrupt_instance_history", None)
+    if legacy is None:
+        skip("factory has no test_hooks(provider) (nor a corrupt_instance_history(provider, instance_id) hook)")
+    await legacy(provider, instance_id)
 
 
 async def stored_max_attempt_count(
     factory: ProviderFactory, provider: Provider, instance_id: str
 ) -> int | None:
-    hook = getattr(factory, "get_max_attempt_count", None)
-    if hook is None:
+    hooks = hooks_of(factory, provider)
+    if hooks is not None:
+        return int(await hooks.max_attempt_count(instance_id))
+    legacy = getattr(factory, "get_max_attempt_count", None)
+    if legacy is None:
         return None
-    return int(await hook(provider, instance_id))
+    return int(await legacy(provider, instance_id))
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -17,9 +17,9 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from .chaos_runner import ChaosResult
-from .dashboard import Dashboard
-from .runner import StressMonitor
+from ._chaos_runner import ChaosResult
+from ._dashboard import Dashboard
+from ._runner import StressMonitor
 
 __all__ = [
     "ChaosDashboard",
@@ -152,7 +152,7 @@ def append_chaos_tracking(
     """Append a dated entry with the chaos specs and the verdict figures to
     ``chaos-test-results-<db-host>.md``."""
     from .._masking import mask_url
-    from .report import db_host, git_info, versions
+    from ._report import db_host, git_info, versions
 
     directory = Path(results_dir)
     directory.mkdir(parents=True, exist_ok=True)

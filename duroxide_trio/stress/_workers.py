@@ -3,7 +3,7 @@
 The load driver (the client) runs in the harness's process; each worker is a separate Python process
 running ``open_runtime`` with the stress config's dispatchers on the same database:
 
-    python -m duroxide_trio.stress.workers          # reads its spec from $DUROXIDE_CHAOS_WORKER (JSON)
+    python -m duroxide_trio.stress._workers          # reads its spec from $DUROXIDE_CHAOS_WORKER (JSON)
 
 A worker prints JSON lines on stdout: ``{"t": "ready", "pid": ...}`` once its runtime runs, then
 ``{"t": "stats", ...}`` every 0.25 s (turns, activities, errors). ``SIGUSR1`` stops its fault injection
@@ -32,9 +32,9 @@ import anyio.abc
 import attrs
 
 from ..registry import ActivityHandler, Registry
-from .chaos import ChaosTimeline
-from .config import StressConfig
-from .ledger import Ledger, open_ledger
+from ._chaos import ChaosTimeline
+from ._config import StressConfig
+from ._ledger import Ledger, open_ledger
 
 __all__ = ["WorkerPool", "WorkerProcess", "build_registry", "fault_rules", "wrap_faults"]
 
@@ -82,7 +82,7 @@ def _ledgered(handler: ActivityHandler, ledger: Ledger) -> Callable[..., Any]:
 
 def build_registry(config: StressConfig, ledger: Ledger) -> Registry:
     """The scenario's orchestrations and activities, every activity writing its ledger row."""
-    from .scenarios import get_scenario
+    from ._scenarios import get_scenario
 
     inner = Registry()
     get_scenario(config.scenario).register(inner, config)
@@ -171,7 +171,7 @@ def _emit(message: dict[str, Any]) -> None:
 
 async def _worker(spec: dict[str, Any]) -> None:
     from ..runtime.runtime import open_runtime
-    from .runner import runtime_options
+    from ._runner import runtime_options
 
     config = StressConfig(**spec["config"])
     target = spec["target"]
@@ -254,7 +254,7 @@ def _early_faults_off(signum: int, frame: object) -> None:
 
 
 def main() -> None:
-    """Entry point of a worker process (``python -m duroxide_trio.stress.workers``)."""
+    """Entry point of a worker process (``python -m duroxide_trio.stress._workers``)."""
     # SIGUSR1 may come before the runtime's signal receiver exists (a process started just before the
     # end of the load): its default action would kill the process.
     signal.signal(signal.SIGUSR1, _early_faults_off)
@@ -359,7 +359,7 @@ class WorkerPool:
                            state="restarting" if generation else "starting", faulty=faulty)  # fmt: skip
         env = {**os.environ, SPEC_ENV: json.dumps(spec)}
         wp.proc = await anyio.open_process(
-            [sys.executable, "-m", "duroxide_trio.stress.workers"],
+            [sys.executable, "-m", "duroxide_trio.stress._workers"],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=self._log if self._log is not None else subprocess.DEVNULL,

@@ -33,14 +33,14 @@ import attrs
 
 from ..providers.base import InstanceAlreadyExists
 from ..runtime.runtime import RuntimeStats
-from .chaos import ChaosSpec, ChaosTimeline, run_schedule
-from .config import StressConfig
-from .ledger import open_ledger
-from .result import StressResult
-from .runner import StressAborted, StressMonitor, describe_error, launch_until, runtime_options
-from .scenarios import Launch, get_scenario
-from .verdict import Verdict, compute_verdict
-from .workers import WorkerPool
+from ._chaos import ChaosSpec, ChaosTimeline, run_schedule
+from ._config import StressConfig
+from ._ledger import open_ledger
+from ._result import StressResult
+from ._runner import StressAborted, StressMonitor, describe_error, launch_until, runtime_options
+from ._scenarios import Launch, get_scenario
+from ._verdict import Verdict, compute_verdict
+from ._workers import WorkerPool
 
 __all__ = ["ChaosResult", "ChaosTarget", "run_chaos", "throughput_marks"]
 
@@ -117,7 +117,7 @@ class ChaosTarget:
     async def open_provider(self) -> Any:
         """Open the store in this process (the load driver's side)."""
         if self.kind == "custom":
-            from .workers import open_custom_provider
+            from ._workers import open_custom_provider
 
             assert self.factory is not None
             return await open_custom_provider(self.factory, self.kwargs)
@@ -136,7 +136,7 @@ class ChaosTarget:
         if os.environ.get("DUROXIDE_CHAOS_KEEP"):  # debugging: leave the database for inspection
             return
         if self.kind == "postgres":
-            from ..providers.postgres.provider import drop_schema
+            from ..providers.postgres import drop_schema
 
             assert self.url is not None and self.schema is not None
             with contextlib.suppress(Exception):
@@ -317,7 +317,7 @@ async def run_chaos(
     log_file = open(worker_log, "ab") if worker_log else None  # noqa: SIM115 - closed in finally
 
     def on_worker_error(role: str, message: str, expected: bool) -> None:
-        from .runner import ErrorEntry
+        from ._runner import ErrorEntry
 
         if "exited unexpectedly" in message:
             pool.harness_errors += 1

@@ -1,5 +1,5 @@
 """``duroxide-trio stress --processes N [--chaos SPEC ...]``: the multi-process (chaos) mode of the stress
-command. ``cli/stress.py`` parses the options and hands over here."""
+command. ``_stress.py`` parses the options and hands over here."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any
 import typer
 from rich.console import Console
 
-from .common import mask_url
+from ._provider import masked
 
 __all__ = ["makes_own_cluster", "run_chaos_command"]
 
@@ -59,7 +59,7 @@ def _database(
         with local_cluster(settings={"fsync": "off", "full_page_writes": "off"}) as cluster:
             if url:
                 err.print(
-                    f"restart-db: not touching {mask_url(url)}; running on a throwaway cluster at {cluster.url} "
+                    f"restart-db: not touching {masked(url)}; running on a throwaway cluster at {cluster.url} "
                     "(pass --chaos-own-database to restart your own server)"
                 )
             else:
@@ -84,7 +84,9 @@ def run_chaos_command(
     stuck_after: float,
     backend: str,
     fail_fast: bool,
-    dashboard: bool | None,
+    use_dashboard: bool,
+    out: Console,
+    err: Console,
     json_path: Path | None,
     track: bool,
     cloud: bool,
@@ -92,9 +94,9 @@ def run_chaos_command(
     pool_max: int | None,
     liveness: bool = True,
 ) -> None:
-    """Run the multi-process (chaos) stress mode with the options ``cli/stress.py`` parsed; exits 1 unless every
+    """Run the multi-process (chaos) stress mode with the options ``_stress.py`` parsed (with its consoles); exits 1 unless every
     verdict is clean."""
-    from ..stress.chaos import ChaosSpecError, parse_chaos
+    from ..stress._chaos import ChaosSpecError, parse_chaos
 
     if processes is None:
         raise typer.BadParameter("--chaos needs --processes N (runtime processes to apply it to)", param_hint="--chaos")
@@ -115,14 +117,9 @@ def run_chaos_command(
         import logging
 
         logging.getLogger("duroxide_trio.providers.postgres").setLevel(logging.ERROR)
-    use_dashboard = dashboard if dashboard is not None else sys.stdout.isatty()
-    out = Console(highlight=False, force_terminal=True if use_dashboard else None)
-    if not out.is_terminal:
-        out = Console(highlight=False, width=200)
-    err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 200)
     with _database(kind, url, restart_db=restart_db, own_database=own_database, restart_command=restart_command,
                    err=err) as (db_url, restart, harness_cluster):  # fmt: skip
-        shown = mask_url(db_url) if kind == "postgres" and db_url else (url or "temporary file")
+        shown = masked(db_url) if kind == "postgres" and db_url else (url or "temporary file")
         out.print(
             f"[bold]duroxide-trio stress[/]: provider [cyan]{kind}[/] ({shown}), {processes} runtime processes, "
             f"chaos {' '.join(chaos) or 'none'}, backend {backend}, {len(configs)} run{'s' if len(configs) != 1 else ''}"
@@ -144,11 +141,11 @@ def _run_all(
 ) -> tuple[list[Any], str | None]:  # fmt: skip
     import anyio
 
-    from ..stress import report
-    from ..stress.chaos_report import ChaosDashboard, chaos_appendix, verdict_lines
-    from ..stress.chaos_runner import ChaosTarget, run_chaos
-    from ..stress.dashboard import PlainProgress, summary_panel
-    from ..stress.runner import StressAborted, describe_error
+    from ..stress import _report as report
+    from ..stress._chaos_report import ChaosDashboard, chaos_appendix, verdict_lines
+    from ..stress._chaos_runner import ChaosTarget, run_chaos
+    from ..stress._dashboard import PlainProgress, summary_panel
+    from ..stress._runner import StressAborted, describe_error
 
     results: list[Any] = []
     aborted: list[str] = []
@@ -193,7 +190,7 @@ def _run_all(
                 out.print(summary_panel(exc.result, kind, shown, aborted=message))
                 return
             except Exception as exc:  # noqa: BLE001 - reported masked
-                message = report.mask_text(describe_error(exc), url)
+                message = masked(describe_error(exc), url)
                 err.print(f"[bold red]error[/] in {label}: {message}")
                 aborted.append(message)
                 return
@@ -206,8 +203,8 @@ def _report(
     results: list[Any], aborted: str | None, *, kind: str, url: str | None, harness_cluster: bool,
     json_path: Path | None, track: bool, cloud: bool, results_dir: Path, out: Console, backend: str,
 ) -> None:  # fmt: skip
-    from ..stress import report
-    from ..stress.chaos_report import append_chaos_tracking, process_table, throughput_chart, verdict_table
+    from ..stress import _report as report
+    from ..stress._chaos_report import append_chaos_tracking, process_table, throughput_chart, verdict_table
 
     stress_results = [cr.result for cr in results]
     if results:

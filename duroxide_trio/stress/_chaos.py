@@ -28,6 +28,8 @@ from typing import Any
 import anyio
 import attrs
 
+from ..errors import DuroxideError
+
 __all__ = [
     "ChaosEvent",
     "ChaosSpec",
@@ -41,7 +43,7 @@ __all__ = [
 KINDS = ("kill", "restart-db", "faults", "stall")
 
 
-class ChaosSpecError(ValueError):
+class ChaosSpecError(DuroxideError, ValueError):
     """A ``--chaos`` spec that cannot be parsed."""
 
 

@@ -16,9 +16,9 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from .config import StressConfig
-from .result import StressResult, format_duration, format_ms
-from .runner import StressMonitor
+from ._config import StressConfig
+from ._result import StressResult, format_duration, format_ms
+from ._runner import StressMonitor
 
 __all__ = ["Dashboard", "PlainProgress", "summary_panel"]
 

@@ -12,8 +12,8 @@ from typing import Annotated
 import anyio
 import typer
 
+from ._instances import instances_app
 from ._provider import CannotOpen, DbOption, SchemaOption, UrlOption, open_provider
-from .instances import instances_app
 
 
 def _default_path(instance_id: str) -> Path:

@@ -2,47 +2,50 @@
 
 With no options it runs the fanout scenario on a temporary SQLite file for 10 seconds (no server needed)
 and exits non-zero unless every run reached 100 %.
+
+The command only declares its options; :func:`stress_request` turns them into a validated
+:class:`StressRequest` (``typer.BadParameter`` for what is wrong) and :func:`run_stress` runs it: the
+dashboard or progress lines, the table, ``--json``, ``--report`` and ``--track``. The multi-process
+(chaos) mode is in ``_stress_chaos.py``.
 """
 
 from __future__ import annotations
 
-import enum
 import sys
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any
 
+import attrs
 import typer
 from rich.console import Console
 
 from . import app
-from .common import database_url as resolve_database_url
-from .common import mask_url
+from ._provider import (
+    Backend,
+    ProviderChoice,
+    ProviderKind,
+    backend_option,
+    choose_provider,
+    masked,
+    provider_option,
+    url_option,
+)
 
-__all__ = ["stress"]
+if TYPE_CHECKING:
+    from ..stress import StressConfig
 
-
-class ProviderChoice(enum.StrEnum):
-    """``--provider`` values."""
-    sqlite = "sqlite"
-    sqlite_memory = "sqlite-memory"
-    postgres = "postgres"
-
-
-class BackendChoice(enum.StrEnum):
-    """``--backend`` values (anyio backends)."""
-    trio = "trio"
-    asyncio = "asyncio"
+__all__ = ["StressRequest", "run_stress", "stress", "stress_configs", "stress_request"]
 
 
 def _scenario_help() -> str:
-    from ..stress.scenarios import SCENARIOS
+    from ..stress import SCENARIOS
 
     return "Scenario to run: " + ", ".join(SCENARIOS) + ", or 'all' (one run each)."
 
 
 def _preset_help() -> str:
-    from ..stress.config import PRESETS
+    from ..stress import PRESETS
 
     parts = [
         f"{name} ({p['duration']:g}s, {p['max_concurrent']} in flight, {p['tasks_per_instance']} tasks, "
@@ -56,44 +59,28 @@ def _preset_help() -> str:
     )
 
 
+def _tuning(flag: str, help: str, min: float) -> Any:
+    """A number option of the run's configuration: unset (``None``) keeps the preset's or the default."""
+    return typer.Option(None, flag, help=help, min=min)
+
+
 @app.command("stress")
 def stress(
-    provider: ProviderChoice = typer.Option(
-        None,
-        "--provider",
-        help="Storage: sqlite (a temporary WAL file, the default), sqlite-memory, or postgres.",
-        case_sensitive=False,
-        show_default=False,
-    ),
-    database_url: str = typer.Option(
-        None,
-        "--database-url",
-        help="PostgreSQL URL (default: env DATABASE_URL). With --provider sqlite: a database file to use "
-        "instead of a temporary one.",
-        show_default=False,
-    ),
+    provider: Annotated[ProviderKind | None, provider_option(
+        "Storage: sqlite (a temporary WAL file, the default), sqlite-memory, or postgres.", show_default=False
+    )] = None,
+    database_url: Annotated[str | None, url_option(
+        "PostgreSQL URL (default: env DATABASE_URL). With --provider sqlite: a database file to use "
+        "instead of a temporary one."
+    )] = None,
     scenario: str = typer.Option("fanout", "--scenario", help=_scenario_help()),
-    duration: float = typer.Option(
-        None, "--duration", help="Seconds of load per run (default: 10).", min=0.1
-    ),
-    max_concurrent: int = typer.Option(
-        None, "--max-concurrent", help="Instances in flight (default: 20).", min=1
-    ),
-    tasks: int = typer.Option(
-        None, "--tasks", help="Tasks per instance (fan-out degree) (default: 5).", min=1
-    ),
-    activity_delay_ms: int = typer.Option(
-        None, "--activity-delay-ms", help="How long each activity sleeps (default: 10).", min=0
-    ),
-    orch_concurrency: int = typer.Option(
-        None, "--orch-concurrency", help="Orchestration dispatcher concurrency (default: 2).", min=1
-    ),
-    worker_concurrency: int = typer.Option(
-        None, "--worker-concurrency", help="Activity dispatcher concurrency (default: 2).", min=1
-    ),
-    wait_timeout: float = typer.Option(
-        None, "--wait-timeout", help="Seconds one instance may take (default: 60).", min=0.1
-    ),
+    duration: float = _tuning("--duration", "Seconds of load per run (default: 10).", 0.1),
+    max_concurrent: int = _tuning("--max-concurrent", "Instances in flight (default: 20).", 1),
+    tasks: int = _tuning("--tasks", "Tasks per instance (fan-out degree) (default: 5).", 1),
+    activity_delay_ms: int = _tuning("--activity-delay-ms", "How long each activity sleeps (default: 10).", 0),
+    orch_concurrency: int = _tuning("--orch-concurrency", "Orchestration dispatcher concurrency (default: 2).", 1),
+    worker_concurrency: int = _tuning("--worker-concurrency", "Activity dispatcher concurrency (default: 2).", 1),
+    wait_timeout: float = _tuning("--wait-timeout", "Seconds one instance may take (default: 60).", 0.1),
     preset: str = typer.Option(None, "--preset", help=_preset_help(), show_default=False),
     suite: bool = typer.Option(False, "--suite", help="Run the 1:1, 2:2 and 4:4 concurrency matrix."),
     json_path: Path = typer.Option(
@@ -140,7 +127,7 @@ def stress(
         min=1,
         show_default=False,
     ),
-    backend: BackendChoice = typer.Option(BackendChoice.trio, "--backend", help="anyio backend to run on."),
+    backend: Annotated[Backend, backend_option()] = Backend.trio,
     processes: int = typer.Option(
         None, "--processes", min=1, show_default=False,
         help="Run N runtime worker processes on the same database (PostgreSQL or a SQLite file); the load "
@@ -172,54 +159,85 @@ def stress(
     ),
 ) -> None:
     """Run the stress harness and print the comparison table (exit code 1 unless every run reached 100 %)."""
-    from ..stress.config import PRESETS, SUITE_CONCURRENCY, StressConfig
-    from ..stress.scenarios import SCENARIOS
+    run_stress(stress_request(**locals()))
+
+
+@attrs.frozen
+class StressRequest:
+    """A validated ``duroxide-trio stress`` invocation: where, what (the configs, one per run) and how the
+    results are shown and kept. ``processes`` (not ``None``) selects the multi-process (chaos) mode."""
+
+    choice: ProviderChoice
+    configs: list[StressConfig]
+    backend: str = "trio"
+    fail_fast: bool = False
+    dashboard: bool | None = None
+    json_path: Path | None = None
+    report_path: Path | None = None
+    track: bool = False
+    track_cloud: bool = False
+    results_dir: Path = Path(".")
+    pool_max: int | None = None
+    processes: int | None = None
+    chaos: list[str] = attrs.field(factory=list)
+    chaos_own_database: bool = False
+    chaos_restart_command: str | None = None
+    stuck_after: float = 60.0
+    liveness: bool = True
+
+
+def stress_request(
+    *, provider: ProviderKind | None, database_url: str | None, scenario: str, preset: str | None, suite: bool,
+    duration: float | None, max_concurrent: int | None, tasks: int | None, activity_delay_ms: int | None,
+    orch_concurrency: int | None, worker_concurrency: int | None, wait_timeout: float | None,
+    report_path: Path | None, processes: int | None, chaos: list[str] | None, chaos_own_database: bool,
+    backend: Backend, **rest: Any,
+) -> StressRequest:  # fmt: skip
+    """The options of the ``stress`` command as a validated :class:`StressRequest`.
+
+    Raises:
+        typer.BadParameter: an unknown scenario or preset, PostgreSQL without a URL, ``--report`` without
+            plotly.
+    """
+    from ._stress_chaos import makes_own_cluster
 
     if report_path is not None:
-        from ..stress import html_report
+        from ..stress._html_report import require_plotly
 
         try:
-            html_report.require_plotly()
+            require_plotly()
         except ImportError as exc:
             raise typer.BadParameter(str(exc), param_hint="--report") from None
+    choice = choose_provider(
+        provider, database_url, sqlite_file=True, url_required=not makes_own_cluster(chaos, chaos_own_database)
+    )
+    overrides = {
+        "duration": duration,
+        "max_concurrent": max_concurrent,
+        "tasks_per_instance": tasks,
+        "activity_delay_ms": activity_delay_ms,
+        "orchestration_concurrency": orch_concurrency,
+        "worker_concurrency": worker_concurrency,
+        "wait_timeout": wait_timeout,
+    }
+    configs = stress_configs(scenario, preset=preset, suite=suite, overrides=overrides)
+    return StressRequest(
+        choice, configs, backend=backend.value, report_path=report_path, processes=processes,
+        chaos=list(chaos or []), chaos_own_database=chaos_own_database, **rest,
+    )  # fmt: skip
 
-    # -- provider ---------------------------------------------------------------------------------------
-    explicit_url = database_url
-    if provider is None:
-        looks_pg = bool(explicit_url) and explicit_url.lower().startswith(("postgres://", "postgresql://"))
-        provider = ProviderChoice.postgres if looks_pg else ProviderChoice.sqlite
-    kind = provider.value
-    url: str | None
-    if kind == "postgres":
-        url = resolve_database_url(explicit_url)
-        from .stress_chaos import makes_own_cluster
 
-        if not url and not makes_own_cluster(chaos, chaos_own_database):
-            raise typer.BadParameter(
-                "--provider postgres needs --database-url or the DATABASE_URL environment variable",
-                param_hint="--database-url",
-            )
-        try:
-            from ..providers.postgres import PostgresFactory
-        except ImportError as exc:
-            raise typer.BadParameter(
-                f"the PostgreSQL provider is not available: {exc}", param_hint="--provider"
-            ) from exc
-        factory: Any = PostgresFactory(url or "", schema=None, pool_max=pool_max)
-    elif kind == "sqlite-memory":
-        from ..providers.sqlite import SqliteFactory
+def stress_configs(
+    scenario: str, *, preset: str | None = None, suite: bool = False, overrides: dict[str, Any] | None = None
+) -> list[StressConfig]:
+    """One config per run: ``scenario`` (or every scenario for ``all``) from ``preset`` with the ``overrides``
+    that are not ``None``; with ``suite``, each at every concurrency of the suite matrix.
 
-        url = None
-        factory = SqliteFactory(":memory:")
-    else:
-        from ..providers.sqlite import SqliteFactory
+    Raises:
+        typer.BadParameter: an unknown preset or scenario (the message lists the known ones).
+    """
+    from ..stress import PRESETS, SCENARIOS, SUITE_CONCURRENCY, StressConfig
 
-        path = _sqlite_path(explicit_url)
-        url = path
-        factory = SqliteFactory(path)
-    shown_url = mask_url(url) if kind == "postgres" else (url or "temporary file")
-
-    # -- configs ----------------------------------------------------------------------------------------
     if preset is not None and preset not in PRESETS:
         raise typer.BadParameter(
             f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}", param_hint="--preset"
@@ -230,125 +248,94 @@ def stress(
             param_hint="--scenario",
         )
     base: dict[str, Any] = dict(PRESETS[preset]) if preset else {}
-    overrides = {
-        "duration": duration,
-        "max_concurrent": max_concurrent,
-        "tasks_per_instance": tasks,
-        "activity_delay_ms": activity_delay_ms,
-        "orchestration_concurrency": orch_concurrency,
-        "worker_concurrency": worker_concurrency,
-        "wait_timeout": wait_timeout,
-    }
-    base.update({k: v for k, v in overrides.items() if v is not None})
-    scenarios = list(SCENARIOS) if scenario == "all" else [scenario]
-    configs: list[StressConfig] = []
-    for name in scenarios:
-        if suite:
-            for orch, worker in SUITE_CONCURRENCY:
-                configs.append(
-                    StressConfig(
-                        **(base | {"orchestration_concurrency": orch, "worker_concurrency": worker}),
-                        scenario=name,
-                    )
-                )
-        else:
-            configs.append(StressConfig(**base, scenario=name))
+    base.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    runs: list[dict[str, Any]] = (
+        [base | {"orchestration_concurrency": orch, "worker_concurrency": worker} for orch, worker in SUITE_CONCURRENCY]
+        if suite
+        else [base]
+    )
+    configs = [StressConfig(**fields, scenario=name)
+               for name in (list(SCENARIOS) if scenario == "all" else [scenario]) for fields in runs]  # fmt: skip
+    return configs
 
-    if processes is not None or chaos:  # the multi-process (chaos) mode: cli/stress_chaos.py
-        from .stress_chaos import run_chaos_command
 
-        run_chaos_command(
-            configs, kind=kind, url=url, processes=processes, chaos=list(chaos or []), own_database=chaos_own_database,
-            restart_command=chaos_restart_command, stuck_after=stuck_after, backend=backend.value, fail_fast=fail_fast,
-            dashboard=dashboard, json_path=json_path, track=track or track_cloud, cloud=track_cloud,
-            results_dir=results_dir, pool_max=pool_max, liveness=liveness,
-        )  # fmt: skip
-        return
-
-    # -- run --------------------------------------------------------------------------------------------
+def _consoles(dashboard: bool | None) -> tuple[bool, Console, Console]:
+    """Whether to show the dashboard, and the stdout and stderr consoles (a pipe or a file never
+    truncates the table)."""
     use_dashboard = dashboard if dashboard is not None else sys.stdout.isatty()
     out = Console(highlight=False, force_terminal=True if use_dashboard else None)
     if not out.is_terminal:
-        out = Console(highlight=False, width=200)  # a pipe or a file: never truncate the table
+        out = Console(highlight=False, width=200)
     err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 200)
+    return use_dashboard, out, err
+
+
+def run_stress(request: StressRequest) -> None:
+    """Run every config of ``request`` and show, write and track the results; raises ``typer.Exit`` 1
+    unless every run reached 100 % (the chaos mode: unless every verdict is clean), 130 on Ctrl-C."""
+    use_dashboard, out, err = _consoles(request.dashboard)
+    kind, choice = request.choice.kind.value, request.choice
+    if request.processes is not None or request.chaos:  # the multi-process (chaos) mode: _stress_chaos.py
+        from ._stress_chaos import run_chaos_command
+
+        run_chaos_command(
+            request.configs, kind=kind, url=choice.url, processes=request.processes, chaos=request.chaos,
+            own_database=request.chaos_own_database, restart_command=request.chaos_restart_command,
+            stuck_after=request.stuck_after, backend=request.backend, fail_fast=request.fail_fast,
+            use_dashboard=use_dashboard, out=out, err=err, json_path=request.json_path,
+            track=request.track or request.track_cloud, cloud=request.track_cloud, results_dir=request.results_dir,
+            pool_max=request.pool_max, liveness=request.liveness,
+        )  # fmt: skip
+        return
+    factory = choice.factory(pool_max=request.pool_max)
     out.print(
-        f"[bold]duroxide-trio stress[/]: provider [cyan]{kind}[/] ({shown_url}), backend {backend.value}, "
-        f"{len(configs)} run{'s' if len(configs) != 1 else ''}"
+        f"[bold]duroxide-trio stress[/]: provider [cyan]{kind}[/] ({choice.shown}), backend {request.backend}, "
+        f"{len(request.configs)} run{'s' if len(request.configs) != 1 else ''}"
     )
-    outcome = _run_all(
-        factory, configs, kind=kind, shown_url=shown_url, url=url, backend=backend.value, fail_fast=fail_fast,
-        use_dashboard=use_dashboard, out=out, err=err, results_dir=results_dir,
+    results, aborted, interrupted = _run_all(
+        factory, request.configs, kind=kind, shown_url=choice.shown, url=choice.url, backend=request.backend,
+        fail_fast=request.fail_fast, use_dashboard=use_dashboard, out=out, err=err, results_dir=request.results_dir,
     )  # fmt: skip
-    results, aborted, interrupted = outcome
+    _report(request, results, aborted, interrupted, out)
 
-    # -- report -----------------------------------------------------------------------------------------
-    from ..stress import report
 
+def _report(request: StressRequest, results: list[Any], aborted: str | None, interrupted: bool, out: Console) -> None:
+    from ..stress import _report as report
+
+    kind, backend, db_url = request.choice.kind.value, request.backend, request.choice.postgres_url
     if results:
         out.print()
-        out.print(
-            report.comparison_table(
-                results, title=f"Stress test results ({kind}, {backend.value})", width=out.width
-            )
-        )
-    if json_path is not None:
+        out.print(report.comparison_table(results, title=f"Stress test results ({kind}, {backend})", width=out.width))
+    if request.json_path is not None:
         report.write_json(
-            json_path, results, provider=kind, database_url=url if kind == "postgres" else None,
-            extra={"backend": backend.value, "aborted": aborted, "interrupted": interrupted},
+            request.json_path, results, provider=kind, database_url=db_url,
+            extra={"backend": backend, "aborted": aborted, "interrupted": interrupted},
         )  # fmt: skip
-        out.print(f"JSON written to {json_path}")
-    if report_path is not None and results:
-        from ..stress import html_report
+        out.print(f"JSON written to {request.json_path}")
+    if request.report_path is not None and results:
+        from ..stress import write_html_report
 
-        html_report.write_report(
-            report_path, results, provider=kind, database_url=url if kind == "postgres" else None,
-            title=f"duroxide-trio stress: {kind}, {backend.value}",
-        )  # fmt: skip
-        out.print(f"HTML report written to {report_path}")
+        write_html_report(request.report_path, results, provider=kind, database_url=db_url,
+                          title=f"duroxide-trio stress: {kind}, {backend}")  # fmt: skip
+        out.print(f"HTML report written to {request.report_path}")
     if interrupted:
         out.print("[bold yellow]INTERRUPTED[/]: stopped by Ctrl-C; the figures above cover what ran until then")
         raise typer.Exit(130)
-    if (track or track_cloud) and results:
+    if (request.track or request.track_cloud) and results:
         tracked, warnings = report.append_tracking(
-            results_dir,
-            results,
-            provider=kind,
-            database_url=url if kind == "postgres" else None,
-            cloud=track_cloud,
-            report_file=report_path,
-        )
+            request.results_dir, results, provider=kind, database_url=db_url, cloud=request.track_cloud,
+            report_file=request.report_path,
+        )  # fmt: skip
         out.print(f"Results appended to {tracked}")
         for w in warnings:
             out.print(f"[bold yellow]WARNING[/] regression: {w}")
-    passed = bool(results) and aborted is None and all(r.passed for r in results)
-    if passed:
-        out.print(
-            f"[bold green]PASS[/]: every run reached 100 % ({sum(r.completed for r in results)} instances)"
-        )
-    else:
-        bad = [r for r in results if not r.passed]
-        detail = aborted or ", ".join(
-            f"{r.scenario} {r.config.concurrency_label} {r.success_rate:.2f}%" for r in bad
-        )
-        out.print(f"[bold red]FAIL[/]: {detail or 'no run completed'}")
-        raise typer.Exit(1)
-
-
-def _sqlite_path(url: str | None) -> str | None:
-    if not url:
-        return None
-    if url.startswith("sqlite:///"):
-        return url[len("sqlite:///") - 1 :] if url.startswith("sqlite:////") else url[len("sqlite:///") :]
-    if url.startswith("sqlite://"):
-        return url[len("sqlite://") :]
-    if url.startswith("sqlite:"):
-        return url[len("sqlite:") :]
-    if "://" in url:
-        raise typer.BadParameter(
-            f"--provider sqlite takes a file path or sqlite:///path, not {mask_url(url)}",
-            param_hint="--database-url",
-        )
-    return url
+    if bool(results) and aborted is None and all(r.passed for r in results):
+        out.print(f"[bold green]PASS[/]: every run reached 100 % ({sum(r.completed for r in results)} instances)")
+        return
+    bad = [r for r in results if not r.passed]
+    detail = aborted or ", ".join(f"{r.scenario} {r.config.concurrency_label} {r.success_rate:.2f}%" for r in bad)
+    out.print(f"[bold red]FAIL[/]: {detail or 'no run completed'}")
+    raise typer.Exit(1)
 
 
 def _run_all(
@@ -372,10 +359,10 @@ def _run_all(
 
     import anyio
 
-    from ..stress import report
-    from ..stress.dashboard import Dashboard, PlainProgress, summary_panel
-    from ..stress.result import format_ms
-    from ..stress.runner import StressAborted, describe_error, run
+    from ..stress import _report as report
+    from ..stress._dashboard import Dashboard, PlainProgress, summary_panel
+    from ..stress._result import format_ms
+    from ..stress._runner import StressAborted, describe_error, run
 
     results: list[Any] = []
     aborted: list[str] = []
@@ -444,7 +431,7 @@ def _run_all(
                 out.print(summary_panel(exc.result, kind, shown_url, aborted=message))
                 return
             except Exception as exc:  # noqa: BLE001 - e.g. the provider cannot be opened: report it masked
-                message = report.mask_text(describe_error(exc), url)
+                message = masked(describe_error(exc), url)
                 if fail_fast:
                     crash = report.write_crash_report(
                         results_dir, error=exc, traceback_text="".join(traceback.format_exception(exc)),

@@ -8,6 +8,8 @@ clear message on stderr and exit code 1. Readable output by default, ``--json`` 
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import os
 import re
@@ -24,7 +26,7 @@ from rich.table import Table
 from rich.tree import Tree
 
 from . import app
-from .common import database_url, mask_url
+from ._provider import CannotOpen, DbOption, SchemaOption, UrlOption, masked, open_provider
 
 if TYPE_CHECKING:
     from ..client import Client, OrchestrationState
@@ -39,12 +41,6 @@ instances_app = typer.Typer(
 )
 app.add_typer(instances_app, name="instances")
 
-DbOption = Annotated[str | None, typer.Option("--db", help="SQLite database file (never created).")]
-UrlOption = Annotated[
-    str | None,
-    typer.Option("--database-url", help="PostgreSQL URL (default: $DATABASE_URL when --db is not given)."),
-]
-SchemaOption = Annotated[str, typer.Option("--schema", help="PostgreSQL schema (never created).")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 #: The values ``--status`` accepts (any case) and the stored status each means.
@@ -114,33 +110,52 @@ def _run(db: str | None, url: str | None, schema: str, action: Callable[[Client]
     async def main() -> int:
         import duroxide_trio as dt
 
-        provider: Any
-        if db:
-            provider = await dt.SqliteProvider.open(db, create=False)
-        else:
-            target = database_url(url)
-            if not target:
-                raise CliError("give --db PATH (SQLite) or --database-url URL / $DATABASE_URL (PostgreSQL)")
-            from ..providers.postgres import PostgresProvider
-
-            provider = await PostgresProvider.connect(
-                target, schema=schema, pool_max=2, create_schema=False, connect_timeout=10.0
-            )
-        async with provider:
+        async with open_provider(db, url, schema) as provider:
             return await action(dt.Client(provider))
 
     try:
         code = anyio.run(main)
-    except CliError as exc:
+    except (CliError, CannotOpen, typer.BadParameter) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     except ProviderError as exc:
-        typer.echo(f"error: {mask_url(exc.message)}", err=True)
+        typer.echo(f"error: {masked(exc.message)}", err=True)
         raise typer.Exit(1) from None
     except (ValueError, TypeError) as exc:  # bad input the API refused: a schema name, an id, a payload
-        typer.echo(f"error: {mask_url(str(exc))}", err=True)
+        typer.echo(f"error: {masked(str(exc))}", err=True)
         raise typer.Exit(1) from None
     raise typer.Exit(code)
+
+
+Action = Callable[["Client"], Awaitable[int]]
+"""What an instances command does once the database is open: given a client, returns the exit code."""
+
+
+def _command(name: str) -> Callable[[Callable[..., Action]], Callable[..., Action]]:
+    """Register ``build`` as ``duroxide-trio instances NAME`` with ``--db``, ``--database-url`` and
+    ``--schema`` added to its options: the command calls ``build`` with its own options (which checks
+    them and returns the action) and runs the action on the database (:func:`_run`)."""
+
+    def register(build: Callable[..., Action]) -> Callable[..., Action]:
+        own = inspect.signature(build, eval_str=True)
+        database = [
+            inspect.Parameter("db", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=DbOption),
+            inspect.Parameter("database_url_", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=UrlOption),
+            inspect.Parameter("schema", inspect.Parameter.KEYWORD_ONLY, default="duroxide", annotation=SchemaOption),
+        ]  # fmt: skip
+
+        @functools.wraps(build, assigned=("__module__", "__name__", "__qualname__", "__doc__"))
+        def command(**options: Any) -> None:
+            db, url, schema = options.pop("db"), options.pop("database_url_"), options.pop("schema")
+            _run(db, url, schema, build(**options))
+
+        command.__signature__ = own.replace(  # type: ignore[attr-defined]
+            parameters=[*own.parameters.values(), *database], return_annotation=None
+        )
+        instances_app.command(name)(command)
+        return build
+
+    return register
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -201,7 +216,7 @@ async def _require(client: Client, instance_id: str) -> InstanceInfo:
 # read-only commands
 
 
-@instances_app.command("list")
+@_command("list")
 def list_instances(
     status: Annotated[
         str | None,
@@ -210,10 +225,7 @@ def list_instances(
     name: Annotated[str | None, typer.Option(help="Only instances of this orchestration name.")] = None,
     limit: Annotated[int, typer.Option(help="At most this many rows (newest first); 0 for all.", min=0)] = 100,
     as_json: JsonOption = False,
-    db: DbOption = None,
-    database_url_: UrlOption = None,
-    schema: SchemaOption = "duroxide",
-) -> None:
+) -> Action:
     """List instances, newest first: id, name, version, status, created and updated (UTC)."""
 
     async def action(client: Client) -> int:
@@ -268,17 +280,14 @@ def list_instances(
             console.print(f"[dim](first {limit}; --limit 0 for all)[/]")
         return 0
 
-    _run(db, database_url_, schema, action)
+    return action
 
 
-@instances_app.command("show")
+@_command("show")
 def show(
     instance_id: str,
     as_json: JsonOption = False,
-    db: DbOption = None,
-    database_url_: UrlOption = None,
-    schema: SchemaOption = "duroxide",
-) -> None:
+) -> Action:
     """Show an instance: status, name, version, execution, times, output or error, custom status."""
 
     async def action(client: Client) -> int:
@@ -311,7 +320,7 @@ def show(
         console.print(table)
         return 0
 
-    _run(db, database_url_, schema, action)
+    return action
 
 
 def _event_detail(kind: Any) -> str:
@@ -326,15 +335,12 @@ def _event_detail(kind: Any) -> str:
     return ", ".join(parts)
 
 
-@instances_app.command("history")
+@_command("history")
 def history(
     instance_id: str,
     execution: Annotated[int | None, typer.Option(help="Execution id (default: the current one).")] = None,
     as_json: JsonOption = False,
-    db: DbOption = None,
-    database_url_: UrlOption = None,
-    schema: SchemaOption = "duroxide",
-) -> None:
+) -> Action:
     """Print an execution's history: one event per row (id, time, type, details); --json for all fields."""
     from ..history import event_to_dict
 
@@ -369,17 +375,14 @@ def history(
         console.print(table)
         return 0
 
-    _run(db, database_url_, schema, action)
+    return action
 
 
-@instances_app.command("tree")
+@_command("tree")
 def tree(
     instance_id: str,
     as_json: JsonOption = False,
-    db: DbOption = None,
-    database_url_: UrlOption = None,
-    schema: SchemaOption = "duroxide",
-) -> None:
+) -> Action:
     """Show an instance and its sub-orchestrations as a tree, with each one's status."""
 
     async def action(client: Client) -> int:
@@ -418,16 +421,13 @@ def tree(
         _console().print(view)
         return 0
 
-    _run(db, database_url_, schema, action)
+    return action
 
 
-@instances_app.command("metrics")
+@_command("metrics")
 def metrics(
     as_json: JsonOption = False,
-    db: DbOption = None,
-    database_url_: UrlOption = None,
-    schema: SchemaOption = "duroxide",
-) -> None:
+) -> Action:
     """System metrics (instances by status, executions, events) and queue depths."""
 
     async def action(client: Client) -> int:
@@ -457,7 +457,7 @@ def metrics(
         _console().print(table)
         return 0
 
-    _run(db, database_url_, schema, action)
+    return action
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -473,72 +473,55 @@ def _json_arg(data: str | None) -> Any:
         raise typer.BadParameter(f"DATA must be JSON: {exc}") from exc
 
 
-async def _require_running(client: Client, instance_id: str, action: str) -> InstanceInfo:
-    info = await _require(client, instance_id)
-    if info.status != "Running":
-        raise CliError(f"cannot {action}: instance {instance_id!r} is already {info.status}")
-    return info
+def _on_running(
+    instance_id: str, what: str, send: Callable[[Client], Awaitable[None]], done: str
+) -> Action:
+    """The action of a command that sends something to a running instance: check it runs (else a
+    ``CliError`` saying ``cannot WHAT``), ``send``, print ``done``."""
+
+    async def action(client: Client) -> int:
+        info = await _require(client, instance_id)
+        if info.status != "Running":
+            raise CliError(f"cannot {what}: instance {instance_id!r} is already {info.status}")
+        await send(client)
+        typer.echo(done)
+        return 0
+
+    return action
 
 
-@instances_app.command("raise-event")
+@_command("raise-event")
 def raise_event(
     instance_id: str,
     name: str,
     data: Annotated[str | None, typer.Argument(help="JSON data.")] = None,
-    db: DbOption = None,
-    database_url_: UrlOption = None,
-    schema: SchemaOption = "duroxide",
-) -> None:
+) -> Action:
     """Raise the external event NAME on a running instance (ctx.wait_for_event)."""
     value = _json_arg(data)
-
-    async def action(client: Client) -> int:
-        await _require_running(client, instance_id, f"raise event {name!r}")
-        await client.raise_event(instance_id, name, value)
-        typer.echo(f"raised event {name!r} on {instance_id}")
-        return 0
-
-    _run(db, database_url_, schema, action)
+    return _on_running(instance_id, f"raise event {name!r}", lambda c: c.raise_event(instance_id, name, value),
+                       f"raised event {name!r} on {instance_id}")  # fmt: skip
 
 
-@instances_app.command("enqueue")
+@_command("enqueue")
 def enqueue(
     instance_id: str,
     queue: str,
     data: Annotated[str | None, typer.Argument(help="JSON data.")] = None,
-    db: DbOption = None,
-    database_url_: UrlOption = None,
-    schema: SchemaOption = "duroxide",
-) -> None:
+) -> Action:
     """Put a message on a running instance's QUEUE mailbox (ctx.dequeue_event)."""
     value = _json_arg(data)
-
-    async def action(client: Client) -> int:
-        await _require_running(client, instance_id, f"enqueue on {queue!r}")
-        await client.enqueue_event(instance_id, queue, value)
-        typer.echo(f"enqueued a message on {instance_id} queue {queue!r}")
-        return 0
-
-    _run(db, database_url_, schema, action)
+    return _on_running(instance_id, f"enqueue on {queue!r}", lambda c: c.enqueue_event(instance_id, queue, value),
+                       f"enqueued a message on {instance_id} queue {queue!r}")  # fmt: skip
 
 
-@instances_app.command("cancel")
+@_command("cancel")
 def cancel(
     instance_id: str,
     reason: Annotated[str, typer.Option(help="Recorded as 'canceled: <reason>'.")] = "",
-    db: DbOption = None,
-    database_url_: UrlOption = None,
-    schema: SchemaOption = "duroxide",
-) -> None:
+) -> Action:
     """Cancel a running instance (and its children); it ends Failed with 'canceled: <reason>'."""
-
-    async def action(client: Client) -> int:
-        await _require_running(client, instance_id, "cancel")
-        await client.cancel_instance(instance_id, reason)
-        typer.echo(f"cancellation of {instance_id} requested")
-        return 0
-
-    _run(db, database_url_, schema, action)
+    return _on_running(instance_id, "cancel", lambda c: c.cancel_instance(instance_id, reason),
+                       f"cancellation of {instance_id} requested")  # fmt: skip
 
 
 def _deleted(result: Any) -> str:
@@ -548,7 +531,7 @@ def _deleted(result: Any) -> str:
     )
 
 
-@instances_app.command("delete")
+@_command("delete")
 def delete(
     instance_id: Annotated[str | None, typer.Argument(help="The root instance to delete.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Also delete a running instance.")] = False,
@@ -564,10 +547,7 @@ def delete(
         str | None, typer.Option(help="Bulk: only finished instances with this status (completed, failed).")
     ] = None,
     limit: Annotated[int, typer.Option(help="Bulk: at most this many instances.", min=1)] = 1000,
-    db: DbOption = None,
-    database_url_: UrlOption = None,
-    schema: SchemaOption = "duroxide",
-) -> None:
+) -> Action:
     """Delete one root instance and its sub-orchestrations, or (with --completed-before and/or --status)
     finished root instances in bulk; running instances are never bulk-deleted."""
     bulk = completed_before is not None or status is not None
@@ -605,10 +585,10 @@ def delete(
         typer.echo(_deleted(result))
         return 0
 
-    _run(db, database_url_, schema, action)
+    return action
 
 
-@instances_app.command("prune")
+@_command("prune")
 def prune(
     instance_id: Annotated[
         str | None, typer.Argument(help="Prune this instance (default: every instance).")
@@ -622,10 +602,7 @@ def prune(
             "--completed-before", help="Only executions finished before this time (ISO or an age: 7d, 12h)."
         ),
     ] = None,
-    db: DbOption = None,
-    database_url_: UrlOption = None,
-    schema: SchemaOption = "duroxide",
-) -> None:
+) -> Action:
     """Delete old executions (left by continue-as-new); the current execution is always kept."""
     if keep_last is None and completed_before is None:
         raise typer.BadParameter("give --keep-last N and/or --completed-before WHEN")
@@ -646,4 +623,4 @@ def prune(
         typer.echo(f"pruned {executions} execution(s), {events} event(s) from {len(targets)} instance(s)")
         return 0
 
-    _run(db, database_url_, schema, action)
+    return action

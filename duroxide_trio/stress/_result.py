@@ -8,7 +8,7 @@ from typing import Any
 
 import attrs
 
-from .config import StressConfig
+from ._config import StressConfig
 
 __all__ = [
     "FailureRecord",

@@ -20,8 +20,8 @@ from urllib.parse import urlsplit
 import attrs
 from rich.table import Table
 
-from .result import StressResult, format_ms
-from .runner import ErrorEntry, describe_error, runtime_options
+from ._result import StressResult, format_ms
+from ._runner import ErrorEntry, describe_error, runtime_options
 
 __all__ = [
     "HEADERS",

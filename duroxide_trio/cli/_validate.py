@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import enum
 import json
 import sys
 from pathlib import Path
@@ -11,51 +10,14 @@ from typing import Annotated, Any
 import anyio
 import typer
 
-from . import app
-from .common import database_url, mask_url
-
-
-class ProviderKind(enum.StrEnum):
-    """``--provider`` values."""
-    sqlite = "sqlite"
-    sqlite_memory = "sqlite-memory"
-    postgres = "postgres"
-
-
-class Backend(enum.StrEnum):
-    """``--backend`` values (anyio backends)."""
-    trio = "trio"
-    asyncio = "asyncio"
-
-
-def _factory(kind: ProviderKind, url: str | None, lock_timeout: float | None) -> Any:
-    extra: dict[str, Any] = {} if lock_timeout is None else {"lock_timeout": lock_timeout}
-    if kind is ProviderKind.postgres:
-        if not url:
-            raise typer.BadParameter(
-                "--provider postgres needs --database-url or the DATABASE_URL environment variable",
-                param_hint="--database-url",
-            )
-        try:
-            from ..providers.postgres import PostgresFactory
-        except ImportError as exc:
-            typer.secho(f"The PostgreSQL provider is not available: {exc}", fg=typer.colors.RED, err=True)
-            raise typer.Exit(code=2) from exc
-        return PostgresFactory(url, schema=None, **extra)
-    from ..providers.sqlite import SqliteFactory
-
-    return SqliteFactory(":memory:" if kind is ProviderKind.sqlite_memory else None, **extra)
+from . import _provider, app
+from ._provider import Backend, ProviderKind
 
 
 @app.command()
 def validate(
-    provider: Annotated[
-        ProviderKind, typer.Option("--provider", "-p", help="Provider to validate.", case_sensitive=False)
-    ] = ProviderKind.sqlite,
-    database_url_option: Annotated[
-        str | None,
-        typer.Option("--database-url", help="PostgreSQL URL (default: $DATABASE_URL).", show_default=False),
-    ] = None,
+    provider: Annotated[ProviderKind, _provider.provider_option("Provider to validate.", short=True)] = ProviderKind.sqlite,
+    database_url_option: Annotated[str | None, _provider.url_option("PostgreSQL URL (default: $DATABASE_URL).")] = None,
     category: Annotated[
         list[str] | None,
         typer.Option("--category", "-c", help="Run only this category (repeatable).", show_default=False),
@@ -66,7 +28,7 @@ def validate(
             "--json", help="Write the results as JSON to this file.", dir_okay=False, show_default=False
         ),
     ] = None,
-    backend: Annotated[Backend, typer.Option("--backend", help="anyio backend to run on.")] = Backend.trio,
+    backend: Annotated[Backend, _provider.backend_option()] = Backend.trio,
     lock_timeout: Annotated[
         float | None,
         typer.Option(
@@ -81,7 +43,7 @@ def validate(
     ] = False,
 ) -> None:
     """Run the provider validation suite and print a pass/fail line per category; exit 1 on any failure."""
-    from ..testing.validation import CATEGORIES, CaseResult, run_validation
+    from ..testing.validation import CATEGORIES
 
     if list_only:
         for name, tests in CATEGORIES.items():
@@ -96,9 +58,20 @@ def validate(
             f"known: {', '.join(CATEGORIES)}",
             param_hint="--category",
         )
-    url = database_url(database_url_option) if provider is ProviderKind.postgres else None
-    factory = _factory(provider, url, lock_timeout)
-    target = provider.value + (f" at {mask_url(url)}" if url else "")
+    choice = _provider.choose_provider(provider, database_url_option)
+    factory = choice.factory(lock_timeout=lock_timeout)
+    target = provider.value + (f" at {choice.shown}" if choice.url else "")
+    run_and_report(factory, target, category=category, json_path=json_path, backend=backend, verbose=verbose)
+
+
+def run_and_report(
+    factory: Any, target: str, *, category: list[str] | None, json_path: Path | None, backend: Backend,
+    verbose: bool,
+) -> None:  # fmt: skip
+    """Run the validation suite on ``factory`` (``target`` names it, masked) and print a line per category;
+    raises ``typer.Exit`` 1 on any failure, 2 when no provider can be created."""
+    from ..testing.validation import CaseResult, run_validation
+
     typer.echo(f"Validating {target} on {backend.value}")
 
     def on_result(result: CaseResult) -> None:
@@ -119,7 +92,7 @@ def validate(
 
     report = anyio.run(_run, backend=backend.value)
     if isinstance(report, Exception):
-        typer.secho(f"Cannot create a {provider.value} provider: {report}", fg=typer.colors.RED, err=True)
+        typer.secho(f"Cannot create a {target.split()[0]} provider: {_provider.masked(report)}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=2)
 
     width = max(len(name) for name in report.categories) if report.categories else 0

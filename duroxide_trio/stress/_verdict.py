@@ -37,8 +37,8 @@ from ..history import (
     ActivityScheduled,
     Event,
 )
-from .chaos import ChaosTimeline
-from .ledger import LedgerRow
+from ._chaos import ChaosTimeline
+from ._ledger import LedgerRow
 
 __all__ = ["Verdict", "compute_verdict", "examine_history"]
 

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from ..client import Client, OrchestrationState
     from ..orchestration.context import OrchestrationContext
     from ..runtime.activities import ActivityContext
-    from .config import StressConfig
+    from ._config import StressConfig
 
 __all__ = ["SCENARIOS", "Launch", "Scenario", "get_scenario"]
 

@@ -25,12 +25,13 @@ import anyio.abc
 import anyio.lowlevel
 import attrs
 
+from ..errors import DuroxideError
 from ..providers.base import Provider, ProviderFactory
 from ..registry import Registry
 from ..runtime.options import RuntimeOptions
 from ..runtime.runtime import RecentError, Runtime, open_runtime
-from .config import StressConfig
-from .result import (
+from ._config import StressConfig
+from ._result import (
     FailureRecord,
     StressResult,
     TimelinePoint,
@@ -38,7 +39,7 @@ from .result import (
     latency_stats,
     percentile,
 )
-from .scenarios import Launch, get_scenario
+from ._scenarios import Launch, get_scenario
 
 __all__ = ["ErrorEntry", "StressAborted", "StressMonitor", "run", "run_suite", "runtime_options"]
 
@@ -73,7 +74,7 @@ class ErrorEntry:
     expected: bool
 
 
-class StressAborted(Exception):
+class StressAborted(DuroxideError):
     """``fail_fast`` stopped the run at the first unexpected error.
 
     ``error`` is that error (an exception or a message), ``traceback`` its formatted traceback,
@@ -448,7 +449,10 @@ async def run_suite(
     on_progress: ProgressCallback | None = None,
     fail_fast: bool = False,
 ) -> list[StressResult]:
-    """Run each config in turn, each on a fresh provider; returns the results in order."""
+    """Run each config in turn, each on a fresh provider; returns the results in order. Every config's
+    scenario is looked up first, so an unknown name is a ``ValueError`` before anything runs."""
+    for config in configs:
+        get_scenario(config.scenario)
     results = []
     for config in configs:
         results.append(await run(factory, config, on_progress=on_progress, fail_fast=fail_fast))

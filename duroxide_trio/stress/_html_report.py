@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .result import StressResult
+from ._result import StressResult
 
 __all__ = ["require_plotly", "render_report", "write_report"]
 
@@ -132,7 +132,7 @@ def _suite_figure(results: Sequence[StressResult]) -> Any:
 
 
 def _table_html(results: Sequence[StressResult]) -> str:
-    from .report import HEADERS, comparison_rows
+    from ._report import HEADERS, comparison_rows
 
     head = "".join(f"<th>{html.escape(h)}</th>" for h in HEADERS)
     body = []
@@ -143,7 +143,7 @@ def _table_html(results: Sequence[StressResult]) -> str:
 
 
 def _failures_html(results: Sequence[StressResult], database_url: str | None = None) -> str:
-    from .report import mask_text
+    from ._report import mask_text
 
     items = []
     for i, r in enumerate(results, 1):
@@ -178,7 +178,7 @@ def render_report(
     Raises:
         ImportError: plotly is not installed.
     """
-    from .report import mask_text, versions
+    from ._report import mask_text, versions
 
     require_plotly()
     figures = [_run_figure(i, r) for i, r in enumerate(results, 1)]

@@ -1,0 +1,308 @@
+"""The orchestrator and worker queues of the PostgreSQL provider: one function call per operation."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from ...history import (
+    ActivityExecute,
+    HistoryDecodeError,
+    StartOrchestration,
+    WorkItem,
+    encode_work_item,
+)
+from .._kernel import (
+    TurnCommitted,
+    TurnToCommit,
+    decode_activity,
+    decode_batch,
+    ms,
+)
+from ..base import (
+    OrchestrationItem,
+    ProviderError,
+    ProviderErrorKind,
+    WorkItemLease,
+)
+from ._base import PgBase
+
+logger = logging.getLogger("duroxide_trio.providers.postgres")
+
+
+class QueuesJob(PgBase):
+    """The two peek-lock queues."""
+
+    async def fetch_orchestration_item(
+        self, lock_timeout: float, poll_timeout: float = 0.0
+    ) -> OrchestrationItem | None:
+        token = self._new_token()
+        async with self._releasing_unseen_claim("orchestrator", token):
+            row = await self._one(
+                "fetch_orchestration_item", self._q.fetch_orch, (self.clock.now_ms(), ms(lock_timeout), token)
+            )
+        (
+            instance_id,
+            name,
+            version,
+            execution_id,
+            has_instance,
+            texts,
+            attempt,
+            history_texts,
+            next_visible,
+        ) = row
+        if instance_id is None:
+            if next_visible is not None:
+                self.notifier.notify_at("orchestrator", next_visible)
+            return None
+        return decode_batch(
+            instance_id=instance_id,
+            lock_token=token,
+            attempt_count=attempt,
+            message_texts=texts,
+            has_instance=bool(has_instance),
+            name=name,
+            version=version,
+            execution_id=execution_id,
+            history_texts=history_texts or (),
+        )
+
+    async def _commit_turn(self, commit: TurnToCommit) -> TurnCommitted:
+        lock_token, execution_id, turn = commit.lock_token, commit.execution_id, commit.turn
+        metadata, cancelled_activities = commit.metadata, commit.cancelled_activities
+        now = turn.now
+        orch_visible = [o.visible(now) for o in turn.orchestrator]
+        params = (
+            lock_token,
+            now,
+            execution_id,
+            turn.event_ids,
+            turn.event_types,
+            turn.event_texts,
+            [w.text for w in turn.workers],
+            [w.instance for w in turn.workers],
+            [w.execution_id for w in turn.workers],
+            [w.activity_id for w in turn.workers],
+            [w.session_id for w in turn.workers],
+            [w.tag for w in turn.workers],
+            [o.target for o in turn.orchestrator],
+            [o.text for o in turn.orchestrator],
+            [o.start for o in turn.orchestrator],
+            orch_visible,
+            [c.instance_id for c in cancelled_activities],
+            [c.execution_id for c in cancelled_activities],
+            [c.activity_id for c in cancelled_activities],
+            metadata.orchestration_name,
+            metadata.orchestration_version,
+            metadata.parent_instance_id,
+            metadata.status,
+            metadata.output,
+            turn.custom_status_changed,
+            turn.custom_status,
+        )
+        instance_id, wake = await self._one("ack_orchestration_item", self._q.ack_orch, params)
+        return TurnCommitted(instance_id, bool(wake), [at for at in orch_visible if at > now])
+
+    async def abandon_orchestration_item(
+        self, lock_token: str, delay: float | None = None, ignore_attempt: bool = False
+    ) -> None:
+        row = await self._one(
+            "abandon_orchestration_item",
+            self._q.abandon_orch,
+            (lock_token, self.clock.now_ms(), ms(delay), ignore_attempt),
+        )
+        if row[0] is not None:
+            self.notifier.notify_at("orchestrator", row[0])
+        else:
+            self.notifier.notify("orchestrator")
+
+    async def renew_orchestration_item_lock(self, lock_token: str, extend_for: float) -> None:
+        now = self.clock.now_ms()
+        count = await self._exec(
+            "renew_orchestration_item_lock",
+            self._q.renew_orch,
+            (now + ms(extend_for), lock_token, now),
+            "rowcount",
+            idempotent=True,
+        )
+        if count == 0:
+            raise ProviderError.permanent(
+                "renew_orchestration_item_lock", "lock token invalid or lock already expired", kind=ProviderErrorKind.LOCK_LOST
+            )
+
+    async def _insert_orchestrator_message(self, target: str, text: str, start: bool, visible: int, now: int) -> None:
+        await self._exec(
+            "enqueue_for_orchestrator", self._q.enqueue_orch, (target, text, start, visible, now), "none"
+        )
+
+    async def enqueue_start(self, item: StartOrchestration) -> None:
+        await self._exec(
+            "enqueue_start", self._q.enqueue_start, (item.instance, encode_work_item(item), self.clock.now_ms()), "none"
+        )
+        self.notifier.notify("orchestrator")
+
+    async def enqueue_for_worker(self, item: ActivityExecute) -> None:
+        await self._exec(
+            "enqueue_for_worker",
+            self._q.enqueue_worker,
+            (
+                encode_work_item(item),
+                item.instance,
+                item.execution_id,
+                item.id,
+                item.session_id,
+                item.tag,
+                self.clock.now_ms(),
+            ),
+            "none",
+        )
+        self.notifier.notify("worker")
+
+    async def fetch_work_items(
+        self, lock_timeout: float, max_items: int, poll_timeout: float = 0.0
+    ) -> list[WorkItemLease]:
+        """Lock up to ``max_items`` visible work items in one round trip (each gets its own token)."""
+        salt = self._new_token()
+        async with self._releasing_unseen_claim("worker", salt):
+            rows = await self._all(
+                "fetch_work_item",
+                self._q.fetch_work,
+                (self.clock.now_ms(), ms(lock_timeout), max(1, int(max_items)), salt),
+            )
+        found: list[tuple[int, WorkItemLease]] = []
+        bad: list[tuple[int, str]] = []
+        for row_id, token, text, attempts, next_visible in rows:
+            if row_id is None:
+                if next_visible is not None:
+                    self.notifier.notify_at("worker", next_visible)
+                continue
+            try:
+                item = decode_activity(text)
+            except HistoryDecodeError as exc:
+                bad.append((row_id, str(exc)))
+                continue
+            found.append((row_id, WorkItemLease(item=item, lock_token=token, attempt_count=attempts)))
+        if bad:
+            # An undecodable row can never run: drop it rather than loop on it forever.
+            logger.error("dropping undecodable work items: %s", [m for _, m in bad])
+            with contextlib.suppress(ProviderError):
+                await self._exec("fetch_work_item", self._q.drop_work, ([i for i, _ in bad],), "none")
+        found.sort(key=lambda pair: pair[0])
+        return [lease for _, lease in found]
+
+    async def ack_work_items(
+        self, entries: Sequence[tuple[str, WorkItem | None]]
+    ) -> list[ProviderError | None]:
+        """Ack several work items in one round trip; one result per entry (``None`` = acked)."""
+
+        def lost() -> ProviderError:
+            return ProviderError.permanent(
+                "ack_work_item",
+                "lock token invalid or expired (the activity was cancelled or its lock lost)",
+                kind=ProviderErrorKind.LOCK_LOST,
+            )
+
+        results: list[ProviderError | None] = [None] * len(entries)
+        positions: list[int] = []
+        ids: list[int] = []
+        tokens: list[str] = []
+        items: list[str | None] = []
+        targets: list[str | None] = []
+        seen: set[int] = set()
+        for k, (token, completion) in enumerate(entries):
+            row_id = _row_id(token) if isinstance(token, str) else None
+            if row_id is None or row_id in seen:
+                results[k] = lost()
+                continue
+            seen.add(row_id)
+            positions.append(k)
+            ids.append(row_id)
+            tokens.append(token)
+            items.append(encode_work_item(completion) if completion is not None else None)
+            targets.append(completion.target_instance if completion is not None else None)
+        if not ids:
+            return results
+        row = await self._one("ack_work_item", self._q.ack_work, (self.clock.now_ms(), ids, tokens, items, targets))
+        enqueued = False
+        for k, ok, item in zip(positions, row[0], items, strict=True):
+            if ok:
+                enqueued = enqueued or item is not None
+            else:
+                results[k] = lost()
+        if enqueued:
+            self.notifier.notify("orchestrator")
+        return results
+
+    async def renew_work_item_lock(self, lock_token: str, extend_for: float) -> None:
+        row_id = _row_id(lock_token)
+        count = 0
+        if row_id is not None:
+            now = self.clock.now_ms()
+            until = now + ms(extend_for)
+            count = await self._exec(
+                "renew_work_item_lock",
+                self._q.renew_work,
+                (until, until, row_id, lock_token, now),
+                "rowcount",
+                idempotent=True,
+            )
+        if count == 0:
+            raise ProviderError.permanent(
+                "renew_work_item_lock", "lock token invalid or expired", kind=ProviderErrorKind.LOCK_LOST
+            )
+
+    async def abandon_work_item(
+        self, lock_token: str, delay: float | None = None, ignore_attempt: bool = False
+    ) -> None:
+        row_id = _row_id(lock_token)
+        if row_id is None:
+            raise ProviderError.permanent(
+                "abandon_work_item", f"invalid lock token {lock_token!r}", kind=ProviderErrorKind.LOCK_LOST
+            )
+        now = self.clock.now_ms()
+        row = await self._one(
+            "abandon_work_item", self._q.abandon_work, (row_id, lock_token, now, ms(delay), ignore_attempt)
+        )
+        if row[0] > now:
+            self.notifier.notify_at("worker", row[0])
+        else:
+            self.notifier.notify("worker")
+
+    @contextlib.asynccontextmanager
+    async def _releasing_unseen_claim(self, queue: str, token: str) -> AsyncIterator[None]:
+        """A fetch that failed with a transient error (the connection dropped, a timeout) may have
+        committed its claim without the caller ever seeing it: the locks would strand their work until
+        they expire (a full worker lock timeout) although this process is alive. Release exactly that
+        fetch's locks (found by its token), best effort for a few seconds, then re-raise."""
+        try:
+            yield
+        except ProviderError as exc:
+            if exc.retryable and not self._closed:
+                s = self._quoted_schema()
+                if queue == "worker":
+                    query = (f"UPDATE {s}.worker_queue SET lock_token = NULL, locked_until = NULL, visible_at = %s "
+                             "WHERE lock_token LIKE %s")  # fmt: skip
+                    params: tuple[Any, ...] = (self.clock.now_ms(), "%." + token)
+                else:
+                    query, params = f"DELETE FROM {s}.instance_locks WHERE lock_token = %s", (token,)
+                with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                    while True:
+                        try:
+                            await self._exec("release_unseen_claim", query, params, "none", idempotent=True)
+                            break
+                        except ProviderError:
+                            await anyio.sleep(0.25)
+            raise
+
+def _row_id(token: str) -> int | None:
+    """Work-item tokens are ``'<row id>.<random>'``; None for anything else."""
+    head, dot, _ = token.partition(".")
+    if not dot or not head.isdigit() or len(head) > 18:
+        return None
+    return int(head)

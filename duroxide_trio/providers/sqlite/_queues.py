@@ -1,0 +1,486 @@
+"""The orchestrator and worker queues of the SQLite provider (fetch, ack, renew, abandon, enqueue)."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ...history import (
+    ActivityExecute,
+    HistoryDecodeError,
+    StartOrchestration,
+    WorkItem,
+    encode_work_item,
+)
+from .._kernel import (
+    TurnCommitted,
+    TurnToCommit,
+    decode_activity,
+    decode_batch,
+    ms,
+)
+from ..base import (
+    COMPLETED,
+    FAILED,
+    RUNNING,
+    TERMINAL_STATUSES,
+    Clock,
+    InstanceAlreadyExists,
+    OrchestrationItem,
+    ProviderError,
+    ProviderErrorKind,
+    WorkItemLease,
+)
+from ._executor import SqliteBase
+from ._history import _instance_info
+
+
+class QueuesJob(SqliteBase):
+    """The two peek-lock queues."""
+
+    async def fetch_orchestration_item(
+        self, lock_timeout: float, poll_timeout: float = 0.0
+    ) -> OrchestrationItem | None:
+        token = self._new_token()
+        lock_ms = ms(lock_timeout)
+        next_visible: list[int] = []
+
+        def _fetch(conn: sqlite3.Connection) -> OrchestrationItem | None:
+            now = self.clock.now_ms()
+            row = conn.execute(
+                """
+                SELECT q.instance_id FROM orchestrator_queue q
+                WHERE q.visible_at <= ?
+                  AND NOT EXISTS (SELECT 1 FROM instance_locks l
+                                  WHERE l.instance_id = q.instance_id AND l.locked_until > ?)
+                  AND (q.is_start = 1 OR EXISTS (SELECT 1 FROM instances i WHERE i.instance_id = q.instance_id))
+                ORDER BY q.id LIMIT 1
+                """,
+                (now, now),
+            ).fetchone()
+            if row is None:
+                nxt = conn.execute(
+                    "SELECT MIN(visible_at) FROM orchestrator_queue WHERE visible_at > ?", (now,)
+                ).fetchone()[0]
+                if nxt is not None:
+                    next_visible.append(nxt)
+                return None
+            instance_id = row[0]
+            conn.execute(
+                "INSERT OR REPLACE INTO instance_locks(instance_id, lock_token, locked_until) VALUES (?, ?, ?)",
+                (instance_id, token, now + lock_ms),
+            )
+            rows = conn.execute(
+                """
+                UPDATE orchestrator_queue SET lock_token = ?, attempt_count = attempt_count + 1
+                WHERE instance_id = ? AND visible_at <= ?
+                RETURNING id, work_item, attempt_count
+                """,
+                (token, instance_id, now),
+            ).fetchall()
+            rows.sort(key=lambda r: r[0])
+            inst = conn.execute(
+                "SELECT name, version, current_execution_id FROM instances WHERE instance_id = ?",
+                (instance_id,),
+            ).fetchone()
+            name, version, execution_id = inst if inst is not None else ("", None, 1)
+            history_texts = (
+                [
+                    t
+                    for (t,) in conn.execute(
+                        "SELECT event_data FROM history WHERE instance_id = ? AND execution_id = ? ORDER BY event_id",
+                        (instance_id, execution_id),
+                    )
+                ]
+                if inst is not None
+                else []
+            )
+            return decode_batch(
+                instance_id=instance_id,
+                lock_token=token,
+                attempt_count=max(r[2] for r in rows),
+                message_texts=[r[1] for r in rows],
+                has_instance=inst is not None,
+                name=name,
+                version=version,
+                execution_id=execution_id,
+                history_texts=history_texts,
+            )
+
+        # A cheap read first (same hop): an idle poll must not take the write lock.
+        item = await self._run(
+            "fetch_orchestration_item",
+            _fetch,
+            probe=lambda c: _has_orchestrator_work(c, self.clock.now_ms()),
+            idle=_next_orchestrator_visible(next_visible, self.clock),
+        )
+        self._note_next(next_visible)
+        return item
+
+    def _note_next(self, next_visible: list[int]) -> None:
+        if next_visible:
+            self.notifier.notify_at("orchestrator", next_visible[0])
+
+    async def _commit_turn(self, commit: TurnToCommit) -> TurnCommitted:
+        lock_token, execution_id, turn = commit.lock_token, commit.execution_id, commit.turn
+        metadata, cancelled_activities = commit.metadata, commit.cancelled_activities
+        history_rows = list(zip(turn.event_ids, turn.event_types, turn.event_texts, strict=True))
+        outcome: dict[str, Any] = {}
+
+        def _ack(conn: sqlite3.Connection) -> None:
+            now = self.clock.now_ms()
+            lock = conn.execute(
+                "SELECT instance_id, locked_until FROM instance_locks WHERE lock_token = ?", (lock_token,)
+            ).fetchone()
+            if lock is None:
+                raise ProviderError.permanent(
+                    "ack_orchestration_item", f"invalid lock token {lock_token!r} (lock lost or instance deleted)",
+                    kind=ProviderErrorKind.LOCK_LOST,
+                )
+            instance_id, locked_until = lock
+            if locked_until <= now:
+                raise ProviderError.permanent("ack_orchestration_item", "instance lock expired", kind=ProviderErrorKind.LOCK_LOST)
+            conn.execute("DELETE FROM orchestrator_queue WHERE lock_token = ?", (lock_token,))
+            if metadata.orchestration_name is not None:
+                conn.execute(
+                    """
+                    INSERT INTO instances(instance_id, name, version, current_execution_id, parent_instance_id,
+                                          created_at, updated_at)
+                    VALUES (?, ?, ?, ?, ?, ?, ?)
+                    ON CONFLICT(instance_id) DO UPDATE SET name = excluded.name, version = excluded.version
+                    """,
+                    (
+                        instance_id,
+                        metadata.orchestration_name,
+                        metadata.orchestration_version,
+                        execution_id,
+                        metadata.parent_instance_id,
+                        now,
+                        now,
+                    ),
+                )
+            exists = conn.execute("SELECT 1 FROM instances WHERE instance_id = ?", (instance_id,)).fetchone()
+            if exists is not None:
+                conn.execute(
+                    "INSERT OR IGNORE INTO executions(instance_id, execution_id, status, started_at) "
+                    "VALUES (?, ?, ?, ?)",
+                    (instance_id, execution_id, RUNNING, now),
+                )
+                conn.execute(
+                    "UPDATE instances SET current_execution_id = MAX(current_execution_id, ?), updated_at = ? "
+                    "WHERE instance_id = ?",
+                    (execution_id, now, instance_id),
+                )
+            if history_rows:
+                conn.executemany(
+                    "INSERT INTO history(instance_id, execution_id, event_id, event_type, event_data) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    [(instance_id, execution_id, *r) for r in history_rows],
+                )
+            if metadata.status is not None:
+                terminal = metadata.status in TERMINAL_STATUSES
+                conn.execute(
+                    "UPDATE executions SET status = ?, output = ?, completed_at = ? "
+                    "WHERE instance_id = ? AND execution_id = ?",
+                    (metadata.status, metadata.output, now if terminal else None, instance_id, execution_id),
+                )
+            if turn.custom_status_changed:
+                conn.execute(
+                    "UPDATE instances SET custom_status = ?, custom_status_version = custom_status_version + 1 "
+                    "WHERE instance_id = ?",
+                    (turn.custom_status, instance_id),
+                )
+            if turn.workers:
+                conn.executemany(
+                    "INSERT INTO worker_queue(work_item, visible_at, attempt_count, instance_id, execution_id, "
+                    "activity_id, session_id, tag) VALUES (?, ?, 0, ?, ?, ?, ?, ?)",
+                    [(w.text, now, w.instance, w.execution_id, w.activity_id, w.session_id, w.tag) for w in turn.workers],
+                )
+            for c in cancelled_activities:
+                conn.execute(
+                    "DELETE FROM worker_queue WHERE instance_id = ? AND execution_id = ? AND activity_id = ?",
+                    (c.instance_id, c.execution_id, c.activity_id),
+                )
+            wake_now = False
+            for o in turn.orchestrator:
+                visible = o.visible(now)
+                if visible > now:
+                    outcome.setdefault("later", []).append(visible)
+                else:
+                    wake_now = True
+                conn.execute(
+                    "INSERT INTO orchestrator_queue(instance_id, work_item, is_start, visible_at) "
+                    "VALUES (?, ?, ?, ?)",
+                    (o.target, o.text, o.start, visible),
+                )
+            conn.execute("DELETE FROM instance_locks WHERE instance_id = ?", (instance_id,))
+            if not wake_now:
+                wake_now = (
+                    conn.execute(
+                        "SELECT 1 FROM orchestrator_queue WHERE instance_id = ? AND visible_at <= ? LIMIT 1",
+                        (instance_id, now),
+                    ).fetchone()
+                    is not None
+                )
+            outcome["instance"] = instance_id
+            outcome["wake"] = wake_now
+            if metadata.status in (COMPLETED, FAILED):
+                outcome["final"] = _instance_info(conn, instance_id)
+
+        await self._run("ack_orchestration_item", _ack)
+        return TurnCommitted(outcome["instance"], outcome["wake"], outcome.get("later", ()), outcome.get("final"))
+
+    async def abandon_orchestration_item(
+        self, lock_token: str, delay: float | None = None, ignore_attempt: bool = False
+    ) -> None:
+        visible: list[int] = []
+
+        def _abandon(conn: sqlite3.Connection) -> None:
+            now = self.clock.now_ms()
+            lock = conn.execute("SELECT instance_id FROM instance_locks WHERE lock_token = ?", (lock_token,)).fetchone()
+            if lock is None:
+                raise ProviderError.permanent(
+                    "abandon_orchestration_item", f"invalid lock token {lock_token!r}", kind=ProviderErrorKind.LOCK_LOST
+                )
+            conn.execute("DELETE FROM instance_locks WHERE lock_token = ?", (lock_token,))
+            if ignore_attempt:
+                conn.execute(
+                    "UPDATE orchestrator_queue SET attempt_count = MAX(attempt_count - 1, 0) WHERE lock_token = ?",
+                    (lock_token,),
+                )
+            if delay:
+                at = now + ms(delay)
+                conn.execute(
+                    "UPDATE orchestrator_queue SET visible_at = ? WHERE lock_token = ? AND visible_at <= ?",
+                    (at, lock_token, now),
+                )
+                visible.append(at)
+
+        await self._run("abandon_orchestration_item", _abandon)
+        if visible:
+            self.notifier.notify_at("orchestrator", visible[0])
+        else:
+            self.notifier.notify("orchestrator")
+
+    async def renew_orchestration_item_lock(self, lock_token: str, extend_for: float) -> None:
+        def _renew(conn: sqlite3.Connection) -> None:
+            now = self.clock.now_ms()
+            cur = conn.execute(
+                "UPDATE instance_locks SET locked_until = ? WHERE lock_token = ? AND locked_until > ?",
+                (now + ms(extend_for), lock_token, now),
+            )
+            if cur.rowcount == 0:
+                raise ProviderError.permanent(
+                    "renew_orchestration_item_lock", "lock token invalid or lock already expired", kind=ProviderErrorKind.LOCK_LOST
+                )
+
+        await self._run("renew_orchestration_item_lock", _renew)
+
+    async def _insert_orchestrator_message(self, target: str, text: str, start: bool, visible: int, now: int) -> None:
+        def _enqueue(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO orchestrator_queue(instance_id, work_item, is_start, visible_at) VALUES (?, ?, ?, ?)",
+                (target, text, start, visible),
+            )
+
+        await self._run("enqueue_for_orchestrator", _enqueue)
+
+    async def enqueue_start(self, item: StartOrchestration) -> None:
+        text = encode_work_item(item)
+
+        def _start(conn: sqlite3.Connection) -> None:
+            exists = conn.execute(
+                "SELECT 1 FROM instances WHERE instance_id = ? "
+                "UNION ALL SELECT 1 FROM orchestrator_queue WHERE instance_id = ? AND is_start = 1 LIMIT 1",
+                (item.instance, item.instance),
+            ).fetchone()
+            if exists is not None:
+                raise InstanceAlreadyExists(item.instance)
+            conn.execute(
+                "INSERT INTO orchestrator_queue(instance_id, work_item, is_start, visible_at) VALUES (?, ?, 1, ?)",
+                (item.instance, text, self.clock.now_ms()),
+            )
+
+        await self._run("enqueue_start", _start)
+        self.notifier.notify("orchestrator")
+
+    async def enqueue_for_worker(self, item: ActivityExecute) -> None:
+        text = encode_work_item(item)
+
+        def _enqueue(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO worker_queue(work_item, visible_at, attempt_count, instance_id, execution_id, "
+                "activity_id, session_id, tag) VALUES (?, ?, 0, ?, ?, ?, ?, ?)",
+                (text, self.clock.now_ms(), item.instance, item.execution_id, item.id, item.session_id, item.tag),
+            )
+
+        await self._run("enqueue_for_worker", _enqueue)
+        self.notifier.notify("worker")
+
+    async def fetch_work_items(
+        self, lock_timeout: float, max_items: int, poll_timeout: float = 0.0
+    ) -> list[WorkItemLease]:
+        """Lock up to ``max_items`` visible work items in one round trip (each gets its own token)."""
+        lock_ms = ms(lock_timeout)
+        next_visible: list[int] = []
+        bad: list[str] = []
+
+        def _fetch(conn: sqlite3.Connection) -> list[WorkItemLease]:
+            now = self.clock.now_ms()
+            rows = conn.execute(
+                "SELECT id, work_item, attempt_count FROM worker_queue "
+                "WHERE visible_at <= ? AND (lock_token IS NULL OR locked_until <= ?) "
+                "ORDER BY id LIMIT ?",
+                (now, now, max(1, max_items)),
+            ).fetchall()
+            leases: list[WorkItemLease] = []
+            for row_id, text, attempts in rows:
+                try:
+                    item = decode_activity(text)
+                except HistoryDecodeError as exc:
+                    # An undecodable row can never run: drop it rather than loop on it forever.
+                    conn.execute("DELETE FROM worker_queue WHERE id = ?", (row_id,))
+                    bad.append(str(exc))
+                    continue
+                token = self._new_token()
+                conn.execute(
+                    "UPDATE worker_queue SET lock_token = ?, locked_until = ?, attempt_count = attempt_count + 1 "
+                    "WHERE id = ?",
+                    (token, now + lock_ms, row_id),
+                )
+                leases.append(WorkItemLease(item=item, lock_token=token, attempt_count=attempts + 1))
+            if not rows:
+                nxt = conn.execute(
+                    "SELECT MIN(visible_at) FROM worker_queue WHERE visible_at > ? AND lock_token IS NULL", (now,)
+                ).fetchone()[0]
+                if nxt is not None:
+                    next_visible.append(nxt)
+            return leases
+
+        leases = await self._run("fetch_work_item", _fetch, probe=lambda c: _has_worker_work(c, self.clock.now_ms()), idle=_no_leases)
+        if next_visible:
+            self.notifier.notify_at("worker", next_visible[0])
+        if bad:
+            import logging
+
+            logging.getLogger("duroxide_trio.providers.sqlite").error("dropped undecodable work items: %s", bad)
+        return leases
+
+    async def ack_work_items(
+        self, entries: Sequence[tuple[str, WorkItem | None]]
+    ) -> list[ProviderError | None]:
+        """Ack several work items in one round trip; one result per entry (``None`` = acked)."""
+        encoded = [(tok, c, encode_work_item(c) if c is not None else None) for tok, c in entries]
+
+        def _ack(conn: sqlite3.Connection) -> list[ProviderError | None]:
+            now = self.clock.now_ms()
+            results: list[ProviderError | None] = []
+            for token, completion, text in encoded:
+                row = conn.execute(
+                    "DELETE FROM worker_queue WHERE lock_token = ? AND locked_until > ? RETURNING id",
+                    (token, now),
+                ).fetchone()
+                if row is None:
+                    results.append(
+                        ProviderError.permanent(
+                            "ack_work_item",
+                            "lock token invalid or expired (the activity was cancelled or its lock lost)",
+                            kind=ProviderErrorKind.LOCK_LOST,
+                        )
+                    )
+                    continue
+                if completion is not None and text is not None:
+                    conn.execute(
+                        "INSERT INTO orchestrator_queue(instance_id, work_item, is_start, visible_at) "
+                        "VALUES (?, ?, 0, ?)",
+                        (completion.target_instance, text, now),
+                    )
+                results.append(None)
+            return results
+
+        results = await self._run("ack_work_item", _ack)
+        if any(r is None and c is not None for r, (_, c) in zip(results, entries, strict=True)):
+            self.notifier.notify("orchestrator")
+        return results
+
+    async def renew_work_item_lock(self, lock_token: str, extend_for: float) -> None:
+        def _renew(conn: sqlite3.Connection) -> None:
+            now = self.clock.now_ms()
+            cur = conn.execute(
+                "UPDATE worker_queue SET locked_until = ? WHERE lock_token = ? AND locked_until > ?",
+                (now + ms(extend_for), lock_token, now),
+            )
+            if cur.rowcount == 0:
+                raise ProviderError.permanent("renew_work_item_lock", "lock token invalid or expired", kind=ProviderErrorKind.LOCK_LOST)
+
+        await self._run("renew_work_item_lock", _renew)
+
+    async def abandon_work_item(
+        self, lock_token: str, delay: float | None = None, ignore_attempt: bool = False
+    ) -> None:
+        at_holder: list[int] = []
+
+        def _abandon(conn: sqlite3.Connection) -> None:
+            at = self.clock.now_ms() + ms(delay or 0)
+            at_holder.append(at)
+            cur = conn.execute(
+                """
+                UPDATE worker_queue SET lock_token = NULL, locked_until = NULL, visible_at = ?,
+                    attempt_count = CASE WHEN ? THEN MAX(attempt_count - 1, 0) ELSE attempt_count END
+                WHERE lock_token = ?
+                """,
+                (at, 1 if ignore_attempt else 0, lock_token),
+            )
+            if cur.rowcount == 0:
+                raise ProviderError.permanent(
+                    "abandon_work_item", f"invalid lock token {lock_token!r}", kind=ProviderErrorKind.LOCK_LOST
+                )
+
+        await self._run("abandon_work_item", _abandon)
+        if delay:
+            self.notifier.notify_at("worker", at_holder[0])
+        else:
+            self.notifier.notify("worker")
+
+
+def _has_orchestrator_work(conn: sqlite3.Connection, now: int) -> bool:
+    return (
+        conn.execute(
+            """
+            SELECT 1 FROM orchestrator_queue q
+            WHERE q.visible_at <= ?
+              AND NOT EXISTS (SELECT 1 FROM instance_locks l WHERE l.instance_id = q.instance_id AND l.locked_until > ?)
+              AND (q.is_start = 1 OR EXISTS (SELECT 1 FROM instances i WHERE i.instance_id = q.instance_id))
+            LIMIT 1
+            """,
+            (now, now),
+        ).fetchone()
+        is not None
+    )
+
+
+def _next_orchestrator_visible(out: list[int], clock: Clock) -> Callable[[sqlite3.Connection], None]:
+    def _next(conn: sqlite3.Connection) -> None:
+        nxt = conn.execute(
+            "SELECT MIN(visible_at) FROM orchestrator_queue WHERE visible_at > ?", (clock.now_ms(),)
+        ).fetchone()[0]
+        if nxt is not None:
+            out.append(nxt)
+
+    return _next
+
+
+def _no_leases(conn: sqlite3.Connection) -> list[WorkItemLease]:
+    return []
+
+
+def _has_worker_work(conn: sqlite3.Connection, now: int) -> bool:
+    return (
+        conn.execute(
+            "SELECT 1 FROM worker_queue WHERE visible_at <= ? AND (lock_token IS NULL OR locked_until <= ?) "
+            "LIMIT 1",
+            (now, now),
+        ).fetchone()
+        is not None
+    )
