@@ -16,7 +16,7 @@ import sniffio
 
 from ..history import ActivityError, ActivityExecute, ActivityResult, ErrorDetails
 from ..orchestration import limits
-from ..orchestration.replay import describe_exception
+from ..orchestration._replay import describe_exception
 from ..providers.base import ProviderError, ProviderErrorKind, WorkItemLease, as_batch, as_provider_error
 from ..registry import ActivityHandler, Registry, decode_payload, encode_payload
 from .options import RuntimeOptions
