@@ -1,10 +1,11 @@
 """nox sessions: tests, lint, typecheck, stress-sqlite, stress-postgres, validate-postgres, chaos-sqlite,
-chaos-postgres.
+chaos-postgres, compare.
 
 PostgreSQL sessions use $DATABASE_URL, or start a throwaway local cluster (ops/with_postgres.py).
 """
 
 import os
+from pathlib import Path
 
 import nox
 
@@ -36,7 +37,7 @@ def tests(session: nox.Session) -> None:
 @nox.session
 def lint(session: nox.Session) -> None:
     session.install("-q", "ruff")
-    session.run("ruff", "check", "duroxide_trio", "tests", "examples", "ops")
+    session.run("ruff", "check", "duroxide_trio", "tests", "examples", "ops", "bench")
 
 
 @nox.session
@@ -101,3 +102,21 @@ def chaos_postgres(session: nox.Session) -> None:
         "--chaos", "restart-db:every=20s", "--chaos", "restart-db:every=25s,first=12s,mode=immediate",
         "--no-dashboard", *args,
     )
+
+
+@nox.session
+def compare(session: nox.Session) -> None:
+    """The standard workload on duroxide-trio, Rust duroxide (PyPI duroxide) and DBOS against the same
+    PostgreSQL ($DATABASE_URL, or a throwaway cluster) and SQLite; one table with our ratios (bench/README.md).
+    Our side runs in this session's virtualenv, the peers in a second one next to it (.nox/compare-peers)
+    with the versions of bench/peers/requirements.txt. Options go to bench/compare.py:
+    `nox -s compare -- --duration 5 --providers postgres`."""
+    session.install("-q", "-e", ".")
+    peers = Path(session.virtualenv.location).parent / "compare-peers"
+    peers_python = peers / "bin" / "python"
+    if not peers_python.exists():
+        session.run("python", "-m", "venv", str(peers))
+    session.run(str(peers_python), "-m", "pip", "install", "-q", "-r", "bench/peers/requirements.txt",
+                external=True)
+    session.run("python", "bench/compare.py", "--peers-python", str(peers_python), *session.posargs,
+                env=_env())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import json
+import warnings
 from typing import Any, Literal
 
 import attrs
@@ -29,7 +30,27 @@ __all__ = [
     "encode_work_item",
     "HistoryDecodeError",
     "UnknownEventKind",
+    "kind_name",
 ]
+
+#: Old names of event classes renamed because they clashed with exceptions (still importable, deprecated).
+_DEPRECATED_NAMES = {
+    "ActivityFailed": "ActivityFailedEvent",
+    "SubOrchestrationFailed": "SubOrchestrationFailedEvent",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """The renamed event classes under their old names, with a ``DeprecationWarning``."""
+    new = _DEPRECATED_NAMES.get(name)
+    if new is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    warnings.warn(
+        f"duroxide_trio.history.{name} is now {new} (the exception users catch is duroxide_trio.{name})",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return globals()[new]
 
 class Status(enum.StrEnum):
     """The status of an instance (``OrchestrationState.status``) or of one execution
@@ -135,8 +156,9 @@ class ActivityCompleted:
 
 
 @attrs.frozen
-class ActivityFailed:
-    """Failure of the ``ActivityScheduled`` named by ``source_event_id``; ``details`` says why."""
+class ActivityFailedEvent:
+    """Failure of the ``ActivityScheduled`` named by ``source_event_id``; ``details`` says why (stored with
+    the type tag ``"ActivityFailed"``; orchestration code sees it as the ``ActivityFailed`` exception)."""
 
     details: ErrorDetails
 
@@ -233,8 +255,10 @@ class SubOrchestrationCompleted:
 
 
 @attrs.frozen
-class SubOrchestrationFailed:
-    """Failure of the ``SubOrchestrationScheduled`` named by ``source_event_id``; ``details`` says why."""
+class SubOrchestrationFailedEvent:
+    """Failure of the ``SubOrchestrationScheduled`` named by ``source_event_id``; ``details`` says why
+    (stored with the type tag ``"SubOrchestrationFailed"``; orchestration code sees it as the
+    ``SubOrchestrationFailed`` exception)."""
 
     details: ErrorDetails
 
@@ -273,7 +297,7 @@ EventKind = (
     | OrchestrationCancelRequested
     | ActivityScheduled
     | ActivityCompleted
-    | ActivityFailed
+    | ActivityFailedEvent
     | ActivityCancelRequested
     | TimerCreated
     | TimerFired
@@ -285,14 +309,21 @@ EventKind = (
     | QueueSubscriptionCancelled
     | SubOrchestrationScheduled
     | SubOrchestrationCompleted
-    | SubOrchestrationFailed
+    | SubOrchestrationFailedEvent
     | SubOrchestrationCancelRequested
     | OrchestrationChained
     | CustomStatusUpdated
 )
 
+#: Stored type tags that are not the class name (the class was renamed; the stored tag never changes).
+_RENAMED_TAGS: dict[type, str] = {
+    ActivityFailedEvent: "ActivityFailed",
+    SubOrchestrationFailedEvent: "SubOrchestrationFailed",
+}
+
+#: The event kind classes by their stored type tag (the JSON ``type`` field).
 EVENT_KINDS: dict[str, type] = {
-    cls.__name__: cls
+    _RENAMED_TAGS.get(cls, cls.__name__): cls
     for cls in (
         OrchestrationStarted,
         OrchestrationCompleted,
@@ -301,7 +332,7 @@ EVENT_KINDS: dict[str, type] = {
         OrchestrationCancelRequested,
         ActivityScheduled,
         ActivityCompleted,
-        ActivityFailed,
+        ActivityFailedEvent,
         ActivityCancelRequested,
         TimerCreated,
         TimerFired,
@@ -313,12 +344,21 @@ EVENT_KINDS: dict[str, type] = {
         QueueSubscriptionCancelled,
         SubOrchestrationScheduled,
         SubOrchestrationCompleted,
-        SubOrchestrationFailed,
+        SubOrchestrationFailedEvent,
         SubOrchestrationCancelRequested,
         OrchestrationChained,
         CustomStatusUpdated,
     )
 }
+
+_TAG_OF: dict[type, str] = {cls: tag for tag, cls in EVENT_KINDS.items()}
+
+
+def kind_name(kind: object) -> str:
+    """The stored type tag of an event kind (``"ActivityFailed"`` for an ``ActivityFailedEvent``); the
+    class name for anything that is not an event kind."""
+    return _TAG_OF.get(type(kind)) or type(kind).__name__
+
 
 TERMINAL_KINDS = (OrchestrationCompleted, OrchestrationFailed, OrchestrationContinuedAsNew)
 #: Events emitted by orchestration code (matched in order against the code's actions on replay).
@@ -338,10 +378,10 @@ DECISION_KINDS = (
 #: Events that complete a scheduling event (``source_event_id`` points at it).
 COMPLETION_KINDS = (
     ActivityCompleted,
-    ActivityFailed,
+    ActivityFailedEvent,
     TimerFired,
     SubOrchestrationCompleted,
-    SubOrchestrationFailed,
+    SubOrchestrationFailedEvent,
 )
 
 
@@ -364,8 +404,8 @@ class Event:
 
     @property
     def type_name(self) -> str:
-        """The kind's class name (``"ActivityScheduled"``), stored as the JSON ``type`` field."""
-        return type(self.kind).__name__
+        """The kind's stored type tag (``"ActivityScheduled"``), the JSON ``type`` field."""
+        return kind_name(self.kind)
 
     def is_terminal(self) -> bool:
         """True for the events that end an execution: completed, failed, continued as new."""

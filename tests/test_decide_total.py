@@ -8,7 +8,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from duroxide_trio import history as h
-from duroxide_trio.orchestration.decide import Abandon, Commit, TurnPolicy, decide_turn
+from duroxide_trio.history import Status
+from duroxide_trio.orchestration._decide import Abandon, Commit, TurnPolicy, decide_turn
 from duroxide_trio.registry import Registry
 
 names = st.sampled_from(["A", "B", "go", "q", ""])
@@ -20,7 +21,7 @@ kinds = st.one_of(
     st.builds(h.OrchestrationStarted, st.sampled_from(["Orch", "Missing"]), st.just("1.0.0"), payload),
     st.builds(h.ActivityScheduled, names, payload),
     st.builds(h.ActivityCompleted, payload),
-    st.builds(h.ActivityFailed, details),
+    st.builds(h.ActivityFailedEvent, details),
     st.builds(h.TimerCreated, st.integers(0, 10**6)),
     st.builds(h.TimerFired, st.integers(0, 10**6)),
     st.builds(h.ExternalSubscribed, names),
@@ -117,5 +118,5 @@ def test_decide_turn_never_raises(history, msgs, steps, attempt, error) -> None:
             assert delta == []  # an unreadable history gets no event: its next id is unknown
         terminal = [e for e in delta if e.is_terminal()]
         assert len(terminal) <= 1
-        if decision.result.status == "Failed":
+        if decision.result.status == Status.FAILED:
             assert decision.result.error is not None and decision.result.error.message

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import attrs
@@ -9,7 +10,8 @@ import pytest
 
 import duroxide_trio as dt
 from duroxide_trio import history as h
-from duroxide_trio.orchestration.replay import TurnResult, plan_turn, run_turn
+from duroxide_trio.history import Status
+from duroxide_trio.orchestration._replay import TurnResult, plan_turn, run_turn
 from duroxide_trio.registry import Registry
 
 
@@ -64,7 +66,7 @@ def test_first_turn_schedules_activities_and_records_started():
     assert inst.types() == ["OrchestrationStarted"] + ["ActivityScheduled"] * 3
     assert [w.name for w in r.worker_items] == ["A", "A", "A"]
     assert [w.id for w in r.worker_items] == [2, 3, 4]
-    assert r.status == "Running"
+    assert r.status == Status.RUNNING
 
 
 def test_completions_in_any_order_join_in_argument_order():
@@ -75,7 +77,7 @@ def test_completions_in_any_order_join_in_argument_order():
     inst.complete(4, "c")
     inst.complete(2, "a")
     r = inst.complete(3, "b")
-    assert r.status == "Completed" and r.output == '["a","b","c"]'
+    assert r.status == Status.COMPLETED and r.output == '["a","b","c"]'
 
 
 def test_select_resolves_in_history_order_not_argument_order():
@@ -131,7 +133,7 @@ def test_queue_messages_carried_forward_on_continue_as_new():
 
     inst = Instance(orch, 0)
     r = inst.turn([h.QueueMessage("i", "q", "1"), h.TimerDue("i", 1, 2, 0), h.QueueMessage("i", "q", "2")])
-    assert r.status == "ContinuedAsNew"
+    assert r.status == Status.CONTINUED_AS_NEW
     can = [m for m in r.orchestrator_items if isinstance(m, h.ContinueAsNew)][0]
     assert can.execution_id == 2 and can.input == "1"
     assert can.carry_forward == [("q", "1"), ("q", "2")]
@@ -157,7 +159,7 @@ def test_terminal_instance_discards_late_messages():
         return 1
 
     inst = Instance(orch)
-    assert inst.last.status == "Completed"
+    assert inst.last.status == Status.COMPLETED
     plan = plan_turn(1, inst.history, [h.ExternalRaised("i", "x", None)])
     assert plan.action == "discard"
 
@@ -217,7 +219,7 @@ def test_sub_orchestration_ids_and_parent_link():
     ]
     inst.turn([h.SubOrchResult("i", 1, 2, "10")])
     r = inst.turn([h.SubOrchError("i", 1, 3, h.ErrorDetails("application", "OrchestrationFailed", "nope"))])
-    assert r.status == "Failed" and "nope" in r.error.message
+    assert r.status == Status.FAILED and "nope" in r.error.message
 
 
 def test_child_system_error_fails_parent():
@@ -229,7 +231,7 @@ def test_child_system_error_fails_parent():
 
     inst = Instance(orch)
     r = inst.turn([h.SubOrchError("i", 1, 2, h.ErrorDetails("configuration", "Nondeterminism", "nondeterministic: x"))])
-    assert r.status == "Failed" and r.error.category == "configuration"
+    assert r.status == Status.FAILED and r.error.category == "configuration"
 
 
 def test_child_completion_notifies_parent():
@@ -247,7 +249,7 @@ def test_cancel_request_fails_instance_and_cancels_outstanding_work():
 
     inst = Instance(orch)
     r = inst.turn([h.CancelInstance("i", "stop")])
-    assert r.status == "Failed" and r.error.message == "canceled: stop"
+    assert r.status == Status.FAILED and r.error.message == "canceled: stop"
     assert r.cancelled_activities == [("i", 1, 2)]
     assert h.CancelInstance("kid", "parent canceled") in r.orchestrator_items
 
@@ -279,7 +281,7 @@ def test_awaiting_a_foreign_awaitable_names_it():
         await Foreign()
 
     inst = Instance(orch)
-    assert inst.last.status == "Failed"
+    assert inst.last.status == Status.FAILED
     assert "'some-trap'" in inst.last.error.message and "not a durable future" in inst.last.error.message
 
 
@@ -291,7 +293,7 @@ def _changed(inst: Instance, new_fn, messages) -> TurnResult:
 
 
 def assert_nondeterministic(r: TurnResult, *fragments: str) -> None:
-    assert r.status == "Failed"
+    assert r.status == Status.FAILED
     assert r.error.category == "configuration" and r.error.kind == "Nondeterminism"
     assert r.error.message.startswith("nondeterministic:")
     for f in fragments:
@@ -393,7 +395,7 @@ def test_rule_timer_duration_change_is_not_nondeterministic():
 
     inst = Instance(old)
     r = _changed(inst, new, [h.TimerDue("i", 1, 2, 0)])
-    assert r.status == "Completed"
+    assert r.status == Status.COMPLETED
 
 
 def test_rule_duplicate_completion_in_history():
@@ -500,3 +502,17 @@ def _sample(a: attrs.Attribute):
     if "ErrorDetails" in str(a.type):
         return h.ErrorDetails("application", "K", "m")
     return "s"
+
+
+def test_renamed_failure_events_keep_their_stored_tag_and_old_names() -> None:
+    details = h.ErrorDetails("application", "ActivityFailed", "boom")
+    for cls, tag in ((h.ActivityFailedEvent, "ActivityFailed"), (h.SubOrchestrationFailedEvent, "SubOrchestrationFailed")):
+        text = h.encode_event(h.Event(3, cls(details), 2, 7))
+        assert json.loads(text)["type"] == tag
+        assert h.decode_event(text) == h.Event(3, cls(details), 2, 7)
+        with pytest.warns(DeprecationWarning, match=cls.__name__):
+            old = getattr(h, tag)
+        assert old is cls
+    assert not issubclass(h.ActivityFailedEvent, BaseException)
+    with pytest.raises(AttributeError):
+        _ = h.NoSuchEvent  # type: ignore[attr-defined]

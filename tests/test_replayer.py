@@ -12,6 +12,7 @@ from fixtures import orchestrations as fx
 
 import duroxide_trio as dt
 from duroxide_trio import history as h
+from duroxide_trio.history import Status
 from duroxide_trio.testing.replay import Replayer, load_histories, read_instance, write_export
 
 HISTORIES = Path(__file__).parent / "fixtures" / "histories"
@@ -201,7 +202,7 @@ async def test_replay_from_a_provider_with_filters(tmp_path):
         assert (await replayer.replay_from_provider(provider, "missing")).outcome == "empty"
         by_name = await replayer.replay_all(provider, name="Activities")
         assert [r.instance_id for r in by_name] == ["a-1"]
-        completed = await replayer.replay_all(provider, status="Completed")
+        completed = await replayer.replay_all(provider, status=Status.COMPLETED)
         assert sorted(r.instance_id for r in completed) == ["a-1", "t-1"]
         later = datetime.now(UTC) + timedelta(hours=1)
         assert await replayer.replay_all(provider, since=later) == []

@@ -1,4 +1,5 @@
-"""OrchestrationContext and durable futures. Pure: no anyio, no I/O, no clock.
+"""OrchestrationContext, RetryPolicy and Backoff (the futures live in ``_futures``). Pure: no anyio, no
+I/O, no clock.
 
 Orchestration code awaits ``DurableFuture`` objects only. A future's ``__await__`` yields a private
 sentinel to the replay engine, which drives the coroutine with ``send()``; anything else that is awaited
@@ -9,9 +10,9 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Coroutine, Generator, Iterable, Sequence
+from collections.abc import Coroutine, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 
@@ -27,9 +28,16 @@ from ..history import (
     TimerCreated,
 )
 from . import limits
-
-if TYPE_CHECKING:
-    from .replay import Turn
+from ._futures import (
+    Action,
+    DurableFuture,
+    JoinFuture,
+    LeafFuture,
+    NeverFuture,
+    SelectFuture,
+    TaskFuture,
+    TurnEngine,
+)
 
 #: Automatic sub-orchestration ids are ``<parent>::sub::<event id>``; no other id may contain the marker.
 SUB_MARKER = "::sub::"
@@ -66,22 +74,6 @@ __all__ = [
 ]
 
 _UUID_NAMESPACE = uuid.UUID("5a1e0c3e-7d0b-4f5c-9a59-6c7b1d2f8e10")
-
-
-class _Blocked:
-    """The only value a durable future yields to the engine."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "<blocked on a durable future>"
-
-
-BLOCKED = _Blocked()
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Errors visible to orchestration code
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -191,193 +183,6 @@ class RetryPolicy:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Futures
-
-
-class DurableFuture:
-    """Something the orchestration waits for: an activity, a timer, an event, a sub-orchestration, or a
-    ``join``/``select`` of those. Await it, or pass it to ``ctx.join`` / ``ctx.select``."""
-
-    __slots__ = ("_ctx", "_done", "_value", "_exc", "_seq", "_cancelled", "__weakref__")
-
-    def __init__(self, ctx: OrchestrationContext) -> None:
-        self._ctx = ctx
-        self._done = False
-        self._value: Any = None
-        self._exc: BaseException | None = None
-        self._seq = 0
-        self._cancelled = False
-
-    def done(self) -> bool:
-        """True once the result (or the failure) is known, from the history replayed so far."""
-        self._poll()
-        return self._done
-
-    def _poll(self) -> None:
-        """Composite futures check their children here."""
-
-    def _resolve(self, value: Any) -> None:
-        if self._done:
-            return
-        self._done, self._value = True, value
-        self._seq = self._ctx._turn._next_seq()
-
-    def _reject(self, exc: BaseException) -> None:
-        if self._done:
-            return
-        self._done, self._exc = True, exc
-        self._seq = self._ctx._turn._next_seq()
-
-    def _cancel(self) -> None:
-        """The orchestration no longer wants this result (a select loser)."""
-
-    def __await__(self) -> Generator[Any, None, Any]:
-        while True:
-            self._poll()
-            if self._done:
-                break
-            yield BLOCKED
-        if self._exc is not None:
-            raise self._exc
-        return self._value
-
-
-class _LeafFuture(DurableFuture):
-    """A future bound to one scheduling action / history event."""
-
-    __slots__ = ("action",)
-
-    def __init__(self, ctx: OrchestrationContext) -> None:
-        super().__init__(ctx)
-        self.action: Action | None = None
-
-    def _cancel(self) -> None:
-        if self._done or self._cancelled:
-            return
-        self._cancelled = True
-        self._ctx._turn._cancel_leaf(self)
-
-
-class _NeverFuture(DurableFuture):
-    __slots__ = ()
-
-
-class _JoinFuture(DurableFuture):
-    __slots__ = ("_children", "_return_exceptions", "_ready", "_composites")
-
-    def __init__(self, ctx: OrchestrationContext, children: list[DurableFuture], return_exceptions: bool) -> None:
-        super().__init__(ctx)
-        self._children = children
-        self._return_exceptions = return_exceptions
-        self._ready = 0  # children[:_ready] are done: each poll resumes at the first pending child
-        # Composite children (select, join, tasks) advance when polled; leaves need no polling. Polling
-        # only those keeps a join of n activities O(n) per turn instead of O(n) per completion.
-        self._composites = [c for c in children if not isinstance(c, _LeafFuture)]
-
-    def _poll(self) -> None:
-        if self._done:
-            return
-        for c in self._composites:
-            c._poll()
-        children = self._children
-        n = len(children)
-        while self._ready < n:
-            if not children[self._ready]._done:
-                return
-            self._ready += 1
-        failed = [c for c in self._children if c._exc is not None]
-        if failed and not self._return_exceptions:
-            self._reject(min(failed, key=lambda c: c._seq)._exc)  # type: ignore[arg-type]
-            return
-        self._resolve([c._exc if c._exc is not None else c._value for c in self._children])
-
-
-class _SelectFuture(DurableFuture):
-    __slots__ = ("_children",)
-
-    def __init__(self, ctx: OrchestrationContext, children: list[DurableFuture]) -> None:
-        super().__init__(ctx)
-        self._children = children
-
-    def _poll(self) -> None:
-        if self._done:
-            return
-        for c in self._children:
-            c._poll()
-        ready = [(c._seq, i) for i, c in enumerate(self._children) if c._done]
-        if not ready:
-            return
-        _, index = min(ready)
-        for i, c in enumerate(self._children):
-            if i != index:
-                c._cancel()
-        winner = self._children[index]
-        if winner._exc is not None:
-            self._reject(winner._exc)
-        else:
-            self._resolve((index, winner._value))
-
-    def _cancel(self) -> None:
-        if self._done or self._cancelled:
-            return
-        self._cancelled = True
-        for c in self._children:
-            c._cancel()
-
-
-class _TaskFuture(DurableFuture):
-    """A coroutine run by the engine alongside the orchestration (used for activity retries)."""
-
-    __slots__ = ("_coro",)
-
-    def __init__(self, ctx: OrchestrationContext, coro: Coroutine[Any, Any, Any]) -> None:
-        super().__init__(ctx)
-        self._coro = coro
-
-    def _step(self) -> bool:
-        """Advance the coroutine; returns True if it finished."""
-        if self._done or self._cancelled:
-            return True
-        try:
-            yielded = self._ctx._turn._send(self._coro, self)
-        except StopIteration as stop:
-            self._resolve(stop.value)
-            return True
-        except BaseException as exc:  # noqa: BLE001 - delivered to whoever awaits the task
-            self._reject(exc)
-            return True
-        if yielded is not BLOCKED:
-            self._ctx._turn._bad_await(yielded, self._coro)
-        return False
-
-    def _cancel(self) -> None:
-        if self._done or self._cancelled:
-            return
-        self._cancelled = True
-        for f in list(self._ctx._turn._open_leaves_of_task(self)):
-            f._cancel()
-        self._ctx._turn._close_coroutine(self._coro)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Actions: what the code decided, to be matched against (or appended to) history
-
-
-@attrs.define(eq=False)
-class Action:
-    """Engine internal: one decision of the code (the history event ``kind`` to record or match), the
-    future it completes, the future it cancels (``target``) and, once bound, its ``event_id``."""
-
-    kind: Any  # the history event kind to record
-    future: _LeafFuture | None = None
-    target: _LeafFuture | None = None  # for cancellation breadcrumbs
-    auto_instance: bool = False  # sub-orchestration with a derived instance id
-    event_id: int | None = None
-    task: _TaskFuture | None = None
-    attempt: int = 1  # retry attempt of an activity (RetryPolicy), carried to ActivityContext.attempt
-
-
-# ---------------------------------------------------------------------------------------------------------
 # The context
 
 
@@ -416,7 +221,7 @@ class OrchestrationContext:
 
     def __init__(
         self,
-        turn: Turn,
+        engine: TurnEngine,
         *,
         instance_id: str,
         execution_id: int,
@@ -424,7 +229,7 @@ class OrchestrationContext:
         version: str,
         logger: logging.Logger | None = None,
     ) -> None:
-        self._turn = turn
+        self._engine = engine
         self.instance_id = instance_id
         self.execution_id = execution_id
         self.name = name
@@ -436,7 +241,7 @@ class OrchestrationContext:
     @property
     def is_replaying(self) -> bool:
         """True while the code re-runs through recorded history, False once it makes new decisions."""
-        return self._turn.replaying
+        return self._engine.replaying
 
     def now(self) -> datetime:
         """Deterministic UTC time: the time of the history event the code is resuming from.
@@ -444,7 +249,7 @@ class OrchestrationContext:
         Returns:
             A timezone-aware UTC ``datetime``, the same on every replay (use it instead of the clock).
         """
-        return datetime.fromtimestamp(self._turn.current_ms / 1000.0, tz=UTC)
+        return datetime.fromtimestamp(self._engine.current_ms / 1000.0, tz=UTC)
 
     def new_uuid(self) -> uuid.UUID:
         """Deterministic UUID: the same sequence on every replay of this execution.
@@ -495,16 +300,20 @@ class OrchestrationContext:
         check_name(session_id, "activity session_id", optional=True)
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise TypeError(f"retry must be a dt.RetryPolicy, got {retry!r:.100}")
-        encoded = self._turn.encode(input, f"input of activity {name!r}")
+        encoded = self._engine.encode(input, f"input of activity {name!r}")
         if retry is None:
             return self._activity(name, encoded, tag, session_id)
         return self._spawn(self._retry_loop(name, encoded, retry, tag, session_id))
 
     def _activity(
         self, name: str, encoded: str | None, tag: str | None, session_id: str | None, attempt: int = 1
-    ) -> _LeafFuture:
-        fut = _LeafFuture(self)
-        self._turn._emit(Action(ActivityScheduled(name, encoded, session_id, tag), future=fut, attempt=attempt))
+    ) -> LeafFuture:
+        return self._leaf(ActivityScheduled(name, encoded, session_id, tag), attempt=attempt)
+
+    def _leaf(self, kind: Any, *, attempt: int = 1, auto_instance: bool = False) -> LeafFuture:
+        """A future completed by the history event that answers the decision ``kind``."""
+        fut = LeafFuture(self._engine)
+        self._engine.emit(Action(kind, future=fut, attempt=attempt, auto_instance=auto_instance))
         return fut
 
     async def _retry_loop(
@@ -561,10 +370,7 @@ class OrchestrationContext:
                 message=f"limit exceeded: timer delay must be between 0 and {limits.MAX_TIMER_SECONDS:.0f} "
                         f"seconds (100 years), got {seconds!r}",
             )
-        fut = _LeafFuture(self)
-        fire_at = self._turn.current_ms + int(seconds * 1000)
-        self._turn._emit(Action(TimerCreated(fire_at), future=fut))
-        return fut
+        return self._leaf(TimerCreated(self._engine.current_ms + int(seconds * 1000)))
 
     def wait_for_event(self, name: str) -> DurableFuture:
         """Wait for the next external event ``name`` (``Client.raise_event``). Events raised before the
@@ -581,9 +387,7 @@ class OrchestrationContext:
             LimitExceeded: ``name`` is over 64 KiB.
         """
         check_name(name, "event name")
-        fut = _LeafFuture(self)
-        self._turn._emit(Action(ExternalSubscribed(name), future=fut))
-        return fut
+        return self._leaf(ExternalSubscribed(name))
 
     def dequeue_event(self, queue: str) -> DurableFuture:
         """Take the next message of the FIFO mailbox ``queue`` (``Client.enqueue_event``). Unconsumed
@@ -600,9 +404,7 @@ class OrchestrationContext:
             LimitExceeded: ``queue`` is over 64 KiB.
         """
         check_name(queue, "queue name")
-        fut = _LeafFuture(self)
-        self._turn._emit(Action(QueueSubscribed(queue), future=fut))
-        return fut
+        return self._leaf(QueueSubscribed(queue))
 
     def schedule_sub_orchestration(
         self, name: str, input: Any = None, *, instance_id: str | None = None, version: str | None = None
@@ -632,16 +434,10 @@ class OrchestrationContext:
         check_name(name, "sub-orchestration name")
         if instance_id is not None:
             check_instance_id(instance_id, "sub-orchestration instance_id")
-        encoded = self._turn.encode(input, f"input of sub-orchestration {name!r}")
-        fut = _LeafFuture(self)
-        self._turn._emit(
-            Action(
-                SubOrchestrationScheduled(name, instance_id or "", encoded, version),
-                future=fut,
-                auto_instance=instance_id is None,
-            )
+        encoded = self._engine.encode(input, f"input of sub-orchestration {name!r}")
+        return self._leaf(
+            SubOrchestrationScheduled(name, instance_id or "", encoded, version), auto_instance=instance_id is None
         )
-        return fut
 
     def start_orchestration(
         self, name: str, instance_id: str, input: Any = None, *, version: str | None = None
@@ -665,8 +461,8 @@ class OrchestrationContext:
         """
         check_name(name, "orchestration name")
         check_instance_id(instance_id)
-        encoded = self._turn.encode(input, f"input of orchestration {name!r}")
-        self._turn._emit(Action(OrchestrationChained(name, instance_id, encoded, version)))
+        encoded = self._engine.encode(input, f"input of orchestration {name!r}")
+        self._engine.emit(Action(OrchestrationChained(name, instance_id, encoded, version)))
 
     def continue_as_new(self, input: Any = None, *, version: str | None = None) -> DurableFuture:
         """End this execution and start a fresh one with ``input`` (``return await ctx.continue_as_new(x)``).
@@ -686,9 +482,9 @@ class OrchestrationContext:
             PayloadError: ``input`` cannot be turned into JSON.
             LimitExceeded: The JSON input is over 3 MiB.
         """
-        encoded = self._turn.encode(input, "input of continue_as_new")
-        self._turn._continue_as_new(encoded, version)
-        return _NeverFuture(self)
+        encoded = self._engine.encode(input, "input of continue_as_new")
+        self._engine.continue_as_new(encoded, version)
+        return NeverFuture(self._engine)
 
     def set_custom_status(self, value: Any) -> None:
         """Publish ``value`` as the instance's custom status (``Client.get_status(...).custom_status``).
@@ -703,9 +499,9 @@ class OrchestrationContext:
             PayloadError: ``value`` cannot be turned into JSON.
             LimitExceeded: The JSON value is over 256 KiB.
         """
-        encoded = None if value is None else self._turn.encode(value, "custom status", limits.MAX_CUSTOM_STATUS_BYTES)
+        encoded = None if value is None else self._engine.encode(value, "custom status", limits.MAX_CUSTOM_STATUS_BYTES)
         self.custom_status = value
-        self._turn._emit(Action(CustomStatusUpdated(encoded)))
+        self._engine.emit(Action(CustomStatusUpdated(encoded)))
 
     custom_status: Any = None
 
@@ -717,7 +513,7 @@ class OrchestrationContext:
             Bytes: the stored events and this turn's new ones, each counted as its text fields plus a
             small envelope. A turn whose commit would pass 5 MiB fails the instance (``LimitExceeded``).
         """
-        return self._turn.history_size_bytes()
+        return self._engine.history_size_bytes()
 
     # --- composition ---
     def join(self, futures: Iterable[DurableFuture], *, return_exceptions: bool = False) -> DurableFuture:
@@ -737,7 +533,7 @@ class OrchestrationContext:
             TypeError: One of ``futures`` is not a durable future.
         """
         children = self._check_futures(list(futures), "join")
-        return _JoinFuture(self, children, return_exceptions)
+        return JoinFuture(self._engine, children, return_exceptions)
 
     def select(self, *futures: DurableFuture) -> DurableFuture:
         """Resolve with ``(index, value)`` of the first future to complete *in history order*; the others
@@ -758,7 +554,7 @@ class OrchestrationContext:
             futures = tuple(futures[0])
         if not futures:
             raise ValueError("select needs at least one future")
-        return _SelectFuture(self, self._check_futures(list(futures), "select"))
+        return SelectFuture(self._engine, self._check_futures(list(futures), "select"))
 
     def _check_futures(self, futures: Sequence[Any], what: str) -> list[DurableFuture]:
         for f in futures:
@@ -766,7 +562,7 @@ class OrchestrationContext:
                 raise TypeError(f"ctx.{what} takes durable futures (from ctx.schedule_*), got {f!r}")
         return list(futures)
 
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> _TaskFuture:
-        task = _TaskFuture(self, coro)
-        self._turn._add_task(task)
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> TaskFuture:
+        task = TaskFuture(self._engine, coro)
+        self._engine.add_task(task)
         return task

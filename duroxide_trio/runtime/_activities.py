@@ -17,7 +17,7 @@ from .._retry import Retry
 from ..activity import ActivityContext
 from ..history import ActivityError, ActivityExecute, ActivityResult, ErrorDetails
 from ..orchestration import limits
-from ..orchestration.replay import describe_exception
+from ..orchestration._replay import describe_exception
 from ..providers.base import ProviderError, ProviderErrorKind, WorkItemLease, as_batch, as_provider_error
 from ..registry import ActivityHandler, Registry, decode_payload, encode_payload
 from ._env import Fetcher, FetchFailed, WorkerEnv

@@ -18,8 +18,8 @@ except ImportError:  # pragma: no cover - trio is a dependency; asyncio-only ins
 
 from .._retry import Retry
 from ..history import ErrorDetails, Status
-from ..orchestration.decide import Abandon, Decision, TurnPolicy, decide_turn, refused_commit
-from ..orchestration.replay import TurnResult
+from ..orchestration._decide import Abandon, Decision, TurnPolicy, decide_turn, refused_commit
+from ..orchestration._replay import TurnResult
 from ..providers.base import (
     ExecutionMetadata,
     OrchestrationItem,

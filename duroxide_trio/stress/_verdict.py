@@ -33,7 +33,7 @@ import attrs
 from ..history import (
     ActivityCancelRequested,
     ActivityCompleted,
-    ActivityFailed,
+    ActivityFailedEvent,
     ActivityScheduled,
     Event,
 )
@@ -132,7 +132,7 @@ def examine_history(events: Sequence[Event]) -> tuple[int, list[int], list[int],
     for e in events:
         if isinstance(e.kind, ActivityScheduled):
             scheduled.add(e.event_id)
-        elif isinstance(e.kind, (ActivityCompleted, ActivityFailed)) and e.source_event_id is not None:
+        elif isinstance(e.kind, (ActivityCompleted, ActivityFailedEvent)) and e.source_event_id is not None:
             completions[e.source_event_id] += 1
         elif isinstance(e.kind, ActivityCancelRequested) and e.source_event_id is not None:
             cancelled.add(e.source_event_id)

@@ -54,7 +54,7 @@ from ..history import (
     event_from_dict,
     event_to_dict,
 )
-from ..orchestration.replay import TurnResult, plan_turn, run_turn
+from ..orchestration._replay import TurnResult, plan_turn, run_turn
 from ..providers.base import Provider, ProviderError
 from ..registry import Registry
 
@@ -610,12 +610,13 @@ class Replayer:
         provider: Provider,
         *,
         name: str | None = None,
-        status: str | None = None,
+        status: Status | str | None = None,
         since: datetime | None = None,
         limit: int | None = None,
     ) -> list[ReplayReport]:
         """Replay every instance of ``provider`` whose orchestration is ``name``, whose status is
-        ``status`` ("Running", "Completed", "Failed") and that was updated at or after ``since``."""
+        ``status`` (``Status.RUNNING``, ``COMPLETED`` or ``FAILED``) and that was updated at or after
+        ``since``."""
         admin = provider.as_admin()
         if admin is None:
             raise TypeError(f"provider {provider.name!r} has no management capability; cannot list instances")

@@ -26,7 +26,7 @@ from ..history import (
     WorkItem,
 )
 from . import limits
-from .replay import Codec, Handler, TurnPlan, TurnResult, fail_instance, plan_turn, run_turn
+from ._replay import Codec, Handler, TurnPlan, TurnResult, fail_instance, plan_turn, run_turn
 
 __all__ = ["Abandon", "Batch", "Commit", "Decision", "Handlers", "TurnPolicy", "decide_turn", "refused_commit"]
 

@@ -10,18 +10,19 @@ wins every race. Past the end of history, actions become new events and outgoing
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Coroutine, Sequence
 from typing import Any, Protocol, cast
 
 import attrs
 
+from ..errors import ActivityFailed, SubOrchestrationFailed
 from ..history import (
     DECISION_KINDS,
     ActivityCancelRequested,
     ActivityCompleted,
     ActivityError,
     ActivityExecute,
-    ActivityFailed,
+    ActivityFailedEvent,
     ActivityResult,
     ActivityScheduled,
     CancelInstance,
@@ -48,36 +49,20 @@ from ..history import (
     SubOrchError,
     SubOrchestrationCancelRequested,
     SubOrchestrationCompleted,
-    SubOrchestrationFailed,
+    SubOrchestrationFailedEvent,
     SubOrchestrationScheduled,
     SubOrchResult,
     TimerCreated,
     TimerDue,
     TimerFired,
     WorkItem,
+    kind_name,
 )
 from . import limits
-from .context import (
-    BLOCKED,
-    Action,
-    DurableFuture,
-    OrchestrationContext,
-    _LeafFuture,
-    _TaskFuture,
-)
-from .context import (
-    ActivityFailed as ActivityFailedError,
-)
-from .context import (
-    SubOrchestrationFailed as SubOrchestrationFailedError,
-)
+from ._futures import BLOCKED, Action, LeafFuture, TaskFuture
+from .context import OrchestrationContext
 
 __all__ = ["Codec", "Handler", "TurnPlan", "TurnResult", "plan_turn", "run_turn"]
-
-RUNNING = Status.RUNNING
-COMPLETED = Status.COMPLETED
-FAILED = Status.FAILED
-CONTINUED_AS_NEW = Status.CONTINUED_AS_NEW
 
 MAX_QUIESCENCE = 10_000
 
@@ -185,7 +170,7 @@ class TurnResult:
     worker_items: list[ActivityExecute] = attrs.field(factory=list)
     orchestrator_items: list[WorkItem] = attrs.field(factory=list)
     cancelled_activities: list[tuple[str, int, int]] = attrs.field(factory=list)
-    status: str | None = None
+    status: Status | None = None
     output: str | None = None
     error: ErrorDetails | None = None
     name: str = ""
@@ -237,7 +222,7 @@ def describe_exception(exc: BaseException) -> str:
 def _describe(kind: Any) -> str:
     fields = attrs.asdict(kind, recurse=False) if attrs.has(type(kind)) else {}
     parts = ", ".join(f"{k}={v!r}" for k, v in fields.items() if v not in (None, "", [], ()))
-    return f"{type(kind).__name__}({parts})"
+    return f"{kind_name(kind)}({parts})"
 
 
 def _nondeterministic(message: str) -> _Fail:
@@ -247,7 +232,7 @@ def _nondeterministic(message: str) -> _Fail:
 @attrs.define(eq=False)
 class _Schedule:
     kind: type
-    future: _LeafFuture | None
+    future: LeafFuture | None
     state: str = "open"  # open | completed | cancelled
     name: str = ""
     instance: str = ""
@@ -287,11 +272,11 @@ class Turn:
         self._progress = 0
         self._pending: collections.deque[Action] = collections.deque()
         self._schedules: dict[int, _Schedule] = {}
-        self._subs: dict[tuple[str, str], collections.deque[_LeafFuture]] = {}
+        self._subs: dict[tuple[str, str], collections.deque[LeafFuture]] = {}
         self._buffers: dict[tuple[str, str], collections.deque[str | None]] = {}
         self._leaf_sub: dict[int, tuple[str, str]] = {}  # id(future) -> (space, name)
-        self._tasks: list[_TaskFuture] = []
-        self._current_task: _TaskFuture | None = None
+        self._tasks: list[TaskFuture] = []
+        self._current_task: TaskFuture | None = None
         self._coro: Coroutine[Any, Any, Any] | None = None
         self._finished = False
         self._output: Any = None
@@ -309,7 +294,7 @@ class Turn:
         self.cleanup_errors: list[str] = []
 
     # ------------------------------------------------------------------ called by futures and context
-    def _next_seq(self) -> int:
+    def next_seq(self) -> int:
         self._seq += 1
         self._progress += 1
         return self._seq
@@ -327,7 +312,7 @@ class Turn:
             self._base_bytes = limits.history_bytes(self.plan.history)
         return self._base_bytes + limits.history_bytes(self.result.history_delta)
 
-    def _emit(self, action: Action) -> None:
+    def emit(self, action: Action) -> None:
         if self._closing or self._finished:
             return
         action.task = self._current_task
@@ -336,20 +321,20 @@ class Turn:
         self._pending.append(action)
         self._progress += 1
 
-    def _add_task(self, task: _TaskFuture) -> None:
+    def add_task(self, task: TaskFuture) -> None:
         self._tasks.append(task)
         self._progress += 1
         prev = self._current_task
         self._current_task = task
         try:
-            task._step()  # start eagerly: the first attempt is scheduled where the call is made
+            task.step()  # start eagerly: the first attempt is scheduled where the call is made
         finally:
             self._current_task = prev
 
-    def _open_leaves_of_task(self, task: _TaskFuture) -> list[_LeafFuture]:
+    def open_leaves_of_task(self, task: TaskFuture) -> list[LeafFuture]:
         out = []
         for act in list(self._pending):
-            if act.task is task and act.future is not None and not act.future._done:
+            if act.task is task and act.future is not None and not act.future.done():
                 out.append(act.future)
         for sched in self._schedules.values():
             f = sched.future
@@ -357,7 +342,7 @@ class Turn:
                 out.append(f)
         return out
 
-    def _cancel_leaf(self, fut: _LeafFuture) -> None:
+    def cancel_leaf(self, fut: LeafFuture) -> None:
         act = fut.action
         if act is None:
             return
@@ -368,25 +353,25 @@ class Turn:
             if q is not None and fut in q:
                 q.remove(fut)
         if isinstance(kind, ActivityScheduled):
-            self._emit(Action(ActivityCancelRequested("dropped_future"), target=fut))
+            self.emit(Action(ActivityCancelRequested("dropped_future"), target=fut))
         elif isinstance(kind, SubOrchestrationScheduled):
-            self._emit(Action(SubOrchestrationCancelRequested("dropped_future"), target=fut))
+            self.emit(Action(SubOrchestrationCancelRequested("dropped_future"), target=fut))
         elif isinstance(kind, ExternalSubscribed):
-            self._emit(Action(ExternalSubscribedCancelled("dropped_future"), target=fut))
+            self.emit(Action(ExternalSubscribedCancelled("dropped_future"), target=fut))
         elif isinstance(kind, QueueSubscribed):
-            self._emit(Action(QueueSubscriptionCancelled("dropped_future"), target=fut))
+            self.emit(Action(QueueSubscriptionCancelled("dropped_future"), target=fut))
         # timers: nothing to record; a late TimerFired for a cancelled timer is ignored
         if act.event_id is not None:
             sched = self._schedules.get(act.event_id)
             if sched is not None and sched.state == "open":
                 sched.state = "cancelled"
 
-    def _continue_as_new(self, input_text: str | None, version: str | None) -> None:
+    def continue_as_new(self, input_text: str | None, version: str | None) -> None:
         if self._can is None and not self._finished:
             self._can = (input_text, version)
             self._progress += 1
 
-    def _bad_await(self, yielded: Any, coro: Coroutine[Any, Any, Any]) -> None:
+    def bad_await(self, yielded: Any, coro: Coroutine[Any, Any, Any]) -> None:
         raise _Fail(
             ErrorDetails(
                 "application",
@@ -397,7 +382,7 @@ class Turn:
             )
         )
 
-    def _close_coroutine(self, coro: Coroutine[Any, Any, Any]) -> None:
+    def close_coroutine(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Close a coroutine the orchestration no longer needs. Its ``finally`` blocks run now; whatever
         they raise (even a ``BaseException``) is user code's, so it is recorded, not propagated."""
         closing, self._closing = self._closing, True
@@ -409,7 +394,7 @@ class Turn:
         finally:
             self._closing = closing
 
-    def _send(self, coro: Coroutine[Any, Any, Any], task: _TaskFuture | None) -> Any:
+    def send(self, coro: Coroutine[Any, Any, Any], task: TaskFuture | None) -> Any:
         prev = self._current_task
         self._current_task = task
         try:
@@ -423,8 +408,8 @@ class Turn:
         for _ in range(MAX_QUIESCENCE):
             before = self._progress
             for task in list(self._tasks):
-                if not task._done and not task._cancelled:
-                    task._step()
+                if not task.finished:
+                    task.step()
             if self._coro is not None and not self._finished and self._can is None:
                 self._step_main()
             if self._progress == before or self._finished:
@@ -434,7 +419,7 @@ class Turn:
     def _step_main(self) -> None:
         assert self._coro is not None
         try:
-            yielded = self._send(self._coro, None)
+            yielded = self.send(self._coro, None)
         except StopIteration as stop:
             self._finished = True
             self._output = stop.value
@@ -458,7 +443,7 @@ class Turn:
             self._progress += 1
             return
         if yielded is not BLOCKED:
-            self._bad_await(yielded, self._coro)
+            self.bad_await(yielded, self._coro)
 
     # ------------------------------------------------------------------ binding actions to events
     def _matches(self, action: Action, ev: Event) -> bool:
@@ -488,7 +473,7 @@ class Turn:
             fut.action = action
         if isinstance(kind, ActivityScheduled):
             self._schedules[ev.event_id] = _Schedule(ActivityScheduled, fut, name=kind.name)
-            if fut is not None and fut._cancelled:
+            if fut is not None and fut.is_cancelled:
                 self._schedules[ev.event_id].state = "cancelled"
             if live:
                 self.result.worker_items.append(
@@ -498,7 +483,7 @@ class Turn:
                     )
                 )
         elif isinstance(kind, TimerCreated):
-            self._schedules[ev.event_id] = _Schedule(TimerCreated, fut, state="cancelled" if fut and fut._cancelled
+            self._schedules[ev.event_id] = _Schedule(TimerCreated, fut, state="cancelled" if fut and fut.is_cancelled
                                                      else "open")
             if live:
                 self.result.orchestrator_items.append(
@@ -507,7 +492,7 @@ class Turn:
         elif isinstance(kind, SubOrchestrationScheduled):
             self._schedules[ev.event_id] = _Schedule(SubOrchestrationScheduled, fut, name=kind.name,
                                                      instance=kind.instance)
-            if fut is not None and fut._cancelled:
+            if fut is not None and fut.is_cancelled:
                 self._schedules[ev.event_id].state = "cancelled"
             if live:
                 self.result.orchestrator_items.append(
@@ -525,7 +510,7 @@ class Turn:
         elif isinstance(kind, (ExternalSubscribed, QueueSubscribed)):
             assert fut is not None
             space = ("event" if isinstance(kind, ExternalSubscribed) else "queue", kind.name)
-            if fut._cancelled:
+            if fut.is_cancelled:
                 return
             buf = self._buffers.get(space)
             if buf:
@@ -549,11 +534,8 @@ class Turn:
                         CancelInstance(sched.instance, "parent dropped sub-orchestration future")
                     )
 
-    def _deliver(self, fut: _LeafFuture, space: tuple[str, str], data: str | None) -> None:
-        try:
-            fut._resolve(self.codec.decode_event_data(space[1], data))
-        except Exception as exc:  # noqa: BLE001 - decoding errors surface in orchestration code
-            fut._reject(exc)
+    def _deliver(self, fut: LeafFuture, space: tuple[str, str], data: str | None) -> None:
+        fut.resolve_with(lambda: self.codec.decode_event_data(space[1], data))
 
     def _replay_decision(self, ev: Event) -> None:
         if not self._pending:
@@ -607,10 +589,10 @@ class Turn:
         sched = self._schedules.get(ev.source_event_id or -1)
         expected = {
             ActivityCompleted: ActivityScheduled,
-            ActivityFailed: ActivityScheduled,
+            ActivityFailedEvent: ActivityScheduled,
             TimerFired: TimerCreated,
             SubOrchestrationCompleted: SubOrchestrationScheduled,
-            SubOrchestrationFailed: SubOrchestrationScheduled,
+            SubOrchestrationFailedEvent: SubOrchestrationScheduled,
         }[type(kind)]
         if sched is None:
             raise _nondeterministic(
@@ -619,12 +601,12 @@ class Turn:
             )
         if sched.kind is not expected:
             raise _nondeterministic(
-                f"history has {type(kind).__name__} at event {ev.event_id} completing event "
+                f"history has {kind_name(kind)} at event {ev.event_id} completing event "
                 f"{ev.source_event_id}, which is a {sched.kind.__name__}, not a {expected.__name__}"
             )
         if sched.state == "completed":
             raise _nondeterministic(
-                f"history has {type(kind).__name__} at event {ev.event_id} for event {ev.source_event_id}, "
+                f"history has {kind_name(kind)} at event {ev.event_id} for event {ev.source_event_id}, "
                 "which was already completed"
             )
         if sched.state == "cancelled":
@@ -632,31 +614,22 @@ class Turn:
             return
         sched.state = "completed"
         fut = sched.future
-        if isinstance(kind, (ActivityFailed, SubOrchestrationFailed)) and kind.details.category != "application":
+        if isinstance(kind, (ActivityFailedEvent, SubOrchestrationFailedEvent)) and kind.details.category != "application":
             # system errors of activities and children fail this orchestration too
             raise _Fail(kind.details)
         if fut is None:
             return
         if isinstance(kind, ActivityCompleted):
-            self._resolve_with(fut, lambda: self.codec.decode_activity_result(sched.name, kind.result))
-        elif isinstance(kind, ActivityFailed):
-            fut._reject(ActivityFailedError(kind.details))
+            fut.resolve_with(lambda: self.codec.decode_activity_result(sched.name, kind.result))
+        elif isinstance(kind, ActivityFailedEvent):
+            fut.reject(ActivityFailed(kind.details))
         elif isinstance(kind, TimerFired):
-            fut._resolve(None)
+            fut.resolve(None)
         elif isinstance(kind, SubOrchestrationCompleted):
-            self._resolve_with(fut, lambda: self.codec.decode_sub_result(sched.name, kind.result))
-        elif isinstance(kind, SubOrchestrationFailed):
-            fut._reject(SubOrchestrationFailedError(kind.details))
+            fut.resolve_with(lambda: self.codec.decode_sub_result(sched.name, kind.result))
+        elif isinstance(kind, SubOrchestrationFailedEvent):
+            fut.reject(SubOrchestrationFailed(kind.details))
         self._poll()
-
-    @staticmethod
-    def _resolve_with(fut: DurableFuture, get: Callable[[], Any]) -> None:
-        try:
-            value = get()
-        except Exception as exc:  # noqa: BLE001
-            fut._reject(exc)
-        else:
-            fut._resolve(value)
 
     def _apply_arrival(self, ev: Event) -> None:
         kind = ev.kind
@@ -678,8 +651,8 @@ class Turn:
             self._start(kind)
         elif isinstance(kind, DECISION_KINDS):
             self._replay_decision(ev)
-        elif isinstance(kind, (ActivityCompleted, ActivityFailed, TimerFired, SubOrchestrationCompleted,
-                               SubOrchestrationFailed)):
+        elif isinstance(kind, (ActivityCompleted, ActivityFailedEvent, TimerFired, SubOrchestrationCompleted,
+                               SubOrchestrationFailedEvent)):
             self._apply_completion(ev, persisted)
         elif isinstance(kind, (ExternalEvent, QueueEventDelivered)):
             self._apply_arrival(ev)
@@ -717,7 +690,7 @@ class Turn:
             if isinstance(msg, ActivityResult):
                 kind: Any = ActivityCompleted(msg.result)
             elif isinstance(msg, ActivityError):
-                kind = ActivityFailed(msg.details)
+                kind = ActivityFailedEvent(msg.details)
             else:
                 kind = TimerFired(msg.fire_at_ms)
         elif isinstance(msg, (SubOrchResult, SubOrchError)):
@@ -726,7 +699,7 @@ class Turn:
             source = msg.parent_id
             kind = (
                 SubOrchestrationCompleted(msg.result) if isinstance(msg, SubOrchResult)
-                else SubOrchestrationFailed(msg.details)
+                else SubOrchestrationFailedEvent(msg.details)
             )
         elif isinstance(msg, ExternalRaised):
             return ExternalEvent(msg.name, msg.data), None
@@ -777,25 +750,14 @@ class Turn:
             start = self.plan.start
             assert start is not None
             self._cancel_first = any(isinstance(m, CancelInstance) for m in self.plan.messages)
-            carry = list(start.carry_forward) if isinstance(start, ContinueAsNew) else []
-            started = OrchestrationStarted(
-                name=self.handler.name,
-                version=self.handler.version,
-                input=start.input,
-                parent_instance=start.parent_instance,
-                parent_id=start.parent_id,
-                parent_execution_id=start.parent_execution_id,
-                carry_forward=carry,
-                initial_custom_status=start.initial_custom_status if isinstance(start, ContinueAsNew) else None,
-            )
-            ev = self._new_event(started)
+            ev = self._new_event(_started_event(start, self.handler.name, self.handler.version, carry=True))
             self._apply(ev, persisted=False)
         self._flush()
         completed = {
             e.source_event_id
             for e in history
-            if isinstance(e.kind, (ActivityCompleted, ActivityFailed, TimerFired, SubOrchestrationCompleted,
-                                   SubOrchestrationFailed))
+            if isinstance(e.kind, (ActivityCompleted, ActivityFailedEvent, TimerFired, SubOrchestrationCompleted,
+                                   SubOrchestrationFailedEvent))
         }
         leftovers: list[WorkItem] = []
         # A cancel in the batch wins over whatever else arrived with it (it is applied first).
@@ -810,7 +772,7 @@ class Turn:
             kind, source = converted
             if source is not None and source not in self._schedules:
                 raise _nondeterministic(
-                    f"received {type(kind).__name__} for event {source}, which this execution never scheduled"
+                    f"received {kind_name(kind)} for event {source}, which this execution never scheduled"
                 )
             ev = self._new_event(kind, source)
             self._apply(ev, persisted=False)
@@ -828,11 +790,11 @@ class Turn:
             self._fail = ErrorDetails("application", "Cancelled", f"canceled: {self._cancel_reason}")
         if self._fail is not None:
             terminal = OrchestrationFailed(self._fail)
-            r.status, r.error = FAILED, self._fail
+            r.status, r.error = Status.FAILED, self._fail
         elif self._can is not None:
             input_text, version = self._can
             terminal = OrchestrationContinuedAsNew(input_text)
-            r.status, r.output = CONTINUED_AS_NEW, input_text
+            r.status, r.output = Status.CONTINUED_AS_NEW, input_text
         elif self._finished and self._app_error is not None:
             err = self._app_error
             details = getattr(err, "details", None)
@@ -840,7 +802,7 @@ class Turn:
                 details = ErrorDetails("application", "OrchestrationFailed", describe_exception(err))
             self._fail = details
             terminal = OrchestrationFailed(details)
-            r.status, r.error = FAILED, details
+            r.status, r.error = Status.FAILED, details
         elif self._finished:
             try:
                 out = self.encode(self._output, f"output of orchestration {self.handler.name!r}")
@@ -849,29 +811,24 @@ class Turn:
                 details = found if isinstance(found, ErrorDetails) else ErrorDetails(
                     "application", "OrchestrationFailed", describe_exception(exc))
                 terminal = OrchestrationFailed(details)
-                r.status, r.error = FAILED, details
+                r.status, r.error = Status.FAILED, details
             else:
                 terminal = OrchestrationCompleted(out)
-                r.status, r.output = COMPLETED, out
+                r.status, r.output = Status.COMPLETED, out
         elif not self.plan.history:
-            r.status = RUNNING
+            r.status = Status.RUNNING
         if terminal is None:
             return r
-        self._cancel_outstanding(r.status or FAILED)
+        self._cancel_outstanding(r.status or Status.FAILED)
         self._new_event(terminal)
-        if started is not None and started.parent_instance and r.status != CONTINUED_AS_NEW:
-            if r.status == COMPLETED:
-                r.orchestrator_items.append(
-                    SubOrchResult(started.parent_instance, started.parent_execution_id or 1, started.parent_id or 0,
-                                  r.output)
-                )
+        parent = _parent_of(started)
+        if parent is not None and r.status != Status.CONTINUED_AS_NEW:
+            if r.status == Status.COMPLETED:
+                r.orchestrator_items.append(SubOrchResult(*parent, r.output))
             else:
                 assert r.error is not None
-                r.orchestrator_items.append(
-                    SubOrchError(started.parent_instance, started.parent_execution_id or 1, started.parent_id or 0,
-                                 r.error)
-                )
-        if r.status == CONTINUED_AS_NEW and self._can is not None:
+                r.orchestrator_items.append(SubOrchError(*parent, r.error))
+        if r.status == Status.CONTINUED_AS_NEW and self._can is not None:
             carry: list[tuple[str, str | None]] = []
             for (space, name), buf in self._buffers.items():
                 if space == "queue":
@@ -894,7 +851,7 @@ class Turn:
             )
         return r
 
-    def _cancel_outstanding(self, status: str) -> None:
+    def _cancel_outstanding(self, status: Status) -> None:
         reason = f"orchestration_terminal_{status.lower()}"
         for event_id, sched in list(self._schedules.items()):
             if sched.state != "open":
@@ -910,9 +867,9 @@ class Turn:
     def _close_all(self) -> None:
         self._pending.clear()
         for task in self._tasks:
-            self._close_coroutine(task._coro)
+            task.close()
         if self._coro is not None:
-            self._close_coroutine(self._coro)
+            self.close_coroutine(self._coro)
         self._pending.clear()
 
 
@@ -941,15 +898,15 @@ def fail_instance(
     """A turn that ends the instance as Failed without running code (poison, corrupted history, a limit).
     Writes ``OrchestrationStarted`` first when the execution has no history yet, cancels the activities
     and children still open in history (as a finished orchestration does), and tells a parent."""
-    r = TurnResult(execution_id=plan.execution_id, name=name, version=version, status=FAILED, error=details)
+    r = TurnResult(execution_id=plan.execution_id, name=name, version=version, status=Status.FAILED, error=details)
     history = plan.history
     next_id = len(history) + 1
     open_work: dict[int, Any] = {}
     for ev in history:
         if isinstance(ev.kind, (ActivityScheduled, SubOrchestrationScheduled)):
             open_work[ev.event_id] = ev.kind
-        elif isinstance(ev.kind, (ActivityCompleted, ActivityFailed, ActivityCancelRequested,
-                                  SubOrchestrationCompleted, SubOrchestrationFailed,
+        elif isinstance(ev.kind, (ActivityCompleted, ActivityFailedEvent, ActivityCancelRequested,
+                                  SubOrchestrationCompleted, SubOrchestrationFailedEvent,
                                   SubOrchestrationCancelRequested)):
             open_work.pop(ev.source_event_id or -1, None)
     reason = "orchestration_terminal_failed"
@@ -961,28 +918,42 @@ def fail_instance(
             r.history_delta.append(Event(next_id, SubOrchestrationCancelRequested(reason), event_id, now_ms))
             r.orchestrator_items.append(CancelInstance(kind.instance, "parent failed"))
         next_id += 1
-    parent: tuple[str, int, int] | None = None
+    started: OrchestrationStarted | None = None
     if history and isinstance(history[0].kind, OrchestrationStarted):
-        s = history[0].kind
-        if s.parent_instance:
-            parent = (s.parent_instance, s.parent_execution_id or 1, s.parent_id or 0)
-        r.parent_instance = s.parent_instance
+        started = history[0].kind
     elif not history:
-        start = plan.start
-        started = OrchestrationStarted(
-            name=name,
-            version=version,
-            input=start.input if start else None,
-            parent_instance=start.parent_instance if start else None,
-            parent_id=start.parent_id if start else None,
-            parent_execution_id=start.parent_execution_id if start else None,
-        )
+        started = _started_event(plan.start, name, version, carry=False)
         r.history_delta.append(Event(next_id, started, None, now_ms))
         next_id += 1
+    if started is not None:
         r.parent_instance = started.parent_instance
-        if started.parent_instance:
-            parent = (started.parent_instance, started.parent_execution_id or 1, started.parent_id or 0)
     r.history_delta.append(Event(next_id, OrchestrationFailed(details), None, now_ms))
+    parent = _parent_of(started)
     if parent is not None:
-        r.orchestrator_items.append(SubOrchError(parent[0], parent[1], parent[2], details))
+        r.orchestrator_items.append(SubOrchError(*parent, details))
     return r
+
+
+def _started_event(
+    start: StartOrchestration | ContinueAsNew | None, name: str, version: str, *, carry: bool
+) -> OrchestrationStarted:
+    """The first event of an execution started by ``start`` (with a continue-as-new's carried messages and
+    custom status if ``carry``)."""
+    can = start if carry and isinstance(start, ContinueAsNew) else None
+    return OrchestrationStarted(
+        name=name,
+        version=version,
+        input=start.input if start else None,
+        parent_instance=start.parent_instance if start else None,
+        parent_id=start.parent_id if start else None,
+        parent_execution_id=start.parent_execution_id if start else None,
+        carry_forward=list(can.carry_forward) if can else [],
+        initial_custom_status=can.initial_custom_status if can else None,
+    )
+
+
+def _parent_of(started: OrchestrationStarted | None) -> tuple[str, int, int] | None:
+    """``(instance, execution id, event id)`` of the parent that scheduled this execution, if any."""
+    if started is None or not started.parent_instance:
+        return None
+    return started.parent_instance, started.parent_execution_id or 1, started.parent_id or 0
