@@ -76,11 +76,25 @@ def stress(
     scenario: str = typer.Option("fanout", "--scenario", help=_scenario_help()),
     duration: float = _tuning("--duration", "Seconds of load per run (default: 10).", 0.1),
     max_concurrent: int = _tuning("--max-concurrent", "Instances in flight (default: 20).", 1),
-    tasks: int = _tuning("--tasks", "Tasks per instance (fan-out degree) (default: 5).", 1),
+    tasks: int = _tuning(
+        "--tasks", "Tasks per instance (fan-out degree; for sequential the N activities in a row) (default: 5; "
+        "sequential: 3).", 1,
+    ),
     activity_delay_ms: int = _tuning("--activity-delay-ms", "How long each activity sleeps (default: 10).", 0),
     orch_concurrency: int = _tuning("--orch-concurrency", "Orchestration dispatcher concurrency (default: 2).", 1),
     worker_concurrency: int = _tuning("--worker-concurrency", "Activity dispatcher concurrency (default: 2).", 1),
     wait_timeout: float = _tuning("--wait-timeout", "Seconds one instance may take (default: 60).", 0.1),
+    timer_backlog: int = typer.Option(
+        0, "--timer-backlog", min=0, metavar="N",
+        help="Before the run, park instances on 30-day durable timers (1000 per instance, through the runtime) "
+        "until N timers are pending; they stay pending during the run. The seeding time is reported apart "
+        "(Seed) and is not in the measured window.",
+    ),
+    deep_history: int = typer.Option(
+        0, "--deep-history", min=0, metavar="N",
+        help="Before the run, run instances of 1000 zero-length timers (2002 history rows each, through the "
+        "runtime) to completion until at least N history rows are stored. Seeding time reported apart.",
+    ),
     preset: str = typer.Option(None, "--preset", help=_preset_help(), show_default=False),
     suite: bool = typer.Option(False, "--suite", help="Run the 1:1, 2:2 and 4:4 concurrency matrix."),
     json_path: Path = typer.Option(
@@ -158,7 +172,16 @@ def stress(
         "about 1.5 s (--no-liveness: only when its locks expire, to compare).",
     ),
 ) -> None:
-    """Run the stress harness and print the comparison table (exit code 1 unless every run reached 100 %)."""
+    """Run the stress harness and print the comparison table (exit code 1 unless every run reached 100 %).
+
+    Cost per orchestration, over the measured window (load + drain) divided by the completed instances:
+    Calls/orch = provider calls (round trips) made by the runtime and the client, counted by a wrapper
+    around the provider; on PostgreSQL Xact/orch = transactions of the database (pg_stat_database
+    xact_commit + xact_rollback) and WAL/orch = WAL bytes (pg_current_wal_lsn difference), read from the
+    server before the runtime opens and after its connections close, so other load on the same database
+    (or, for WAL, the same cluster) is counted too. Step ovh (sequential): (p50 - N x activity delay) / (N+1),
+    the overhead per orchestration turn (the start and one turn per completed activity).
+    """
     run_stress(stress_request(**locals()))
 
 
@@ -191,7 +214,7 @@ def stress_request(
     duration: float | None, max_concurrent: int | None, tasks: int | None, activity_delay_ms: int | None,
     orch_concurrency: int | None, worker_concurrency: int | None, wait_timeout: float | None,
     report_path: Path | None, processes: int | None, chaos: list[str] | None, chaos_own_database: bool,
-    backend: Backend, **rest: Any,
+    backend: Backend, timer_backlog: int = 0, deep_history: int = 0, **rest: Any,
 ) -> StressRequest:  # fmt: skip
     """The options of the ``stress`` command as a validated :class:`StressRequest`.
 
@@ -219,7 +242,14 @@ def stress_request(
         "orchestration_concurrency": orch_concurrency,
         "worker_concurrency": worker_concurrency,
         "wait_timeout": wait_timeout,
+        "timer_backlog": timer_backlog or None,
+        "deep_history": deep_history or None,
     }
+    if (timer_backlog or deep_history) and (processes is not None or chaos):
+        raise typer.BadParameter(
+            "--timer-backlog and --deep-history seed a single-process run; leave out --processes/--chaos",
+            param_hint="--timer-backlog",
+        )
     configs = stress_configs(scenario, preset=preset, suite=suite, overrides=overrides)
     return StressRequest(
         choice, configs, backend=backend.value, report_path=report_path, processes=processes,
@@ -254,8 +284,14 @@ def stress_configs(
         if suite
         else [base]
     )
-    configs = [StressConfig(**fields, scenario=name)
-               for name in (list(SCENARIOS) if scenario == "all" else [scenario]) for fields in runs]  # fmt: skip
+    explicit_tasks = (overrides or {}).get("tasks_per_instance") is not None
+    configs = []
+    for name in list(SCENARIOS) if scenario == "all" else [scenario]:
+        default_tasks = SCENARIOS[name].default_tasks
+        for fields in runs:
+            if default_tasks is not None and not explicit_tasks:
+                fields = fields | {"tasks_per_instance": default_tasks}
+            configs.append(StressConfig(**fields, scenario=name))
     return configs
 
 

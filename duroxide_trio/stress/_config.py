@@ -45,6 +45,10 @@ class StressConfig:
     - ``wait_timeout``: how long one instance may take from its start request to completion.
     - ``scenario``: one of ``duroxide_trio.stress.SCENARIOS`` (an unknown name is a ``ValueError`` from
       ``run``/``run_suite``/``get_scenario``, before any provider is opened).
+    - ``timer_backlog``: before the measured window, park instances on far-future durable timers until
+      this many timers are pending (``stress._seed``); 0: none.
+    - ``deep_history``: before the measured window, run instances with long histories to completion
+      until at least this many history rows are stored; 0: none.
     """
 
     max_concurrent: int = attrs.field(default=20, validator=_positive_int)
@@ -55,6 +59,8 @@ class StressConfig:
     worker_concurrency: int = attrs.field(default=2, validator=_positive_int)
     wait_timeout: float = attrs.field(default=60.0, validator=_positive_seconds)
     scenario: str = attrs.field(default="fanout", validator=_scenario_name)
+    timer_backlog: int = attrs.field(default=0, validator=_non_negative_int)
+    deep_history: int = attrs.field(default=0, validator=_non_negative_int)
 
     @property
     def concurrency_label(self) -> str:
@@ -63,9 +69,12 @@ class StressConfig:
 
     def describe(self) -> str:
         """One line for people: scenario, duration, in flight, tasks, activity delay, concurrency."""
+        seeded = (f", {self.timer_backlog} timers pending" if self.timer_backlog else "") + (
+            f", {self.deep_history} history rows stored" if self.deep_history else ""
+        )
         return (
             f"{self.scenario}, {self.duration:g}s, {self.max_concurrent} in flight, {self.tasks_per_instance} tasks, "
-            f"{self.activity_delay_ms}ms activities, {self.concurrency_label}"
+            f"{self.activity_delay_ms}ms activities, {self.concurrency_label}{seeded}"
         )
 
     def as_dict(self) -> dict[str, Any]:

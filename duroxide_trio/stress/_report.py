@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import attrs
 from rich.table import Table
 
-from ._result import StressResult, format_ms
+from ._result import StressResult, format_duration, format_ms
 from ._runner import ErrorEntry, describe_error, runtime_options
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
 HEADERS = (
     "Provider", "Config", "Completed", "Failed", "Infra", "Config", "App", "Success %",
     "Orch/s", "Activity/s", "p50", "p95", "p99", "Peak RSS",
+    "Calls/orch", "Xact/orch", "WAL/orch", "Step ovh", "Seed",
 )  # fmt: skip
 RESULTS_FILE_PREFIX = "stress-test-results-"
 #: Regression thresholds against the previous tracked entry of the same configuration.
@@ -52,8 +53,22 @@ _DATA_MARK = "<!-- duroxide-stress "
 
 #: Columns the terminal table leaves out, in this order, until it fits the console width (indexes into
 #: ``HEADERS``): the failure categories first (``Failed`` still counts them all), then Activity/s, Peak
-#: RSS, p95, Completed.
-DROP_ORDER = (4, 5, 6, 9, 13, 11, 2)
+#: RSS, p95, Completed, Seed, Step ovh (its figure is in --json).
+DROP_ORDER = (4, 5, 6, 9, 13, 11, 2, 18, 17)
+
+
+def _per_orch(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1f}"
+
+
+def _bytes(value: float | None) -> str:
+    if value is None:
+        return "—"
+    if value >= 1024 * 1024:
+        return f"{value / (1024 * 1024):.1f} MB"
+    if value >= 1024:
+        return f"{value / 1024:.1f} KB"
+    return f"{value:.0f} B"
 
 
 def row_label(result: StressResult) -> str:
@@ -84,6 +99,11 @@ def comparison_rows(results: Sequence[StressResult]) -> list[list[str]]:
                 format_ms(lat.p95 if some else None),
                 format_ms(lat.p99 if some else None),
                 f"{r.peak_rss_mb:.1f} MB",
+                _per_orch(r.round_trips_per_orch),
+                _per_orch(r.transactions_per_orch),
+                _bytes(r.wal_bytes_per_orch),
+                format_ms(r.step_overhead_ms),
+                format_duration(r.seed_s) if r.seed_s else "—",
             ]
         )
     return rows

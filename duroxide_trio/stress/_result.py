@@ -180,6 +180,22 @@ class StressResult:
     - ``max_loop_stall_s``: the longest time the event loop did not run the harness (an orchestration
       turn or another synchronous piece of work holding it); deadlines cannot fire meanwhile.
     - ``shutdown_s``: stopping the runtime and disposing of the provider after the drain.
+    - Cost per orchestration (over the measured window: load + drain, divided by ``completed``):
+      ``provider_calls`` (every call the runtime and the client made to the provider, counted by
+      ``stress._counting.CountingProvider``; ``provider_calls_by_op`` per method, ``provider_call_ms`` the
+      mean milliseconds of one call per method, long polls included) and
+      ``round_trips_per_orch``; on PostgreSQL ``pg_transactions`` (``xact_commit + xact_rollback`` of the
+      database in ``pg_stat_database``) and ``pg_wal_bytes`` (``pg_wal_lsn_diff`` of
+      ``pg_current_wal_lsn()``), read from the server before the runtime opened and after its connections
+      closed, and ``transactions_per_orch`` / ``wal_bytes_per_orch``. The server counts other load on the
+      same database (transactions) or cluster (WAL) too. ``None`` where not measured (SQLite, or nothing
+      completed).
+    - ``overhead_ms`` (``sequential`` only) = p50 latency − N × ``activity_delay_ms``, and
+      ``step_overhead_ms`` = ``overhead_ms`` / (N + 1): per orchestration turn (the start, then one per
+      completed activity); ``None`` for other scenarios.
+    - ``seed_s``: seeding ``timer_backlog`` / ``deep_history`` before the run (not in any other figure);
+      ``seeded_timers``: orchestrator messages pending after seeding (the parked timers);
+      ``seeded_history_rows``: history rows stored after seeding.
     """
 
     scenario: str
@@ -216,6 +232,19 @@ class StressResult:
     drain_bound_s: float = 0.0
     max_loop_stall_s: float = 0.0
     shutdown_s: float = 0.0
+    provider_calls: int = 0
+    provider_calls_by_op: dict[str, int] = attrs.field(factory=dict)
+    provider_call_ms: dict[str, float] = attrs.field(factory=dict)
+    round_trips_per_orch: float | None = None
+    pg_transactions: int | None = None
+    transactions_per_orch: float | None = None
+    pg_wal_bytes: int | None = None
+    wal_bytes_per_orch: float | None = None
+    overhead_ms: float | None = None
+    step_overhead_ms: float | None = None
+    seed_s: float = 0.0
+    seeded_timers: int = 0
+    seeded_history_rows: int = 0
 
     @property
     def rss_growth_mb(self) -> float:

@@ -18,7 +18,7 @@ import traceback
 import uuid
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import anyio.abc
@@ -30,6 +30,7 @@ from ..providers.base import Provider, ProviderFactory
 from ..registry import Registry
 from ..runtime import RecentError, Runtime, RuntimeOptions, open_runtime
 from ._config import StressConfig
+from ._counting import CountingProvider
 from ._result import (
     FailureRecord,
     StressResult,
@@ -39,6 +40,7 @@ from ._result import (
     percentile,
 )
 from ._scenarios import Launch, get_scenario
+from ._seed import SeedResult, register_seeds, seed
 
 __all__ = ["ErrorEntry", "StressAborted", "StressMonitor", "run", "run_suite", "runtime_options"]
 
@@ -169,6 +171,9 @@ class StressMonitor:
         self._fail_fast = False
         self._scope: anyio.CancelScope | None = None
         self._cpu_start = (time.process_time(), time.monotonic())
+        self.counter: CountingProvider | None = None
+        self.calls_in_window: dict[str, int] = {}
+        self.call_ms_in_window: dict[str, float] = {}
 
     # -- readings ---------------------------------------------------------------------------------------
     @property
@@ -409,36 +414,112 @@ async def run(
     scenario = get_scenario(config.scenario)
     reg = registry if registry is not None else Registry()
     scenario.register(reg, config)
+    register_seeds(reg)
     monitor = StressMonitor(config, getattr(factory, "description", None) or "provider", _backend())
     monitor._fail_fast = fail_fast
     provider = await factory.create_provider()
     monitor.provider = getattr(factory, "description", None) or provider.name
+    seeded = SeedResult()
+    pg_url = getattr(factory, "url", None) if provider.name == "postgres" else None
+    before: Any = None
+    after: Any = None
     try:
-        async with open_runtime(provider, reg, runtime_options(config)) as runtime:
-            monitor.runtime = runtime
-            runtime.stats.error_listeners.append(monitor._on_runtime_error)
-            try:
-                with anyio.CancelScope() as scope:
-                    monitor._scope = scope
-                    if monitor.interrupted:  # interrupted while the provider was being created
-                        scope.cancel()
-                    await _load_and_drain(
-                        runtime, scenario.plan, config, monitor, on_progress, progress_interval
-                    )
-            finally:
-                runtime.stats.error_listeners.remove(monitor._on_runtime_error)
-                if monitor.finished_at is None:
-                    monitor.finished_at = time.monotonic()
+        if config.timer_backlog or config.deep_history:
+            seeded = await seed(
+                provider, timer_backlog=config.timer_backlog, deep_history=config.deep_history,
+                concurrency=max(4, config.orchestration_concurrency),
+            )  # fmt: skip
+        run_on: Provider = provider
+        open_peer = getattr(factory, "open_peer", None)
+        if pg_url is not None and open_peer is not None:
+            # A provider of its own for the window: the creating one's connections (migrations, seeding)
+            # close first, so their statistics reach the server before the opening snapshot.
+            run_on = await open_peer(provider)
+            await provider.close()
+        counting = CountingProvider(run_on)
+        monitor.counter = counting
+        if pg_url is not None:
+            before = await _pg_snapshot(pg_url)
+        try:
+            async with open_runtime(cast(Provider, counting), reg, runtime_options(config)) as runtime:
+                monitor.runtime = runtime
+                runtime.stats.error_listeners.append(monitor._on_runtime_error)
+                try:
+                    with anyio.CancelScope() as scope:
+                        monitor._scope = scope
+                        if monitor.interrupted:  # interrupted while the provider was being created
+                            scope.cancel()
+                        await _load_and_drain(
+                            runtime, scenario.plan, config, monitor, on_progress, progress_interval
+                        )
+                finally:
+                    runtime.stats.error_listeners.remove(monitor._on_runtime_error)
+                    if monitor.finished_at is None:
+                        monitor.finished_at = time.monotonic()
+                    if not monitor.calls_in_window:
+                        monitor.calls_in_window = dict(counting.calls)
+                        monitor.call_ms_in_window = counting.mean_ms()
+        finally:
+            if run_on is not provider:
+                with anyio.CancelScope(shield=True):
+                    await run_on.close()
+        if before is not None and pg_url is not None:
+            with anyio.CancelScope(shield=True):
+                after = await _pg_snapshot(pg_url, settled=True)
     finally:
         with anyio.CancelScope(shield=True):
             await _dispose(factory, provider)
         monitor.closed_at = time.monotonic()
-    result = monitor.result(config.scenario)
+    result = _with_costs(monitor.result(config.scenario), monitor, seeded, before, after)
+    if before is not None and after is not None and pg_url is not None:
+        wal = await _pg_wal_diff(pg_url, after.wal_lsn, before.wal_lsn)
+        result = attrs.evolve(
+            result, pg_wal_bytes=wal, wal_bytes_per_orch=(wal / result.completed) if result.completed else None
+        )
     if on_progress is not None:
         on_progress(monitor)
     if monitor.fatal is not None:
         raise StressAborted(monitor.fatal, monitor.fatal_traceback, result, list(monitor.errors))
     return result
+
+
+async def _pg_snapshot(url: str, *, settled: bool = False) -> Any:
+    from ._server_stats import pg_settled_snapshot, pg_snapshot
+
+    return await (pg_settled_snapshot(url) if settled else pg_snapshot(url))
+
+
+async def _pg_wal_diff(url: str, later: str, earlier: str) -> int:
+    from ._server_stats import pg_wal_diff
+
+    return await pg_wal_diff(url, later, earlier)
+
+
+def _with_costs(result: StressResult, monitor: StressMonitor, seeded: SeedResult, before: Any, after: Any) -> StressResult:
+    """``result`` with the cost per orchestration, the sequential overhead and the seeding figures."""
+    config, done = result.config, result.completed
+    calls = monitor.calls_in_window
+    total = sum(calls.values())
+    changes: dict[str, Any] = {
+        "provider_calls": total,
+        "provider_calls_by_op": dict(sorted(calls.items())),
+        "provider_call_ms": {k: round(v, 3) for k, v in sorted(monitor.call_ms_in_window.items())},
+        "round_trips_per_orch": (total / done) if done else None,
+        "seed_s": seeded.seconds,
+        "seeded_timers": seeded.pending_timers,
+        "seeded_history_rows": seeded.history_rows,
+    }
+    if before is not None and after is not None:
+        # Our two snapshots are transactions of their own; they are not the run's.
+        xacts = max(after.transactions - before.transactions - 2, 0)
+        changes["pg_transactions"] = xacts
+        changes["transactions_per_orch"] = (xacts / done) if done else None
+    if config.scenario == "sequential" and result.latency_ms.count:
+        n = config.tasks_per_instance
+        overhead = result.latency_ms.p50 - n * config.activity_delay_ms
+        changes["overhead_ms"] = overhead
+        changes["step_overhead_ms"] = overhead / (n + 1)
+    return attrs.evolve(result, **changes)
 
 
 async def run_suite(
@@ -529,6 +610,8 @@ async def _load_and_drain(
 
     async with anyio.create_task_group() as background:
         background.start_soon(sampler)
+        if monitor.counter is not None:
+            monitor.counter.reset()  # the window starts with the load
         monitor.load_start = time.monotonic()
         monitor.activities_at_load_start = runtime.stats.activities_completed
         monitor._cpu_start = (time.process_time(), monitor.load_start)
@@ -547,6 +630,9 @@ async def _load_and_drain(
                 draining_cut = True
                 instances.cancel_scope.cancel()
         monitor.finished_at = time.monotonic()
+        if monitor.counter is not None:
+            monitor.calls_in_window = dict(monitor.counter.calls)  # and ends with the drain
+            monitor.call_ms_in_window = monitor.counter.mean_ms()
         monitor.phase = "done"
         background.cancel_scope.cancel()
 

@@ -53,6 +53,9 @@ class Scenario:
     is its CLI name (``--scenario``), ``description`` one line for ``--help``."""
     name: str = ""
     description: str = ""
+    #: Tasks per instance the CLI uses for this scenario when ``--tasks`` is not given (``None``: the
+    #: preset's or ``StressConfig``'s default).
+    default_tasks: int | None = None
 
     def register(self, registry: Registry, config: StressConfig) -> None:
         """Add this scenario's orchestrations and activities to ``registry`` (names it already has are
@@ -137,6 +140,41 @@ class Fanout(Scenario):
         n = config.tasks_per_instance
         expected = {"seed": seq, "count": n, "sum": sum(_value(seq, i) for i in range(n))}
         return Launch("StressFanout", {"seed": seq, "tasks": n}, _equals(expected))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# sequential
+
+
+async def _sequential(ctx: OrchestrationContext, input: dict[str, int]) -> dict[str, Any]:
+    seed, n = input["seed"], input["tasks"]
+    results = []
+    for i in range(n):
+        results.append(await ctx.schedule_activity("StressProcessTask", [seed, i]))
+    return {"seed": seed, "results": results}
+
+
+class Sequential(Scenario):
+    """``sequential``: N activities one after another (each scheduled when the previous one completed).
+
+    An instance takes N + 1 orchestration turns (the start, then one per completed activity) and N
+    activities; the result's ``overhead_ms`` = p50 latency − N × ``activity_delay_ms`` and
+    ``step_overhead_ms`` = ``overhead_ms`` / (N + 1), the cost of one turn with its round trips."""
+    name = "sequential"
+    description = (
+        "N activities one after another (N+1 turns); reports the per-step overhead = "
+        "(p50 - N x activity delay) / (N+1); N defaults to 3"
+    )
+    default_tasks = 3
+
+    def register(self, registry: Registry, config: StressConfig) -> None:
+        _register_process_task(registry, config)
+        _add_orchestration(registry, "StressSequential", _sequential)
+
+    def plan(self, seq: int, config: StressConfig) -> Launch:
+        n = config.tasks_per_instance
+        expected = {"seed": seq, "results": [_value(seq, i) for i in range(n)]}
+        return Launch("StressSequential", {"seed": seq, "tasks": n}, _equals(expected))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -448,7 +486,8 @@ class Mixed(Scenario):
 
 
 SCENARIOS: dict[str, type[Scenario]] = {
-    cls.name: cls for cls in (Fanout, LargePayload, Timers, SubOrchestrations, ContinueAsNew, Events, Mixed)
+    cls.name: cls
+    for cls in (Fanout, Sequential, LargePayload, Timers, SubOrchestrations, ContinueAsNew, Events, Mixed)
 }
 
 
