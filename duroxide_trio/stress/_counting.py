@@ -30,7 +30,7 @@ class _Counter:
 
     def __init__(self) -> None:
         self.calls: collections.Counter[str] = collections.Counter()
-        self.seconds: collections.Counter[str] = collections.Counter()
+        self.seconds: collections.defaultdict[str, float] = collections.defaultdict(float)
         self.counting = True
 
 
@@ -91,7 +91,7 @@ class CountingProvider(_Forwarder):
         return self._counter.calls
 
     @property
-    def seconds(self) -> collections.Counter[str]:
+    def seconds(self) -> collections.defaultdict[str, float]:
         """Seconds spent in the calls per method name (wall time, waits of long polls included)."""
         return self._counter.seconds
 
