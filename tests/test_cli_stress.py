@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from duroxide_trio.stress._report import HEADERS
+
 CLI = [sys.executable, "-c", "from duroxide_trio.cli import main; main()", "stress"]
 HEADER = "| Provider | Config | Completed | Failed | Infra | Config | App | Success % |"
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Za-z0-9]|\r")
@@ -30,7 +32,7 @@ def table_rows(stdout: str) -> list[list[str]]:
     rows = []
     for line in stdout.splitlines():
         cells = [c.strip() for c in re.split(r"[│┃|]", line)[1:-1]]
-        if len(cells) == 14 and cells[0] and cells[0] != "Provider":
+        if len(cells) == len(HEADERS) and cells[0] and cells[0] != "Provider":
             rows.append(cells)
     return rows
 
@@ -74,6 +76,7 @@ def test_json_and_tracking(tmp_path: Path) -> None:
     assert run["config"] == {
         "max_concurrent": 8, "duration": 2.0, "tasks_per_instance": 3, "activity_delay_ms": 10,
         "orchestration_concurrency": 2, "worker_concurrency": 2, "wait_timeout": 60.0, "scenario": "fanout",
+        "timer_backlog": 0, "deep_history": 0,
     }  # fmt: skip
     result = run["result"]
     assert result["success_rate"] == 100.0 and result["completed"] == result["launched"] > 0
@@ -164,3 +167,49 @@ def test_dashboard_in_a_terminal(tmp_path: Path) -> None:
     assert "Stress test results" in screen[verdict.end() :]
     assert "PASS: every run reached 100 %" in screen[verdict.end() :]
     assert "FAIL" not in screen
+
+
+def test_sequential_with_a_backlog_reports_cost_overhead_and_seeding(tmp_path: Path) -> None:
+    proc = run_cli(
+        "--scenario", "sequential", "--duration", "1", "--max-concurrent", "2", "--timer-backlog", "1000",
+        "--deep-history", "2000", "--json", "r.json", cwd=tmp_path, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for column in ("Calls/orch", "Xact/orch", "WAL/orch", "Step ovh", "Seed"):
+        assert column in proc.stdout, column
+    lines = [[c.strip() for c in re.split(r"[│┃]", line)[1:-1]] for line in proc.stdout.splitlines()]
+    header = next(cells for cells in lines if cells and cells[0] == "Provider")
+    (row,) = [dict(zip(header, cells, strict=True)) for cells in lines
+              if len(cells) == len(header) and cells[0].startswith("sqlite")]  # fmt: skip
+    calls, xacts, wal, step, seeded = (row[c] for c in ("Calls/orch", "Xact/orch", "WAL/orch", "Step ovh", "Seed"))
+    assert float(calls) > 0 and (xacts, wal) == ("—", "—")  # no server statistics on SQLite
+    assert step != "—" and seeded != "—"
+    result = json.loads((tmp_path / "r.json").read_text())["runs"][0]["result"]
+    assert result["config"]["tasks_per_instance"] == 3  # sequential's default N
+    assert result["seeded_timers"] == 1000 and result["seeded_history_rows"] >= 2000
+    assert result["seed_s"] > 0 and result["round_trips_per_orch"] > 0
+    assert result["step_overhead_ms"] is not None and result["overhead_ms"] is not None
+
+
+def test_sequential_default_tasks_and_seeding_options() -> None:
+    import typer
+
+    from duroxide_trio.cli._stress import stress_configs, stress_request
+
+    assert [c.tasks_per_instance for c in stress_configs("sequential")] == [3]
+    assert [c.tasks_per_instance for c in stress_configs("sequential", overrides={"tasks_per_instance": 4})] == [4]
+    by_name = {c.scenario: c.tasks_per_instance for c in stress_configs("all")}
+    assert by_name["sequential"] == 3 and by_name["fanout"] == 5
+    (config,) = stress_configs("fanout", overrides={"timer_backlog": 7, "deep_history": 9})
+    assert (config.timer_backlog, config.deep_history) == (7, 9)
+    common: dict = dict(
+        provider=None, database_url=None, scenario="fanout", preset=None, suite=False, duration=None,
+        max_concurrent=None, tasks=None, activity_delay_ms=None, orch_concurrency=None, worker_concurrency=None,
+        wait_timeout=None, report_path=None, chaos=None, chaos_own_database=False,
+    )  # fmt: skip
+    from duroxide_trio.cli._provider import Backend
+
+    with pytest.raises(typer.BadParameter, match="single-process"):
+        stress_request(**common, processes=2, backend=Backend.trio, timer_backlog=10)
+    request = stress_request(**common, processes=None, backend=Backend.trio, timer_backlog=10, deep_history=20)
+    assert (request.configs[0].timer_backlog, request.configs[0].deep_history) == (10, 20)

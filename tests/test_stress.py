@@ -261,5 +261,5 @@ async def test_config_validation_and_presets(tmp_path: Path, anyio_backend: str)
     assert stress.StressConfig().concurrency_label == "2:2"
     assert stress.StressConfig(**stress.PRESETS["high-concurrency"]).concurrency_label == "4:4"
     assert set(stress.SCENARIOS) == {
-        "fanout", "large-payload", "timers", "sub-orchestrations", "continue-as-new", "events", "mixed"
+        "fanout", "sequential", "large-payload", "timers", "sub-orchestrations", "continue-as-new", "events", "mixed"
     }  # fmt: skip

@@ -279,6 +279,8 @@ def _key(r: StressResult) -> str:
     return (
         f"{r.provider}|{r.scenario}|{c.concurrency_label}|mc={c.max_concurrent}|tasks={c.tasks_per_instance}"
         f"|delay={c.activity_delay_ms}|duration={c.duration:g}"
+        + (f"|timers={c.timer_backlog}" if c.timer_backlog else "")
+        + (f"|history={c.deep_history}" if c.deep_history else "")
     )
 
 

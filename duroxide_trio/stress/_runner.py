@@ -52,6 +52,17 @@ MAX_LISTED_FAILURES = 200
 DRAIN_SLACK = 5.0
 #: An event-loop stall longer than this (seconds) is reported on the dashboard and in the result.
 STALL_REPORT_S = 1.0
+#: The waiters' fallback status reads, all instances together, per second at most (the in-process
+#: notification wakes a waiter at its completion; the poll only covers a missed one). A 1 s poll per
+#: waiter would be 1000 reads/s at 1000 in flight: measured, that starves the dispatchers (SQLite's one
+#: connection thread, PostgreSQL's pool) until instances time out.
+WAIT_POLLS_PER_S = 20.0
+
+
+def wait_poll_interval(config: StressConfig) -> float:
+    """Seconds between one waiter's fallback status reads: 1 s up to 20 in flight (as before), then
+    ``max_concurrent / WAIT_POLLS_PER_S`` (50 s at 1000 in flight)."""
+    return max(1.0, config.max_concurrent / WAIT_POLLS_PER_S)
 
 
 def runtime_options(config: StressConfig) -> RuntimeOptions:
@@ -668,7 +679,9 @@ async def _one_instance(
             tg.start_soon(run_driver)
         try:
             remaining = max(config.wait_timeout - (time.monotonic() - started), 0.0)
-            state = await client.wait_for_orchestration(instance_id, timeout=remaining)
+            state = await client.wait_for_orchestration(
+                instance_id, timeout=remaining, poll_interval=wait_poll_interval(config)
+            )
         except TimeoutError as exc:
             timed_out = exc
         except Exception as exc:  # noqa: BLE001 - e.g. a provider error while polling
