@@ -25,6 +25,7 @@ from typing import Any
 import anyio
 import attrs
 
+from ..history import Status
 from ..registry import Registry
 from ..runtime import RuntimeOptions, open_runtime
 
@@ -106,7 +107,7 @@ async def seed(provider: Any, *, timer_backlog: int = 0, deep_history: int = 0, 
                 await client.start_orchestration(instance_id, name, input)
                 if name == "StressDeep":
                     state = await client.wait_for_orchestration(instance_id, timeout=600.0)
-                    if state.status.value != "Completed":
+                    if state.status is not Status.COMPLETED:
                         raise RuntimeError(f"seed instance {instance_id} ended {state.status.value}")
                     return
                 with anyio.fail_after(600.0):
