@@ -53,8 +53,11 @@ _DATA_MARK = "<!-- duroxide-stress "
 
 #: Columns the terminal table leaves out, in this order, until it fits the console width (indexes into
 #: ``HEADERS``): the failure categories first (``Failed`` still counts them all), then Activity/s, Peak
-#: RSS, p95, Completed, Seed, Step ovh (its figure is in --json).
-DROP_ORDER = (4, 5, 6, 9, 13, 11, 2, 18, 17)
+#: RSS, p95, Completed, then the cost columns (Seed, Step ovh, WAL/orch, Xact/orch). Before any of them,
+#: a cost column that is ``—`` in every row (e.g. Xact/orch and WAL/orch on SQLite) is left out.
+DROP_ORDER = (4, 5, 6, 9, 13, 11, 2, 18, 17, 16, 15)
+#: The cost columns (indexes into ``HEADERS``), left out first when they are empty in every row.
+COST_COLUMNS = (14, 15, 16, 17, 18)
 
 
 def _per_orch(value: float | None) -> str:
@@ -138,7 +141,14 @@ def comparison_table(
 
     measure = Console(width=10_000, file=open(os.devnull, "w"))  # noqa: SIM115 - closed below
     try:
+        if measure.measure(table).maximum > width:
+            rows = comparison_rows(results)
+            empty = [i for i in COST_COLUMNS if all(row[i] == "—" for row in rows)]
+            columns = [i for i in columns if i not in empty]
+            table = _table(results, title, columns)
         for drop in DROP_ORDER:
+            if drop not in columns:
+                continue
             if measure.measure(table).maximum <= width:
                 break
             columns.remove(drop)
