@@ -175,14 +175,14 @@ def test_sequential_with_a_backlog_reports_cost_overhead_and_seeding(tmp_path: P
         "--deep-history", "2000", "--json", "r.json", cwd=tmp_path, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    for column in ("Calls/orch", "Xact/orch", "WAL/orch", "Step ovh", "Seed"):
+    for column in ("Calls/orch", "Step ovh", "Seed"):
         assert column in proc.stdout, column
     lines = [[c.strip() for c in re.split(r"[│┃]", line)[1:-1]] for line in proc.stdout.splitlines()]
     header = next(cells for cells in lines if cells and cells[0] == "Provider")
     (row,) = [dict(zip(header, cells, strict=True)) for cells in lines
               if len(cells) == len(header) and cells[0].startswith("sqlite")]  # fmt: skip
-    calls, xacts, wal, step, seeded = (row[c] for c in ("Calls/orch", "Xact/orch", "WAL/orch", "Step ovh", "Seed"))
-    assert float(calls) > 0 and (xacts, wal) == ("—", "—")  # no server statistics on SQLite
+    calls, xacts, wal, step, seeded = (row.get(c, "—") for c in ("Calls/orch", "Xact/orch", "WAL/orch", "Step ovh", "Seed"))
+    assert float(calls) > 0 and (xacts, wal) == ("—", "—")  # no server statistics on SQLite (or left out)
     assert step != "—" and seeded != "—"
     result = json.loads((tmp_path / "r.json").read_text())["runs"][0]["result"]
     assert result["config"]["tasks_per_instance"] == 3  # sequential's default N
