@@ -641,6 +641,8 @@ WORK_ITEM_KINDS: dict[str, type] = {
 # Codec
 
 _conv = cattrs.Converter(forbid_extra_keys=False)
+#: ``json.dumps(value, separators=(",", ":"))`` without building an encoder per call (same bytes).
+_dumps = json.JSONEncoder(separators=(",", ":")).encode
 
 
 class HistoryDecodeError(DuroxideError, ValueError):
@@ -708,7 +710,7 @@ def event_from_dict(d: dict[str, Any]) -> Event:
 
 def encode_event(ev: Event) -> str:
     """``ev`` as compact JSON text (the stored form)."""
-    return json.dumps(event_to_dict(ev), separators=(",", ":"))
+    return _dumps(event_to_dict(ev))
 
 
 def decode_event(text: str | bytes) -> Event:
@@ -750,7 +752,7 @@ def work_item_from_dict(d: dict[str, Any]) -> WorkItem:
 
 def encode_work_item(item: WorkItem) -> str:
     """``item`` as compact JSON text (the stored queue message)."""
-    return json.dumps(work_item_to_dict(item), separators=(",", ":"))
+    return _dumps(work_item_to_dict(item))
 
 
 def decode_work_item(text: str | bytes) -> WorkItem:
