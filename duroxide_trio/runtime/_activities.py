@@ -18,6 +18,7 @@ from ..activity import ActivityContext
 from ..history import ActivityError, ActivityExecute, ActivityResult, ErrorDetails
 from ..orchestration import limits
 from ..orchestration._replay import describe_exception
+from ..orchestration.context import KV_READ_ACTIVITY
 from ..providers.base import ProviderError, ProviderErrorKind, WorkItemLease, as_batch, as_provider_error
 from ..registry import ActivityHandler, Registry, decode_payload, encode_payload
 from ._env import Fetcher, FetchFailed, WorkerEnv
@@ -203,6 +204,19 @@ class Acker:
             return [exc] * len(entries)
 
 
+async def _kv_read(ctx: ActivityContext, request: dict[str, Any]) -> dict[str, Any]:
+    """The built-in activity behind ``ctx.get_value_from_instance``: the committed value of
+    ``request["key"]`` of ``request["instance"]`` as JSON text (``None``: nothing stored)."""
+    texts = await ctx.client._value_texts(str(request["instance"]))
+    return {"value": texts.get(str(request["key"]))}
+
+
+#: Activities every runtime serves itself (their names are reserved in the registry).
+_BUILTIN_ACTIVITIES = {
+    KV_READ_ACTIVITY: ActivityHandler(KV_READ_ACTIVITY, _kv_read, dict, dict, True, True),
+}
+
+
 def _failure(kind: str, message: str, category: str = "application") -> ErrorDetails:
     return ErrorDetails(category, kind, limits.truncate_message(message))
 
@@ -242,7 +256,7 @@ def decide_activity(
         )
         message += f"; {blocked_note}" if blocked_note else " (each delivery crashed its process or lost its lock)"
         return _Complete(error(_failure("Activity", message, "poison")), message)
-    handler = registry.get_activity(item.name)
+    handler = registry.get_activity(item.name) or _BUILTIN_ACTIVITIES.get(item.name)
     if handler is None:
         if lease.attempt_count >= options.max_attempts:
             message = (f"poison: activity {item.name!r} is not registered (gave up after "
