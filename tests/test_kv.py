@@ -145,3 +145,97 @@ async def test_limits_fail_the_instance(make_provider):
         assert await client.get_values("big") == {}
         assert len(await client.get_values("many")) == 150  # the writes before the failing one commit
         assert bad.output is not None and "non-empty string" in bad.output
+
+
+# ------------------------------------------------------------------------------ the engine, on plain lists
+
+
+def _engine():
+    from test_engine import Fn, Instance, assert_nondeterministic
+
+    return Fn, Instance, assert_nondeterministic
+
+
+def test_engine_replays_values_from_history_not_storage():
+    from duroxide_trio import history as h
+
+    Fn, Instance, _ = _engine()
+    seen: list = []
+
+    async def orch(ctx, _):
+        ctx.set_value("n", 1)
+        seen.append(ctx.get_value("n"))
+        await ctx.wait_for_event("go")
+        ctx.set_value("n", ctx.get_value("n") + 1)
+        seen.append(ctx.get_value("n"))
+        return ctx.get_values()
+
+    inst = Instance(orch)
+    assert inst.types()[:2] == ["OrchestrationStarted", "KeyValueSet"]
+    r = inst.turn([h.ExternalRaised("i", "go", None)])
+    assert r.status == dt.Status.COMPLETED and r.output == '{"n":2}'
+    assert seen == [1, 1, 2]  # the replay saw the state of its own point: 1, then 2
+
+
+def test_engine_changed_value_on_replay_is_nondeterministic():
+    from duroxide_trio import history as h
+
+    Fn, Instance, assert_nondeterministic = _engine()
+
+    async def old(ctx, _):
+        ctx.set_value("k", "old")
+        await ctx.wait_for_event("go")
+
+    async def new(ctx, _):
+        ctx.set_value("k", "new")
+        await ctx.wait_for_event("go")
+
+    inst = Instance(old)
+    r = inst.turn([h.ExternalRaised("i", "go", None)], handler=Fn(new))
+    assert_nondeterministic(r, "KeyValueSet(key='k', value='\"old\"')", "KeyValueSet(key='k', value='\"new\"')")
+
+
+def test_engine_clear_all_and_continue_as_new_carry():
+    Fn, Instance, _ = _engine()
+
+    async def orch(ctx, _):
+        ctx.set_value("a", 1)
+        ctx.set_value("b", 2)
+        ctx.clear_values()
+        ctx.set_value("c", 3)
+        return await ctx.continue_as_new(None)
+
+    inst = Instance(orch)
+    can = inst.last.orchestrator_items[-1]
+    assert type(can).__name__ == "ContinueAsNew"
+    assert can.initial_values == {"c": "3"}
+
+
+def test_engine_bad_keys_raise_type_error():
+    Fn, Instance, _ = _engine()
+    errors: list[str] = []
+
+    async def orch(ctx, _):
+        for bad in ("", None, 3):
+            for call in (lambda k: ctx.set_value(k, 1), ctx.get_value, ctx.clear_value):
+                try:
+                    call(bad)
+                except TypeError as exc:
+                    errors.append(str(exc))
+        return len(errors)
+
+    inst = Instance(orch)
+    assert inst.last.output == "9"
+    assert all("non-empty string" in e for e in errors)
+
+
+def test_kv_rows_net_a_turns_writes():
+    from duroxide_trio.history import Event
+    from duroxide_trio.providers._kernel import kv_rows
+
+    evs = [KeyValueSet("a", "1"), KeyValueSet("b", "2"), KeyValueCleared("a"), KeyValueCleared(None),
+           KeyValueSet("c", "3"), KeyValueCleared("d"), KeyValueSet("d", "4"), KeyValueSet("c", "5")]
+    rows = kv_rows([Event(i + 1, k) for i, k in enumerate(evs)])
+    assert rows.clear_all and rows.deleted == [] and dict(zip(rows.keys, rows.values, strict=True)) == {
+        "c": "5", "d": "4"}
+    assert not kv_rows([]).changed
