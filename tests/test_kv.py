@@ -239,3 +239,25 @@ def test_kv_rows_net_a_turns_writes():
     assert rows.clear_all and rows.deleted == [] and dict(zip(rows.keys, rows.values, strict=True)) == {
         "c": "5", "d": "4"}
     assert not kv_rows([]).changed
+
+
+class _NoTableSqlite(dt.SqliteProvider):
+    """A provider that does not declare the key-value table (as a third-party provider might not)."""
+
+    capabilities = dt.providers.base.ProviderCapabilities(batch_work_items=True, work_outlook=True)
+
+
+async def test_provider_without_table_reads_from_history(tmp_path):
+    reg = kv_registry()
+
+    async def make():
+        return await _NoTableSqlite.open(tmp_path / "plain.db")
+
+    async with running(make, reg) as (provider, client):
+        assert dt.providers.base.as_key_values(provider) is None
+        await client.start_orchestration("w", "Writer")
+        await client.wait_for_orchestration("w", timeout=15)
+        await client.start_orchestration("r", "Reader", "w")
+        state = await client.wait_for_orchestration("r", timeout=15)
+        assert await client.get_values("w") == {"a": 2, "cart": {"items": ["x", "y"], "total": 3}}
+        assert state.output == [3, None]

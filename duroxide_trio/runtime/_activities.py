@@ -15,11 +15,18 @@ import sniffio
 
 from .._retry import Retry
 from ..activity import ActivityContext
-from ..history import ActivityError, ActivityExecute, ActivityResult, ErrorDetails
+from ..history import ActivityError, ActivityExecute, ActivityResult, ErrorDetails, kv_state
 from ..orchestration import limits
 from ..orchestration._replay import describe_exception
 from ..orchestration.context import KV_READ_ACTIVITY
-from ..providers.base import ProviderError, ProviderErrorKind, WorkItemLease, as_batch, as_provider_error
+from ..providers.base import (
+    ProviderError,
+    ProviderErrorKind,
+    WorkItemLease,
+    as_batch,
+    as_key_values,
+    as_provider_error,
+)
 from ..registry import ActivityHandler, Registry, decode_payload, encode_payload
 from ._env import Fetcher, FetchFailed, WorkerEnv
 from .options import RuntimeOptions
@@ -207,7 +214,12 @@ class Acker:
 async def _kv_read(ctx: ActivityContext, request: dict[str, Any]) -> dict[str, Any]:
     """The built-in activity behind ``ctx.get_value_from_instance``: the committed value of
     ``request["key"]`` of ``request["instance"]`` as JSON text (``None``: nothing stored)."""
-    texts = await ctx.client._value_texts(str(request["instance"]))
+    instance = str(request["instance"])
+    store = as_key_values(ctx.client.provider)
+    if store is not None:
+        texts = await store.get_kv_values(instance)
+    else:  # a provider without the table: the state rebuilt from the current execution's history
+        texts = kv_state(await ctx.client.get_history(instance))
     return {"value": texts.get(str(request["key"]))}
 
 
