@@ -428,3 +428,8 @@ class Registry:
     def decode_event_data(self, name: str, text: str | None) -> Any:
         """The JSON data of event or queue message ``name`` as plain JSON; raises ``PayloadError``."""
         return decode_payload(text)
+
+    def decode_value(self, text: str | None, hint: Any) -> Any:
+        """A key-value value (``ctx.get_value``) as type ``hint`` (plain JSON for ``None``); raises
+        ``PayloadError``."""
+        return decode_payload(text, hint)
