@@ -34,6 +34,7 @@ CATEGORY_MODULES: dict[str, str] = {
     "pruning": "pruning",
     "bulk_deletion": "bulk_deletion",
     "custom_status": "custom_status",
+    "kv": "kv",
 }
 
 #: Per-test time limit (seconds) of the runner and the pytest plugin.
