@@ -64,6 +64,8 @@ class WorkerEnv:
     asyncio_loop: AsyncioLoopThread
     services: anyio.abc.TaskGroup
     stop: StopSignal
+    #: This runtime's id as a session owner (one per ``open_runtime``).
+    worker_id: str = ""
 
     @property
     def stopping(self) -> bool:

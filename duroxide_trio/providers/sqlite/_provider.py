@@ -26,7 +26,9 @@ class SqliteProvider(QueuesJob, HistoryJob, ManagementJob, LeasesJob):
     """Durable state in one SQLite file (or in memory). Use ``await SqliteProvider.open(path)``."""
 
     #: Batch work items, process leases and the work outlook; no cross-process listener (SQLite has none).
-    capabilities = ProviderCapabilities(batch_work_items=True, process_leases=True, work_outlook=True)
+    capabilities = ProviderCapabilities(
+        batch_work_items=True, process_leases=True, work_outlook=True, worker_routing=True
+    )
 
     @classmethod
     async def open(
