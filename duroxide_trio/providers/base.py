@@ -133,6 +133,13 @@ def _check_tag(tag: object) -> str:
     return tag
 
 
+def _tag_args(tags: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``tags`` as given, or the members of one set/list/tuple given alone (``TagFilter.tags({"a", "b"})``)."""
+    if len(tags) == 1 and isinstance(tags[0], (set, frozenset, list, tuple)):
+        return tuple(tags[0])
+    return tags
+
+
 @attrs.frozen
 class TagFilter:
     """Which activity tags a runtime runs (``RuntimeOptions.activity_tags``). An activity scheduled with
@@ -161,8 +168,7 @@ class TagFilter:
     @classmethod
     def tags(cls, *tags: str) -> TagFilter:
         """Only activities carrying one of ``tags`` (at least one)."""
-        if len(tags) == 1 and not isinstance(tags[0], str):
-            tags = tuple(tags[0])  # TagFilter.tags({"gpu", "io"})
+        tags = _tag_args(tags)
         if not tags:
             raise ValueError("TagFilter.tags() needs at least one tag (TagFilter.default_only() runs untagged work)")
         return cls(untagged=False, tags_accepted=frozenset(_check_tag(t) for t in tags))
@@ -170,8 +176,7 @@ class TagFilter:
     @classmethod
     def default_and(cls, *tags: str) -> TagFilter:
         """Untagged activities and those carrying one of ``tags``."""
-        if len(tags) == 1 and not isinstance(tags[0], str):
-            tags = tuple(tags[0])
+        tags = _tag_args(tags)
         return cls(untagged=True, tags_accepted=frozenset(_check_tag(t) for t in tags))
 
     @classmethod
