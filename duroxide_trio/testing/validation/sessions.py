@@ -27,7 +27,10 @@ from ._support import (
 )
 
 
-def owner(name: str, *, session_lock: float = LONG, max_sessions: int = 100, tags: TagFilter | None = None) -> WorkerRouting:
+def owner(
+    name: str, *, session_lock: float = LONG, max_sessions: int = 100, tags: TagFilter | None = None
+) -> WorkerRouting:
+    """The routing of session owner ``name`` (every tag unless ``tags``)."""
     return WorkerRouting(
         tags=tags if tags is not None else TagFilter.any(), owner=name, session_lock_timeout=session_lock,
         max_sessions=max_sessions,
