@@ -112,6 +112,8 @@ async def activity_worker(
                     for lease in leases:
                         await _give_back(env, lease)
                 break
+            if any(lease.item.session_id is not None for lease in leases):
+                env.sessions.fetched()
             # Fetched work counts as busy from now on: the acker outlives every fetched item.
             env.stats.busy_activity_workers += len(leases)
             for lease in leases:
@@ -142,7 +144,8 @@ def routing_of(env: WorkerEnv) -> WorkerRouting:
 
 async def run_session_renewer(env: WorkerEnv) -> None:
     """Keep this runtime's sessions: renew the locks of those with work (or recent work) and release the
-    idle ones, every renewal interval of the worker lock; release them all when the runtime stops."""
+    idle ones, every renewal interval of the worker lock while it owns any (it sleeps on
+    ``env.sessions`` otherwise); release them all when the runtime stops."""
     routed = as_routing(env.provider)
     if routed is None:
         return
@@ -151,12 +154,18 @@ async def run_session_renewer(env: WorkerEnv) -> None:
         options.renewal_interval(options.worker_lock_timeout, options.worker_lock_renewal_buffer),
         max(options.session_idle_timeout / 2, 0.05),
     )
+    owned = 0
     try:
         while not env.stopping:
+            if owned == 0:
+                await env.sessions.wait()  # no timer while this runtime owns no session
             await env.clock.sleep(interval)
             try:
-                await routed.renew_sessions(env.worker_id, options.worker_lock_timeout, options.session_idle_timeout)
+                owned = await routed.renew_sessions(
+                    env.worker_id, options.worker_lock_timeout, options.session_idle_timeout
+                )
             except ProviderError as exc:
+                owned = max(owned, 1)  # unknown: keep renewing
                 env.errors.record(_ROLE, exc, expected=exc.retryable)
     finally:
         with anyio.CancelScope(shield=True), anyio.move_on_after(5):
