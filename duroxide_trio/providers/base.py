@@ -157,7 +157,7 @@ class TagFilter:
     """
 
     untagged: bool = True
-    tags_accepted: frozenset[str] = frozenset()
+    tags_accepted: tuple[str, ...] = ()  # sorted, no duplicates (JSON-friendly in attrs.asdict)
     all_tags: bool = False
 
     @classmethod
@@ -171,13 +171,13 @@ class TagFilter:
         tags = _tag_args(tags)
         if not tags:
             raise ValueError("TagFilter.tags() needs at least one tag (TagFilter.default_only() runs untagged work)")
-        return cls(untagged=False, tags_accepted=frozenset(_check_tag(t) for t in tags))
+        return cls(untagged=False, tags_accepted=tuple(sorted({_check_tag(t) for t in tags})))
 
     @classmethod
     def default_and(cls, *tags: str) -> TagFilter:
         """Untagged activities and those carrying one of ``tags``."""
         tags = _tag_args(tags)
-        return cls(untagged=True, tags_accepted=frozenset(_check_tag(t) for t in tags))
+        return cls(untagged=True, tags_accepted=tuple(sorted({_check_tag(t) for t in tags})))
 
     @classmethod
     def any(cls) -> TagFilter:
@@ -193,7 +193,7 @@ class TagFilter:
     def __repr__(self) -> str:
         if self.all_tags:
             return "TagFilter.any()"
-        names = ", ".join(repr(t) for t in sorted(self.tags_accepted))
+        names = ", ".join(repr(t) for t in self.tags_accepted)
         if not self.untagged:
             return f"TagFilter.tags({names})"
         return f"TagFilter.default_and({names})" if names else "TagFilter.default_only()"
@@ -217,7 +217,7 @@ class WorkerRouting:
 
     def tag_params(self) -> tuple[bool, bool, list[str]]:
         """``(untagged, all tags, accepted tags)`` for a fetch query."""
-        return self.tags.untagged, self.tags.all_tags, sorted(self.tags.tags_accepted)
+        return self.tags.untagged, self.tags.all_tags, list(self.tags.tags_accepted)
 
 
 @attrs.frozen
