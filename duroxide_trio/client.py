@@ -24,6 +24,7 @@ from .history import (
     QueueMessage,
     StartOrchestration,
     Status,
+    kv_state,
 )
 from .orchestration.context import check_instance_id
 from .orchestration.limits import MAX_NAME_BYTES, MAX_PAYLOAD_BYTES, check_text
@@ -39,6 +40,7 @@ from .providers.base import (
     PruneResult,
     QueueDepths,
     SystemMetrics,
+    as_key_values,
 )
 from .registry import Registry, decode_payload, encode_payload, parse_version
 
@@ -385,6 +387,50 @@ class Client:
             return None
         text, version = got
         return (None if text is None else json.loads(text)), version
+
+    # durable key-value state ----------------------------------------------------------------------
+    async def get_value(self, instance_id: str, key: str, default: Any = None, *, type: Any = None) -> Any:
+        """The committed value of ``key`` in the key-value state of ``instance_id`` (``ctx.set_value``).
+
+        Args:
+            instance_id: The instance.
+            key: The key.
+            default: Returned when the key (or the instance) holds nothing.
+            type: Convert the JSON value to this type; default: plain JSON values.
+
+        Returns:
+            The value as of the instance's last committed turn, or ``default``.
+
+        Raises:
+            ValueError: An empty or non-string instance id or key.
+            PayloadError: The value does not convert to ``type``.
+        """
+        _check_id(key, "key")
+        text = (await self._value_texts(instance_id)).get(key)
+        return default if text is None else decode_payload(text, type)
+
+    async def get_values(self, instance_id: str) -> dict[str, Any]:
+        """Every key of the key-value state of ``instance_id`` with its value (plain JSON values).
+
+        Args:
+            instance_id: The instance.
+
+        Returns:
+            ``{key: value}`` as of the last committed turn (empty for an unknown instance).
+
+        Raises:
+            ValueError: An empty or non-string instance id.
+        """
+        return {k: decode_payload(v) for k, v in sorted((await self._value_texts(instance_id)).items())}
+
+    async def _value_texts(self, instance_id: str) -> dict[str, str]:
+        """Key to JSON text: the provider's key-value table, or (a provider without one) the state
+        rebuilt from the current execution's history."""
+        _check_id(instance_id, "instance_id")
+        store = as_key_values(self.provider)
+        if store is not None:
+            return await store.get_kv_values(instance_id)
+        return kv_state(await self._admin().read_history(instance_id))
 
     # management -----------------------------------------------------------------------------------
     def _admin(self) -> ProviderAdmin:

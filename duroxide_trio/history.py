@@ -31,6 +31,7 @@ __all__ = [
     "HistoryDecodeError",
     "UnknownEventKind",
     "kind_name",
+    "kv_state",
 ]
 
 #: Old names of event classes renamed because they clashed with exceptions (still importable, deprecated).
@@ -96,7 +97,8 @@ class OrchestrationStarted:
     orchestration and the version that runs; ``input``: its JSON input; ``parent_instance``/``parent_id``
     (the parent's ``SubOrchestrationScheduled`` event id)/``parent_execution_id``: set for a
     sub-orchestration; ``carry_forward``: ``(queue, data)`` messages not yet dequeued when the previous
-    execution continued as new; ``initial_custom_status``: the custom status carried over with them."""
+    execution continued as new; ``initial_custom_status``: the custom status carried over with them;
+    ``initial_values``: the key-value state (key to JSON value) carried over by a continue-as-new."""
 
     name: str
     version: str
@@ -106,6 +108,7 @@ class OrchestrationStarted:
     parent_execution_id: int | None = None
     carry_forward: list[tuple[str, str | None]] = attrs.field(factory=list)
     initial_custom_status: str | None = None
+    initial_values: dict[str, str] = attrs.field(factory=dict)
 
 
 @attrs.frozen
@@ -289,6 +292,42 @@ class CustomStatusUpdated:
     status: str | None = None
 
 
+@attrs.frozen
+class KeyValueSet:
+    """Decision: ``ctx.set_value``; ``key`` now holds ``value`` (JSON text). The provider's materialised
+    key-value table is updated in the same commit as this event."""
+
+    key: str
+    value: str
+
+
+@attrs.frozen
+class KeyValueCleared:
+    """Decision: ``ctx.clear_value(key)`` (``key`` set) or ``ctx.clear_values()`` (``key`` ``None``:
+    every key of the instance)."""
+
+    key: str | None = None
+
+
+def kv_state(events: Any, initial: dict[str, str] | None = None) -> dict[str, str]:
+    """The key-value state after ``events`` (key to JSON value), starting from ``initial`` (or from the
+    ``initial_values`` of an ``OrchestrationStarted`` among them). Pure; what the provider's table holds
+    after the same events."""
+    state: dict[str, str] = dict(initial or {})
+    for ev in events:
+        kind = ev.kind
+        if isinstance(kind, OrchestrationStarted):
+            state = dict(kind.initial_values)
+        elif isinstance(kind, KeyValueSet):
+            state[kind.key] = kind.value
+        elif isinstance(kind, KeyValueCleared):
+            if kind.key is None:
+                state.clear()
+            else:
+                state.pop(kind.key, None)
+    return state
+
+
 EventKind = (
     OrchestrationStarted
     | OrchestrationCompleted
@@ -313,6 +352,8 @@ EventKind = (
     | SubOrchestrationCancelRequested
     | OrchestrationChained
     | CustomStatusUpdated
+    | KeyValueSet
+    | KeyValueCleared
 )
 
 #: Stored type tags that are not the class name (the class was renamed; the stored tag never changes).
@@ -348,6 +389,8 @@ EVENT_KINDS: dict[str, type] = {
         SubOrchestrationCancelRequested,
         OrchestrationChained,
         CustomStatusUpdated,
+        KeyValueSet,
+        KeyValueCleared,
     )
 }
 
@@ -370,6 +413,8 @@ DECISION_KINDS = (
     SubOrchestrationScheduled,
     OrchestrationChained,
     CustomStatusUpdated,
+    KeyValueSet,
+    KeyValueCleared,
     ActivityCancelRequested,
     ExternalSubscribedCancelled,
     QueueSubscriptionCancelled,
@@ -586,7 +631,8 @@ class CancelInstance:
 class ContinueAsNew:
     """Starts execution ``execution_id`` of ``instance`` after ``ctx.continue_as_new``: ``name``, JSON
     ``input``, requested ``version``, undelivered mailbox messages (``carry_forward``), the custom status
-    (``initial_custom_status``) and the parent link (``parent_*``) carried over."""
+    (``initial_custom_status``), the parent link (``parent_*``) and the key-value state (``initial_values``)
+    carried over."""
 
     instance: str
     name: str
@@ -598,6 +644,7 @@ class ContinueAsNew:
     parent_instance: str | None = None
     parent_id: int | None = None
     parent_execution_id: int | None = None
+    initial_values: dict[str, str] = attrs.field(factory=dict)
 
     @property
     def target_instance(self) -> str:
@@ -641,6 +688,8 @@ WORK_ITEM_KINDS: dict[str, type] = {
 # Codec
 
 _conv = cattrs.Converter(forbid_extra_keys=False)
+#: ``json.dumps(value, separators=(",", ":"))`` without building an encoder per call (same bytes).
+_dumps = json.JSONEncoder(separators=(",", ":")).encode
 
 
 class HistoryDecodeError(DuroxideError, ValueError):
@@ -708,7 +757,7 @@ def event_from_dict(d: dict[str, Any]) -> Event:
 
 def encode_event(ev: Event) -> str:
     """``ev`` as compact JSON text (the stored form)."""
-    return json.dumps(event_to_dict(ev), separators=(",", ":"))
+    return _dumps(event_to_dict(ev))
 
 
 def decode_event(text: str | bytes) -> Event:
@@ -750,7 +799,7 @@ def work_item_from_dict(d: dict[str, Any]) -> WorkItem:
 
 def encode_work_item(item: WorkItem) -> str:
     """``item`` as compact JSON text (the stored queue message)."""
-    return json.dumps(work_item_to_dict(item), separators=(",", ":"))
+    return _dumps(work_item_to_dict(item))
 
 
 def decode_work_item(text: str | bytes) -> WorkItem:

@@ -28,6 +28,24 @@ converter.register_unstructure_hook(uuid.UUID, str)
 converter.register_structure_hook(uuid.UUID, lambda v, _: v if isinstance(v, uuid.UUID) else uuid.UUID(str(v)))
 
 _VERSION_RE = re.compile(r"^\d+(\.\d+){0,2}$")
+#: ``json.dumps(value, separators=(",", ":"), allow_nan=False)`` without building an encoder per call.
+_dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+def _plain(value: Any, depth: int = 0) -> bool:
+    """Whether ``value`` is plain JSON already (exact ``str``/``int``/``float``/``bool``/``None``, lists
+    and ``str``-keyed dicts of them): the converter would return it unchanged, so it is skipped."""
+    kind = type(value)
+    if kind in _SCALARS:
+        return True
+    if depth > 16:
+        return False
+    if kind is list:
+        return all(_plain(v, depth + 1) for v in value)
+    if kind is dict:
+        return all(type(k) is str and _plain(v, depth + 1) for k, v in value.items())
+    return False
 
 
 def encode_payload(value: Any, what: str = "value") -> str | None:
@@ -48,7 +66,7 @@ def encode_payload(value: Any, what: str = "value") -> str | None:
     if value is None:
         return None
     try:
-        return json.dumps(converter.unstructure(value), separators=(",", ":"), allow_nan=False)
+        return _dumps(value if _plain(value) else converter.unstructure(value))
     except RecursionError:
         raise PayloadError(f"{what} is nested too deeply to become JSON ({type(value).__name__})") from None
     except Exception as exc:  # TypeError, ValueError (NaN), or a hook of the user's that raised
@@ -410,3 +428,8 @@ class Registry:
     def decode_event_data(self, name: str, text: str | None) -> Any:
         """The JSON data of event or queue message ``name`` as plain JSON; raises ``PayloadError``."""
         return decode_payload(text)
+
+    def decode_value(self, text: str | None, hint: Any) -> Any:
+        """A key-value value (``ctx.get_value``) as type ``hint`` (plain JSON for ``None``); raises
+        ``PayloadError``."""
+        return decode_payload(text, hint)

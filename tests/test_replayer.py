@@ -149,11 +149,11 @@ def _edit(tmp_path: Path, scenario: str, change) -> Path:
 
 def test_unknown_event_kind_from_a_newer_engine_is_reported(tmp_path):
     path = _edit(tmp_path, "Running", lambda evs: evs.append(
-        {"type": "KeyValueSet", "event_id": len(evs) + 1, "key": "k", "value": "v", "timestamp_ms": 1}
+        {"type": "SessionClaimedByAFutureEngine", "event_id": len(evs) + 1, "key": "k", "timestamp_ms": 1}
     ))
     [report] = Replayer(fx.registry).replay_file(path)
     assert report.outcome == "unknown-event-kind" and not report.ok
-    assert "'KeyValueSet'" in report.detail and "newer engine" in report.detail
+    assert "'SessionClaimedByAFutureEngine'" in report.detail and "newer engine" in report.detail
 
 
 def test_undecodable_histories_are_reported_not_raised(tmp_path):

@@ -11,7 +11,7 @@ import anyio
 import attrs
 import pytest
 
-from duroxide_trio.history import ActivityExecute, Event, StartOrchestration, TimerDue, WorkItem
+from duroxide_trio.history import ActivityExecute, Event, KeyValueSet, StartOrchestration, TimerDue, WorkItem
 from duroxide_trio.providers.base import (
     DeleteResult,
     ExecutionMetadata,
@@ -284,6 +284,36 @@ class CustomStatusAlwaysChanged(Wrapper):
         return await self._inner.get_custom_status(instance_id, -1)
 
 
+class KvWritesBeforeAck(Wrapper):
+    """Writes the turn's ``KeyValueSet`` rows in their own statement before the ack (not atomic with it)."""
+
+    async def ack_orchestration_item(
+        self, lock_token: str, execution_id: int, history_delta: Sequence[Event], *rest: Any
+    ) -> None:
+        for e in history_delta:
+            if isinstance(e.kind, KeyValueSet):
+                await self._sql(
+                    "INSERT OR REPLACE INTO kv_store(instance_id, key, value, last_updated_at_ms) "
+                    "SELECT instance_id, ?, ?, 0 FROM instance_locks WHERE lock_token = ?",
+                    (e.kind.key, e.kind.value, lock_token),
+                )
+        await self._inner.ack_orchestration_item(lock_token, execution_id, history_delta, *rest)
+
+
+class KvSurvivesDelete(Wrapper):
+    """Deleting an instance leaves its key-value rows behind."""
+
+    async def delete_instance(self, instance_id: str, force: bool = False) -> DeleteResult:
+        kept = await self._inner.get_kv_values(instance_id)
+        result = await self._inner.delete_instance(instance_id, force)
+        for key, value in kept.items():
+            await self._sql(
+                "INSERT INTO kv_store(instance_id, key, value, last_updated_at_ms) VALUES (?, ?, ?, 0)",
+                (instance_id, key, value),
+            )
+        return result
+
+
 #: (category, broken wrapper, tests of that category that must catch it)
 class IgnoresTagFilter(Wrapper):
     """Filters worker fetches by session but takes every tag."""
@@ -356,6 +386,8 @@ CASES: list[tuple[str, type[Wrapper], list[str]]] = [
         IgnoresSessions,
         ["test_session_items_one_at_a_time", "test_unowned_session_claimed_on_first_fetch"],
     ),
+    ("kv", KvWritesBeforeAck, ["test_kv_failed_ack_writes_nothing"]),
+    ("kv", KvSurvivesDelete, ["test_kv_deleted_with_instance"]),
 ]
 
 

@@ -65,6 +65,19 @@ class TurnEngine(Protocol):
         """Record a decision of the code (matched against history, or appended past its end)."""
         ...
 
+    @property
+    def kv(self) -> dict[str, str]:
+        """The instance's key-value state (key to JSON text) as of this point of the replay."""
+        ...
+
+    def kv_write(self, kind: Any) -> None:
+        """Apply a ``KeyValueSet`` / ``KeyValueCleared`` decision to :attr:`kv` and record it."""
+        ...
+
+    def decode_value(self, text: str | None, hint: Any) -> Any:
+        """JSON ``text`` as a value of type ``hint`` (plain JSON for ``None``); raises ``PayloadError``."""
+        ...
+
     def continue_as_new(self, input_text: str | None, version: str | None) -> None:
         """End the execution with a continue-as-new (the first call of a turn counts)."""
         ...

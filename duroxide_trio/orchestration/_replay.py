@@ -10,6 +10,7 @@ wins every race. Past the end of history, actions become new events and outgoing
 from __future__ import annotations
 
 import collections
+import json
 from collections.abc import Coroutine, Sequence
 from typing import Any, Protocol, cast
 
@@ -34,6 +35,8 @@ from ..history import (
     ExternalRaised,
     ExternalSubscribed,
     ExternalSubscribedCancelled,
+    KeyValueCleared,
+    KeyValueSet,
     OrchestrationCancelRequested,
     OrchestrationChained,
     OrchestrationCompleted,
@@ -84,6 +87,10 @@ class Codec(Protocol):
 
     def decode_event_data(self, name: str, text: str | None) -> Any:
         """The data of external event or queue message ``name`` from its JSON ``text``."""
+        ...
+
+    def decode_value(self, text: str | None, hint: Any) -> Any:
+        """A key-value value from its JSON ``text`` as type ``hint`` (plain JSON for ``None``)."""
         ...
 
 
@@ -289,6 +296,7 @@ class Turn:
         self._started: OrchestrationStarted | None = None
         self._custom_status_set = False
         self._custom_status: str | None = None
+        self._kv: dict[str, str] = {}
         self._closing = False
         self._base_bytes: int | None = None
         self.cleanup_errors: list[str] = []
@@ -311,6 +319,27 @@ class Turn:
         if self._base_bytes is None:
             self._base_bytes = limits.history_bytes(self.plan.history)
         return self._base_bytes + limits.history_bytes(self.result.history_delta)
+
+    @property
+    def kv(self) -> dict[str, str]:
+        return self._kv
+
+    def kv_write(self, kind: Any) -> None:
+        if self._closing or self._finished:
+            return
+        if isinstance(kind, KeyValueSet):
+            self._kv[kind.key] = kind.value
+        elif kind.key is None:
+            self._kv.clear()
+        else:
+            self._kv.pop(kind.key, None)
+        self.emit(Action(kind))
+
+    def decode_value(self, text: str | None, hint: Any) -> Any:
+        decode = getattr(self.codec, "decode_value", None)
+        if decode is None:  # a codec without typed values: plain JSON
+            return None if text is None else json.loads(text)
+        return decode(text, hint)
 
     def emit(self, action: Action) -> None:
         if self._closing or self._finished:
@@ -461,6 +490,10 @@ class Turn:
             return (a.name, a.instance, a.input) == (k.name, k.instance, k.input)
         if isinstance(a, (ExternalSubscribed, QueueSubscribed)):
             return bool(a.name == k.name)
+        if isinstance(a, KeyValueSet):
+            return (a.key, a.value) == (k.key, k.value)
+        if isinstance(a, KeyValueCleared):
+            return bool(a.key == k.key)
         if action.target is not None:
             return action.target.action is not None and action.target.action.event_id == ev.source_event_id
         return True  # timers and custom status match by kind
@@ -667,6 +700,7 @@ class Turn:
             self._buffers.setdefault(("queue", queue), collections.deque()).append(data)
         if started.initial_custom_status is not None:
             self._custom_status = started.initial_custom_status
+        self._kv = dict(started.initial_values)
         if self._cancel_first:
             return  # a cancel queued before the first turn wins: the code never runs
         try:
@@ -847,6 +881,7 @@ class Turn:
                     started.parent_instance if started else None,
                     started.parent_id if started else None,
                     started.parent_execution_id if started else None,
+                    dict(self._kv),
                 )
             )
         return r
@@ -949,6 +984,7 @@ def _started_event(
         parent_execution_id=start.parent_execution_id if start else None,
         carry_forward=list(can.carry_forward) if can else [],
         initial_custom_status=can.initial_custom_status if can else None,
+        initial_values=dict(can.initial_values) if can else {},
     )
 
 

@@ -22,6 +22,8 @@ from ..history import (
     CustomStatusUpdated,
     ErrorDetails,
     ExternalSubscribed,
+    KeyValueCleared,
+    KeyValueSet,
     OrchestrationChained,
     QueueSubscribed,
     SubOrchestrationScheduled,
@@ -39,6 +41,9 @@ from ._futures import (
     TurnEngine,
 )
 
+#: The built-in activity that serves ``ctx.get_value_from_instance`` (reserved: no user activity has it).
+KV_READ_ACTIVITY = "__duroxide.get_value"
+
 #: Automatic sub-orchestration ids are ``<parent>::sub::<event id>``; no other id may contain the marker.
 SUB_MARKER = "::sub::"
 
@@ -52,6 +57,13 @@ def check_name(value: Any, what: str, *, optional: bool = False) -> None:
     if "\x00" in value:
         raise ValueError(f"{what} must not contain NUL characters (\\x00), got {value[:100]!r}")
     limits.check_text(value, limits.MAX_NAME_BYTES, what)
+
+
+def _check_key(key: Any) -> None:
+    """A key-value key: a non-empty string within the name limit (``TypeError`` otherwise)."""
+    if not isinstance(key, str) or not key:
+        raise TypeError(f"a key-value key must be a non-empty string, got {key!r:.100}")
+    limits.check_text(key, limits.MAX_NAME_BYTES, "key-value key")
 
 
 def check_instance_id(value: Any, what: str = "instance_id") -> None:
@@ -504,6 +516,129 @@ class OrchestrationContext:
         self._engine.emit(Action(CustomStatusUpdated(encoded)))
 
     custom_status: Any = None
+
+    # --- durable key-value state ---
+    def set_value(self, key: str, value: Any) -> None:
+        """Store ``value`` under ``key`` in this instance's durable key-value state.
+
+        The write is recorded in history (``KeyValueSet``) and reaches the provider's key-value table in
+        the same commit as the rest of the turn (an abandoned turn writes nothing). The state is carried
+        over by continue-as-new and deleted with the instance; clients read it with
+        ``Client.get_value`` / ``Client.get_values``.
+
+        Args:
+            key: A non-empty string (at most 64 KiB).
+            value: Anything the payload converter turns into JSON (``None`` is stored as JSON ``null``;
+                use :meth:`clear_value` to remove a key).
+
+        Raises:
+            TypeError: ``key`` is not a non-empty string.
+            PayloadError: ``value`` cannot be turned into JSON.
+            LimitExceeded: The encoded value is over 64 KiB, or the instance already holds 150 keys
+                and ``key`` is a new one (uncaught, it fails the instance: ``configuration`` /
+                ``LimitExceeded``).
+        """
+        _check_key(key)
+        text = self._engine.encode(value, f"value of key {key[:200]!r}", limits.MAX_PAYLOAD_BYTES)
+        if text is None:
+            text = "null"
+        size = limits.text_bytes(text)
+        if size > limits.MAX_KV_VALUE_BYTES:
+            raise limits.LimitExceeded(
+                f"value of key {key[:200]!r}", size, limits.MAX_KV_VALUE_BYTES,
+                message=f"limit exceeded: the value of key {key[:200]!r} is {size} bytes encoded, over the "
+                        f"{limits.human(limits.MAX_KV_VALUE_BYTES)} limit of a key-value value",
+            )
+        state = self._engine.kv
+        if key not in state and len(state) >= limits.MAX_KV_KEYS:
+            raise limits.LimitExceeded(
+                "key-value keys", len(state) + 1, limits.MAX_KV_KEYS,
+                message=f"limit exceeded: setting key {key[:200]!r} would make {len(state) + 1} keys, over "
+                        f"the limit of {limits.MAX_KV_KEYS} keys per instance",
+            )
+        self._engine.kv_write(KeyValueSet(key, text))
+
+    def get_value(self, key: str, default: Any = None, *, type: Any = None) -> Any:
+        """The value stored under ``key``, as of this point of the orchestration (deterministic: it is
+        the state carried into this execution plus the writes the code has made so far, never a read
+        of storage).
+
+        Args:
+            key: A non-empty string.
+            default: Returned when ``key`` holds nothing.
+            type: Convert the JSON value to this type (an attrs class, a dataclass...); default: plain
+                JSON values.
+
+        Returns:
+            The value, or ``default``.
+
+        Raises:
+            TypeError: ``key`` is not a non-empty string.
+            PayloadError: The stored value does not convert to ``type``.
+        """
+        _check_key(key)
+        text = self._engine.kv.get(key)
+        if text is None:
+            return default
+        return self._engine.decode_value(text, type)
+
+    def get_values(self) -> dict[str, Any]:
+        """Every key and its value (plain JSON values), as :meth:`get_value` sees them.
+
+        Returns:
+            A new dict (changing it changes nothing).
+        """
+        return {k: self._engine.decode_value(v, None) for k, v in self._engine.kv.items()}
+
+    def clear_value(self, key: str) -> None:
+        """Remove ``key`` from the key-value state (recorded as ``KeyValueCleared``; nothing if absent
+        is still recorded, so replays match).
+
+        Args:
+            key: A non-empty string.
+
+        Raises:
+            TypeError: ``key`` is not a non-empty string.
+        """
+        _check_key(key)
+        self._engine.kv_write(KeyValueCleared(key))
+
+    def clear_values(self) -> None:
+        """Remove every key of this instance's key-value state (recorded as ``KeyValueCleared``)."""
+        self._engine.kv_write(KeyValueCleared(None))
+
+    def get_value_from_instance(self, instance_id: str, key: str, *, type: Any = None) -> DurableFuture:
+        """Read ``key`` of another instance's key-value state, deterministically.
+
+        Design: the read is an *action with a completion event*, reusing the activity machinery. On
+        first execution the engine schedules the built-in activity ``__duroxide.get_value``
+        (``ActivityScheduled``); a runtime serves it by reading the provider's key-value table of
+        ``instance_id`` (what ``Client.get_value`` returns: the last committed state) and its result is
+        recorded as ``ActivityCompleted``. Replays use the recorded value and never read storage again,
+        so the code sees the same value on every replay. Like any activity it can lose a ``select``.
+
+        Args:
+            instance_id: The instance to read (it need not exist: then the key holds nothing).
+            key: A non-empty string.
+            type: Convert the JSON value to this type; default: plain JSON values.
+
+        Returns:
+            A future of the value, or ``None`` when the key (or the instance) holds nothing.
+
+        Raises:
+            TypeError: ``instance_id`` or ``key`` is not a non-empty string.
+        """
+        check_name(instance_id, "instance_id")
+        _check_key(key)
+        request = self._engine.encode({"instance": instance_id, "key": key}, "key-value read")
+        leaf = self._activity(KV_READ_ACTIVITY, request, None, None)
+        return self._spawn(self._read_remote(leaf, type))
+
+    async def _read_remote(self, leaf: LeafFuture, hint: Any) -> Any:
+        answer = await leaf
+        if not isinstance(answer, dict) or answer.get("value") is None:
+            return None
+        return self._engine.decode_value(answer["value"], hint)
 
     def history_size_bytes(self) -> int:
         """The size of this execution's history, counted as the 5 MiB history limit counts it; call

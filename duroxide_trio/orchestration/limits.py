@@ -17,6 +17,8 @@ from ..history import ErrorDetails, Event
 __all__ = [
     "MAX_CUSTOM_STATUS_BYTES",
     "MAX_HISTORY_BYTES",
+    "MAX_KV_KEYS",
+    "MAX_KV_VALUE_BYTES",
     "MAX_NAME_BYTES",
     "MAX_PAYLOAD_BYTES",
     "MAX_TIMER_SECONDS",
@@ -38,6 +40,10 @@ MAX_PAYLOAD_BYTES = 3 * MIB
 MAX_NAME_BYTES = 64 * KIB
 #: Custom status.
 MAX_CUSTOM_STATUS_BYTES = 256 * KIB
+#: Keys of one instance's key-value state (``ctx.set_value``).
+MAX_KV_KEYS = 150
+#: One key-value value, encoded (JSON text); a key is a name (:data:`MAX_NAME_BYTES`).
+MAX_KV_VALUE_BYTES = 64 * KIB
 #: The longest durable timer: 100 years.
 MAX_TIMER_SECONDS = 100 * 365 * 24 * 3600.0
 

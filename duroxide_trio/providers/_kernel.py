@@ -5,7 +5,8 @@ What lives here:
 
 - **time and visibility**: :func:`ms` (seconds to milliseconds), :func:`is_start`, :func:`visible_at`,
   :func:`visible_what` and :func:`check_int64` (a value no 64-bit column can hold is refused, named);
-- **codecs**: :func:`encode_turn` (one turn's history delta, enqueues and custom status as rows),
+- **codecs**: :func:`encode_turn` (one turn's history delta, enqueues, custom status and key-value writes
+  (:func:`kv_rows`) as rows),
   :func:`decode_batch` (a fetched batch's message and history texts into an ``OrchestrationItem``,
   undecodable texts reported in ``history_error``) and :func:`decode_activity` (a worker-queue text);
 - **errors** shared by both: :func:`lock_lost`;
@@ -20,6 +21,9 @@ This module imports ``history`` and ``providers.base`` only.
 
 from __future__ import annotations
 
+import itertools
+import os
+import secrets
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
@@ -31,6 +35,8 @@ from ..history import (
     CustomStatusUpdated,
     Event,
     HistoryDecodeError,
+    KeyValueCleared,
+    KeyValueSet,
     StartOrchestration,
     TimerDue,
     WorkItem,
@@ -154,6 +160,46 @@ class EncodedTurn:
     orchestrator: list[OrchestratorRow]
     custom_status_changed: bool
     custom_status: str | None
+    kv: KeyValueRows = attrs.field(factory=lambda: KeyValueRows())
+
+
+@attrs.frozen
+class KeyValueRows:
+    """The net effect of a turn's ``KeyValueSet`` / ``KeyValueCleared`` events on the instance's
+    key-value table, applied in this order: delete every row (``clear_all``), delete ``deleted`` keys,
+    upsert ``keys`` with ``values``."""
+
+    clear_all: bool = False
+    deleted: list[str] = attrs.field(factory=list)
+    keys: list[str] = attrs.field(factory=list)
+    values: list[str] = attrs.field(factory=list)
+
+    @property
+    def changed(self) -> bool:
+        """Whether the turn touches the table at all."""
+        return self.clear_all or bool(self.deleted) or bool(self.keys)
+
+
+def kv_rows(history_delta: Sequence[Event]) -> KeyValueRows:
+    """The key-value writes of a turn's events, netted in event order (a set then a clear of the same
+    key deletes it; a clear-all drops every earlier write of the turn)."""
+    clear_all = False
+    deleted: dict[str, None] = {}
+    sets: dict[str, str] = {}
+    for e in history_delta:
+        kind = e.kind
+        if isinstance(kind, KeyValueSet):
+            sets[kind.key] = kind.value
+            deleted.pop(kind.key, None)
+        elif isinstance(kind, KeyValueCleared):
+            if kind.key is None:
+                clear_all = True
+                sets.clear()
+                deleted.clear()
+            else:
+                sets.pop(kind.key, None)
+                deleted[kind.key] = None
+    return KeyValueRows(clear_all, list(deleted), list(sets), list(sets.values()))
 
 
 def encode_turn(
@@ -183,6 +229,7 @@ def encode_turn(
         ],
         custom_status_changed=bool(custom),
         custom_status=custom[-1].status if custom else None,
+        kv=kv_rows(history_delta),
     )
 
 
@@ -279,6 +326,31 @@ class TurnCommitted:
 
 # ---------------------------------------------------------------------------------------------------------
 # The shared base class
+
+
+class _Tokens:
+    """Lock tokens: a random per-process prefix and a counter (unique without a ``uuid4`` per lock; the
+    prefix is drawn again in a forked child, so parent and child never hand out the same token)."""
+
+    prefix = secrets.token_hex(8)
+    counter = itertools.count()
+
+    @classmethod
+    def reseed(cls) -> None:
+        """A new prefix and counter (in a forked child)."""
+        cls.prefix = secrets.token_hex(8)
+        cls.counter = itertools.count()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_Tokens.reseed)
+
+
+def new_token(process_id: str | None) -> str:
+    """A fresh lock token (32 hex digits); ``'<process>:<token>'`` once a process is registered, so
+    survivors can release exactly a dead process's locks."""
+    token = f"{_Tokens.prefix}{next(_Tokens.counter):016x}"
+    return f"{process_id}:{token}" if process_id else token
 
 
 class ProviderKernel:

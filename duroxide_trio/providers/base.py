@@ -66,7 +66,9 @@ __all__ = [
     "WorkItemLease",
     "WorkerRouting",
     "WorkOutlook",
+    "KeyValueStore",
     "as_batch",
+    "as_key_values",
     "as_listener",
     "as_process_leases",
     "as_routing",
@@ -615,6 +617,9 @@ class ProviderCapabilities:
     - ``worker_routing``: :class:`RoutingCapable` (``fetch_routed_work_items`` filtering by activity tag
       and session inside the fetch, and ``renew_sessions``). Without it a runtime fetches unfiltered and
       gives back at once what its tag filter does not accept, and sessions give no affinity.
+    - ``key_values``: :class:`KeyValueStore` (``get_kv_values``: the materialised key-value table, written
+      by ``ack_orchestration_item`` from the turn's ``KeyValueSet`` / ``KeyValueCleared`` events). Without
+      it clients rebuild the state from the current execution's history (``history.kv_state``).
     """
 
     batch_work_items: bool = False
@@ -622,6 +627,7 @@ class ProviderCapabilities:
     process_leases: bool = False
     work_outlook: bool = False
     worker_routing: bool = False
+    key_values: bool = False
 
 
 #: The capabilities of a provider that declares none.
@@ -702,6 +708,24 @@ class OutlookCapable(Protocol):
     async def work_outlook(self) -> WorkOutlook:
         """Ready and in-progress work and the next delayed visibility (see :class:`WorkOutlook`)."""
         ...
+
+
+class KeyValueStore(Protocol):
+    """``ProviderCapabilities.key_values``: the per-instance key-value table.
+
+    ``ack_orchestration_item`` applies the ``KeyValueSet`` / ``KeyValueCleared`` events of its history
+    delta to the table in the same transaction (in event order); deleting an instance deletes its rows;
+    pruning executions never touches them.
+    """
+
+    async def get_kv_values(self, instance_id: str) -> dict[str, str]:
+        """Every key of ``instance_id`` and its JSON value text (empty for an unknown instance)."""
+        ...
+
+
+def as_key_values(provider: object) -> KeyValueStore | None:
+    """``provider`` as :class:`KeyValueStore` if it declares that capability, else ``None``."""
+    return cast(KeyValueStore, provider) if capabilities_of(provider).key_values else None
 
 
 def as_batch(provider: object) -> BatchWorkItems | None:

@@ -15,15 +15,17 @@ import sniffio
 
 from .._retry import Retry
 from ..activity import ActivityContext
-from ..history import ActivityError, ActivityExecute, ActivityResult, ErrorDetails
+from ..history import ActivityError, ActivityExecute, ActivityResult, ErrorDetails, kv_state
 from ..orchestration import limits
 from ..orchestration._replay import describe_exception
+from ..orchestration.context import KV_READ_ACTIVITY
 from ..providers.base import (
     ProviderError,
     ProviderErrorKind,
     WorkerRouting,
     WorkItemLease,
     as_batch,
+    as_key_values,
     as_provider_error,
     as_routing,
 )
@@ -284,6 +286,24 @@ class Acker:
             return [exc] * len(entries)
 
 
+async def _kv_read(ctx: ActivityContext, request: dict[str, Any]) -> dict[str, Any]:
+    """The built-in activity behind ``ctx.get_value_from_instance``: the committed value of
+    ``request["key"]`` of ``request["instance"]`` as JSON text (``None``: nothing stored)."""
+    instance = str(request["instance"])
+    store = as_key_values(ctx.client.provider)
+    if store is not None:
+        texts = await store.get_kv_values(instance)
+    else:  # a provider without the table: the state rebuilt from the current execution's history
+        texts = kv_state(await ctx.client.get_history(instance))
+    return {"value": texts.get(str(request["key"]))}
+
+
+#: Activities every runtime serves itself (their names are reserved in the registry).
+_BUILTIN_ACTIVITIES = {
+    KV_READ_ACTIVITY: ActivityHandler(KV_READ_ACTIVITY, _kv_read, dict, dict, True, True),
+}
+
+
 def _failure(kind: str, message: str, category: str = "application") -> ErrorDetails:
     return ErrorDetails(category, kind, limits.truncate_message(message))
 
@@ -323,7 +343,7 @@ def decide_activity(
         )
         message += f"; {blocked_note}" if blocked_note else " (each delivery crashed its process or lost its lock)"
         return _Complete(error(_failure("Activity", message, "poison")), message)
-    handler = registry.get_activity(item.name)
+    handler = registry.get_activity(item.name) or _BUILTIN_ACTIVITIES.get(item.name)
     if handler is None:
         if lease.attempt_count >= options.max_attempts:
             message = (f"poison: activity {item.name!r} is not registered (gave up after "

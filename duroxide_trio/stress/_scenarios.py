@@ -343,19 +343,24 @@ class SubOrchestrations(Scenario):
 
 async def _eternal(ctx: OrchestrationContext, input: dict[str, int]) -> Any:
     seed, iteration, total, acc = input["seed"], input["iteration"], input["total"], input["acc"]
+    carried = ctx.get_value("acc", 0)  # durable key-value state, carried across continue-as-new
+    if carried != acc:
+        return {"kv_mismatch": {"carried": carried, "input": acc, "execution_id": ctx.execution_id}}
     acc += await ctx.schedule_activity("StressProcessTask", [seed, iteration])
+    ctx.set_value("acc", acc)
     if iteration + 1 < total:
         return await ctx.continue_as_new(
             {"seed": seed, "iteration": iteration + 1, "total": total, "acc": acc}
         )
-    return {"acc": acc, "iterations": total, "execution_id": ctx.execution_id}
+    return {"acc": acc, "iterations": total, "execution_id": ctx.execution_id, "kv": ctx.get_value("acc")}
 
 
 class ContinueAsNew(Scenario):
     """``continue-as-new``: an eternal orchestration that rolls its history N times."""
     name = "continue-as-new"
     description = (
-        "an eternal orchestration: one activity per execution, continue-as-new N times with a carried sum"
+        "an eternal orchestration: one activity per execution, continue-as-new N times with a carried sum "
+        "(also kept in its durable key-value state)"
     )
 
     def register(self, registry: Registry, config: StressConfig) -> None:
@@ -364,7 +369,8 @@ class ContinueAsNew(Scenario):
 
     def plan(self, seq: int, config: StressConfig) -> Launch:
         n = config.tasks_per_instance
-        expected = {"acc": sum(_value(seq, i) for i in range(n)), "iterations": n, "execution_id": n}
+        acc = sum(_value(seq, i) for i in range(n))
+        expected = {"acc": acc, "iterations": n, "execution_id": n, "kv": acc}
         equals = _equals(expected)
 
         def check(output: Any, state: OrchestrationState) -> str | None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import select
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -13,7 +12,7 @@ import anyio.abc
 import psycopg
 from psycopg import pq, sql
 
-from .._kernel import ProviderKernel
+from .._kernel import ProviderKernel, new_token
 from ..base import ProviderError
 from ._driver import AnyioConnection
 from ._pool import Pool
@@ -83,7 +82,5 @@ class PgBase(ProviderKernel):
         return sql.Identifier(self._schema).as_string(None)
 
     def _new_token(self) -> str:
-        """A fresh lock token; ``'<process>:<random>'`` once a process is registered, so survivors can
-        release exactly a dead process's locks."""
-        token = uuid.uuid4().hex
-        return f"{self._process_id}:{token}" if self._process_id else token
+        """A fresh lock token (``new_token``): ``'<process>:<token>'`` once a process is registered."""
+        return new_token(self._process_id)

@@ -65,6 +65,11 @@ class HistoryJob(PgBase):
         row = await self._one("instance_exists", self._q.instance_exists, (instance_id, instance_id), idempotent=True)
         return row is not None
 
+    async def get_kv_values(self, instance_id: str) -> dict[str, str]:
+        """The key-value table of ``instance_id`` (key to JSON text)."""
+        rows = await self._all("get_kv_values", self._q.kv_values, (instance_id,), idempotent=True)
+        return {str(k): str(v) for k, v in rows if v is not None}
+
     async def get_custom_status(
         self, instance_id: str, last_seen_version: int
     ) -> tuple[str | None, int] | None:

@@ -24,12 +24,13 @@ class Queries:
     def __init__(self, s: str) -> None:
         self.fetch_orch = f"SELECT * FROM {s}.fetch_orchestration_item(%s, %s, %s)"
         self.ack_orch = (
-            f"SELECT * FROM {s}.ack_orchestration_item(%s, %s, %s, "
+            f"SELECT * FROM {s}.ack_turn(%s, %s, %s, "
             "%b::bigint[], %b::text[], %b::text[], "
             "%b::text[], %b::text[], %b::bigint[], %b::bigint[], %b::text[], %b::text[], "
             "%b::text[], %b::text[], %b::boolean[], %b::bigint[], "
             "%b::text[], %b::bigint[], %b::bigint[], "
-            "%s, %s, %s, %s, %s, %s, %s)"
+            "%s, %s, %s, %s, %s, %s, %s, "
+            "%s, %b::text[], %b::text[], %b::text[])"
         )
         self.abandon_orch = f"SELECT {s}.abandon_orchestration_item(%s, %s, %s, %s)"
         self.renew_orch = (
@@ -77,6 +78,7 @@ class Queries:
             "ON e.instance_id = i.instance_id AND e.execution_id = i.current_execution_id "
             "WHERE i.instance_id = %s"
         )
+        self.kv_values = f"SELECT key, value FROM {s}.kv_store WHERE instance_id = %s ORDER BY key"
         self.custom_status = (
             f"SELECT custom_status, custom_status_version FROM {s}.instances WHERE instance_id = %s"
         )

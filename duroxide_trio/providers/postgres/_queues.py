@@ -106,6 +106,10 @@ class QueuesJob(PgBase):
             metadata.output,
             turn.custom_status_changed,
             turn.custom_status,
+            turn.kv.clear_all,
+            turn.kv.deleted,
+            turn.kv.keys,
+            turn.kv.values,
         )
         instance_id, wake = await self._one("ack_orchestration_item", self._q.ack_orch, params)
         return TurnCommitted(instance_id, bool(wake), [at for at in orch_visible if at > now])

@@ -4,7 +4,6 @@ inside one transaction; concurrent callers share one thread hop (group commit)."
 from __future__ import annotations
 
 import sqlite3
-import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -12,9 +11,7 @@ import anyio
 import anyio.lowlevel
 import anyio.to_thread
 
-from .._kernel import (
-    ProviderKernel,
-)
+from .._kernel import ProviderKernel, new_token
 from ..base import (
     WALL_CLOCK,
     Clock,
@@ -214,6 +211,5 @@ class SqliteBase(ProviderKernel):
             job.finished = True
 
     def _new_token(self) -> str:
-        """A fresh lock token; ``'<process>:<random>'`` once a process is registered."""
-        token = uuid.uuid4().hex
-        return f"{self._process_id}:{token}" if self._process_id else token
+        """A fresh lock token (``new_token``): ``'<process>:<token>'`` once a process is registered."""
+        return new_token(self._process_id)

@@ -66,6 +66,17 @@ class HistoryJob(SqliteBase):
 
         return bool(await self._run("instance_exists", _exists, write=False))
 
+    async def get_kv_values(self, instance_id: str) -> dict[str, str]:
+        """The key-value table of ``instance_id`` (key to JSON text)."""
+
+        def _get(conn: sqlite3.Connection) -> dict[str, str]:
+            rows = conn.execute(
+                "SELECT key, value FROM kv_store WHERE instance_id = ? ORDER BY key", (instance_id,)
+            ).fetchall()
+            return {k: v for k, v in rows if v is not None}
+
+        return await self._run("get_kv_values", _get, write=False)
+
     async def get_custom_status(self, instance_id: str, last_seen_version: int) -> tuple[str | None, int] | None:
         def _get(conn: sqlite3.Connection) -> tuple[str | None, int] | None:
             row = conn.execute(

@@ -193,6 +193,21 @@ class QueuesJob(SqliteBase):
                     "WHERE instance_id = ?",
                     (turn.custom_status, instance_id),
                 )
+            kv = turn.kv
+            if kv.changed and exists is not None:
+                if kv.clear_all:
+                    conn.execute("DELETE FROM kv_store WHERE instance_id = ?", (instance_id,))
+                if kv.deleted:
+                    conn.executemany(
+                        "DELETE FROM kv_store WHERE instance_id = ? AND key = ?", [(instance_id, k) for k in kv.deleted]
+                    )
+                if kv.keys:
+                    conn.executemany(
+                        "INSERT INTO kv_store(instance_id, key, value, last_updated_at_ms) VALUES (?, ?, ?, ?) "
+                        "ON CONFLICT(instance_id, key) DO UPDATE SET value = excluded.value, "
+                        "last_updated_at_ms = excluded.last_updated_at_ms",
+                        [(instance_id, k, v, now) for k, v in zip(kv.keys, kv.values, strict=True)],
+                    )
             if turn.workers:
                 conn.executemany(
                     "INSERT INTO worker_queue(work_item, visible_at, attempt_count, instance_id, execution_id, "

@@ -36,6 +36,7 @@ CATEGORY_MODULES: dict[str, str] = {
     "custom_status": "custom_status",
     "tag_routing": "tag_routing",
     "sessions": "sessions",
+    "kv": "kv",
 }
 
 #: Per-test time limit (seconds) of the runner and the pytest plugin.
