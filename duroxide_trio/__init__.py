@@ -33,7 +33,7 @@ from .orchestration.limits import (
     MAX_TIMER_SECONDS,
     LimitExceeded,
 )
-from .providers.base import Provider, ProviderAdmin, ProviderFactory
+from .providers.base import Provider, ProviderAdmin, ProviderFactory, TagFilter
 from .providers.sqlite import SqliteFactory, SqliteProvider
 from .registry import Registry
 from .runtime import Runtime, RuntimeOptions, open_runtime
@@ -80,6 +80,7 @@ __all__ = [
     "SqliteFactory",
     "SqliteProvider",
     "Status",
+    "TagFilter",
     "SubOrchestrationFailed",
     "TaskFailed",
     "UnknownOrchestration",

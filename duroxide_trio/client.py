@@ -539,7 +539,8 @@ class Client:
 
     async def get_queue_depths(self) -> QueueDepths:
         """Messages waiting in the orchestrator, worker and timer queues, and the age of the oldest ready
-        message of each.
+        message of each; ``worker_by_tag`` counts ready activities per tag (untagged under ``None``), so
+        work that no runtime's ``activity_tags`` accepts is visible.
 
         Returns:
             A ``QueueDepths`` (ages in ms; ``None`` when nothing is ready).

@@ -21,6 +21,8 @@ from duroxide_trio.providers.base import (
     PruneOptions,
     PruneResult,
     ScheduledActivity,
+    TagFilter,
+    WorkerRouting,
     WorkItemLease,
     now_ms,
 )
@@ -313,6 +315,30 @@ class KvSurvivesDelete(Wrapper):
 
 
 #: (category, broken wrapper, tests of that category that must catch it)
+class IgnoresTagFilter(Wrapper):
+    """Filters worker fetches by session but takes every tag."""
+
+    async def fetch_routed_work_items(
+        self, lock_timeout: float, max_items: int, routing: WorkerRouting, poll_timeout: float = 0.0
+    ) -> list[WorkItemLease]:
+        routing = attrs.evolve(routing, tags=TagFilter.any())
+        return await self._inner.fetch_routed_work_items(lock_timeout, max_items, routing, poll_timeout)
+
+
+class IgnoresSessions(Wrapper):
+    """Filters worker fetches by tag but ignores session ownership and ordering."""
+
+    async def fetch_routed_work_items(
+        self, lock_timeout: float, max_items: int, routing: WorkerRouting, poll_timeout: float = 0.0
+    ) -> list[WorkItemLease]:
+        leases = await self._inner.fetch_work_items(lock_timeout, max_items * 4, poll_timeout)
+        keep = [lease for lease in leases if routing.tags.accepts(lease.item.tag)][:max_items]
+        for lease in leases:
+            if lease not in keep:
+                await self._inner.abandon_work_item(lease.lock_token, None, ignore_attempt=True)
+        return keep
+
+
 CASES: list[tuple[str, type[Wrapper], list[str]]] = [
     ("atomicity", NonAtomicAck, ["test_atomicity_failure_rollback"]),
     ("atomicity", AckSkipsLockCheck, ["test_concurrent_ack_prevention"]),
@@ -350,6 +376,16 @@ CASES: list[tuple[str, type[Wrapper], list[str]]] = [
     ("pruning", PruneIgnoresKeepLast, ["test_prune_options_combinations"]),
     ("bulk_deletion", BulkDeleteIgnoresLimit, ["test_delete_instance_bulk_safety_and_limits"]),
     ("custom_status", CustomStatusAlwaysChanged, ["test_custom_status_polling_no_change"]),
+    (
+        "tag_routing",
+        IgnoresTagFilter,
+        ["test_default_filter_fetches_only_untagged", "test_unaccepted_item_waits", "test_filter_is_part_of_the_fetch"],
+    ),
+    (
+        "sessions",
+        IgnoresSessions,
+        ["test_session_items_one_at_a_time", "test_unowned_session_claimed_on_first_fetch"],
+    ),
     ("kv", KvWritesBeforeAck, ["test_kv_failed_ack_writes_nothing"]),
     ("kv", KvSurvivesDelete, ["test_kv_deleted_with_instance"]),
 ]

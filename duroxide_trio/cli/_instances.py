@@ -448,6 +448,9 @@ def metrics(
             ("History events", m.total_events),
             ("Orchestrator queue", q.orchestrator_queue),
             ("Worker queue", q.worker_queue),
+            *((f"  tag {tag}" if tag is not None else "  untagged", n)
+              for tag, n in sorted(q.worker_by_tag.items(), key=lambda kv: (kv[0] is not None, kv[0] or ""))
+              if any(t is not None for t in q.worker_by_tag)),
             ("Timer queue", q.timer_queue),
         ]
         if as_json:

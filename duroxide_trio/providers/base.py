@@ -50,6 +50,7 @@ __all__ = [
     "ProviderError",
     "ProviderErrorKind",
     "ProviderFactory",
+    "RoutingCapable",
     "BatchWorkItems",
     "ListenerCapable",
     "NO_CAPABILITIES",
@@ -61,13 +62,16 @@ __all__ = [
     "QueueDepths",
     "ScheduledActivity",
     "SystemMetrics",
+    "TagFilter",
     "WorkItemLease",
+    "WorkerRouting",
     "WorkOutlook",
     "KeyValueStore",
     "as_batch",
     "as_key_values",
     "as_listener",
     "as_process_leases",
+    "as_routing",
     "as_provider_error",
     "capabilities_of",
     "now_ms",
@@ -116,6 +120,106 @@ class WorkItemLease:
     item: ActivityExecute
     lock_token: str
     attempt_count: int
+
+
+#: The longest activity tag a ``TagFilter`` accepts.
+MAX_TAG_LENGTH = 256
+
+
+def _check_tag(tag: object) -> str:
+    if not isinstance(tag, str) or not tag or len(tag) > MAX_TAG_LENGTH or not tag.isprintable():
+        raise ValueError(
+            f"an activity tag must be a non-empty printable string of at most {MAX_TAG_LENGTH} characters, "
+            f"got {tag!r}"
+        )
+    return tag
+
+
+def _tag_args(tags: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``tags`` as given, or the members of one set/list/tuple given alone (``TagFilter.tags({"a", "b"})``)."""
+    if len(tags) == 1 and isinstance(tags[0], (set, frozenset, list, tuple)):
+        return tuple(tags[0])
+    return tags
+
+
+@attrs.frozen
+class TagFilter:
+    """Which activity tags a runtime runs (``RuntimeOptions.activity_tags``). An activity scheduled with
+    ``schedule_activity(..., tag="gpu")`` is fetched only by runtimes whose filter accepts ``"gpu"``; an
+    untagged one only by runtimes that accept untagged work. Make one with a class method:
+
+    - ``TagFilter.default_only()`` (the default): untagged activities only.
+    - ``TagFilter.tags("gpu", "io")``: only activities with one of these tags.
+    - ``TagFilter.default_and("gpu")``: untagged activities and these tags.
+    - ``TagFilter.any()``: every activity, tagged or not.
+
+    Raises:
+        ValueError: ``tags()`` without a tag, or a tag that is not a non-empty printable string of at
+            most 256 characters.
+    """
+
+    untagged: bool = True
+    tags_accepted: tuple[str, ...] = ()  # sorted, no duplicates (JSON-friendly in attrs.asdict)
+    all_tags: bool = False
+
+    @classmethod
+    def default_only(cls) -> TagFilter:
+        """Untagged activities only (the default)."""
+        return cls()
+
+    @classmethod
+    def tags(cls, *tags: str) -> TagFilter:
+        """Only activities carrying one of ``tags`` (at least one)."""
+        tags = _tag_args(tags)
+        if not tags:
+            raise ValueError("TagFilter.tags() needs at least one tag (TagFilter.default_only() runs untagged work)")
+        return cls(untagged=False, tags_accepted=tuple(sorted({_check_tag(t) for t in tags})))
+
+    @classmethod
+    def default_and(cls, *tags: str) -> TagFilter:
+        """Untagged activities and those carrying one of ``tags``."""
+        tags = _tag_args(tags)
+        return cls(untagged=True, tags_accepted=tuple(sorted({_check_tag(t) for t in tags})))
+
+    @classmethod
+    def any(cls) -> TagFilter:
+        """Every activity, whatever its tag."""
+        return cls(untagged=True, all_tags=True)
+
+    def accepts(self, tag: str | None) -> bool:
+        """Whether an activity with ``tag`` (``None``: untagged) is run by this filter."""
+        if tag is None:
+            return self.untagged
+        return self.all_tags or tag in self.tags_accepted
+
+    def __repr__(self) -> str:
+        if self.all_tags:
+            return "TagFilter.any()"
+        names = ", ".join(repr(t) for t in self.tags_accepted)
+        if not self.untagged:
+            return f"TagFilter.tags({names})"
+        return f"TagFilter.default_and({names})" if names else "TagFilter.default_only()"
+
+
+@attrs.frozen
+class WorkerRouting:
+    """What a worker fetch may take (``ProviderCapabilities.worker_routing``): the tag filter, and for
+    items with a ``session_id`` the session owner asking (``owner``, one id per runtime process), how long
+    a claimed session stays locked to it (``session_lock_timeout``, renewed while it has work) and how many
+    sessions it may own at once (``max_sessions``).
+
+    Session items are fetched one at a time per session, in scheduling order, and only by the session's
+    owner while its lock lives; an unowned (or expired) session is claimed by the fetch that takes its
+    first item."""
+
+    tags: TagFilter = attrs.field(factory=TagFilter)
+    owner: str = ""
+    session_lock_timeout: float = 30.0
+    max_sessions: int = 1_000_000
+
+    def tag_params(self) -> tuple[bool, bool, list[str]]:
+        """``(untagged, all tags, accepted tags)`` for a fetch query."""
+        return self.tags.untagged, self.tags.all_tags, list(self.tags.tags_accepted)
 
 
 @attrs.frozen
@@ -200,6 +304,9 @@ class QueueDepths:
     #: How long the oldest message that is ready (visible and unlocked) has waited, in ms (None: none ready).
     oldest_orchestrator_age_ms: int | None = None
     oldest_worker_age_ms: int | None = None
+    #: Ready (unlocked) worker items per activity tag; untagged items count under ``None``. An item no
+    #: runtime's ``activity_tags`` accepts waits here.
+    worker_by_tag: dict[str | None, int] = attrs.field(factory=dict)
 
 
 @attrs.frozen
@@ -449,7 +556,8 @@ class Provider(Protocol):
 
     async def fetch_work_item(self, lock_timeout: float, poll_timeout: float = 0.0) -> WorkItemLease | None:
         """Lock the oldest visible activity for ``lock_timeout`` seconds (attempt_count + 1) and return it;
-        ``None`` if there is none (waiting up to ``poll_timeout`` seconds for one)."""
+        ``None`` if there is none (waiting up to ``poll_timeout`` seconds for one). Tags and sessions are
+        not looked at (a provider with ``worker_routing`` filters in ``fetch_routed_work_items``)."""
         ...
 
     async def ack_work_item(self, lock_token: str, completion: WorkItem | None) -> None:
@@ -506,6 +614,9 @@ class ProviderCapabilities:
     - ``process_leases``: :class:`ProcessLeases` (a per-process lease, so that a dead process's locks move
       at once). Without it locks move when they expire.
     - ``work_outlook``: :class:`OutlookCapable` (``work_outlook``, for ``TestEnvironment``'s virtual time).
+    - ``worker_routing``: :class:`RoutingCapable` (``fetch_routed_work_items`` filtering by activity tag
+      and session inside the fetch, and ``renew_sessions``). Without it a runtime fetches unfiltered and
+      gives back at once what its tag filter does not accept, and sessions give no affinity.
     - ``key_values``: :class:`KeyValueStore` (``get_kv_values``: the materialised key-value table, written
       by ``ack_orchestration_item`` from the turn's ``KeyValueSet`` / ``KeyValueCleared`` events). Without
       it clients rebuild the state from the current execution's history (``history.kv_state``).
@@ -515,6 +626,7 @@ class ProviderCapabilities:
     listener: bool = False
     process_leases: bool = False
     work_outlook: bool = False
+    worker_routing: bool = False
     key_values: bool = False
 
 
@@ -541,6 +653,22 @@ class BatchWorkItems(Protocol):
         """``ack_work_item`` for each ``(lock_token, completion)`` in one transaction; one entry per
         input: ``None`` when that ack committed, else its (permanent) error. Raises only when the whole
         batch failed (e.g. a lost connection)."""
+        ...
+
+
+class RoutingCapable(Protocol):
+    """``ProviderCapabilities.worker_routing``: worker fetches filtered by tag, with session affinity."""
+
+    async def fetch_routed_work_items(
+        self, lock_timeout: float, max_items: int, routing: WorkerRouting, poll_timeout: float = 0.0
+    ) -> list[WorkItemLease]:
+        """``fetch_work_items`` taking only what ``routing`` allows (see :class:`WorkerRouting`), in one
+        round trip; claims the sessions of the session items it takes for ``routing.owner``."""
+        ...
+
+    async def renew_sessions(self, owner: str, lock_timeout: float, idle_timeout: float) -> int:
+        """Extend the locks of ``owner``'s sessions that are busy (an item locked) or were active within
+        ``idle_timeout`` seconds; release the others. Returns how many it still owns."""
         ...
 
 
@@ -603,6 +731,11 @@ def as_key_values(provider: object) -> KeyValueStore | None:
 def as_batch(provider: object) -> BatchWorkItems | None:
     """``provider`` as :class:`BatchWorkItems` if it declares that capability, else ``None``."""
     return cast(BatchWorkItems, provider) if capabilities_of(provider).batch_work_items else None
+
+
+def as_routing(provider: object) -> RoutingCapable | None:
+    """``provider`` as :class:`RoutingCapable` if it declares ``worker_routing``, else ``None``."""
+    return cast(RoutingCapable, provider) if capabilities_of(provider).worker_routing else None
 
 
 def as_listener(provider: object) -> ListenerCapable | None:

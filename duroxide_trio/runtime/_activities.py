@@ -22,10 +22,12 @@ from ..orchestration.context import KV_READ_ACTIVITY
 from ..providers.base import (
     ProviderError,
     ProviderErrorKind,
+    WorkerRouting,
     WorkItemLease,
     as_batch,
     as_key_values,
     as_provider_error,
+    as_routing,
 )
 from ..registry import ActivityHandler, Registry, decode_payload, encode_payload
 from ._env import Fetcher, FetchFailed, WorkerEnv
@@ -37,7 +39,15 @@ try:
 except ImportError:  # pragma: no cover
     trio = None  # type: ignore[assignment]
 
-__all__ = ["Acker", "activity_worker", "activity_outcome", "decide_activity", "run_activity"]
+__all__ = [
+    "Acker",
+    "activity_outcome",
+    "activity_worker",
+    "decide_activity",
+    "routing_of",
+    "run_activity",
+    "run_session_renewer",
+]
 
 log = logging.getLogger("duroxide_trio.runtime.activities")
 
@@ -58,14 +68,33 @@ async def activity_worker(
     provider = env.provider
     options = env.options
     batch = as_batch(provider)
+    routed = as_routing(provider)
+    routing = routing_of(env)
     fetch_many = batch.fetch_work_items if batch is not None else None
+    if routed is not None:
+        fetch_routed = routed.fetch_routed_work_items
+
+        async def fetch_filtered(lock_timeout: float, max_items: int, poll_timeout: float = 0.0) -> list[WorkItemLease]:
+            return list(await fetch_routed(lock_timeout, max_items, routing))
+
+        fetch_many = fetch_filtered
     held = 0
 
     async def fetch() -> list[WorkItemLease]:
         if fetch_many is not None:
-            return list(await fetch_many(options.worker_lock_timeout, held))
-        one = await provider.fetch_work_item(options.worker_lock_timeout)
-        return [one] if one is not None else []
+            leases = list(await fetch_many(options.worker_lock_timeout, held))
+        else:
+            one = await provider.fetch_work_item(options.worker_lock_timeout)
+            leases = [one] if one is not None else []
+        if routed is None:
+            # The provider cannot filter: give back at once what this runtime's tags do not accept.
+            refused = [lease for lease in leases if not options.activity_tags.accepts(lease.item.tag)]
+            if refused:
+                with anyio.CancelScope(shield=True):
+                    for lease in refused:
+                        await _give_back(env, lease, delay=options.poll_interval)
+                leases = [lease for lease in leases if options.activity_tags.accepts(lease.item.tag)]
+        return leases
 
     fetcher = Fetcher(env, "worker", "fetch_work_items", _ROLE, fetch)
     while not env.stopping:
@@ -85,6 +114,8 @@ async def activity_worker(
                     for lease in leases:
                         await _give_back(env, lease)
                 break
+            if any(lease.item.session_id is not None for lease in leases):
+                env.sessions.fetched()
             # Fetched work counts as busy from now on: the acker outlives every fetched item.
             env.stats.busy_activity_workers += len(leases)
             for lease in leases:
@@ -102,11 +133,55 @@ async def activity_worker(
                 slots.release()
 
 
-async def _give_back(env: WorkerEnv, lease: WorkItemLease) -> None:
+def routing_of(env: WorkerEnv) -> WorkerRouting:
+    """What this runtime's worker fetches may take: its tag filter, and sessions owned by its id."""
+    options = env.options
+    return WorkerRouting(
+        tags=options.activity_tags,
+        owner=env.worker_id,
+        session_lock_timeout=options.worker_lock_timeout,
+        max_sessions=options.max_sessions,
+    )
+
+
+async def run_session_renewer(env: WorkerEnv) -> None:
+    """Keep this runtime's sessions: renew the locks of those with work (or recent work) and release the
+    idle ones, every renewal interval of the worker lock while it owns any (it sleeps on
+    ``env.sessions`` otherwise); release them all when the runtime stops."""
+    routed = as_routing(env.provider)
+    if routed is None:
+        return
+    options = env.options
+    interval = min(
+        options.renewal_interval(options.worker_lock_timeout, options.worker_lock_renewal_buffer),
+        max(options.session_idle_timeout / 2, 0.05),
+    )
+    owned = 0
+    try:
+        while not env.stopping:
+            if owned == 0:
+                await env.sessions.wait()  # no timer while this runtime owns no session
+            await env.clock.sleep(interval)
+            try:
+                owned = await routed.renew_sessions(
+                    env.worker_id, options.worker_lock_timeout, options.session_idle_timeout
+                )
+            except ProviderError as exc:
+                owned = max(owned, 1)  # unknown: keep renewing
+                env.errors.record(_ROLE, exc, expected=exc.retryable)
+    finally:
+        with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+            try:
+                await routed.renew_sessions(env.worker_id, options.worker_lock_timeout, 0.0)
+            except Exception as exc:  # noqa: BLE001 - the sessions expire instead
+                log.info("releasing sessions on shutdown failed (%s); they expire instead", exc)
+
+
+async def _give_back(env: WorkerEnv, lease: WorkItemLease, delay: float | None = None) -> None:
     """Return a fetched item to the queue at once without counting a delivery (bounded, never raises)."""
     with anyio.move_on_after(5):
         try:
-            await env.provider.abandon_work_item(lease.lock_token, None, ignore_attempt=True)
+            await env.provider.abandon_work_item(lease.lock_token, delay, ignore_attempt=True)
         except Exception as exc:  # noqa: BLE001 - never raises
             log.warning("activity %s of %s: giving it back failed (%s); its lock will expire",
                         lease.item.name, lease.item.instance, exc)

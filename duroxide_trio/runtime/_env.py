@@ -44,6 +44,28 @@ class StopSignal:
         self._set = True
 
 
+class SessionSignal:
+    """Wakes the session renewer when an activity dispatcher fetched a session item (so a runtime that
+    owns no session never wakes up for sessions, not even on virtual time)."""
+
+    def __init__(self) -> None:
+        self._event: anyio.Event | None = None
+        self._pending = False
+
+    def fetched(self) -> None:
+        """A session item was fetched: this runtime may own a session now."""
+        self._pending = True
+        if self._event is not None:
+            self._event.set()
+
+    async def wait(self) -> None:
+        """Return once a session item was fetched since the last ``wait``."""
+        if not self._pending:
+            self._event = anyio.Event()
+            await self._event.wait()
+        self._pending = False
+
+
 @attrs.frozen(slots=True)
 class WorkerEnv:
     """What a dispatcher needs: the store, the handlers, the options, time, wake-ups, metrics and
@@ -64,6 +86,10 @@ class WorkerEnv:
     asyncio_loop: AsyncioLoopThread
     services: anyio.abc.TaskGroup
     stop: StopSignal
+    #: This runtime's id as a session owner (one per ``open_runtime``).
+    worker_id: str = ""
+    #: Set when a session item was fetched (wakes ``run_session_renewer``).
+    sessions: SessionSignal = attrs.field(factory=SessionSignal)
 
     @property
     def stopping(self) -> bool:

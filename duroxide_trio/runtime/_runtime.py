@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -14,7 +17,7 @@ from ..client import Client
 from ..clock import clock_of
 from ..providers.base import Provider, ProviderError, as_listener
 from ..registry import Registry
-from ._activities import Acker, activity_worker
+from ._activities import Acker, activity_worker, run_session_renewer
 from ._asyncio_loop import AsyncioLoopThread
 from ._env import StopSignal, WorkerEnv
 from ._leases import LeaseRenewer
@@ -59,6 +62,8 @@ class Runtime:
         self.services: Any = None  # the task group of the runtime's own services (set by open_runtime)
         self._acker: Acker | None = None
         self.client = Client(provider, registry=registry)
+        #: This runtime's id as a session owner: sessions it claims run only here until released.
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
 
     @property
     def stopping(self) -> bool:
@@ -88,6 +93,7 @@ class Runtime:
             asyncio_loop=self.asyncio_loop,
             services=services,
             stop=self._stop,
+            worker_id=self.worker_id,
         )
 
     def count_provider_error(self, role: str, exc: ProviderError) -> None:
@@ -191,6 +197,8 @@ async def _run(runtime: Runtime) -> AsyncIterator[Runtime]:
             await outer.start(listening.run_listener)
         # The process lease: a dead process's locks move in ~1.5 s.
         await outer.start(run_liveness, runtime.provider)
+        if options.worker_concurrency > 0:
+            outer.start_soon(run_session_renewer, env, name="session-renewer")
         outer.start_soon(run_acker, name="activity-acker")
         outer.start_soon(run_workers, name="dispatchers")
         try:

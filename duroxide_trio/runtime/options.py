@@ -7,6 +7,8 @@ from typing import Any
 
 import attrs
 
+from ..providers.base import TagFilter
+
 __all__ = ["RuntimeOptions"]
 
 
@@ -33,6 +35,14 @@ def _non_negative(instance: object, attribute: attrs.Attribute, value: float) ->
         raise ValueError(
             f"RuntimeOptions.{attribute.name} must be a number of seconds >= 0 and <= {_MAX_SECONDS:.0f}, "
             f"got {value!r}"
+        )
+
+
+def _tag_filter(instance: object, attribute: attrs.Attribute, value: object) -> None:  # type: ignore[type-arg]
+    if not isinstance(value, TagFilter):
+        raise ValueError(
+            f"RuntimeOptions.activity_tags must be a TagFilter (TagFilter.default_only(), TagFilter.tags('gpu'), "
+            f"TagFilter.default_and('gpu') or TagFilter.any()), got {value!r}"
         )
 
 
@@ -74,6 +84,13 @@ class RuntimeOptions:
     - ``metrics_interval``: how often queue depths are sampled for the OpenTelemetry gauges.
     - ``orchestrator_lock_renewal_buffer`` / ``worker_lock_renewal_buffer``: locks of 15 s or more are
       renewed this long before they expire (shorter locks at half their duration).
+    - ``activity_tags``: which tagged activities this runtime runs (a ``TagFilter``; default: untagged
+      ones only). ``schedule_activity(..., tag="gpu")`` runs only on runtimes whose filter accepts
+      ``"gpu"``; until one runs, the item waits (``Client.get_queue_depths().worker_by_tag``).
+    - ``session_idle_timeout``: a session (``schedule_activity(..., session_id=...)``) owned by this
+      runtime is released after it had no work for this long; another runtime may then claim it.
+    - ``max_sessions``: how many sessions this runtime owns at once; items of further sessions wait for
+      another runtime or for a session to be released.
     - ``provider_retry_cap``: the longest wait between retries after a retryable provider error (the
       wait doubles with each consecutive failure).
 
@@ -84,7 +101,8 @@ class RuntimeOptions:
         ValueError: A count outside its range (``worker_concurrency`` may be 0: no activities run here;
             the others at least 1; at most 1,000,000), a duration that is not a number of seconds
             above 0 and at most a year (``blocked_loop_threshold`` may be 0), or a renewal buffer not
-            smaller than its lock timeout of 15 s or more.
+            smaller than its lock timeout of 15 s or more, or ``activity_tags`` that is not a
+            ``TagFilter``.
     """
 
     orchestration_concurrency: int = attrs.field(default=2, validator=_counter(1))
@@ -104,6 +122,9 @@ class RuntimeOptions:
     provider_retry_cap: float = attrs.field(default=3.0, validator=_positive)
     blocked_loop_threshold: float = attrs.field(default=1.0, validator=_non_negative)
     metrics_interval: float = attrs.field(default=5.0, validator=_positive)
+    activity_tags: TagFilter = attrs.field(factory=TagFilter.default_only, validator=_tag_filter)
+    session_idle_timeout: float = attrs.field(default=300.0, validator=_positive)
+    max_sessions: int = attrs.field(default=1000, validator=_counter(1))
 
     def __attrs_post_init__(self) -> None:
         for timeout, buffer in (

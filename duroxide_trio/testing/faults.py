@@ -48,8 +48,14 @@ class Fault:
         return hit
 
 
+#: Operations faulted under another operation's name: the routed worker fetch (tags, sessions) is the
+#: batched worker fetch the runtime makes, so a ``"fetch_work_items"`` fault covers both.
+_FAULT_ALIASES = {"fetch_routed_work_items": "fetch_work_items"}
+
+
 class FaultyProvider:
-    """A provider wrapper that injects ``ProviderError``s into the named operations."""
+    """A provider wrapper that injects ``ProviderError``s into the named operations (a
+    ``"fetch_work_items"`` fault also fails ``fetch_routed_work_items``)."""
 
     def __init__(self, inner: Any, faults: dict[str, Fault], *, seed: int = 0) -> None:
         self._inner = inner
@@ -58,7 +64,7 @@ class FaultyProvider:
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._inner, name)
-        fault = self.faults.get(name)
+        fault = self.faults.get(name) or self.faults.get(_FAULT_ALIASES.get(name, ""))
         if fault is None or not callable(attr):
             return attr
         return self._wrap(name, attr, fault)

@@ -40,6 +40,15 @@ class Queries:
         self.enqueue_start = f"SELECT {s}.enqueue_start(%s, %s, %s)"
         self.enqueue_worker = f"SELECT {s}.enqueue_worker(%s, %s, %s, %s, %s, %s, %s)"
         self.fetch_work = f"SELECT * FROM {s}.fetch_work_items(%s, %s, %s::integer, %s)"
+        self.fetch_routed = (
+            f"SELECT * FROM {s}.fetch_routed_work_items(%s, %s, %s::integer, %s, %s, %s, %b::text[], %s, %s, "
+            "%s::integer)"
+        )
+        self.renew_sessions = f"SELECT {s}.renew_sessions(%s, %s, %s, %s)"
+        self.worker_by_tag = (
+            f"SELECT tag, count(*) FROM {s}.worker_queue WHERE lock_token IS NULL OR locked_until <= %(now)s "
+            "GROUP BY tag"
+        )
         self.ack_work = f"SELECT {s}.ack_work_items(%s, %b::bigint[], %b::text[], %b::text[], %b::text[])"
         self.renew_work = (
             f"UPDATE {s}.worker_queue SET locked_until = %s, visible_at = %s "

@@ -28,6 +28,7 @@ from ..base import (
     OrchestrationItem,
     ProviderError,
     ProviderErrorKind,
+    WorkerRouting,
     WorkItemLease,
 )
 from ._base import PgBase
@@ -179,6 +180,33 @@ class QueuesJob(PgBase):
                 self._q.fetch_work,
                 (self.clock.now_ms(), ms(lock_timeout), max(1, int(max_items)), salt),
             )
+        return await self._leases(rows)
+
+    async def fetch_routed_work_items(
+        self, lock_timeout: float, max_items: int, routing: WorkerRouting, poll_timeout: float = 0.0
+    ) -> list[WorkItemLease]:
+        """``fetch_work_items`` of what ``routing`` accepts (tags in the query; session items one at a time
+        per session, in order, claimed for ``routing.owner``), in one round trip."""
+        salt = self._new_token()
+        untagged, all_tags, tags = routing.tag_params()
+        async with self._releasing_unseen_claim("worker", salt):
+            rows = await self._all(
+                "fetch_work_item",
+                self._q.fetch_routed,
+                (self.clock.now_ms(), ms(lock_timeout), max(1, int(max_items)), salt, untagged, all_tags, tags,
+                 routing.owner, ms(routing.session_lock_timeout), routing.max_sessions),
+            )
+        return await self._leases(rows)
+
+    async def renew_sessions(self, owner: str, lock_timeout: float, idle_timeout: float) -> int:
+        """Extend ``owner``'s busy or recently active sessions, release its idle ones; how many it owns."""
+        now = self.clock.now_ms()
+        row = await self._one(
+            "renew_sessions", self._q.renew_sessions, (owner, now, now + ms(lock_timeout), now - ms(idle_timeout))
+        )
+        return int(row[0])
+
+    async def _leases(self, rows: list[Any]) -> list[WorkItemLease]:
         found: list[tuple[int, WorkItemLease]] = []
         bad: list[tuple[int, str]] = []
         for row_id, token, text, attempts, next_visible in rows:

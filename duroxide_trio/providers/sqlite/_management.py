@@ -117,9 +117,18 @@ class ManagementJob(SqliteBase):
                 "(lock_token IS NULL OR locked_until <= ?)",
                 (now, now),
             ).fetchone()[0]
+            by_tag = {
+                tag: count
+                for tag, count in conn.execute(
+                    "SELECT tag, COUNT(*) FROM worker_queue WHERE lock_token IS NULL OR locked_until <= ? "
+                    "GROUP BY tag",
+                    (now,),
+                )
+            }
             return QueueDepths(
                 orchestrator_queue=orch,
                 worker_queue=work,
+                worker_by_tag=by_tag,
                 oldest_orchestrator_age_ms=None if oldest_orch is None else max(now - oldest_orch, 0),
                 oldest_worker_age_ms=None if oldest_work is None else max(now - oldest_work, 0),
             )

@@ -100,6 +100,29 @@ MIGRATIONS: list[str] = [
     """,
 ]
 
+#: Migrations with an explicit version (the list above is numbered by position from 1). Versions 3-5 are
+#: reserved for other features; a version is applied once, in version order, whatever the gaps.
+NUMBERED_MIGRATIONS: dict[int, str] = {
+    # 6: worker routing (activity tags and sessions): fetches filter by tag and look up a session's
+    # oldest item and its owner; partial indexes keep both cheap.
+    6: """
+    CREATE INDEX wq_untagged ON worker_queue(visible_at, id) WHERE tag IS NULL;
+    CREATE INDEX wq_tagged ON worker_queue(tag, visible_at, id) WHERE tag IS NOT NULL;
+    CREATE INDEX wq_session ON worker_queue(session_id, id) WHERE session_id IS NOT NULL;
+    CREATE INDEX sessions_worker ON sessions(worker_id, locked_until);
+    """,
+}
+
+
+def all_migrations() -> list[tuple[int, str]]:
+    """``(version, script)`` of every migration, in version order."""
+    numbered = dict(enumerate(MIGRATIONS, start=1))
+    clash = set(numbered) & set(NUMBERED_MIGRATIONS)
+    if clash:
+        raise RuntimeError(f"SQLite migration versions defined twice: {sorted(clash)}")
+    numbered.update(NUMBERED_MIGRATIONS)
+    return sorted(numbered.items())
+
 
 def migrate(conn: sqlite3.Connection) -> None:
     conn.execute("BEGIN IMMEDIATE")
@@ -108,7 +131,7 @@ def migrate(conn: sqlite3.Connection) -> None:
             "CREATE TABLE IF NOT EXISTS _duroxide_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)"
         )
         done = {r[0] for r in conn.execute("SELECT version FROM _duroxide_migrations")}
-        for number, script in enumerate(MIGRATIONS, start=1):
+        for number, script in all_migrations():
             if number in done:
                 continue
             for statement in script.split(";"):

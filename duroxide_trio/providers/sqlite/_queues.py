@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -30,6 +31,7 @@ from ..base import (
     OrchestrationItem,
     ProviderError,
     ProviderErrorKind,
+    WorkerRouting,
     WorkItemLease,
 )
 from ._executor import SqliteBase
@@ -382,6 +384,98 @@ class QueuesJob(SqliteBase):
             logging.getLogger("duroxide_trio.providers.sqlite").error("dropped undecodable work items: %s", bad)
         return leases
 
+    async def fetch_routed_work_items(
+        self, lock_timeout: float, max_items: int, routing: WorkerRouting, poll_timeout: float = 0.0
+    ) -> list[WorkItemLease]:
+        """``fetch_work_items`` of what ``routing`` accepts (tags in the query; session items one at a time
+        per session, in order, claimed for ``routing.owner``), in one round trip."""
+        lock_ms = ms(lock_timeout)
+        session_ms = ms(routing.session_lock_timeout)
+        untagged, all_tags, tags = routing.tag_params()
+        tags_json = json.dumps(tags)
+        owner = routing.owner
+        next_visible: list[int] = []
+        bad: list[str] = []
+
+        def _fetch(conn: sqlite3.Connection) -> list[WorkItemLease]:
+            now = self.clock.now_ms()
+            owned = conn.execute(
+                "SELECT COUNT(*) FROM sessions WHERE worker_id = ? AND locked_until > ?", (owner, now)
+            ).fetchone()[0]
+            params = {"now": now, "untagged": untagged, "all": all_tags, "tags": tags_json, "owner": owner,
+                      "room": owned < routing.max_sessions, "max": max(1, max_items)}
+            rows = conn.execute(_ROUTED_CANDIDATES, params).fetchall()
+            leases: list[WorkItemLease] = []
+            claimed = 0
+            for row_id, text, attempts, session_id, mine in rows:
+                if session_id is not None and not mine:
+                    if owned + claimed >= routing.max_sessions:
+                        continue  # this runtime owns as many sessions as it may
+                    claimed += 1
+                try:
+                    item = decode_activity(text)
+                except HistoryDecodeError as exc:
+                    conn.execute("DELETE FROM worker_queue WHERE id = ?", (row_id,))
+                    bad.append(str(exc))
+                    continue
+                if session_id is not None:
+                    conn.execute(
+                        "INSERT INTO sessions(session_id, worker_id, locked_until, last_activity_at) "
+                        "VALUES (?, ?, ?, ?) ON CONFLICT(session_id) DO UPDATE SET worker_id = excluded.worker_id, "
+                        "locked_until = excluded.locked_until, last_activity_at = excluded.last_activity_at",
+                        (session_id, owner, now + session_ms, now),
+                    )
+                token = self._new_token()
+                conn.execute(
+                    "UPDATE worker_queue SET lock_token = ?, locked_until = ?, attempt_count = attempt_count + 1 "
+                    "WHERE id = ?",
+                    (token, now + lock_ms, row_id),
+                )
+                leases.append(WorkItemLease(item=item, lock_token=token, attempt_count=attempts + 1))
+            if not rows:
+                nxt = conn.execute(
+                    "SELECT MIN(w.visible_at) FROM worker_queue w WHERE w.visible_at > :now AND w.lock_token IS NULL "
+                    f"AND {_TAG_MATCH}",
+                    params,
+                ).fetchone()[0]
+                if nxt is not None:
+                    next_visible.append(nxt)
+            return leases
+
+        def _probe(conn: sqlite3.Connection) -> bool:
+            now = self.clock.now_ms()
+            params = {"now": now, "untagged": untagged, "all": all_tags, "tags": tags_json}
+            return conn.execute(_ROUTED_PROBE, params).fetchone() is not None
+
+        leases = await self._run("fetch_work_item", _fetch, probe=_probe, idle=_no_leases)
+        if next_visible:
+            self.notifier.notify_at("worker", next_visible[0])
+        if bad:
+            import logging
+
+            logging.getLogger("duroxide_trio.providers.sqlite").error("dropped undecodable work items: %s", bad)
+        return leases
+
+    async def renew_sessions(self, owner: str, lock_timeout: float, idle_timeout: float) -> int:
+        """Extend ``owner``'s busy or recently active sessions, release its idle ones; how many it owns."""
+
+        def _renew(conn: sqlite3.Connection) -> int:
+            now = self.clock.now_ms()
+            params = {"owner": owner, "now": now, "until": now + ms(lock_timeout), "idle": now - ms(idle_timeout)}
+            conn.execute(
+                "UPDATE sessions SET last_activity_at = :now WHERE worker_id = :owner AND EXISTS ("
+                "SELECT 1 FROM worker_queue w WHERE w.session_id = sessions.session_id "
+                "AND w.lock_token IS NOT NULL AND w.locked_until > :now)",
+                params,
+            )
+            conn.execute(
+                "DELETE FROM sessions WHERE worker_id = :owner AND last_activity_at <= :idle", params
+            )
+            cur = conn.execute("UPDATE sessions SET locked_until = :until WHERE worker_id = :owner", params)
+            return int(cur.rowcount)
+
+        return await self._run("renew_sessions", _renew)
+
     async def ack_work_items(
         self, entries: Sequence[tuple[str, WorkItem | None]]
     ) -> list[ProviderError | None]:
@@ -499,3 +593,33 @@ def _has_worker_work(conn: sqlite3.Connection, now: int) -> bool:
         ).fetchone()
         is not None
     )
+
+
+#: An item's tag is accepted by the fetch's filter (:all, :untagged, :tags as a JSON array).
+_TAG_MATCH = (
+    "(:all OR (w.tag IS NULL AND :untagged) OR w.tag IN (SELECT value FROM json_each(:tags)))"
+)
+
+# Ready items the filter accepts; a session item only if it is its session's oldest item (so one runs at
+# a time, in scheduling order) and its session is unowned, expired, or ours (``mine``), and a new session
+# only while this owner has room (:room).
+_ROUTED_CANDIDATES = f"""
+SELECT w.id, w.work_item, w.attempt_count, w.session_id,
+       EXISTS (SELECT 1 FROM sessions s WHERE s.session_id = w.session_id AND s.worker_id = :owner
+               AND s.locked_until > :now) AS mine
+FROM worker_queue w
+WHERE w.visible_at <= :now AND (w.lock_token IS NULL OR w.locked_until <= :now) AND {_TAG_MATCH}
+  AND (w.session_id IS NULL OR (
+        NOT EXISTS (SELECT 1 FROM worker_queue o WHERE o.session_id = w.session_id AND o.id < w.id)
+        AND NOT EXISTS (SELECT 1 FROM sessions s WHERE s.session_id = w.session_id AND s.locked_until > :now
+                        AND s.worker_id <> :owner)
+        AND (:room OR EXISTS (SELECT 1 FROM sessions s WHERE s.session_id = w.session_id
+                              AND s.worker_id = :owner AND s.locked_until > :now))))
+ORDER BY w.id LIMIT :max
+"""
+
+_ROUTED_PROBE = f"""
+SELECT 1 FROM worker_queue w
+WHERE w.visible_at <= :now AND (w.lock_token IS NULL OR w.locked_until <= :now) AND {_TAG_MATCH}
+LIMIT 1
+"""

@@ -34,6 +34,8 @@ CATEGORY_MODULES: dict[str, str] = {
     "pruning": "pruning",
     "bulk_deletion": "bulk_deletion",
     "custom_status": "custom_status",
+    "tag_routing": "tag_routing",
+    "sessions": "sessions",
     "kv": "kv",
 }
 

@@ -32,7 +32,10 @@ from ...providers.base import (
     ProviderAdmin,
     ProviderError,
     ProviderFactory,
+    RoutingCapable,
+    WorkerRouting,
     WorkItemLease,
+    as_routing,
 )
 
 T = TypeVar("T")
@@ -501,3 +504,38 @@ def present(value: T | None, what: str) -> T:
     if value is None:
         fail(f"{what}: expected a value, got None")
     return value
+
+
+# ---------------------------------------------------------------------------------------------------------
+# worker routing (tags and sessions)
+
+
+def routed_of(provider: Provider) -> RoutingCapable:
+    """``provider`` as a routing provider, or skip the test (no ``worker_routing`` capability)."""
+    routed = as_routing(provider)
+    if routed is None:
+        skip("provider does not declare ProviderCapabilities(worker_routing=True)")
+    return routed
+
+
+def routed_activity(
+    instance: str, id: int, *, tag: str | None = None, session_id: str | None = None, name: str = "Act"
+) -> ActivityExecute:
+    return ActivityExecute(
+        instance=instance, execution_id=1, id=id, name=name, input='"in"', tag=tag, session_id=session_id
+    )
+
+
+async def fetch_routed(
+    provider: Provider,
+    routing: WorkerRouting,
+    max_items: int = 10,
+    lock: float = LONG,
+    what: str = "fetch_routed_work_items",
+) -> list[WorkItemLease]:
+    return list(await ok(routed_of(provider).fetch_routed_work_items(lock, max_items, routing, 0.0), what))
+
+
+def lease_ids(leases: Sequence[WorkItemLease]) -> list[tuple[str, int]]:
+    """``(instance, activity id)`` of each lease, in fetch order."""
+    return [(lease.item.instance, lease.item.id) for lease in leases]
