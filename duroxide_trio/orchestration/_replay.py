@@ -59,7 +59,7 @@ from ..history import (
     kind_name,
 )
 from . import limits
-from ._futures import BLOCKED, Action, LeafFuture, TaskFuture
+from ._futures import BLOCKED, Action, EngineFailure, LeafFuture, TaskFuture
 from .context import OrchestrationContext
 
 __all__ = ["Codec", "Handler", "TurnPlan", "TurnResult", "plan_turn", "run_turn"]
@@ -184,7 +184,7 @@ class _Nondeterminism(Exception):
     pass
 
 
-class _Fail(Exception):
+class _Fail(EngineFailure):
     """End the instance as Failed with these details (system errors)."""
 
     def __init__(self, details: ErrorDetails) -> None:
@@ -322,6 +322,8 @@ class Turn:
         self._progress += 1
 
     def add_task(self, task: TaskFuture) -> None:
+        if self._current_task is not None:
+            self._current_task.adopt(task)
         self._tasks.append(task)
         self._progress += 1
         prev = self._current_task
@@ -340,6 +342,8 @@ class Turn:
             f = sched.future
             if f is not None and sched.state == "open" and f.action is not None and f.action.task is task:
                 out.append(f)
+        for waiting in self._subs.values():
+            out.extend(f for f in waiting if f.action is not None and f.action.task is task)
         return out
 
     def cancel_leaf(self, fut: LeafFuture) -> None:
@@ -399,8 +403,26 @@ class Turn:
         self._current_task = task
         try:
             return coro.send(None)
+        except (StopIteration, _Fail):
+            raise
+        except BaseException as exc:
+            if task is not None:  # an async block awaited an event-loop API: fail as the main code would
+                self._check_foreign(exc)
+            raise
         finally:
             self._current_task = prev
+
+    def _check_foreign(self, exc: BaseException) -> None:
+        """Raise ``_Fail`` naming the event-loop API if ``exc`` came from awaiting one."""
+        foreign = _event_loop_api(exc)
+        if foreign is not None:
+            raise _Fail(ErrorDetails(
+                "application", "OrchestrationFailed",
+                limits.truncate_message(
+                    f"orchestration {self.handler.name!r} awaited {foreign}, which is not a durable future "
+                    f"(it raised {describe_exception(exc)}); orchestrations may only await ctx futures (use "
+                    "ctx.schedule_timer instead of trio.sleep/asyncio.sleep, and activities for I/O)"),
+            )) from None
 
     # ------------------------------------------------------------------ polling
     def _poll(self) -> None:
@@ -429,15 +451,7 @@ class Turn:
             raise
         except BaseException as exc:  # noqa: BLE001 - anything escaping the orchestration (even
             # KeyboardInterrupt/SystemExit raised by its code) fails this instance only
-            foreign = _event_loop_api(exc)
-            if foreign is not None:
-                raise _Fail(ErrorDetails(
-                    "application", "OrchestrationFailed",
-                    limits.truncate_message(
-                        f"orchestration {self.handler.name!r} awaited {foreign}, which is not a durable future "
-                        f"(it raised {describe_exception(exc)}); orchestrations may only await ctx futures (use "
-                        "ctx.schedule_timer instead of trio.sleep/asyncio.sleep, and activities for I/O)"),
-                )) from None
+            self._check_foreign(exc)
             self._finished = True
             self._app_error = exc
             self._progress += 1

@@ -8,6 +8,7 @@ sentinel to the replay engine, which drives the coroutine with ``send()``; anyth
 
 from __future__ import annotations
 
+import inspect
 import logging
 import uuid
 from collections.abc import Coroutine, Iterable, Sequence
@@ -41,6 +42,24 @@ from ._futures import (
 
 #: Automatic sub-orchestration ids are ``<parent>::sub::<event id>``; no other id may contain the marker.
 SUB_MARKER = "::sub::"
+
+
+def _not_a_future(value: Any) -> str | None:
+    """Why ``value`` cannot be joined or selected (``None``: an unstarted coroutine, which can)."""
+    if inspect.iscoroutine(value):
+        state = inspect.getcoroutinestate(value)
+        if state == inspect.CORO_CREATED:
+            return None
+        return f"the coroutine {value.__qualname__} that has already started ({state}); pass a fresh call"
+    if inspect.iscoroutinefunction(value):
+        name = getattr(value, "__qualname__", repr(value))
+        return f"the async function {name} itself; call it: {name}(...)"
+    if inspect.isasyncgen(value):
+        return f"the async generator {value.__qualname__}, which is not a coroutine"
+    if inspect.isawaitable(value):
+        return (f"{value!r:.100}, an awaitable that is not a ctx future (orchestrations may only wait "
+                "for ctx futures: use ctx.schedule_timer for delays and activities for I/O)")
+    return f"{value!r:.100}"
 
 
 def check_name(value: Any, what: str, *, optional: bool = False) -> None:
@@ -516,11 +535,15 @@ class OrchestrationContext:
         return self._engine.history_size_bytes()
 
     # --- composition ---
-    def join(self, futures: Iterable[DurableFuture], *, return_exceptions: bool = False) -> DurableFuture:
+    def join(
+        self, futures: Iterable[DurableFuture | Coroutine[Any, Any, Any]], *, return_exceptions: bool = False
+    ) -> DurableFuture:
         """Wait for all ``futures`` (fan-in).
 
         Args:
-            futures: Durable futures from this context (``schedule_*``, ``select``, ``join``).
+            futures: Durable futures from this context (``schedule_*``, ``select``, ``join``, ``task``) or
+                async blocks: coroutines of ``async def`` functions that await ctx futures (each runs as
+                :meth:`task`, started here in argument order).
             return_exceptions: Put the exception of a failed future in its place in the list instead of
                 raising it.
 
@@ -530,25 +553,27 @@ class OrchestrationContext:
             history order.
 
         Raises:
-            TypeError: One of ``futures`` is not a durable future.
+            TypeError: One of ``futures`` is neither a durable future nor an unstarted coroutine.
         """
         children = self._check_futures(list(futures), "join")
         return JoinFuture(self._engine, children, return_exceptions)
 
-    def select(self, *futures: DurableFuture) -> DurableFuture:
+    def select(self, *futures: DurableFuture | Coroutine[Any, Any, Any]) -> DurableFuture:
         """Resolve with ``(index, value)`` of the first future to complete *in history order*; the others
-        are cancelled (activities lose their lock, subscriptions are released, children are cancelled).
+        are cancelled (activities lose their lock, subscriptions are released, children are cancelled; a
+        losing async block is closed and everything it scheduled that is still open is cancelled).
 
         Args:
-            *futures: Durable futures from this context (or one list or tuple of them).
+            *futures: Durable futures from this context or async blocks (coroutines, as in :meth:`join`),
+                or one list or tuple of them.
 
         Returns:
             A future of ``(index, value)`` of the winner; it raises the winner's exception if the first
-            future to complete failed.
+            future to complete failed. An async block completes when its coroutine returns.
 
         Raises:
             ValueError: No futures were given.
-            TypeError: One of ``futures`` is not a durable future.
+            TypeError: One of ``futures`` is neither a durable future nor an unstarted coroutine.
         """
         if len(futures) == 1 and isinstance(futures[0], (list, tuple)):
             futures = tuple(futures[0])
@@ -556,11 +581,41 @@ class OrchestrationContext:
             raise ValueError("select needs at least one future")
         return SelectFuture(self._engine, self._check_futures(list(futures), "select"))
 
+    def task(self, block: Coroutine[Any, Any, Any]) -> DurableFuture:
+        """Run the async block ``block`` (a coroutine that awaits ctx futures) alongside the orchestration,
+        starting it at once; the future resolves with what it returns or raises what it raises.
+
+        Passing a coroutine to :meth:`join` / :meth:`select` does this for you. A block is deterministic
+        like the rest of the code: it resumes in history order. When a block loses a ``select`` (or the
+        task is cancelled), what it scheduled and still waits for is cancelled and recorded, the tasks it
+        started are cancelled too, and its coroutine is closed.
+
+        Args:
+            block: An unstarted coroutine, e.g. ``step_two(ctx)`` for ``async def step_two(ctx): ...``.
+
+        Returns:
+            A durable future of the block's result.
+
+        Raises:
+            TypeError: ``block`` is not a coroutine, or it has already started.
+        """
+        return self._check_futures([block], "task")[0]
+
     def _check_futures(self, futures: Sequence[Any], what: str) -> list[DurableFuture]:
-        for f in futures:
-            if not isinstance(f, DurableFuture):
-                raise TypeError(f"ctx.{what} takes durable futures (from ctx.schedule_*), got {f!r}")
-        return list(futures)
+        for i, f in enumerate(futures):
+            if isinstance(f, DurableFuture):
+                continue
+            problem = _not_a_future(f)
+            if problem is not None:
+                for other in futures:  # do not leave "coroutine was never awaited" warnings behind
+                    if inspect.iscoroutine(other) and inspect.getcoroutinestate(other) == inspect.CORO_CREATED:
+                        other.close()
+                where = f"argument {i + 1}" if len(futures) > 1 else "its argument"
+                raise TypeError(
+                    f"ctx.{what} takes durable futures (from ctx.schedule_*) or async blocks (coroutines of "
+                    f"async functions that await ctx futures); {where} is {problem}"
+                )
+        return [f if isinstance(f, DurableFuture) else self._spawn(f) for f in futures]
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> TaskFuture:
         task = TaskFuture(self._engine, coro)
