@@ -31,7 +31,7 @@ from .orchestration.limits import (
     MAX_TIMER_SECONDS,
     LimitExceeded,
 )
-from .providers.base import Provider, ProviderAdmin, ProviderFactory
+from .providers.base import Provider, ProviderAdmin, ProviderFactory, VersionRange
 from .providers.sqlite import SqliteFactory, SqliteProvider
 from .registry import Registry
 from .runtime import Runtime, RuntimeOptions, open_runtime
@@ -79,6 +79,7 @@ __all__ = [
     "SubOrchestrationFailed",
     "TaskFailed",
     "UnknownOrchestration",
+    "VersionRange",
     "open_runtime",
 ]
 

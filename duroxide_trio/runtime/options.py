@@ -7,6 +7,8 @@ from typing import Any
 
 import attrs
 
+from ..providers.base import VersionRange
+
 __all__ = ["RuntimeOptions"]
 
 
@@ -74,6 +76,9 @@ class RuntimeOptions:
     - ``metrics_interval``: how often queue depths are sampled for the OpenTelemetry gauges.
     - ``orchestrator_lock_renewal_buffer`` / ``worker_lock_renewal_buffer``: locks of 15 s or more are
       renewed this long before they expire (shorter locks at half their duration).
+    - ``supported_replay_versions``: capability filtering, a ``dt.VersionRange`` (default: any). The
+      runtime only fetches instances whose recorded orchestration version is inside it, so a rolling
+      deploy can run old and new code side by side; an instance no runtime accepts waits in the queue.
     - ``provider_retry_cap``: the longest wait between retries after a retryable provider error (the
       wait doubles with each consecutive failure).
 
@@ -104,8 +109,14 @@ class RuntimeOptions:
     provider_retry_cap: float = attrs.field(default=3.0, validator=_positive)
     blocked_loop_threshold: float = attrs.field(default=1.0, validator=_non_negative)
     metrics_interval: float = attrs.field(default=5.0, validator=_positive)
+    supported_replay_versions: VersionRange = attrs.field(factory=VersionRange.any)
 
     def __attrs_post_init__(self) -> None:
+        if not isinstance(self.supported_replay_versions, VersionRange):
+            raise ValueError(
+                "RuntimeOptions.supported_replay_versions must be a dt.VersionRange (e.g. "
+                f"dt.VersionRange.major(2)), got {self.supported_replay_versions!r:.100}"
+            )
         for timeout, buffer in (
             ("orchestrator_lock_timeout", "orchestrator_lock_renewal_buffer"),
             ("worker_lock_timeout", "worker_lock_renewal_buffer"),
