@@ -210,3 +210,118 @@ def test_a_started_coroutine_is_refused_and_fresh_ones_are_closed():
 
     Instance(orch)
     assert "has already started" in seen["msg"] and seen["fresh_closed"]
+
+
+# -------------------------------------------------------------------------------- smaller gaps (issue 12.6)
+
+
+def test_custom_status_is_readable_and_carried_across_continue_as_new():
+    seen = []
+
+    def orch(ctx, n):
+        async def run(ctx, n):
+            seen.append((ctx.execution_id, ctx.custom_status))
+            if n == 0:
+                ctx.set_custom_status({"phase": "one", "n": n})
+                assert ctx.custom_status == {"phase": "one", "n": 0}
+                await ctx.schedule_timer(1)
+                return await ctx.continue_as_new(1)
+            return ctx.custom_status
+
+        return run(ctx, n)
+
+    inst = Instance(orch, 0)
+    r = inst.turn([h.TimerDue("i", 1, 3, 0)])
+    assert r.status == Status.CONTINUED_AS_NEW
+    can = next(m for m in r.orchestrator_items if isinstance(m, h.ContinueAsNew))
+    inst.history, inst.execution_id = [], 2
+    r = inst.turn([can])
+    assert r.status == Status.COMPLETED and json.loads(r.output) == {"phase": "one", "n": 0}
+    assert seen[0] == (1, None) and seen[-1] == (2, {"phase": "one", "n": 0})
+
+
+def test_a_second_queued_event_in_the_completing_batch_is_still_recorded():
+    def orch(ctx, _):
+        async def run(ctx):
+            return await ctx.dequeue_event("q")
+
+        return run(ctx)
+
+    inst = Instance(orch)
+    r = inst.turn([h.QueueMessage("i", "q", '"first"'), h.QueueMessage("i", "q", '"second"')])
+    assert r.status == Status.COMPLETED and r.output == '"first"'
+    delivered = [e.kind.data for e in inst.history if e.type_name == "QueueEventDelivered"]
+    assert delivered == ['"first"', '"second"']
+
+
+@pytest.mark.parametrize("n", [1024, 2048])
+def test_fan_in_of_many_children_replays_and_completes(n):
+    def orch(ctx, n):
+        async def run(ctx, n):
+            results = await ctx.join([ctx.schedule_sub_orchestration("Child", i) for i in range(n)])
+            return sum(results)
+
+        return run(ctx, n)
+
+    inst = Instance(orch, n)
+    children = [e for e in inst.history if e.type_name == "SubOrchestrationScheduled"]
+    assert len(children) == n
+    # Half the children complete in one turn, the rest in another: the second turn replays n completions.
+    half = n // 2
+    msgs = [h.SubOrchResult("i", 1, c.event_id, json.dumps(i)) for i, c in enumerate(children)]
+    r = inst.turn(msgs[:half])
+    assert r.status is None
+    r = inst.turn(msgs[half:])
+    assert r.status == Status.COMPLETED and r.output == str(sum(range(n)))
+
+
+def test_retry_policy_non_retryable_stops_at_once():
+    import duroxide_trio as dt
+
+    class PaymentDeclined(Exception):
+        pass
+
+    policy = dt.RetryPolicy(5, dt.Backoff.fixed(1.0), non_retryable=(PaymentDeclined, "BadInput"))
+    assert not policy.is_retryable(h.ErrorDetails("application", "ActivityFailed", "PaymentDeclined: no funds"))
+    assert not policy.is_retryable(h.ErrorDetails("application", "BadInput", "cannot decode"))
+    assert policy.is_retryable(h.ErrorDetails("application", "ActivityFailed", "RuntimeError: flaky"))
+    with pytest.raises(TypeError, match="non_retryable"):
+        dt.RetryPolicy(non_retryable=(42,))
+
+    def orch(ctx, _):
+        async def run(ctx):
+            try:
+                await ctx.schedule_activity("Pay", retry=policy)
+            except dt.ActivityFailed as exc:
+                return exc.details.message
+
+        return run(ctx)
+
+    inst = Instance(orch)
+    r = inst.turn([h.ActivityError("i", 1, 2, h.ErrorDetails("application", "ActivityFailed", "PaymentDeclined: no"))])
+    assert r.status == Status.COMPLETED and r.output == '"PaymentDeclined: no"'
+    assert inst.types().count("ActivityScheduled") == 1 and "TimerCreated" not in inst.types()
+
+    inst = Instance(orch)  # a retryable failure still retries (a timer, then a second attempt)
+    inst.turn([h.ActivityError("i", 1, 2, h.ErrorDetails("application", "ActivityFailed", "RuntimeError: x"))])
+    assert "TimerCreated" in inst.types()
+
+
+def test_automatic_child_ids_include_the_execution_id_after_continue_as_new():
+    def orch(ctx, n):
+        async def run(ctx, n):
+            await ctx.schedule_sub_orchestration("Child", n)
+            if n == 0:
+                return await ctx.continue_as_new(1)
+            return "done"
+
+        return run(ctx, n)
+
+    inst = Instance(orch, 0)
+    first = inst.event("SubOrchestrationScheduled").kind.instance
+    r = inst.turn([h.SubOrchResult("i", 1, 2, "null")])
+    can = next(m for m in r.orchestrator_items if isinstance(m, h.ContinueAsNew))
+    inst.history, inst.execution_id = [], 2
+    inst.turn([can])
+    second = inst.event("SubOrchestrationScheduled").kind.instance
+    assert first == "i::sub::2" and second == "i::sub::2.2" and first != second

@@ -681,6 +681,10 @@ class Turn:
             self._buffers.setdefault(("queue", queue), collections.deque()).append(data)
         if started.initial_custom_status is not None:
             self._custom_status = started.initial_custom_status
+            try:  # what clients see: the carried status as plain JSON
+                self.ctx.custom_status = self.codec.decode_event_data("custom status", started.initial_custom_status)
+            except Exception:  # noqa: BLE001 - unreadable carried status: the code sees None, clients the text
+                self.ctx.custom_status = None
         if self._cancel_first:
             return  # a cancel queued before the first turn wins: the code never runs
         try:
@@ -779,6 +783,13 @@ class Turn:
         for msg in messages:
             if self._finished or self._can is not None or self._cancel_reason is not None:
                 leftovers.append(msg)
+                if (self._finished and self._can is None and self._cancel_reason is None and self._fail is None
+                        and isinstance(msg, (ExternalRaised, QueueMessage))):
+                    # Arrived with the completion: recorded (not delivered), so history shows every event
+                    # the instance received.
+                    arrived = self._message_event(msg, completed)  # type: ignore[arg-type]
+                    if arrived is not None:
+                        self._new_event(arrived[0], arrived[1])
                 continue
             converted = self._message_event(msg, completed)  # type: ignore[arg-type]
             if converted is None:

@@ -181,24 +181,50 @@ class RetryPolicy:
     (kind ``"Timeout"`` if the last attempt timed out). Each attempt is a new activity execution
     (``ActivityContext.attempt`` says which).
 
+    ``non_retryable`` stops at once (the failure is raised after that attempt) for failures that retrying
+    cannot fix: an exception class matches an activity that raised an exception of that class's name
+    (activities run elsewhere, so the match is by the raised type's ``__name__``, not by subclassing); a
+    string matches an error kind (``"Timeout"``, ``"BadInput"``) or that same type name.
+
     Args:
         max_attempts: Attempts in total, the first one included (at least 1).
         backoff: The delay between attempts (default ``Backoff.exponential()``).
         timeout: The longest an attempt may take, in seconds (``None``: no limit).
+        non_retryable: Exception classes and error kinds / type names that are not retried.
 
     Raises:
         ValueError: ``max_attempts`` is below 1 or ``timeout`` is not positive.
+        TypeError: ``non_retryable`` holds something that is neither an exception class nor a string.
     """
 
     max_attempts: int = 3
     backoff: Backoff = attrs.field(factory=Backoff.exponential)
     timeout: float | None = None
+    non_retryable: tuple[type[BaseException] | str, ...] = attrs.field(default=(), converter=tuple)
 
     def __attrs_post_init__(self) -> None:
         if self.max_attempts < 1:
             raise ValueError(f"RetryPolicy.max_attempts must be >= 1, got {self.max_attempts}")
         if self.timeout is not None and self.timeout <= 0:
             raise ValueError(f"RetryPolicy.timeout must be positive, got {self.timeout}")
+        for entry in self.non_retryable:
+            ok = isinstance(entry, str) and entry or isinstance(entry, type) and issubclass(entry, BaseException)
+            if not ok:
+                raise TypeError(
+                    f"RetryPolicy.non_retryable takes exception classes and error kinds (strings), got {entry!r:.100}"
+                )
+
+    def is_retryable(self, details: ErrorDetails) -> bool:
+        """False if ``details`` (a failed attempt) matches ``non_retryable`` (see the class docs).
+
+        Args:
+            details: The failure of an attempt.
+        """
+        if not self.non_retryable:
+            return True
+        raised = details.message.split(":", 1)[0].strip()  # "ValueError: bad input" -> "ValueError"
+        names = {e if isinstance(e, str) else e.__name__ for e in self.non_retryable}
+        return details.kind not in names and raised not in names
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -235,7 +261,9 @@ class OrchestrationContext:
         version: The version that runs (recorded in history; replays always use it).
         logger: A logger adapter that is silent while replaying and prefixes messages with the
             instance id (records carry ``instance_id``, ``execution_id`` and ``orchestration``).
-        custom_status: The last value this execution gave to :meth:`set_custom_status` (``None`` before).
+        custom_status: The instance's custom status as this code last set it with
+            :meth:`set_custom_status`; at the start of an execution after continue-as-new, the carried
+            status as clients see it (plain JSON); ``None`` if there is none.
     """
 
     def __init__(
@@ -355,9 +383,11 @@ class OrchestrationContext:
                     )
                 )
             except ActivityFailed as exc:
-                if exc.details.category != "application":
+                if exc.details.category != "application" or not policy.is_retryable(exc.details):
                     raise
                 last = exc
+            if not policy.is_retryable(last.details):
+                raise last
             if attempt < policy.max_attempts:
                 self.logger.warning("activity %s attempt %d failed: %s; retrying", name, attempt, last)
                 delay = policy.backoff.delay_for_attempt(attempt)
