@@ -5,7 +5,8 @@ Every test is ``async def test_xxx(factory)`` taking a :class:`~duroxide_trio.pr
 it creates fresh providers through the factory and disposes of them (``factory.cleanup(provider)`` when
 the factory has it, else ``provider.close()``). Categories (one module each): atomicity, error_handling,
 instance_locking, lock_expiration, multi_execution, queue_semantics, instance_creation, management,
-long_polling, poison, cancellation, deletion, pruning, bulk_deletion, custom_status.
+long_polling, poison, cancellation, deletion, pruning, bulk_deletion, custom_status, capability_filtering,
+continue_as_new_races, duplicate_start.
 
 Run it
   - without pytest: ``report = await run_validation(factory, categories=None, on_result=None)``, or the
@@ -31,9 +32,10 @@ Optional factory attributes/hooks the suite uses
     0.25) for the long-polling category.
 
 Not applicable yet (our providers do not implement these features, so their duroxide categories are left
-out): sessions (33 tests), tag filtering (10), the KV store (35) and capability (version) filtering (20).
-The four capability-filtering tests about corrupted histories that do not involve a filter are in the
-``poison`` category.
+out): sessions (33 tests), tag filtering (10) and the KV store (35). Capability (version) filtering is the
+``capability_filtering`` category (``fetch_orchestration_item(..., versions=VersionRange)``; a provider
+whose fetch takes no ``versions=`` skips it); the four duroxide capability-filtering tests about corrupted
+histories that do not involve a filter are in the ``poison`` category.
 
 Where our contract deliberately differs from duroxide's, the tests assert ours:
   - messages for an instance that does not exist yet are kept, not dropped (a client may enqueue right

@@ -34,6 +34,9 @@ CATEGORY_MODULES: dict[str, str] = {
     "pruning": "pruning",
     "bulk_deletion": "bulk_deletion",
     "custom_status": "custom_status",
+    "capability_filtering": "capability_filtering",
+    "continue_as_new_races": "continue_as_new_races",
+    "duplicate_start": "duplicate_start",
 }
 
 #: Per-test time limit (seconds) of the runner and the pytest plugin.
