@@ -349,7 +349,7 @@ async def test_advisory_lock_keys_are_scoped_to_the_schema(pg_url):
 
     from duroxide_trio.history import StartOrchestration
     from duroxide_trio.providers.postgres import PostgresProvider
-    from duroxide_trio.providers.postgres._queries import _hash64
+    from duroxide_trio.providers.postgres._queries import hash64
 
     schemas = [pg_support.new_schema_name(), pg_support.new_schema_name()]
     providers = [await PostgresProvider.connect(pg_url, schema=s, pool_max=2) for s in schemas]
@@ -360,7 +360,7 @@ async def test_advisory_lock_keys_are_scoped_to_the_schema(pg_url):
 
         with psycopg.connect(pg_url, autocommit=True) as side:  # "another fetcher" claiming in schema 0
             key = side.execute("SELECT hashtextextended('same-id', %s)",
-                               (_hash64(f"duroxide_trio:locks:{schemas[0]}"),)).fetchone()[0]  # fmt: skip
+                               (hash64(f"duroxide_trio:locks:{schemas[0]}"),)).fetchone()[0]  # fmt: skip
             side.execute("SELECT pg_advisory_lock(%s)", (key,))
             assert await providers[0].fetch_orchestration_item(5.0) is None  # skipped, not waited for
             item = await providers[1].fetch_orchestration_item(5.0)

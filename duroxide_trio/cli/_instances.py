@@ -25,6 +25,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
+from ..history import Status
 from . import app
 from ._provider import CannotOpen, DbOption, SchemaOption, UrlOption, masked, open_provider
 
@@ -45,10 +46,10 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of 
 
 #: The values ``--status`` accepts (any case) and the stored status each means.
 STATUS_VALUES = {
-    "running": "Running",
-    "completed": "Completed",
-    "failed": "Failed",
-    "continuedasnew": "ContinuedAsNew",
+    "running": Status.RUNNING,
+    "completed": Status.COMPLETED,
+    "failed": Status.FAILED,
+    "continuedasnew": Status.CONTINUED_AS_NEW,
 }
 
 
@@ -174,7 +175,12 @@ def _when(ms: int | None) -> str:
     return datetime.fromtimestamp(ms / 1000.0, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
-_STATUS_STYLE = {"Running": "yellow", "Completed": "green", "Failed": "red", "ContinuedAsNew": "cyan"}
+_STATUS_STYLE: dict[str, str] = {
+    Status.RUNNING: "yellow",
+    Status.COMPLETED: "green",
+    Status.FAILED: "red",
+    Status.CONTINUED_AS_NEW: "cyan",
+}
 
 
 def _styled_status(status: str) -> str:
@@ -313,7 +319,7 @@ def show(
             table.add_row("Parent", escape(state.parent_instance_id))
         if state.error is not None:
             table.add_row("Error", escape(f"{state.error.category}/{state.error.kind}: {state.error.message}"))
-        elif state.status.value == "Completed":
+        elif state.status is Status.COMPLETED:
             table.add_row("Output", escape(json.dumps(state.output, indent=2, default=str)))
         if state.custom_status is not None:
             table.add_row("Custom status", escape(json.dumps(state.custom_status, default=str)))
@@ -481,7 +487,7 @@ def _on_running(
 
     async def action(client: Client) -> int:
         info = await _require(client, instance_id)
-        if info.status != "Running":
+        if info.status != Status.RUNNING:
             raise CliError(f"cannot {what}: instance {instance_id!r} is already {info.status}")
         await send(client)
         typer.echo(done)
@@ -563,12 +569,12 @@ def delete(
                 raise CliError(
                     f"{instance_id!r} is a sub-orchestration of {info.parent_instance_id!r}; delete the root"
                 )
-            if info.status == "Running" and not force:
+            if info.status == Status.RUNNING and not force:
                 raise CliError(f"instance {instance_id!r} is Running; pass --force to delete it anyway")
             typer.echo(_deleted(await client.delete_instance(instance_id, force)))
             return 0
         wanted = parse_status(status)
-        if wanted == "Running":
+        if wanted == Status.RUNNING:
             raise CliError("running instances are never bulk-deleted; delete them one by one with --force")
         before = parse_when(completed_before) if completed_before is not None else None
         ids: list[str] | None = None

@@ -23,6 +23,7 @@ from typing import Annotated, Any
 import anyio
 import typer
 
+from ..history import Status
 from . import app
 from ._provider import CannotOpen, DbOption, SchemaOption, UrlOption, open_provider
 
@@ -117,7 +118,7 @@ def replay(
         raise typer.BadParameter("--registry module:attr is required", param_hint="--registry")
     if files and (db or database_url_):
         raise typer.BadParameter("give history FILES or a database (--db / --database-url), not both")
-    if status is not None and status not in ("Running", "Completed", "Failed", "ContinuedAsNew"):
+    if status is not None and status not in (Status.RUNNING, Status.COMPLETED, Status.FAILED, Status.CONTINUED_AS_NEW):
         raise typer.BadParameter(f"unknown status {status!r}", param_hint="--status")
     replayer = Replayer(load_registry(registry))
     since_at = parse_since(since) if since else None

@@ -26,6 +26,7 @@ import anyio.lowlevel
 import attrs
 
 from ..errors import DuroxideError
+from ..history import Status
 from ..providers.base import Provider, ProviderFactory
 from ..registry import Registry
 from ..runtime import RecentError, Runtime, RuntimeOptions, open_runtime
@@ -603,7 +604,7 @@ async def _one_instance(
             now,
         )
         return
-    if state.status.value == "Failed":
+    if state.status is Status.FAILED:
         details = state.error
         category = _FAILED_CATEGORY.get(details.category if details else "", "application")
         message = f"{details.category}/{details.kind}: {details.message}" if details else "failed"

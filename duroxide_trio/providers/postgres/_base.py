@@ -17,12 +17,12 @@ from .._kernel import ProviderKernel
 from ..base import ProviderError
 from ._driver import AnyioConnection
 from ._pool import Pool
-from ._queries import _Queries
+from ._queries import Queries
 
 _IDLE = pq.TransactionStatus.IDLE
 
 
-def _connection_dead(conn: AnyioConnection[Any]) -> bool:
+def connection_dead(conn: AnyioConnection[Any]) -> bool:
     """True if an idle pooled connection was closed by the server (terminated backend, restart): the
     server's goodbye is already waiting in the socket. Costs one non-blocking poll."""
     if conn.closed or conn.broken:
@@ -61,7 +61,7 @@ class PgBase(ProviderKernel):
         _prepare: bool
         _schema: str
         _pool: Pool
-        _q: _Queries
+        _q: Queries
         _channel: str
         _command_timeout: float
         _connect_timeout: float

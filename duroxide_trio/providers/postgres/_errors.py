@@ -44,7 +44,7 @@ def classify_sqlstate(state: str | None) -> tuple[bool, ProviderErrorKind | None
         return False, ProviderErrorKind.CONFIG
     return False, None
 
-def _too_large(message: str) -> str:
+def too_large(message: str) -> str:
     """What a program-limit error (54000, e.g. an index row too large) was about, for the message."""
     m = _INDEX_NAME.search(message)
     index = f" (index {m.group(1)!r})" if m else ""

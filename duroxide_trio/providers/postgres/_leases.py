@@ -17,9 +17,9 @@ from .._kernel import (
 from ..base import (
     ProviderError,
 )
-from ._base import PgBase, _connection_dead
+from ._base import PgBase, connection_dead
 from ._driver import AnyioConnection, connect
-from ._queries import _hash64
+from ._queries import hash64
 
 logger = logging.getLogger("duroxide_trio.providers.postgres")
 
@@ -42,14 +42,14 @@ class LeasesJob(PgBase):
         :meth:`unregister_process`. Locks fetched from now on carry ``process_id``. Returns True."""
         if not process_id.isalnum():
             raise ValueError(f"process id must be alphanumeric, got {process_id!r}")
-        self._process_key = _hash64(f"duroxide_trio:process:{self._schema}:{process_id}")
+        self._process_key = hash64(f"duroxide_trio:process:{self._schema}:{process_id}")
         self._process_id = process_id
         await self.renew_process_lease(process_id, 3600.0)
         return True
 
     async def _lease_connection(self) -> AnyioConnection[Any]:
         conn = self._lease_conn
-        if conn is not None and not conn.closed and not _connection_dead(conn):
+        if conn is not None and not conn.closed and not connection_dead(conn):
             return conn
         if conn is not None:
             with contextlib.suppress(Exception):
@@ -87,7 +87,7 @@ class LeasesJob(PgBase):
         except TimeoutError:
             raise ProviderError.transient(op, f"timed out after {self._command_timeout:g} s") from None
         except psycopg.Error as ex:
-            if self._lease_conn is not None and _connection_dead(self._lease_conn):
+            if self._lease_conn is not None and connection_dead(self._lease_conn):
                 with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
                     await self._lease_conn.close()
                 self._lease_conn = None

@@ -18,7 +18,7 @@ from ..base import (
     ProviderError,
 )
 from ._driver import AnyioConnection, connect
-from ._queries import _hash64, channel_name
+from ._queries import channel_name, hash64
 
 logger = logging.getLogger("duroxide_trio.providers.postgres")
 
@@ -41,18 +41,18 @@ def _load_migrations() -> list[tuple[int, str, str]]:
         raise RuntimeError(f"bad migration set in {folder}: {[n for _, n, _ in out]}")
     return out
 
-async def _migrate(conn: AnyioConnection[Any], schema: str, quoted: str) -> None:
+async def migrate(conn: AnyioConnection[Any], schema: str, quoted: str) -> None:
     """Bring ``schema`` up to the newest embedded migration. Each pending migration runs in its own
     transaction holding an advisory lock keyed by the schema, so concurrent connects apply it once."""
     migrations = _load_migrations()
     table = f"{quoted}.{sql.Identifier(MIGRATIONS_TABLE).as_string(conn)}"
     if await _latest_applied(conn, table) >= migrations[-1][0]:
         return  # up to date: no lock needed
-    lock_key = _hash64(f"duroxide_trio:migrations:{schema}")
+    lock_key = hash64(f"duroxide_trio:migrations:{schema}")
     substitutions = {
         "@schema@": quoted,
         "@channel@": sql.Literal(channel_name(schema)).as_string(conn),
-        "@lock_seed@": str(_hash64(f"duroxide_trio:locks:{schema}")),
+        "@lock_seed@": str(hash64(f"duroxide_trio:locks:{schema}")),
     }
     for version, file_name, text in migrations:
         async with conn.transaction():

@@ -7,7 +7,7 @@ import hashlib
 from typing import Literal
 
 
-def _hash64(text: str) -> int:
+def hash64(text: str) -> int:
     """A stable signed 64-bit integer for ``text`` (advisory-lock keys, seeds)."""
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big", signed=True)
 
@@ -18,7 +18,7 @@ def channel_name(schema: str) -> str:
         name = "duroxide:" + hashlib.blake2b(schema.encode(), digest_size=16).hexdigest()
     return name
 
-class _Queries:
+class Queries:
     """Every statement the provider sends, built once for one (quoted) schema."""
 
     def __init__(self, s: str) -> None:

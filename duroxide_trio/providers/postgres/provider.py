@@ -68,16 +68,16 @@ from ..base import (
     ProviderError,
     ProviderErrorKind,
 )
-from ._base import PgBase, _connection_dead
+from ._base import PgBase, connection_dead
 from ._driver import AnyioConnection, mask_url
-from ._errors import _too_large, classify_sqlstate
+from ._errors import classify_sqlstate, too_large
 from ._history import HistoryJob
 from ._leases import LeasesJob
 from ._listener import ListenerJob
 from ._management import ManagementJob
-from ._migrations import _migrate
+from ._migrations import migrate
 from ._pool import Pool, PoolClosed
-from ._queries import Fetch, _Queries, channel_name
+from ._queries import Fetch, Queries, channel_name
 from ._queues import QueuesJob
 
 __all__ = ["DEFAULT_SCHEMA", "PostgresProvider", "check_schema_name"]
@@ -197,7 +197,7 @@ class PostgresProvider(QueuesJob, HistoryJob, ManagementJob, ListenerJob, Leases
         self._prepare = prepare
         self._schema = schema
         self._pool = pool
-        self._q = _Queries(quoted_schema)
+        self._q = Queries(quoted_schema)
         self._channel = channel_name(schema)
         self._command_timeout = command_timeout
         self._connect_timeout = connect_timeout
@@ -303,7 +303,7 @@ class PostgresProvider(QueuesJob, HistoryJob, ManagementJob, ListenerJob, Leases
                             raise ProviderError.permanent(
                                 "connect", f"schema {schema!r} does not exist in {masked}", kind=ProviderErrorKind.CONFIG
                             )
-                    await _migrate(conn, schema, quoted)
+                    await migrate(conn, schema, quoted)
                     first = conn
         except BaseException as ex:
             with anyio.CancelScope(shield=True):
@@ -431,7 +431,7 @@ class PostgresProvider(QueuesJob, HistoryJob, ManagementJob, ListenerJob, Leases
         if state:
             retryable, kind = classify_sqlstate(state)
             if state.startswith("54"):
-                text = f"{_too_large(message)} (server: {message}; SQLSTATE {state})"
+                text = f"{too_large(message)} (server: {message}; SQLSTATE {state})"
             elif state.startswith("22"):
                 text = f"invalid value: {message} (SQLSTATE {state})"
             elif state == "23505":
@@ -466,7 +466,7 @@ class PostgresProvider(QueuesJob, HistoryJob, ManagementJob, ListenerJob, Leases
             try:
                 with anyio.fail_after(self._command_timeout):
                     async with self._pool.connection() as conn:
-                        if _connection_dead(conn):
+                        if connection_dead(conn):
                             await conn.close()  # the pool discards it
                             raise _StaleConnection
                         try:

@@ -52,7 +52,7 @@ class HistoryJob(SqliteBase):
         await self._run("append_with_execution", _append)
 
     async def get_instance_info(self, instance_id: str) -> InstanceInfo | None:
-        return await self._run("get_instance_info", lambda c: _instance_info(c, instance_id), write=False)
+        return await self._run("get_instance_info", lambda c: instance_info(c, instance_id), write=False)
 
     async def instance_exists(self, instance_id: str) -> bool:
         """True if ``instance_id`` has an instance or a pending start."""
@@ -89,7 +89,7 @@ def _read_history(conn: sqlite3.Connection, instance_id: str, execution_id: int)
     ]
 
 
-def _instance_info(conn: sqlite3.Connection, instance_id: str) -> InstanceInfo | None:
+def instance_info(conn: sqlite3.Connection, instance_id: str) -> InstanceInfo | None:
     row = conn.execute(
         """
         SELECT i.name, i.version, i.current_execution_id, COALESCE(e.status, 'Running'), e.output,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
+from ...history import Status
 from ..base import (
     COMPLETED,
     FAILED,
@@ -87,7 +88,7 @@ class ManagementJob(SqliteBase):
             return SystemMetrics(
                 total_instances=total_instances,
                 total_executions=total_executions,
-                running_instances=counts.get(RUNNING, 0) + counts.get("ContinuedAsNew", 0),
+                running_instances=counts.get(RUNNING, 0) + counts.get(Status.CONTINUED_AS_NEW, 0),
                 completed_instances=counts.get(COMPLETED, 0),
                 failed_instances=counts.get(FAILED, 0),
                 total_events=total_events,
@@ -276,7 +277,7 @@ def _delete_ids(conn: sqlite3.Connection, ids: list[str], force: bool, op: str) 
         ).fetchone()
         if row is None:
             raise InstanceNotFound(op, iid)
-        if not force and row[0] not in TERMINAL_STATUSES - {"ContinuedAsNew"}:
+        if not force and row[0] not in TERMINAL_STATUSES - {Status.CONTINUED_AS_NEW}:
             raise InstanceStillRunning(op, iid)
         orphans = [c for c in _children(conn, iid) if c not in wanted]
         if orphans:

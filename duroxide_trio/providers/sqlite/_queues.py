@@ -34,7 +34,7 @@ from ..base import (
     WorkItemLease,
 )
 from ._executor import SqliteBase
-from ._history import _instance_info
+from ._history import instance_info
 
 
 class QueuesJob(SqliteBase):
@@ -221,7 +221,7 @@ class QueuesJob(SqliteBase):
             outcome["instance"] = instance_id
             outcome["wake"] = wake_now
             if metadata.status in (COMPLETED, FAILED):
-                outcome["final"] = _instance_info(conn, instance_id)
+                outcome["final"] = instance_info(conn, instance_id)
 
         await self._run("ack_orchestration_item", _ack)
         return TurnCommitted(outcome["instance"], outcome["wake"], outcome.get("later", ()), outcome.get("final"))
