@@ -33,7 +33,7 @@ from .orchestration.limits import (
     MAX_TIMER_SECONDS,
     LimitExceeded,
 )
-from .providers.base import Provider, ProviderAdmin, ProviderFactory, TagFilter
+from .providers.base import Provider, ProviderAdmin, ProviderFactory, TagFilter, VersionRange
 from .providers.sqlite import SqliteFactory, SqliteProvider
 from .registry import Registry
 from .runtime import Runtime, RuntimeOptions, open_runtime
@@ -84,6 +84,7 @@ __all__ = [
     "SubOrchestrationFailed",
     "TaskFailed",
     "UnknownOrchestration",
+    "VersionRange",
     "open_runtime",
 ]
 

@@ -22,6 +22,7 @@ from duroxide_trio.providers.base import (
     PruneResult,
     ScheduledActivity,
     TagFilter,
+    VersionRange,
     WorkerRouting,
     WorkItemLease,
     now_ms,
@@ -314,6 +315,35 @@ class KvSurvivesDelete(Wrapper):
         return result
 
 
+class IgnoresVersionFilter(Wrapper):
+    """Capability filtering accepted but not applied: every instance is fetched."""
+
+    async def fetch_orchestration_item(
+        self, lock_timeout: float, poll_timeout: float = 0.0, *, versions: VersionRange | None = None
+    ) -> OrchestrationItem | None:
+        return await self._inner.fetch_orchestration_item(lock_timeout, poll_timeout)
+
+
+class AbandonLosesMessages(Wrapper):
+    """An abandon that drops the batch's messages instead of making them visible again."""
+
+    async def abandon_orchestration_item(
+        self, lock_token: str, delay: float | None = None, ignore_attempt: bool = False
+    ) -> None:
+        await self._sql("DELETE FROM orchestrator_queue WHERE lock_token = ?", (lock_token,))
+        await self._inner.abandon_orchestration_item(lock_token, delay, ignore_attempt)
+
+
+class StartOverwritesInstance(Wrapper):
+    """A start for an existing id re-creates the instance row from the start message (name, version)."""
+
+    async def enqueue_start(self, item: StartOrchestration) -> None:
+        await self._sql(
+            "UPDATE instances SET name = ?, version = ? WHERE instance_id = ?", (item.name, item.version, item.instance)
+        )
+        await self._inner.enqueue_start(item)
+
+
 #: (category, broken wrapper, tests of that category that must catch it)
 class IgnoresTagFilter(Wrapper):
     """Filters worker fetches by session but takes every tag."""
@@ -388,6 +418,18 @@ CASES: list[tuple[str, type[Wrapper], list[str]]] = [
     ),
     ("kv", KvWritesBeforeAck, ["test_kv_failed_ack_writes_nothing"]),
     ("kv", KvSurvivesDelete, ["test_kv_deleted_with_instance"]),
+    (
+        "capability_filtering",
+        IgnoresVersionFilter,
+        ["test_filter_skips_instances_outside_the_range", "test_skipped_instance_does_not_block_others"],
+    ),
+    ("continue_as_new_races", AbandonLosesMessages, ["test_successor_keeps_its_input_across_abandons"]),
+    (
+        "duplicate_start",
+        AcceptsDuplicateStarts,
+        ["test_duplicate_start_keeps_the_pending_input", "test_duplicate_start_of_a_completed_instance_is_refused"],
+    ),
+    ("duplicate_start", StartOverwritesInstance, ["test_duplicate_start_of_a_completed_instance_is_refused"]),
 ]
 
 

@@ -18,6 +18,7 @@ __all__ = [
     "BLOCKED",
     "Action",
     "DurableFuture",
+    "EngineFailure",
     "JoinFuture",
     "LeafFuture",
     "NeverFuture",
@@ -38,6 +39,10 @@ class _Blocked:
 
 #: What a durable future yields while its result is not known yet.
 BLOCKED = _Blocked()
+
+
+class EngineFailure(Exception):  # noqa: N818 - internal control flow, never seen by users
+    """Raised by the engine to end the instance (a system failure); never delivered to a task's awaiter."""
 
 
 class TurnEngine(Protocol):
@@ -272,13 +277,23 @@ class SelectFuture(DurableFuture):
 
 
 class TaskFuture(DurableFuture):
-    """A coroutine run by the engine alongside the orchestration (used for activity retries)."""
+    """A coroutine run by the engine alongside the orchestration: an async block passed to ``ctx.join`` /
+    ``ctx.select`` (or ``ctx.task``), and the loop of an activity retry.
 
-    __slots__ = ("_coro",)
+    Cancelling it (a ``select`` loser) cancels what it scheduled that is still open and the tasks it
+    started, then closes the coroutine (its ``finally`` blocks run; what they schedule is ignored).
+    """
+
+    __slots__ = ("_coro", "_subtasks")
 
     def __init__(self, engine: TurnEngine, coro: Coroutine[Any, Any, Any]) -> None:
         super().__init__(engine)
         self._coro = coro
+        self._subtasks: list[TaskFuture] = []
+
+    def adopt(self, task: TaskFuture) -> None:
+        """``task`` was started by this task's coroutine: cancelling this task cancels it too."""
+        self._subtasks.append(task)
 
     @property
     def finished(self) -> bool:
@@ -294,6 +309,8 @@ class TaskFuture(DurableFuture):
         except StopIteration as stop:
             self._resolve(stop.value)
             return True
+        except EngineFailure:
+            raise
         except BaseException as exc:  # noqa: BLE001 - delivered to whoever awaits the task
             self._reject(exc)
             return True
@@ -309,6 +326,8 @@ class TaskFuture(DurableFuture):
         if self._done or self._cancelled:
             return
         self._cancelled = True
+        for sub in self._subtasks:
+            sub._cancel()
         for f in list(self._engine.open_leaves_of_task(self)):
             f._cancel()
         self.close()

@@ -62,7 +62,7 @@ from ..history import (
     kind_name,
 )
 from . import limits
-from ._futures import BLOCKED, Action, LeafFuture, TaskFuture
+from ._futures import BLOCKED, Action, EngineFailure, LeafFuture, TaskFuture
 from .context import OrchestrationContext
 
 __all__ = ["Codec", "Handler", "TurnPlan", "TurnResult", "plan_turn", "run_turn"]
@@ -191,7 +191,7 @@ class _Nondeterminism(Exception):
     pass
 
 
-class _Fail(Exception):
+class _Fail(EngineFailure):
     """End the instance as Failed with these details (system errors)."""
 
     def __init__(self, details: ErrorDetails) -> None:
@@ -351,6 +351,8 @@ class Turn:
         self._progress += 1
 
     def add_task(self, task: TaskFuture) -> None:
+        if self._current_task is not None:
+            self._current_task.adopt(task)
         self._tasks.append(task)
         self._progress += 1
         prev = self._current_task
@@ -369,6 +371,8 @@ class Turn:
             f = sched.future
             if f is not None and sched.state == "open" and f.action is not None and f.action.task is task:
                 out.append(f)
+        for waiting in self._subs.values():
+            out.extend(f for f in waiting if f.action is not None and f.action.task is task)
         return out
 
     def cancel_leaf(self, fut: LeafFuture) -> None:
@@ -428,8 +432,26 @@ class Turn:
         self._current_task = task
         try:
             return coro.send(None)
+        except (StopIteration, _Fail):
+            raise
+        except BaseException as exc:
+            if task is not None:  # an async block awaited an event-loop API: fail as the main code would
+                self._check_foreign(exc)
+            raise
         finally:
             self._current_task = prev
+
+    def _check_foreign(self, exc: BaseException) -> None:
+        """Raise ``_Fail`` naming the event-loop API if ``exc`` came from awaiting one."""
+        foreign = _event_loop_api(exc)
+        if foreign is not None:
+            raise _Fail(ErrorDetails(
+                "application", "OrchestrationFailed",
+                limits.truncate_message(
+                    f"orchestration {self.handler.name!r} awaited {foreign}, which is not a durable future "
+                    f"(it raised {describe_exception(exc)}); orchestrations may only await ctx futures (use "
+                    "ctx.schedule_timer instead of trio.sleep/asyncio.sleep, and activities for I/O)"),
+            )) from None
 
     # ------------------------------------------------------------------ polling
     def _poll(self) -> None:
@@ -458,15 +480,7 @@ class Turn:
             raise
         except BaseException as exc:  # noqa: BLE001 - anything escaping the orchestration (even
             # KeyboardInterrupt/SystemExit raised by its code) fails this instance only
-            foreign = _event_loop_api(exc)
-            if foreign is not None:
-                raise _Fail(ErrorDetails(
-                    "application", "OrchestrationFailed",
-                    limits.truncate_message(
-                        f"orchestration {self.handler.name!r} awaited {foreign}, which is not a durable future "
-                        f"(it raised {describe_exception(exc)}); orchestrations may only await ctx futures (use "
-                        "ctx.schedule_timer instead of trio.sleep/asyncio.sleep, and activities for I/O)"),
-                )) from None
+            self._check_foreign(exc)
             self._finished = True
             self._app_error = exc
             self._progress += 1
@@ -700,6 +714,10 @@ class Turn:
             self._buffers.setdefault(("queue", queue), collections.deque()).append(data)
         if started.initial_custom_status is not None:
             self._custom_status = started.initial_custom_status
+            try:  # what clients see: the carried status as plain JSON
+                self.ctx.custom_status = self.codec.decode_event_data("custom status", started.initial_custom_status)
+            except Exception:  # noqa: BLE001 - unreadable carried status: the code sees None, clients the text
+                self.ctx.custom_status = None
         self._kv = dict(started.initial_values)
         if self._cancel_first:
             return  # a cancel queued before the first turn wins: the code never runs
@@ -799,6 +817,13 @@ class Turn:
         for msg in messages:
             if self._finished or self._can is not None or self._cancel_reason is not None:
                 leftovers.append(msg)
+                if (self._finished and self._can is None and self._cancel_reason is None and self._fail is None
+                        and isinstance(msg, (ExternalRaised, QueueMessage))):
+                    # Arrived with the completion: recorded (not delivered), so history shows every event
+                    # the instance received.
+                    arrived = self._message_event(msg, completed)  # type: ignore[arg-type]
+                    if arrived is not None:
+                        self._new_event(arrived[0], arrived[1])
                 continue
             converted = self._message_event(msg, completed)  # type: ignore[arg-type]
             if converted is None:

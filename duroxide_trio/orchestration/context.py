@@ -8,6 +8,7 @@ sentinel to the replay engine, which drives the coroutine with ``send()``; anyth
 
 from __future__ import annotations
 
+import inspect
 import logging
 import uuid
 from collections.abc import Coroutine, Iterable, Sequence
@@ -46,6 +47,24 @@ KV_READ_ACTIVITY = "__duroxide.get_value"
 
 #: Automatic sub-orchestration ids are ``<parent>::sub::<event id>``; no other id may contain the marker.
 SUB_MARKER = "::sub::"
+
+
+def _not_a_future(value: Any) -> str | None:
+    """Why ``value`` cannot be joined or selected (``None``: an unstarted coroutine, which can)."""
+    if inspect.iscoroutine(value):
+        state = inspect.getcoroutinestate(value)
+        if state == inspect.CORO_CREATED:
+            return None
+        return f"the coroutine {value.__qualname__} that has already started ({state}); pass a fresh call"
+    if inspect.iscoroutinefunction(value):
+        name = getattr(value, "__qualname__", repr(value))
+        return f"the async function {name} itself; call it: {name}(...)"
+    if inspect.isasyncgen(value):
+        return f"the async generator {value.__qualname__}, which is not a coroutine"
+    if inspect.isawaitable(value):
+        return (f"{value!r:.100}, an awaitable that is not a ctx future (orchestrations may only wait "
+                "for ctx futures: use ctx.schedule_timer for delays and activities for I/O)")
+    return f"{value!r:.100}"
 
 
 def check_name(value: Any, what: str, *, optional: bool = False) -> None:
@@ -174,24 +193,50 @@ class RetryPolicy:
     (kind ``"Timeout"`` if the last attempt timed out). Each attempt is a new activity execution
     (``ActivityContext.attempt`` says which).
 
+    ``non_retryable`` stops at once (the failure is raised after that attempt) for failures that retrying
+    cannot fix: an exception class matches an activity that raised an exception of that class's name
+    (activities run elsewhere, so the match is by the raised type's ``__name__``, not by subclassing); a
+    string matches an error kind (``"Timeout"``, ``"BadInput"``) or that same type name.
+
     Args:
         max_attempts: Attempts in total, the first one included (at least 1).
         backoff: The delay between attempts (default ``Backoff.exponential()``).
         timeout: The longest an attempt may take, in seconds (``None``: no limit).
+        non_retryable: Exception classes and error kinds / type names that are not retried.
 
     Raises:
         ValueError: ``max_attempts`` is below 1 or ``timeout`` is not positive.
+        TypeError: ``non_retryable`` holds something that is neither an exception class nor a string.
     """
 
     max_attempts: int = 3
     backoff: Backoff = attrs.field(factory=Backoff.exponential)
     timeout: float | None = None
+    non_retryable: tuple[type[BaseException] | str, ...] = attrs.field(default=(), converter=tuple)
 
     def __attrs_post_init__(self) -> None:
         if self.max_attempts < 1:
             raise ValueError(f"RetryPolicy.max_attempts must be >= 1, got {self.max_attempts}")
         if self.timeout is not None and self.timeout <= 0:
             raise ValueError(f"RetryPolicy.timeout must be positive, got {self.timeout}")
+        for entry in self.non_retryable:
+            ok = isinstance(entry, str) and entry or isinstance(entry, type) and issubclass(entry, BaseException)
+            if not ok:
+                raise TypeError(
+                    f"RetryPolicy.non_retryable takes exception classes and error kinds (strings), got {entry!r:.100}"
+                )
+
+    def is_retryable(self, details: ErrorDetails) -> bool:
+        """False if ``details`` (a failed attempt) matches ``non_retryable`` (see the class docs).
+
+        Args:
+            details: The failure of an attempt.
+        """
+        if not self.non_retryable:
+            return True
+        raised = details.message.split(":", 1)[0].strip()  # "ValueError: bad input" -> "ValueError"
+        names = {e if isinstance(e, str) else e.__name__ for e in self.non_retryable}
+        return details.kind not in names and raised not in names
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -228,7 +273,9 @@ class OrchestrationContext:
         version: The version that runs (recorded in history; replays always use it).
         logger: A logger adapter that is silent while replaying and prefixes messages with the
             instance id (records carry ``instance_id``, ``execution_id`` and ``orchestration``).
-        custom_status: The last value this execution gave to :meth:`set_custom_status` (``None`` before).
+        custom_status: The instance's custom status as this code last set it with
+            :meth:`set_custom_status`; at the start of an execution after continue-as-new, the carried
+            status as clients see it (plain JSON); ``None`` if there is none.
     """
 
     def __init__(
@@ -348,9 +395,11 @@ class OrchestrationContext:
                     )
                 )
             except ActivityFailed as exc:
-                if exc.details.category != "application":
+                if exc.details.category != "application" or not policy.is_retryable(exc.details):
                     raise
                 last = exc
+            if not policy.is_retryable(last.details):
+                raise last
             if attempt < policy.max_attempts:
                 self.logger.warning("activity %s attempt %d failed: %s; retrying", name, attempt, last)
                 delay = policy.backoff.delay_for_attempt(attempt)
@@ -651,11 +700,15 @@ class OrchestrationContext:
         return self._engine.history_size_bytes()
 
     # --- composition ---
-    def join(self, futures: Iterable[DurableFuture], *, return_exceptions: bool = False) -> DurableFuture:
+    def join(
+        self, futures: Iterable[DurableFuture | Coroutine[Any, Any, Any]], *, return_exceptions: bool = False
+    ) -> DurableFuture:
         """Wait for all ``futures`` (fan-in).
 
         Args:
-            futures: Durable futures from this context (``schedule_*``, ``select``, ``join``).
+            futures: Durable futures from this context (``schedule_*``, ``select``, ``join``, ``task``) or
+                async blocks: coroutines of ``async def`` functions that await ctx futures (each runs as
+                :meth:`task`, started here in argument order).
             return_exceptions: Put the exception of a failed future in its place in the list instead of
                 raising it.
 
@@ -665,25 +718,27 @@ class OrchestrationContext:
             history order.
 
         Raises:
-            TypeError: One of ``futures`` is not a durable future.
+            TypeError: One of ``futures`` is neither a durable future nor an unstarted coroutine.
         """
         children = self._check_futures(list(futures), "join")
         return JoinFuture(self._engine, children, return_exceptions)
 
-    def select(self, *futures: DurableFuture) -> DurableFuture:
+    def select(self, *futures: DurableFuture | Coroutine[Any, Any, Any]) -> DurableFuture:
         """Resolve with ``(index, value)`` of the first future to complete *in history order*; the others
-        are cancelled (activities lose their lock, subscriptions are released, children are cancelled).
+        are cancelled (activities lose their lock, subscriptions are released, children are cancelled; a
+        losing async block is closed and everything it scheduled that is still open is cancelled).
 
         Args:
-            *futures: Durable futures from this context (or one list or tuple of them).
+            *futures: Durable futures from this context or async blocks (coroutines, as in :meth:`join`),
+                or one list or tuple of them.
 
         Returns:
             A future of ``(index, value)`` of the winner; it raises the winner's exception if the first
-            future to complete failed.
+            future to complete failed. An async block completes when its coroutine returns.
 
         Raises:
             ValueError: No futures were given.
-            TypeError: One of ``futures`` is not a durable future.
+            TypeError: One of ``futures`` is neither a durable future nor an unstarted coroutine.
         """
         if len(futures) == 1 and isinstance(futures[0], (list, tuple)):
             futures = tuple(futures[0])
@@ -691,11 +746,41 @@ class OrchestrationContext:
             raise ValueError("select needs at least one future")
         return SelectFuture(self._engine, self._check_futures(list(futures), "select"))
 
+    def task(self, block: Coroutine[Any, Any, Any]) -> DurableFuture:
+        """Run the async block ``block`` (a coroutine that awaits ctx futures) alongside the orchestration,
+        starting it at once; the future resolves with what it returns or raises what it raises.
+
+        Passing a coroutine to :meth:`join` / :meth:`select` does this for you. A block is deterministic
+        like the rest of the code: it resumes in history order. When a block loses a ``select`` (or the
+        task is cancelled), what it scheduled and still waits for is cancelled and recorded, the tasks it
+        started are cancelled too, and its coroutine is closed.
+
+        Args:
+            block: An unstarted coroutine, e.g. ``step_two(ctx)`` for ``async def step_two(ctx): ...``.
+
+        Returns:
+            A durable future of the block's result.
+
+        Raises:
+            TypeError: ``block`` is not a coroutine, or it has already started.
+        """
+        return self._check_futures([block], "task")[0]
+
     def _check_futures(self, futures: Sequence[Any], what: str) -> list[DurableFuture]:
-        for f in futures:
-            if not isinstance(f, DurableFuture):
-                raise TypeError(f"ctx.{what} takes durable futures (from ctx.schedule_*), got {f!r}")
-        return list(futures)
+        for i, f in enumerate(futures):
+            if isinstance(f, DurableFuture):
+                continue
+            problem = _not_a_future(f)
+            if problem is not None:
+                for other in futures:  # do not leave "coroutine was never awaited" warnings behind
+                    if inspect.iscoroutine(other) and inspect.getcoroutinestate(other) == inspect.CORO_CREATED:
+                        other.close()
+                where = f"argument {i + 1}" if len(futures) > 1 else "its argument"
+                raise TypeError(
+                    f"ctx.{what} takes durable futures (from ctx.schedule_*) or async blocks (coroutines of "
+                    f"async functions that await ctx futures); {where} is {problem}"
+                )
+        return [f if isinstance(f, DurableFuture) else self._spawn(f) for f in futures]
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> TaskFuture:
         task = TaskFuture(self._engine, coro)

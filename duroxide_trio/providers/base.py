@@ -11,6 +11,7 @@ execution ids: the runtime owns all semantics. Instances are created only by ``a
 from __future__ import annotations
 
 import heapq
+import re
 from collections.abc import Sequence
 from typing import Any, Protocol, cast, runtime_checkable
 
@@ -33,6 +34,8 @@ from ..history import ActivityExecute, Event, StartOrchestration, Status, WorkIt
 
 __all__ = [
     "WALL_CLOCK",
+    "VersionRange",
+    "version_key",
     "CannotDeleteSubOrchestration",
     "Clock",
     "DeleteResult",
@@ -92,6 +95,122 @@ def now_ms() -> int:
 
 # ---------------------------------------------------------------------------------------------------------
 # Errors: defined in ``duroxide_trio.errors`` (one root, ``DuroxideError``), re-exported here for providers
+
+# ---------------------------------------------------------------------------------------------------------
+# Capability filtering: which recorded orchestration versions a runtime can replay
+
+_VERSION_PART_CAP = 999_999  # each of major/minor/patch is clamped here, so a key fits in a BIGINT
+_VERSION_TEXT = re.compile(r"^[0-9]{1,18}(\.[0-9]{1,18}){0,2}$")
+
+
+def version_key(version: str | None) -> int | None:
+    """``"1.2.3"`` as the integer ``major * 10**12 + minor * 10**6 + patch`` (each part clamped to
+    999,999), the order providers filter on; ``None`` for ``None`` or text that is not a version. The
+    SQL of both providers computes the same key from the stored text."""
+    if version is None or not _VERSION_TEXT.match(version):
+        return None
+    parts = [min(int(p), _VERSION_PART_CAP) for p in version.split(".")] + [0, 0]
+    return parts[0] * 10**12 + parts[1] * 10**6 + parts[2]
+
+
+@attrs.frozen
+class VersionRange:
+    """The orchestration versions a runtime can replay: ``at_least <= version < below`` (either bound
+    may be ``None``: open). ``RuntimeOptions.supported_replay_versions`` takes one; a runtime then only
+    fetches instances whose recorded version is inside it, so old and new code can run side by side
+    during a rolling deploy. A new instance (no recorded version yet) is fetched by any runtime.
+
+    Build one with :meth:`any`, :meth:`between`, :meth:`exactly` or :meth:`major`.
+
+    Attributes:
+        at_least: The lowest version included (``"1.0.0"``; ``None``: no lower bound).
+        below: The first version excluded (``"2.0.0"``; ``None``: no upper bound).
+
+    Raises:
+        ValueError: A bound is not a version (``"1"``, ``"1.2"`` or ``"1.2.3"``), or the range is empty.
+    """
+
+    at_least: str | None = None
+    below: str | None = None
+
+    def __attrs_post_init__(self) -> None:
+        for field in ("at_least", "below"):
+            value = getattr(self, field)
+            if value is not None and (not isinstance(value, str) or version_key(value) is None):
+                raise ValueError(f"VersionRange.{field} must be a version like '1.2.3', got {value!r:.100}")
+        lo, hi = self.key_bounds()
+        if lo is not None and hi is not None and lo > hi:
+            raise ValueError(f"VersionRange is empty: at_least {self.at_least!r} is not below {self.below!r}")
+
+    @classmethod
+    def any(cls) -> VersionRange:
+        """Every version (the default: no filtering)."""
+        return cls()
+
+    @classmethod
+    def between(cls, at_least: str | None, below: str | None) -> VersionRange:
+        """``at_least <= version < below``.
+
+        Args:
+            at_least: The lowest version included (``None``: open).
+            below: The first version excluded (``None``: open).
+        """
+        return cls(at_least, below)
+
+    @classmethod
+    def exactly(cls, version: str) -> VersionRange:
+        """Only ``version`` (``"1.2"`` means ``"1.2.0"``).
+
+        Args:
+            version: The one version included.
+        """
+        key = version_key(version) if isinstance(version, str) else None
+        if key is None:
+            raise ValueError(f"VersionRange.exactly needs a version like '1.2.3', got {version!r:.100}")
+        nxt = key + 1
+        return cls(version, f"{nxt // 10**12}.{nxt // 10**6 % 10**6}.{nxt % 10**6}")
+
+    @classmethod
+    def major(cls, major: int) -> VersionRange:
+        """Every ``major.x.y``.
+
+        Args:
+            major: The major version.
+        """
+        if isinstance(major, bool) or not isinstance(major, int) or not 0 <= major < _VERSION_PART_CAP:
+            raise ValueError(f"VersionRange.major needs a major version number, got {major!r:.100}")
+        return cls(f"{major}.0.0", f"{major + 1}.0.0")
+
+    @property
+    def is_any(self) -> bool:
+        """True if the range has no bound (nothing is filtered)."""
+        return self.at_least is None and self.below is None
+
+    def key_bounds(self) -> tuple[int | None, int | None]:
+        """The inclusive ``(low, high)`` version keys (see :func:`version_key`) providers filter on."""
+        lo = version_key(self.at_least)
+        hi = version_key(self.below)
+        return lo, None if hi is None else hi - 1
+
+    def contains(self, version: str | None) -> bool:
+        """True if a runtime with this range may replay an instance recorded at ``version`` (an unreadable
+        or missing version is taken by anyone).
+
+        Args:
+            version: The recorded orchestration version.
+        """
+        key = version_key(version)
+        if key is None:
+            return True
+        lo, hi = self.key_bounds()
+        return (lo is None or key >= lo) and (hi is None or key <= hi)
+
+    def __str__(self) -> str:
+        if self.is_any:
+            return "any version"
+        parts = ([f">={self.at_least}"] if self.at_least else []) + ([f"<{self.below}"] if self.below else [])
+        return ",".join(parts)
+
 
 # ---------------------------------------------------------------------------------------------------------
 # Item types
@@ -494,11 +613,15 @@ class Provider(Protocol):
 
     # orchestrator queue -----------------------------------------------------------------------------
     async def fetch_orchestration_item(
-        self, lock_timeout: float, poll_timeout: float = 0.0
+        self, lock_timeout: float, poll_timeout: float = 0.0, *, versions: VersionRange | None = None
     ) -> OrchestrationItem | None:
         """Lock the instance of the oldest visible message whose instance is not locked, tag every visible
         message of that instance with a fresh token (attempt_count + 1 each; the batch reports the max),
-        and return them with the current execution's history. ``None`` if there is no work."""
+        and return them with the current execution's history. ``None`` if there is no work.
+
+        With ``versions`` (capability filtering), skip instances whose recorded orchestration version is
+        outside the range (an instance not created yet, or without a readable version, is not skipped);
+        the runtime passes it only when ``RuntimeOptions.supported_replay_versions`` is not "any"."""
         ...
 
     async def ack_orchestration_item(

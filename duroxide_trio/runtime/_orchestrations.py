@@ -60,10 +60,14 @@ async def orchestration_worker(
     """Fetch locked batches while a turn slot is free; each turn runs as its own task, so a turn's commit
     overlaps the next fetch (the engine itself is synchronous and fast)."""
     options = env.options
-    fetcher = Fetcher(
-        env, "orchestrator", "fetch_orchestration_item", _ROLE,
-        lambda: env.provider.fetch_orchestration_item(options.orchestrator_lock_timeout),
-    )
+    versions = options.supported_replay_versions
+    if versions.is_any:  # no filter: a provider that predates capability filtering works unchanged
+        fetch = lambda: env.provider.fetch_orchestration_item(options.orchestrator_lock_timeout)  # noqa: E731
+    else:
+        fetch = lambda: env.provider.fetch_orchestration_item(  # noqa: E731
+            options.orchestrator_lock_timeout, versions=versions
+        )
+    fetcher = Fetcher(env, "orchestrator", "fetch_orchestration_item", _ROLE, fetch)
     while not env.stopping:
         await slots.acquire()
         started = False

@@ -7,7 +7,7 @@ from typing import Any
 
 import attrs
 
-from ..providers.base import TagFilter
+from ..providers.base import TagFilter, VersionRange
 
 __all__ = ["RuntimeOptions"]
 
@@ -91,6 +91,9 @@ class RuntimeOptions:
       runtime is released after it had no work for this long; another runtime may then claim it.
     - ``max_sessions``: how many sessions this runtime owns at once; items of further sessions wait for
       another runtime or for a session to be released.
+    - ``supported_replay_versions``: capability filtering, a ``dt.VersionRange`` (default: any). The
+      runtime only fetches instances whose recorded orchestration version is inside it, so a rolling
+      deploy can run old and new code side by side; an instance no runtime accepts waits in the queue.
     - ``provider_retry_cap``: the longest wait between retries after a retryable provider error (the
       wait doubles with each consecutive failure).
 
@@ -125,8 +128,14 @@ class RuntimeOptions:
     activity_tags: TagFilter = attrs.field(factory=TagFilter.default_only, validator=_tag_filter)
     session_idle_timeout: float = attrs.field(default=300.0, validator=_positive)
     max_sessions: int = attrs.field(default=1000, validator=_counter(1))
+    supported_replay_versions: VersionRange = attrs.field(factory=VersionRange.any)
 
     def __attrs_post_init__(self) -> None:
+        if not isinstance(self.supported_replay_versions, VersionRange):
+            raise ValueError(
+                "RuntimeOptions.supported_replay_versions must be a dt.VersionRange (e.g. "
+                f"dt.VersionRange.major(2)), got {self.supported_replay_versions!r:.100}"
+            )
         for timeout, buffer in (
             ("orchestrator_lock_timeout", "orchestrator_lock_renewal_buffer"),
             ("worker_lock_timeout", "worker_lock_renewal_buffer"),

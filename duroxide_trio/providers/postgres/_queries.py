@@ -23,6 +23,7 @@ class Queries:
 
     def __init__(self, s: str) -> None:
         self.fetch_orch = f"SELECT * FROM {s}.fetch_orchestration_item(%s, %s, %s)"
+        self.fetch_orch_versions = f"SELECT * FROM {s}.fetch_orchestration_item(%s, %s, %s, %s, %s)"
         self.ack_orch = (
             f"SELECT * FROM {s}.ack_turn(%s, %s, %s, "
             "%b::bigint[], %b::text[], %b::text[], "

@@ -28,6 +28,7 @@ from ..base import (
     OrchestrationItem,
     ProviderError,
     ProviderErrorKind,
+    VersionRange,
     WorkerRouting,
     WorkItemLease,
 )
@@ -40,13 +41,15 @@ class QueuesJob(PgBase):
     """The two peek-lock queues."""
 
     async def fetch_orchestration_item(
-        self, lock_timeout: float, poll_timeout: float = 0.0
+        self, lock_timeout: float, poll_timeout: float = 0.0, *, versions: VersionRange | None = None
     ) -> OrchestrationItem | None:
         token = self._new_token()
+        params: tuple[Any, ...] = (self.clock.now_ms(), ms(lock_timeout), token)
+        query = self._q.fetch_orch
+        if versions is not None and not versions.is_any:
+            query, params = self._q.fetch_orch_versions, (*params, *versions.key_bounds())
         async with self._releasing_unseen_claim("orchestrator", token):
-            row = await self._one(
-                "fetch_orchestration_item", self._q.fetch_orch, (self.clock.now_ms(), ms(lock_timeout), token)
-            )
+            row = await self._one("fetch_orchestration_item", query, params)
         (
             instance_id,
             name,

@@ -8,7 +8,23 @@ from ..base import (
     now_ms,
 )
 
-MIGRATIONS: list[str] = [
+
+#: ``<expr>`` of the SQL that computes ``providers.base.version_key`` from the text in ``v``: CAST to
+#: INTEGER takes the longest integer prefix, so ``"1.2.3.."`` gives 1, its rest after the first dot 2, ...
+def _version_key_sql(v: str) -> str:
+    s = f"({v} || '..')"
+    r1 = f"substr({s}, instr({s}, '.') + 1)"
+    r2 = f"substr({r1}, instr({r1}, '.') + 1)"
+    return (
+        f"CASE WHEN {v} IS NULL OR {v} = '' OR {v} GLOB '*[^0-9.]*' THEN NULL ELSE "
+        f"min(CAST({s} AS INTEGER), 999999) * 1000000000000 + min(CAST({r1} AS INTEGER), 999999) * 1000000 "
+        f"+ min(CAST({r2} AS INTEGER), 999999) END"
+    )
+
+
+#: Numbered migrations (numbers are shared with other features and may leave gaps). A ``str`` is split on
+#: ``;``; a tuple holds whole statements (triggers contain ``;``).
+MIGRATIONS: dict[int, str | tuple[str, ...]] = dict(enumerate([
     # 1: the initial schema. Sessions, tags and KV have columns/tables reserved for later features.
     """
     CREATE TABLE instances (
@@ -98,30 +114,29 @@ MIGRATIONS: list[str] = [
         heartbeat_at INTEGER NOT NULL
     );
     """,
-]
+], start=1))
 
-#: Migrations with an explicit version (the list above is numbered by position from 1). Versions 3-5 are
-#: reserved for other features; a version is applied once, in version order, whatever the gaps.
-NUMBERED_MIGRATIONS: dict[int, str] = {
-    # 6: worker routing (activity tags and sessions): fetches filter by tag and look up a session's
-    # oldest item and its owner; partial indexes keep both cheap.
-    6: """
+# 7: capability filtering (RuntimeOptions.supported_replay_versions): the recorded orchestration version
+# as a sortable integer key, kept up to date by triggers, so the fetch filters in SQL (one hop).
+MIGRATIONS[7] = (
+    "ALTER TABLE instances ADD COLUMN version_key INTEGER",
+    f"UPDATE instances SET version_key = {_version_key_sql('version')}",
+    "CREATE TRIGGER instances_version_key_insert AFTER INSERT ON instances BEGIN "
+    f"UPDATE instances SET version_key = {_version_key_sql('NEW.version')} WHERE instance_id = NEW.instance_id; "
+    "END",
+    "CREATE TRIGGER instances_version_key_update AFTER UPDATE OF version ON instances BEGIN "
+    f"UPDATE instances SET version_key = {_version_key_sql('NEW.version')} WHERE instance_id = NEW.instance_id; "
+    "END",
+)
+
+# 6: worker routing (activity tags and sessions): fetches filter by tag and look up a session's oldest
+# item and its owner; partial indexes keep both cheap. (3-5 are unused: KV needed no SQLite change.)
+MIGRATIONS[6] = """
     CREATE INDEX wq_untagged ON worker_queue(visible_at, id) WHERE tag IS NULL;
     CREATE INDEX wq_tagged ON worker_queue(tag, visible_at, id) WHERE tag IS NOT NULL;
     CREATE INDEX wq_session ON worker_queue(session_id, id) WHERE session_id IS NOT NULL;
     CREATE INDEX sessions_worker ON sessions(worker_id, locked_until);
-    """,
-}
-
-
-def all_migrations() -> list[tuple[int, str]]:
-    """``(version, script)`` of every migration, in version order."""
-    numbered = dict(enumerate(MIGRATIONS, start=1))
-    clash = set(numbered) & set(NUMBERED_MIGRATIONS)
-    if clash:
-        raise RuntimeError(f"SQLite migration versions defined twice: {sorted(clash)}")
-    numbered.update(NUMBERED_MIGRATIONS)
-    return sorted(numbered.items())
+    """
 
 
 def migrate(conn: sqlite3.Connection) -> None:
@@ -131,10 +146,11 @@ def migrate(conn: sqlite3.Connection) -> None:
             "CREATE TABLE IF NOT EXISTS _duroxide_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)"
         )
         done = {r[0] for r in conn.execute("SELECT version FROM _duroxide_migrations")}
-        for number, script in all_migrations():
+        for number, script in sorted(MIGRATIONS.items()):
             if number in done:
                 continue
-            for statement in script.split(";"):
+            statements = script.split(";") if isinstance(script, str) else script
+            for statement in statements:
                 if statement.strip():
                     conn.execute(statement)
             conn.execute("INSERT INTO _duroxide_migrations(version, applied_at) VALUES (?, ?)", (number, now_ms()))

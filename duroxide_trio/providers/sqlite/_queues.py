@@ -31,6 +31,7 @@ from ..base import (
     OrchestrationItem,
     ProviderError,
     ProviderErrorKind,
+    VersionRange,
     WorkerRouting,
     WorkItemLease,
 )
@@ -42,24 +43,18 @@ class QueuesJob(SqliteBase):
     """The two peek-lock queues."""
 
     async def fetch_orchestration_item(
-        self, lock_timeout: float, poll_timeout: float = 0.0
+        self, lock_timeout: float, poll_timeout: float = 0.0, *, versions: VersionRange | None = None
     ) -> OrchestrationItem | None:
         token = self._new_token()
         lock_ms = ms(lock_timeout)
         next_visible: list[int] = []
+        lo, hi = versions.key_bounds() if versions is not None else (None, None)
 
         def _fetch(conn: sqlite3.Connection) -> OrchestrationItem | None:
             now = self.clock.now_ms()
             row = conn.execute(
-                """
-                SELECT q.instance_id FROM orchestrator_queue q
-                WHERE q.visible_at <= ?
-                  AND NOT EXISTS (SELECT 1 FROM instance_locks l
-                                  WHERE l.instance_id = q.instance_id AND l.locked_until > ?)
-                  AND (q.is_start = 1 OR EXISTS (SELECT 1 FROM instances i WHERE i.instance_id = q.instance_id))
-                ORDER BY q.id LIMIT 1
-                """,
-                (now, now),
+                f"SELECT q.instance_id FROM orchestrator_queue q WHERE {_CLAIMABLE} ORDER BY q.id LIMIT 1",
+                (now, now, lo, lo, hi, hi, lo, lo, hi, hi),
             ).fetchone()
             if row is None:
                 nxt = conn.execute(
@@ -114,7 +109,7 @@ class QueuesJob(SqliteBase):
         item = await self._run(
             "fetch_orchestration_item",
             _fetch,
-            probe=lambda c: _has_orchestrator_work(c, self.clock.now_ms()),
+            probe=lambda c: _has_orchestrator_work(c, self.clock.now_ms(), lo, hi),
             idle=_next_orchestrator_visible(next_visible, self.clock),
         )
         self._note_next(next_visible)
@@ -553,17 +548,24 @@ class QueuesJob(SqliteBase):
             self.notifier.notify("worker")
 
 
-def _has_orchestrator_work(conn: sqlite3.Connection, now: int) -> bool:
+#: A visible message of an unlocked instance that exists (or that the message starts) and whose recorded
+#: version key is inside [lo, hi] (NULL bounds: open; a NULL key: any runtime may take it). Parameters:
+#: now, now, lo, lo, hi, hi (the instance in range), lo, lo, hi, hi (no instance out of range).
+_IN_RANGE = "(? IS NULL OR i.version_key IS NULL OR i.version_key >= ?) AND (? IS NULL OR i.version_key IS NULL OR i.version_key <= ?)"
+_CLAIMABLE = f"""
+    q.visible_at <= ?
+    AND NOT EXISTS (SELECT 1 FROM instance_locks l WHERE l.instance_id = q.instance_id AND l.locked_until > ?)
+    AND (EXISTS (SELECT 1 FROM instances i WHERE i.instance_id = q.instance_id AND {_IN_RANGE})
+         OR (q.is_start = 1 AND NOT EXISTS (SELECT 1 FROM instances i WHERE i.instance_id = q.instance_id
+                                            AND NOT ({_IN_RANGE}))))
+"""
+
+
+def _has_orchestrator_work(conn: sqlite3.Connection, now: int, lo: int | None, hi: int | None) -> bool:
     return (
         conn.execute(
-            """
-            SELECT 1 FROM orchestrator_queue q
-            WHERE q.visible_at <= ?
-              AND NOT EXISTS (SELECT 1 FROM instance_locks l WHERE l.instance_id = q.instance_id AND l.locked_until > ?)
-              AND (q.is_start = 1 OR EXISTS (SELECT 1 FROM instances i WHERE i.instance_id = q.instance_id))
-            LIMIT 1
-            """,
-            (now, now),
+            f"SELECT 1 FROM orchestrator_queue q WHERE {_CLAIMABLE} LIMIT 1",
+            (now, now, lo, lo, hi, hi, lo, lo, hi, hi),
         ).fetchone()
         is not None
     )

@@ -5,7 +5,8 @@ Every test is ``async def test_xxx(factory)`` taking a :class:`~duroxide_trio.pr
 it creates fresh providers through the factory and disposes of them (``factory.cleanup(provider)`` when
 the factory has it, else ``provider.close()``). Categories (one module each): atomicity, error_handling,
 instance_locking, lock_expiration, multi_execution, queue_semantics, instance_creation, management,
-long_polling, poison, cancellation, deletion, pruning, bulk_deletion, custom_status, kv.
+long_polling, poison, cancellation, deletion, pruning, bulk_deletion, custom_status, kv, tag_routing,
+sessions, capability_filtering, continue_as_new_races, duplicate_start.
 
 Run it
   - without pytest: ``report = await run_validation(factory, categories=None, on_result=None)``, or the
@@ -30,11 +31,12 @@ Optional factory attributes/hooks the suite uses
   - ``long_poll`` (bool, on the factory or the provider) and ``short_poll_threshold`` (seconds, default
     0.25) for the long-polling category.
 
-Not applicable yet (our providers do not implement these features, so their duroxide categories are left
-out): sessions (33 tests), tag filtering (10) and capability (version) filtering (20). The KV store is
-the ``kv`` category (our own behaviours, on ``ProviderCapabilities.key_values``).
-The four capability-filtering tests about corrupted histories that do not involve a filter are in the
-``poison`` category.
+duroxide's own sessions, tag-filtering and capability-filtering tests are covered by our categories
+``sessions``, ``tag_routing`` (``ProviderCapabilities.worker_routing``) and ``capability_filtering``
+(``fetch_orchestration_item(..., versions=VersionRange)``; a provider whose fetch takes no ``versions=``
+skips it); the KV store is the ``kv`` category (``ProviderCapabilities.key_values``). The four duroxide
+capability-filtering tests about corrupted histories that do not involve a filter are in the ``poison``
+category.
 
 Where our contract deliberately differs from duroxide's, the tests assert ours:
   - messages for an instance that does not exist yet are kept, not dropped (a client may enqueue right

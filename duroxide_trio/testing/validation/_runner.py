@@ -37,6 +37,9 @@ CATEGORY_MODULES: dict[str, str] = {
     "tag_routing": "tag_routing",
     "sessions": "sessions",
     "kv": "kv",
+    "capability_filtering": "capability_filtering",
+    "continue_as_new_races": "continue_as_new_races",
+    "duplicate_start": "duplicate_start",
 }
 
 #: Per-test time limit (seconds) of the runner and the pytest plugin.
