@@ -355,6 +355,37 @@ class IgnoresTagFilter(Wrapper):
         return await self._inner.fetch_routed_work_items(lock_timeout, max_items, routing, poll_timeout)
 
 
+class TruncatesLargePayloads(Wrapper):
+    """Stores at most 1 MiB of a start input or an enqueued event's data (a column too narrow)."""
+
+    LIMIT = 1_000_000
+
+    async def enqueue_start(self, item: StartOrchestration) -> None:
+        if item.input is not None and len(item.input) > self.LIMIT:
+            item = attrs.evolve(item, input=item.input[: self.LIMIT])
+        await self._inner.enqueue_start(item)
+
+    async def enqueue_for_orchestrator(self, item: WorkItem, delay: float | None = None) -> None:
+        data = getattr(item, "data", None)
+        if isinstance(data, str) and len(data) > self.LIMIT:
+            item = attrs.evolve(item, data=data[: self.LIMIT])  # type: ignore[misc]
+        await self._inner.enqueue_for_orchestrator(item, delay)
+
+
+class AbandonDoesNotCount(Wrapper):
+    """Every abandon gives its attempt back, as if ``ignore_attempt`` were always set."""
+
+    async def abandon_orchestration_item(
+        self, lock_token: str, delay: float | None = None, ignore_attempt: bool = False
+    ) -> None:
+        await self._inner.abandon_orchestration_item(lock_token, delay, ignore_attempt=True)
+
+    async def abandon_work_item(
+        self, lock_token: str, delay: float | None = None, ignore_attempt: bool = False
+    ) -> None:
+        await self._inner.abandon_work_item(lock_token, delay, ignore_attempt=True)
+
+
 class IgnoresSessions(Wrapper):
     """Filters worker fetches by tag but ignores session ownership and ordering."""
 
@@ -430,6 +461,16 @@ CASES: list[tuple[str, type[Wrapper], list[str]]] = [
         ["test_duplicate_start_keeps_the_pending_input", "test_duplicate_start_of_a_completed_instance_is_refused"],
     ),
     ("duplicate_start", StartOverwritesInstance, ["test_duplicate_start_of_a_completed_instance_is_refused"]),
+    (
+        "size_limits",
+        TruncatesLargePayloads,
+        ["test_start_input_at_payload_limit", "test_several_large_messages_in_one_batch"],
+    ),
+    (
+        "poison_accounting",
+        AbandonDoesNotCount,
+        ["test_orch_count_has_no_cap", "test_worker_count_rises_on_each_abandon", "test_orch_mixed_abandons_accumulate"],
+    ),
 ]
 
 

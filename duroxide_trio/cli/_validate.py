@@ -39,7 +39,7 @@ def validate(
         bool, typer.Option("--verbose", "-v", help="Print every test, not only failures.")
     ] = False,
     list_only: Annotated[
-        bool, typer.Option("--list", help="List categories and tests, run nothing.")
+        bool, typer.Option("--list", help="List categories and tests with a one-line description each, run nothing.")
     ] = False,
 ) -> None:
     """Run the provider validation suite and print a pass/fail line per category; exit 1 on any failure."""
@@ -49,7 +49,7 @@ def validate(
         for name, tests in CATEGORIES.items():
             typer.echo(f"{name} ({len(tests)})")
             for test in tests:
-                typer.echo(f"  {test.__name__}")
+                typer.echo(f"  {test.__name__}  {_summary(test)}".rstrip())
         return
     unknown = [c for c in category or [] if c not in CATEGORIES]
     if unknown:
@@ -62,6 +62,12 @@ def validate(
     factory = choice.factory(lock_timeout=lock_timeout)
     target = provider.value + (f" at {choice.shown}" if choice.url else "")
     run_and_report(factory, target, category=category, json_path=json_path, backend=backend, verbose=verbose)
+
+
+def _summary(test: Any) -> str:
+    """The one-line description of a validation test: its docstring's first paragraph, on one line."""
+    paragraph = (test.__doc__ or "").strip().split("\n\n", 1)[0]
+    return " ".join(paragraph.split())
 
 
 def run_and_report(
@@ -77,6 +83,8 @@ def run_and_report(
     def on_result(result: CaseResult) -> None:
         if result.outcome == "failed":
             typer.secho(f"  FAIL {result.category}/{result.name}: {result.message}", fg=typer.colors.RED)
+        elif result.outcome == "skipped":
+            typer.echo(f"  SKIP {result.category}/{result.name}: {result.message or 'no reason given'}")
         elif verbose:
             typer.echo(f"  {result.outcome:<7} {result.category}/{result.name} ({result.duration:.2f}s)")
 

@@ -40,6 +40,8 @@ CATEGORY_MODULES: dict[str, str] = {
     "capability_filtering": "capability_filtering",
     "continue_as_new_races": "continue_as_new_races",
     "duplicate_start": "duplicate_start",
+    "size_limits": "size_limits",
+    "poison_accounting": "poison_accounting",
 }
 
 #: Per-test time limit (seconds) of the runner and the pytest plugin.

@@ -122,6 +122,12 @@ async def _open_peer(factory: ProviderFactory, provider: Provider) -> Provider |
     return None
 
 
+async def open_peer(factory: ProviderFactory, provider: Provider) -> Provider | None:
+    """Another provider on ``provider``'s store (close it with ``close()``), or ``None`` if the store
+    cannot be opened twice (see :func:`peers`)."""
+    return await _open_peer(factory, provider)
+
+
 @contextlib.asynccontextmanager
 async def peers(factory: ProviderFactory, provider: Provider, n: int) -> AsyncIterator[list[Provider]]:
     """``n`` providers on the same store as ``provider`` (the first is ``provider`` itself).
