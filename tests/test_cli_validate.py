@@ -106,3 +106,27 @@ def test_validate_failure_exits_1_and_lists_failures(tmp_path: Path, capsys: pyt
     data = json.loads(out.read_text())
     assert data["failed"] >= 1
     assert data["categories"]["management"]["failures"] == ["test_list_instances_by_status"]
+
+
+def test_validate_list_describes_every_test() -> None:
+    proc = _run("--list")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    for name, tests in CATEGORIES.items():
+        assert f"{name} ({len(tests)})" in lines
+        for test in tests:
+            first = " ".join((test.__doc__ or "").split("\n\n")[0].split())
+            assert first, f"{name}/{test.__name__} has no docstring"
+            assert f"  {test.__name__}  {first}" in lines
+    assert sum(len(t) for t in CATEGORIES.values()) >= 220
+
+
+def test_validate_prints_why_a_test_was_skipped() -> None:
+    # An in-memory SQLite store cannot be opened twice: the reopen tests are skipped, with the reason.
+    proc = _run("--provider", "sqlite-memory", "--category", "poison_accounting")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (
+        "SKIP poison_accounting/test_orch_count_survives_reopen: the store cannot be opened a second time"
+        in proc.stdout
+    )
+    assert "PASS poison_accounting" in proc.stdout and "2 skipped" in proc.stdout
