@@ -120,3 +120,25 @@ def test_decide_turn_never_raises(history, msgs, steps, attempt, error) -> None:
         assert len(terminal) <= 1
         if decision.result.status == Status.FAILED:
             assert decision.result.error is not None and decision.result.error.message
+
+
+def test_a_start_at_a_version_outside_the_runtimes_range_is_given_back_uncounted() -> None:
+    """A rolling deploy: the start of a 2.0.0 instance reaches a runtime that only replays 1.x (the fetch
+    filters on the recorded version, which a start does not have yet). Even at its last attempt it is given
+    back without counting an attempt — never poisoned by a runtime it was not meant for."""
+    reg = Registry()
+
+    @reg.orchestration("Deploy", version="1.0.0")
+    async def deploy(ctx, x=None):  # type: ignore[no-untyped-def]
+        return "old"
+
+    start = h.StartOrchestration("i", "Deploy", None, version="2.0.0")
+    only_v1 = TurnPolicy(3, lambda a: 0.5, lambda v: v is None or v.startswith("1."))
+    batch = FakeBatch("i", "Deploy", None, 1, [], [start], 3, None)
+    decision = decide_turn(batch, handlers=reg, codec=reg, policy=only_v1, now_ms=5000)
+    assert isinstance(decision, Abandon) and not decision.count_attempt
+    assert "supported_replay_versions" in decision.note
+    # Without a range the same batch is the ordinary unregistered case: counted, then poison at the limit.
+    plain = decide_turn(batch, handlers=reg, codec=reg, policy=TurnPolicy(3, lambda a: 0.5), now_ms=5000)
+    assert isinstance(plain, Commit) and plain.result.error is not None
+    assert plain.result.error.kind == "Unregistered"

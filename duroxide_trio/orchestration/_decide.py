@@ -94,6 +94,9 @@ class TurnPolicy:
 
     max_attempts: int = 10
     retry_delay: Callable[[int], float] = lambda attempt: 1.0  # for unregistered / unreadable batches
+    #: Whether this runtime replays a version (``RuntimeOptions.supported_replay_versions``). A batch at a
+    #: version it does not is another runtime's work: given back without counting an attempt, never failed.
+    accepts_version: Callable[[str | None], bool] = lambda version: True
 
 
 @attrs.frozen
@@ -113,6 +116,9 @@ class Abandon:
     delay: float
     level: int = logging.WARNING
     note: str = ""
+    #: False: the batch was never this runtime's to run (a version outside its range), so giving it back
+    #: does not count towards poison.
+    count_attempt: bool = True
 
 
 Decision = Commit | Abandon
@@ -212,6 +218,15 @@ def _decide(
         return Commit(_with_refused_starts(_fail(batch, details, now_ms, plan), batch, plan), logging.ERROR,
                       f"instance {instance!r}: {plan.reason}")
 
+    if plan.version is not None and not policy.accepts_version(plan.version):
+        # The fetch filters by the version recorded on the instance; a start (or a continue-as-new to
+        # another version) carries its version only in the message, so it can reach a runtime outside its
+        # range. That is not a failure of the instance: another runtime's work, given back uncounted.
+        delay = policy.retry_delay(1)
+        return Abandon(delay, logging.INFO,
+                       f"instance {instance!r}: orchestration {plan.name!r} version {plan.version} is outside "
+                       f"this runtime's supported_replay_versions; given back for another runtime",
+                       count_attempt=False)
     handler: Handler | None = handlers.resolve_orchestration(plan.name, plan.version)
     if handler is None:
         what = f"orchestration {plan.name!r}" + (f" version {plan.version}" if plan.version else "")

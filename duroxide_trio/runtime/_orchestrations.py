@@ -124,7 +124,8 @@ def _decide(env: WorkerEnv, item: OrchestrationItem) -> Decision:
         item,
         handlers=env.registry,
         codec=env.registry,
-        policy=TurnPolicy(options.max_attempts, options.unregistered_delay),
+        policy=TurnPolicy(options.max_attempts, options.unregistered_delay,
+                          options.supported_replay_versions.contains),
         now_ms=env.clock.now_ms(),
         logger=_user_log,
     )
@@ -145,7 +146,7 @@ async def process_item(env: WorkerEnv, item: OrchestrationItem) -> None:
             env.errors.record(_ROLE, decision.note, expected=False)
     metrics = env.metrics
     if isinstance(decision, Abandon):
-        await _abandon(env, item, decision.delay)
+        await _abandon(env, item, decision.delay, ignore_attempt=not decision.count_attempt)
         metrics.turns.add(1, {"outcome": "abandoned"})
         return
     result = decision.result
@@ -163,9 +164,9 @@ async def process_item(env: WorkerEnv, item: OrchestrationItem) -> None:
             metrics.retries.add(retries)
 
 
-async def _abandon(env: WorkerEnv, item: OrchestrationItem, delay: float) -> None:
+async def _abandon(env: WorkerEnv, item: OrchestrationItem, delay: float, *, ignore_attempt: bool = False) -> None:
     try:
-        await env.provider.abandon_orchestration_item(item.lock_token, delay)
+        await env.provider.abandon_orchestration_item(item.lock_token, delay, ignore_attempt)
     except Exception as exc:  # noqa: BLE001 - a ProviderError or a provider's bug: the lock expires instead
         log.warning("instance %s: abandon failed (%s); the lock will expire", item.instance_id, exc)
 
