@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -37,6 +38,8 @@ from ..base import (
 )
 from ._executor import SqliteBase
 from ._history import instance_info
+
+_log = logging.getLogger("duroxide_trio.providers.sqlite")
 
 
 class QueuesJob(SqliteBase):
@@ -330,6 +333,31 @@ class QueuesJob(SqliteBase):
         await self._run("enqueue_for_worker", _enqueue)
         self.notifier.notify("worker")
 
+    def _lock_row(
+        self, conn: sqlite3.Connection, row_id: int, text: str, attempts: int, until: int, bad: list[str]
+    ) -> WorkItemLease | None:
+        """Lock one fetched worker row until ``until`` and lease it; an undecodable row can never run, so
+        it is dropped (reported in ``bad``) rather than fetched forever."""
+        try:
+            item = decode_activity(text)
+        except HistoryDecodeError as exc:
+            conn.execute("DELETE FROM worker_queue WHERE id = ?", (row_id,))
+            bad.append(str(exc))
+            return None
+        token = self._new_token()
+        conn.execute(
+            "UPDATE worker_queue SET lock_token = ?, locked_until = ?, attempt_count = attempt_count + 1 WHERE id = ?",
+            (token, until, row_id),
+        )
+        return WorkItemLease(item=item, lock_token=token, attempt_count=attempts + 1)
+
+    def _after_fetch(self, next_visible: list[int], bad: list[str]) -> None:
+        """After a worker fetch: arm the wake-up for the next visible item, log dropped rows."""
+        if next_visible:
+            self.notifier.notify_at("worker", next_visible[0])
+        if bad:
+            _log.error("dropped undecodable work items: %s", bad)
+
     async def fetch_work_items(
         self, lock_timeout: float, max_items: int, poll_timeout: float = 0.0
     ) -> list[WorkItemLease]:
@@ -348,20 +376,9 @@ class QueuesJob(SqliteBase):
             ).fetchall()
             leases: list[WorkItemLease] = []
             for row_id, text, attempts in rows:
-                try:
-                    item = decode_activity(text)
-                except HistoryDecodeError as exc:
-                    # An undecodable row can never run: drop it rather than loop on it forever.
-                    conn.execute("DELETE FROM worker_queue WHERE id = ?", (row_id,))
-                    bad.append(str(exc))
-                    continue
-                token = self._new_token()
-                conn.execute(
-                    "UPDATE worker_queue SET lock_token = ?, locked_until = ?, attempt_count = attempt_count + 1 "
-                    "WHERE id = ?",
-                    (token, now + lock_ms, row_id),
-                )
-                leases.append(WorkItemLease(item=item, lock_token=token, attempt_count=attempts + 1))
+                lease = self._lock_row(conn, row_id, text, attempts, now + lock_ms, bad)
+                if lease is not None:
+                    leases.append(lease)
             if not rows:
                 nxt = conn.execute(
                     "SELECT MIN(visible_at) FROM worker_queue WHERE visible_at > ? AND lock_token IS NULL", (now,)
@@ -371,12 +388,7 @@ class QueuesJob(SqliteBase):
             return leases
 
         leases = await self._run("fetch_work_item", _fetch, probe=lambda c: _has_worker_work(c, self.clock.now_ms()), idle=_no_leases)
-        if next_visible:
-            self.notifier.notify_at("worker", next_visible[0])
-        if bad:
-            import logging
-
-            logging.getLogger("duroxide_trio.providers.sqlite").error("dropped undecodable work items: %s", bad)
+        self._after_fetch(next_visible, bad)
         return leases
 
     async def fetch_routed_work_items(
@@ -407,11 +419,8 @@ class QueuesJob(SqliteBase):
                     if owned + claimed >= routing.max_sessions:
                         continue  # this runtime owns as many sessions as it may
                     claimed += 1
-                try:
-                    item = decode_activity(text)
-                except HistoryDecodeError as exc:
-                    conn.execute("DELETE FROM worker_queue WHERE id = ?", (row_id,))
-                    bad.append(str(exc))
+                lease = self._lock_row(conn, row_id, text, attempts, now + lock_ms, bad)
+                if lease is None:
                     continue
                 if session_id is not None:
                     conn.execute(
@@ -420,13 +429,7 @@ class QueuesJob(SqliteBase):
                         "locked_until = excluded.locked_until, last_activity_at = excluded.last_activity_at",
                         (session_id, owner, now + session_ms, now),
                     )
-                token = self._new_token()
-                conn.execute(
-                    "UPDATE worker_queue SET lock_token = ?, locked_until = ?, attempt_count = attempt_count + 1 "
-                    "WHERE id = ?",
-                    (token, now + lock_ms, row_id),
-                )
-                leases.append(WorkItemLease(item=item, lock_token=token, attempt_count=attempts + 1))
+                leases.append(lease)
             if not rows:
                 nxt = conn.execute(
                     "SELECT MIN(w.visible_at) FROM worker_queue w WHERE w.visible_at > :now AND w.lock_token IS NULL "
@@ -443,12 +446,7 @@ class QueuesJob(SqliteBase):
             return conn.execute(_ROUTED_PROBE, params).fetchone() is not None
 
         leases = await self._run("fetch_work_item", _fetch, probe=_probe, idle=_no_leases)
-        if next_visible:
-            self.notifier.notify_at("worker", next_visible[0])
-        if bad:
-            import logging
-
-            logging.getLogger("duroxide_trio.providers.sqlite").error("dropped undecodable work items: %s", bad)
+        self._after_fetch(next_visible, bad)
         return leases
 
     async def renew_sessions(self, owner: str, lock_timeout: float, idle_timeout: float) -> int:
