@@ -50,6 +50,7 @@ from .base import (
     FAILED,
     Clock,
     DeleteResult,
+    EagerLock,
     ExecutionMetadata,
     InstanceFilter,
     InstanceInfo,
@@ -301,27 +302,49 @@ def notify_visible(notifier: Notifier, key: str, at: int | None, now: int) -> No
         notifier.notify(key)
 
 
+def eager_picks(
+    worker_items: Sequence[ActivityExecute], cancelled: Sequence[ScheduledActivity], eager: EagerLock | None
+) -> tuple[int, ...]:
+    """The positions in ``worker_items`` that a turn's ack locks eagerly: the first ``eager.max_items``
+    that ``eager.accepts`` and the same turn does not cancel (none without ``eager``)."""
+    if eager is None or eager.max_items <= 0 or not worker_items:
+        return ()
+    gone = {(c.instance_id, c.execution_id, c.activity_id) for c in cancelled}
+    picks: list[int] = []
+    for k, w in enumerate(worker_items):
+        if len(picks) >= eager.max_items:
+            break
+        if eager.accepts(w) and (w.instance, w.execution_id, w.id) not in gone:
+            picks.append(k)
+    return tuple(picks)
+
+
 @attrs.frozen
 class TurnToCommit:
-    """What the dialect's ``_commit_turn`` commits: the encoded turn under its lock token."""
+    """What the dialect's ``_commit_turn`` commits: the encoded turn under its lock token, and the
+    positions of ``turn.workers`` to lock eagerly for ``eager_lock_ms`` (eager dispatch; usually none)."""
 
     lock_token: str
     execution_id: int
     turn: EncodedTurn
     metadata: ExecutionMetadata
     cancelled_activities: Sequence[ScheduledActivity]
+    eager: tuple[int, ...] = ()
+    eager_lock_ms: int = 0
 
 
 @attrs.frozen
 class TurnCommitted:
     """What the dialect's commit of a turn found out, for the fan-out: the instance, whether it has
     messages visible now (``wake``), the later visibility times it enqueued, and its final info (a
-    dialect that reads it in the same transaction hands it to waiters; ``None`` otherwise)."""
+    dialect that reads it in the same transaction hands it to waiters; ``None`` otherwise), and the
+    lock token of each eagerly locked worker item by its position in the turn (``eager``)."""
 
     instance_id: str
     wake: bool
     later: Sequence[int] = ()
     final: InstanceInfo | None = None
+    eager: Sequence[tuple[int, str]] = ()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -397,18 +420,27 @@ class ProviderKernel:
         orchestrator_items: Sequence[WorkItem],
         metadata: ExecutionMetadata,
         cancelled_activities: Sequence[ScheduledActivity] = (),
-    ) -> None:
-        """Commit one turn atomically (see ``Provider.ack_orchestration_item``) and wake who it concerns."""
+        *,
+        eager: EagerLock | None = None,
+    ) -> list[WorkItemLease]:
+        """Commit one turn atomically (see ``Provider.ack_orchestration_item``) and wake who it concerns;
+        with ``eager`` (eager dispatch, see ``EagerCapable``), the activities it locked for the caller."""
         turn = encode_turn(self.clock.now_ms(), history_delta, worker_items, orchestrator_items)
+        cancelled = tuple(cancelled_activities)
+        picks = eager_picks(worker_items, cancelled, eager)
+        lock_ms = ms(eager.lock_timeout) if eager is not None and picks else 0
         committed = await self._commit_turn(
-            TurnToCommit(lock_token, execution_id, turn, metadata, tuple(cancelled_activities))
+            TurnToCommit(lock_token, execution_id, turn, metadata, cancelled, picks, lock_ms)
         )
+        leases = [WorkItemLease(item=worker_items[k], lock_token=token, attempt_count=1) for k, token in sorted(committed.eager)]
         self._fan_out_turn(turn, committed, metadata)
+        return leases
 
     def _fan_out_turn(self, turn: EncodedTurn, committed: TurnCommitted, metadata: ExecutionMetadata) -> None:
-        """The in-process wake-ups after a committed turn: workers for its activities, the orchestrator
-        queue now and at each later visibility, and the waiters of an instance that finished."""
-        if turn.workers:
+        """The in-process wake-ups after a committed turn: workers for its activities (unless all were
+        locked eagerly), the orchestrator queue now and at each later visibility, and the waiters of an
+        instance that finished."""
+        if len(turn.workers) > len(committed.eager):
             self.notifier.notify("worker")
         if committed.wake:
             self.notifier.notify("orchestrator")

@@ -55,6 +55,8 @@ __all__ = [
     "ProviderFactory",
     "RoutingCapable",
     "BatchWorkItems",
+    "EagerCapable",
+    "EagerLock",
     "ListenerCapable",
     "NO_CAPABILITIES",
     "OutlookCapable",
@@ -71,6 +73,7 @@ __all__ = [
     "WorkOutlook",
     "KeyValueStore",
     "as_batch",
+    "as_eager",
     "as_key_values",
     "as_listener",
     "as_process_leases",
@@ -339,6 +342,38 @@ class WorkerRouting:
     def tag_params(self) -> tuple[bool, bool, list[str]]:
         """``(untagged, all tags, accepted tags)`` for a fetch query."""
         return self.tags.untagged, self.tags.all_tags, list(self.tags.tags_accepted)
+
+
+@attrs.frozen
+class EagerLock:
+    """Eager dispatch (``ProviderCapabilities.eager_dispatch``): what a turn's ack may lock for the runtime
+    that commits it, in the same transaction, instead of leaving the activities for a later fetch.
+
+    The ack locks, in scheduling order, up to ``max_items`` of the activities it enqueues that
+    :meth:`accepts` (not cancelled in the same turn), each for ``lock_timeout`` seconds with its own token
+    and counted as a delivery (attempt 1), exactly as ``fetch_work_items`` would have; the others stay in
+    the queue for any runtime. Session items are never locked eagerly (a session's owner is chosen by
+    the fetch that claims it).
+
+    Attributes:
+        max_items: At most this many items (the free activity slots the runtime reserved).
+        lock_timeout: The worker lock timeout, seconds.
+        tags: The runtime's tag filter: only items it accepts.
+        activities: Only activities of these names (``None``: any name), e.g. those registered here.
+    """
+
+    max_items: int
+    lock_timeout: float
+    tags: TagFilter = attrs.field(factory=TagFilter)
+    activities: frozenset[str] | None = None
+
+    def accepts(self, item: ActivityExecute) -> bool:
+        """Whether ``item`` may be locked eagerly: no session, its tag accepted, its name allowed."""
+        return (
+            item.session_id is None
+            and self.tags.accepts(item.tag)
+            and (self.activities is None or item.name in self.activities)
+        )
 
 
 @attrs.frozen
@@ -633,9 +668,11 @@ class Provider(Protocol):
         orchestrator_items: Sequence[WorkItem],
         metadata: ExecutionMetadata,
         cancelled_activities: Sequence[ScheduledActivity] = (),
-    ) -> None:
+    ) -> Sequence[WorkItemLease] | None:
         """Commit one turn atomically (history append, enqueues, deletion of the tagged messages, activity
-        cancellation, status) and release the lock. Unknown or expired token: permanent ProviderError."""
+        cancellation, status) and release the lock. Unknown or expired token: permanent ProviderError.
+        Returns nothing (``None``); a provider with ``eager_dispatch`` may return its (empty) list of
+        eagerly locked items (see :class:`EagerCapable`)."""
         ...
 
     async def abandon_orchestration_item(
@@ -743,6 +780,9 @@ class ProviderCapabilities:
     - ``key_values``: :class:`KeyValueStore` (``get_kv_values``: the materialised key-value table, written
       by ``ack_orchestration_item`` from the turn's ``KeyValueSet`` / ``KeyValueCleared`` events). Without
       it clients rebuild the state from the current execution's history (``history.kv_state``).
+    - ``eager_dispatch``: :class:`EagerCapable` (``ack_orchestration_item(..., eager=EagerLock(...))``
+      locks some of the activities the turn enqueues for the committing runtime and returns them as
+      leases, in the same round trip). Without it every activity waits for a worker fetch.
     """
 
     batch_work_items: bool = False
@@ -751,6 +791,7 @@ class ProviderCapabilities:
     work_outlook: bool = False
     worker_routing: bool = False
     key_values: bool = False
+    eager_dispatch: bool = False
 
 
 #: The capabilities of a provider that declares none.
@@ -844,6 +885,33 @@ class KeyValueStore(Protocol):
     async def get_kv_values(self, instance_id: str) -> dict[str, str]:
         """Every key of ``instance_id`` and its JSON value text (empty for an unknown instance)."""
         ...
+
+
+class EagerCapable(Protocol):
+    """``ProviderCapabilities.eager_dispatch``: the turn's ack hands activities to the committing runtime."""
+
+    async def ack_orchestration_item(
+        self,
+        lock_token: str,
+        execution_id: int,
+        history_delta: Sequence[Event],
+        worker_items: Sequence[ActivityExecute],
+        orchestrator_items: Sequence[WorkItem],
+        metadata: ExecutionMetadata,
+        cancelled_activities: Sequence[ScheduledActivity] = (),
+        *,
+        eager: EagerLock | None = None,
+    ) -> Sequence[WorkItemLease]:
+        """``Provider.ack_orchestration_item``; with ``eager``, also lock (in the same transaction) up to
+        ``eager.max_items`` of the ``worker_items`` that ``eager.accepts`` for ``eager.lock_timeout``
+        seconds and return them as leases (same shape as ``fetch_work_items``: own token, attempt 1), in
+        scheduling order; empty without ``eager``. Nothing is locked if the ack fails."""
+        ...
+
+
+def as_eager(provider: object) -> EagerCapable | None:
+    """``provider`` as :class:`EagerCapable` if it declares ``eager_dispatch``, else ``None``."""
+    return cast(EagerCapable, provider) if capabilities_of(provider).eager_dispatch else None
 
 
 def as_key_values(provider: object) -> KeyValueStore | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import anyio
@@ -20,6 +21,7 @@ from ..orchestration import limits
 from ..orchestration._replay import describe_exception
 from ..orchestration.context import KV_READ_ACTIVITY
 from ..providers.base import (
+    EagerLock,
     ProviderError,
     ProviderErrorKind,
     WorkerRouting,
@@ -41,6 +43,7 @@ except ImportError:  # pragma: no cover
 
 __all__ = [
     "Acker",
+    "EagerActivities",
     "activity_outcome",
     "activity_worker",
     "decide_activity",
@@ -131,6 +134,70 @@ async def activity_worker(
         finally:
             for _ in range(held):
                 slots.release()
+
+
+class EagerActivities:
+    """Eager dispatch, seen from the orchestration dispatcher: the activity slots of this runtime, for
+    the activities a turn's commit locks for it (``ProviderCapabilities.eager_dispatch``).
+
+    Before the commit, :meth:`reserve` takes free slots for the activities this runtime would run
+    (its tags, no session, registered here), at most one per activity, so nothing is over-committed;
+    after it, :meth:`hand_over` starts the locked ones on the activity dispatcher's own run path
+    (``run_activity``: decide, run with lock renewal, group ack) and gives the unused slots back.
+    Nothing is reserved while the runtime stops."""
+
+    def __init__(self, env: WorkerEnv, slots: anyio.Semaphore, task_group: anyio.abc.TaskGroup, acker: Acker) -> None:
+        self._env = env
+        self._slots = slots
+        self._task_group = task_group
+        self._acker = acker
+
+    def _runs_here(self, item: ActivityExecute) -> bool:
+        return item.session_id is None and self._env.options.activity_tags.accepts(item.tag) and (
+            self._env.registry.get_activity(item.name) is not None or item.name in _BUILTIN_ACTIVITIES
+        )
+
+    def reserve(self, worker_items: Sequence[ActivityExecute]) -> EagerLock | None:
+        """Take free slots for the ``worker_items`` this runtime would run; the request for the commit
+        (``None``: nothing reserved). Every reservation must be ended by :meth:`hand_over`."""
+        env = self._env
+        if env.stopping or not worker_items:
+            return None
+        names = frozenset(w.name for w in worker_items if self._runs_here(w))
+        wanted = sum(1 for w in worker_items if w.name in names and self._runs_here(w))
+        taken = 0
+        while taken < wanted and self._slots.value > 0:
+            self._slots.acquire_nowait()
+            taken += 1
+        if taken == 0:
+            return None
+        # Reserved slots count as busy: the acker outlives every activity that may still be handed over.
+        env.stats.busy_activity_workers += taken
+        return EagerLock(taken, env.options.worker_lock_timeout, env.options.activity_tags, names)
+
+    async def hand_over(self, request: EagerLock, leases: Sequence[WorkItemLease]) -> None:
+        """Run the ``leases`` the commit locked for ``request`` (empty if it failed) in reserved slots
+        and give the others back; as the runtime stops, give the leases back to the queue at once."""
+        env = self._env
+        leases = list(leases)
+        # More than asked for (a provider's bug), or fetched as the runtime stops: back to the queue.
+        extra, leases = leases[request.max_items :], leases[: request.max_items]
+        if leases and env.stopping:
+            extra, leases = extra + leases, []
+        if extra:
+            with anyio.CancelScope(shield=True):
+                for lease in extra:
+                    await _give_back(env, lease)
+        env.stats.activities_eager += len(leases)
+        for lease in leases:
+            self._task_group.start_soon(
+                _run_in_slot, env, lease, self._slots, self._acker, name=f"activity {lease.item.name}"
+            )
+        for _ in range(request.max_items - len(leases)):
+            env.stats.busy_activity_workers -= 1
+            self._slots.release()
+        if len(leases) < request.max_items:
+            self._acker.poke()
 
 
 def routing_of(env: WorkerEnv) -> WorkerRouting:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Sequence
 
 import anyio
 import anyio.abc
@@ -21,14 +22,18 @@ from ..history import ErrorDetails, Status
 from ..orchestration._decide import Abandon, Decision, TurnPolicy, decide_turn, refused_commit
 from ..orchestration._replay import TurnResult
 from ..providers.base import (
+    EagerLock,
     ExecutionMetadata,
     OrchestrationItem,
     ProviderError,
     ProviderErrorKind,
     ScheduledActivity,
+    WorkItemLease,
+    as_eager,
     as_provider_error,
     now_ms,
 )
+from ._activities import EagerActivities
 from ._env import Fetcher, FetchFailed, WorkerEnv
 
 log = logging.getLogger("duroxide_trio.runtime.orchestrations")
@@ -55,10 +60,15 @@ def error_to_output(details: ErrorDetails) -> str:
 
 
 async def orchestration_worker(
-    env: WorkerEnv, index: int, slots: anyio.Semaphore, task_group: anyio.abc.TaskGroup
+    env: WorkerEnv,
+    index: int,
+    slots: anyio.Semaphore,
+    task_group: anyio.abc.TaskGroup,
+    eager: EagerActivities | None = None,
 ) -> None:
     """Fetch locked batches while a turn slot is free; each turn runs as its own task, so a turn's commit
-    overlaps the next fetch (the engine itself is synchronous and fast)."""
+    overlaps the next fetch (the engine itself is synchronous and fast). With ``eager`` (eager dispatch),
+    a turn's commit hands the activities it locked for this runtime to the activity slots."""
     options = env.options
     versions = options.supported_replay_versions
     if versions.is_any:  # no filter: a provider that predates capability filtering works unchanged
@@ -82,23 +92,25 @@ async def orchestration_worker(
                 started = True  # released already
                 await fetcher.wait_for_work()
                 continue
-            task_group.start_soon(_turn_in_slot, env, item, slots, name=f"turn {item.instance_id}")
+            task_group.start_soon(_turn_in_slot, env, item, slots, eager, name=f"turn {item.instance_id}")
             started = True
         finally:
             if not started:
                 slots.release()
 
 
-async def _turn_in_slot(env: WorkerEnv, item: OrchestrationItem, slots: anyio.Semaphore) -> None:
+async def _turn_in_slot(
+    env: WorkerEnv, item: OrchestrationItem, slots: anyio.Semaphore, eager: EagerActivities | None
+) -> None:
     env.stats.busy_orchestration_workers += 1
     try:
-        await _process_with_renewal(env, item)
+        await _process_with_renewal(env, item, eager)
     finally:
         env.stats.busy_orchestration_workers -= 1
         slots.release()
 
 
-async def _process_with_renewal(env: WorkerEnv, item: OrchestrationItem) -> None:
+async def _process_with_renewal(env: WorkerEnv, item: OrchestrationItem, eager: EagerActivities | None) -> None:
     options = env.options
 
     def on_lost(exc: BaseException) -> None:
@@ -111,7 +123,7 @@ async def _process_with_renewal(env: WorkerEnv, item: OrchestrationItem) -> None
         on_lost,
     )
     try:
-        await process_item(env, item)
+        await process_item(env, item, eager)
     finally:
         env.leases.release(held)
 
@@ -135,8 +147,9 @@ if trio is not None:
     _decide = trio.lowlevel.enable_ki_protection(_decide)
 
 
-async def process_item(env: WorkerEnv, item: OrchestrationItem) -> None:
-    """Decide what the batch means, then commit or abandon it (the only I/O)."""
+async def process_item(env: WorkerEnv, item: OrchestrationItem, eager: EagerActivities | None = None) -> None:
+    """Decide what the batch means, then commit or abandon it (the only I/O); with ``eager``, the commit
+    hands the activities it locked for this runtime to the activity slots."""
     began = time.perf_counter()
     decision = _decide(env, item)
     if decision.note:
@@ -152,7 +165,7 @@ async def process_item(env: WorkerEnv, item: OrchestrationItem) -> None:
     result = decision.result
     if decision.ran_code:
         env.stats.orchestration_turns += 1
-    await _ack(env, item, result)
+    await _ack(env, item, result, eager)
     if metrics.enabled:
         outcome = _OUTCOMES.get(result.status or Status.RUNNING, "running")
         metrics.turns.add(1, {"outcome": outcome})
@@ -171,7 +184,9 @@ async def _abandon(env: WorkerEnv, item: OrchestrationItem, delay: float, *, ign
         log.warning("instance %s: abandon failed (%s); the lock will expire", item.instance_id, exc)
 
 
-async def _ack(env: WorkerEnv, item: OrchestrationItem, result: TurnResult) -> None:
+async def _ack(
+    env: WorkerEnv, item: OrchestrationItem, result: TurnResult, eager: EagerActivities | None = None
+) -> None:
     output = result.output
     if result.status == Status.FAILED and result.error is not None:
         output = error_to_output(result.error)
@@ -185,7 +200,13 @@ async def _ack(env: WorkerEnv, item: OrchestrationItem, result: TurnResult) -> N
     cancelled = [ScheduledActivity(i, e, a) for (i, e, a) in result.cancelled_activities]
     # A commit is never skipped by a cancellation (shutdown): a terminal state must be written.
     with anyio.CancelScope(shield=True):
-        await _ack_retrying(env, item, result, metadata, cancelled)
+        request = eager.reserve(result.worker_items) if eager is not None else None
+        leases: Sequence[WorkItemLease] = ()
+        try:
+            leases = await _ack_retrying(env, item, result, metadata, cancelled, request)
+        finally:
+            if eager is not None and request is not None:
+                await eager.hand_over(request, leases)
 
 
 async def _ack_retrying(
@@ -194,9 +215,25 @@ async def _ack_retrying(
     result: TurnResult,
     metadata: ExecutionMetadata,
     cancelled: list[ScheduledActivity],
-) -> None:
-    async def commit() -> None:
+    request: EagerLock | None = None,
+) -> Sequence[WorkItemLease]:
+    """Commit the turn, retrying transient errors; the activities it locked for ``request`` (eager
+    dispatch; empty without one or when the turn was not committed as it is)."""
+    eager = as_eager(env.provider) if request is not None else None
+
+    async def commit() -> Sequence[WorkItemLease]:
         try:
+            if eager is not None:
+                return await eager.ack_orchestration_item(
+                    item.lock_token,
+                    result.execution_id,
+                    result.history_delta,
+                    result.worker_items,
+                    result.orchestrator_items,
+                    metadata,
+                    cancelled,
+                    eager=request,
+                )
             await env.provider.ack_orchestration_item(
                 item.lock_token,
                 result.execution_id,
@@ -206,6 +243,7 @@ async def _ack_retrying(
                 metadata,
                 cancelled,
             )
+            return ()
         except ProviderError:
             raise
         except Exception as caught:  # noqa: BLE001 - a provider's bug: retried as a transient error
@@ -225,7 +263,7 @@ async def _ack_retrying(
 
     policy = _ACK_RETRY.with_deadline(min(ACK_RETRY_FOR, env.options.orchestrator_lock_timeout / 2))
     try:
-        await policy.call(
+        return await policy.call(
             commit,
             retry_if=lambda exc: isinstance(exc, ProviderError) and exc.retryable and not refused(exc),
             on_retry=on_retry,
@@ -236,7 +274,7 @@ async def _ack_retrying(
             log.error("instance %s: the storage refused the turn (%s); failing the instance",
                       item.instance_id, exc.message)
             await _ack(env, item, refused_commit(item, exc.message, now_ms=now_ms()))
-            return
+            return ()
         env.errors.record(_ROLE, exc, expected=False)
         log.warning(
             "instance %s: turn not committed (%s); the lock will expire and the turn will be replayed",
@@ -244,3 +282,4 @@ async def _ack_retrying(
         )
         if exc.retryable:
             await _abandon(env, item, 0.1)
+        return ()

@@ -15,9 +15,9 @@ import anyio.abc
 
 from ..client import Client
 from ..clock import clock_of
-from ..providers.base import Provider, ProviderError, as_listener
+from ..providers.base import Provider, ProviderError, as_eager, as_listener
 from ..registry import Registry
-from ._activities import Acker, activity_worker, run_session_renewer
+from ._activities import Acker, EagerActivities, activity_worker, run_session_renewer
 from ._asyncio_loop import AsyncioLoopThread
 from ._env import StopSignal, WorkerEnv
 from ._leases import LeaseRenewer
@@ -165,11 +165,19 @@ async def _run(runtime: Runtime) -> AsyncIterator[Runtime]:
                 async with anyio.create_task_group() as workers:
                     runtime._workers_scope = workers.cancel_scope
                     turn_slots = anyio.Semaphore(options.orchestration_slots)
+                    slots = anyio.Semaphore(options.activity_slots)
+                    # Eager dispatch: a turn's commit hands the activities it schedules to these slots.
+                    eager = (
+                        EagerActivities(env, slots, workers, acker)
+                        if options.eager_activities and options.worker_concurrency > 0
+                        and as_eager(runtime.provider) is not None
+                        else None
+                    )
                     for i in range(options.orchestration_concurrency):
                         workers.start_soon(
-                            orchestration_worker, env, i, turn_slots, workers, name=f"orchestration-dispatcher-{i}"
+                            orchestration_worker, env, i, turn_slots, workers, eager,
+                            name=f"orchestration-dispatcher-{i}",
                         )
-                    slots = anyio.Semaphore(options.activity_slots)
                     for i in range(options.worker_concurrency):
                         workers.start_soon(
                             activity_worker, env, i, slots, workers, acker, name=f"activity-dispatcher-{i}"

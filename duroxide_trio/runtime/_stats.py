@@ -40,6 +40,8 @@ class RuntimeStats:
     activities_completed: int = 0
     activities_failed: int = 0
     activity_fetches: int = 0
+    #: Activities a turn's commit handed straight to this runtime's slots (eager dispatch: no fetch).
+    activities_eager: int = 0
     provider_errors: int = 0
     busy_orchestration_workers: int = 0
     busy_activity_workers: int = 0

@@ -94,6 +94,12 @@ class RuntimeOptions:
     - ``supported_replay_versions``: capability filtering, a ``dt.VersionRange`` (default: any). The
       runtime only fetches instances whose recorded orchestration version is inside it, so a rolling
       deploy can run old and new code side by side; an instance no runtime accepts waits in the queue.
+    - ``eager_activities``: eager dispatch (default on; used when the provider declares
+      ``ProviderCapabilities.eager_dispatch``). A turn's commit locks the activities it schedules for
+      this runtime's free activity slots, in the same round trip, and they start at once without a
+      worker fetch; items the runtime's ``activity_tags`` do not accept, session items, unregistered
+      activities and items beyond the free slots stay in the queue for any runtime. ``False``: every
+      activity waits for a worker fetch.
     - ``provider_retry_cap``: the longest wait between retries after a retryable provider error (the
       wait doubles with each consecutive failure).
 
@@ -129,6 +135,7 @@ class RuntimeOptions:
     session_idle_timeout: float = attrs.field(default=300.0, validator=_positive)
     max_sessions: int = attrs.field(default=1000, validator=_counter(1))
     supported_replay_versions: VersionRange = attrs.field(factory=VersionRange.any)
+    eager_activities: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
 
     def __attrs_post_init__(self) -> None:
         if not isinstance(self.supported_replay_versions, VersionRange):

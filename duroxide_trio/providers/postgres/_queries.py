@@ -31,7 +31,8 @@ class Queries:
             "%b::text[], %b::text[], %b::boolean[], %b::bigint[], "
             "%b::text[], %b::bigint[], %b::bigint[], "
             "%s, %s, %s, %s, %s, %s, %s, "
-            "%s, %b::text[], %b::text[], %b::text[])"
+            "%s, %b::text[], %b::text[], %b::text[], "
+            "%b::boolean[], %s, %s)"
         )
         self.abandon_orch = f"SELECT {s}.abandon_orchestration_item(%s, %s, %s, %s)"
         self.renew_orch = (

@@ -82,6 +82,7 @@ class QueuesJob(PgBase):
         metadata, cancelled_activities = commit.metadata, commit.cancelled_activities
         now = turn.now
         orch_visible = [o.visible(now) for o in turn.orchestrator]
+        salt = self._new_token() if commit.eager else ""
         params = (
             lock_token,
             now,
@@ -113,9 +114,22 @@ class QueuesJob(PgBase):
             turn.kv.deleted,
             turn.kv.keys,
             turn.kv.values,
+            [k in commit.eager for k in range(len(turn.workers))] if commit.eager else [],
+            commit.eager_lock_ms if commit.eager else 0,
+            salt,
         )
-        instance_id, wake = await self._one("ack_orchestration_item", self._q.ack_orch, params)
-        return TurnCommitted(instance_id, bool(wake), [at for at in orch_visible if at > now])
+        if commit.eager:
+            # An ack that failed with a transient error may have committed unseen: release its eager locks.
+            async with self._releasing_unseen_claim("worker", salt):
+                row = await self._one("ack_orchestration_item", self._q.ack_orch, params)
+        else:
+            row = await self._one("ack_orchestration_item", self._q.ack_orch, params)
+        instance_id, wake, e_inst, e_exec, e_act, e_tok = row
+        eager: list[tuple[int, str]] = []
+        if e_tok:
+            position = {(w.instance, w.execution_id, w.activity_id): k for k, w in enumerate(turn.workers)}
+            eager = [(position[(i, x, a)], tok) for i, x, a, tok in zip(e_inst, e_exec, e_act, e_tok, strict=True)]
+        return TurnCommitted(instance_id, bool(wake), [at for at in orch_visible if at > now], eager=eager)
 
     async def abandon_orchestration_item(
         self, lock_token: str, delay: float | None = None, ignore_attempt: bool = False

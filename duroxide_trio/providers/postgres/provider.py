@@ -175,10 +175,11 @@ class PostgresProvider(QueuesJob, HistoryJob, ManagementJob, ListenerJob, Leases
     """Durable state in a PostgreSQL schema. Create with ``await PostgresProvider.connect(url)``; run it
     with ``async with provider:`` (which also owns the LISTEN connection for cross-process wake-ups)."""
 
-    #: Batch work items, the LISTEN listener and process leases (no work outlook: tests' virtual time
+    #: Batch work items, the LISTEN listener, process leases and eager dispatch (no work outlook: tests' virtual time
     #: runs on SQLite).
     capabilities = ProviderCapabilities(
-        batch_work_items=True, listener=True, process_leases=True, key_values=True, worker_routing=True
+        batch_work_items=True, listener=True, process_leases=True, key_values=True, worker_routing=True,
+        eager_dispatch=True,
     )
 
     def __init__(

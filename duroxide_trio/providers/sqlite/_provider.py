@@ -25,9 +25,10 @@ from ._queues import QueuesJob
 class SqliteProvider(QueuesJob, HistoryJob, ManagementJob, LeasesJob):
     """Durable state in one SQLite file (or in memory). Use ``await SqliteProvider.open(path)``."""
 
-    #: Batch work items, process leases and the work outlook; no cross-process listener (SQLite has none).
+    #: Batch work items, process leases, the work outlook and eager dispatch; no cross-process listener (SQLite has none).
     capabilities = ProviderCapabilities(
-        batch_work_items=True, process_leases=True, work_outlook=True, key_values=True, worker_routing=True
+        batch_work_items=True, process_leases=True, work_outlook=True, key_values=True, worker_routing=True,
+        eager_dispatch=True,
     )
 
     @classmethod

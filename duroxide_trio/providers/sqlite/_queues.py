@@ -207,11 +207,19 @@ class QueuesJob(SqliteBase):
                         [(instance_id, k, v, now) for k, v in zip(kv.keys, kv.values, strict=True)],
                     )
             if turn.workers:
+                # Eager dispatch: the picked items are inserted already locked for the caller (attempt 1).
+                locks: dict[int, str] = {k: self._new_token() for k in commit.eager}
+                until = now + commit.eager_lock_ms
                 conn.executemany(
                     "INSERT INTO worker_queue(work_item, visible_at, attempt_count, instance_id, execution_id, "
-                    "activity_id, session_id, tag) VALUES (?, ?, 0, ?, ?, ?, ?, ?)",
-                    [(w.text, now, w.instance, w.execution_id, w.activity_id, w.session_id, w.tag) for w in turn.workers],
+                    "activity_id, session_id, tag, lock_token, locked_until) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (w.text, now, 1 if k in locks else 0, w.instance, w.execution_id, w.activity_id, w.session_id,
+                         w.tag, locks.get(k), until if k in locks else None)
+                        for k, w in enumerate(turn.workers)
+                    ],
                 )
+                outcome["eager"] = list(locks.items())
             for c in cancelled_activities:
                 conn.execute(
                     "DELETE FROM worker_queue WHERE instance_id = ? AND execution_id = ? AND activity_id = ?",
@@ -244,7 +252,9 @@ class QueuesJob(SqliteBase):
                 outcome["final"] = instance_info(conn, instance_id)
 
         await self._run("ack_orchestration_item", _ack)
-        return TurnCommitted(outcome["instance"], outcome["wake"], outcome.get("later", ()), outcome.get("final"))
+        return TurnCommitted(
+            outcome["instance"], outcome["wake"], outcome.get("later", ()), outcome.get("final"), outcome.get("eager", ())
+        )
 
     async def abandon_orchestration_item(
         self, lock_token: str, delay: float | None = None, ignore_attempt: bool = False
