@@ -14,6 +14,7 @@ import pytest
 from duroxide_trio.history import ActivityExecute, Event, KeyValueSet, StartOrchestration, TimerDue, WorkItem
 from duroxide_trio.providers.base import (
     DeleteResult,
+    EagerLock,
     ExecutionMetadata,
     InstanceFilter,
     OrchestrationItem,
@@ -400,6 +401,27 @@ class IgnoresSessions(Wrapper):
         return keep
 
 
+class EagerLeasesNotLocked(Wrapper):
+    """Eager dispatch that only pretends: the ack returns leases, but the items are left unlocked in the
+    queue (so another runtime fetches them too)."""
+
+    async def ack_orchestration_item(self, *args: Any, eager: EagerLock | None = None, **kwargs: Any) -> list[WorkItemLease]:
+        await self._inner.ack_orchestration_item(*args, **kwargs)
+        if eager is None:
+            return []
+        items = [w for w in args[3] if eager.accepts(w)][: eager.max_items]
+        return [WorkItemLease(item=w, lock_token=f"fake-{w.id}", attempt_count=1) for w in items]
+
+
+class EagerIgnoresTags(Wrapper):
+    """Eager dispatch locks every item, whatever the runtime's tag filter and sessions."""
+
+    async def ack_orchestration_item(self, *args: Any, eager: EagerLock | None = None, **kwargs: Any) -> list[WorkItemLease]:
+        if eager is not None:
+            eager = attrs.evolve(eager, tags=TagFilter.any(), activities=None)
+        return await self._inner.ack_orchestration_item(*args, eager=eager, **kwargs)
+
+
 CASES: list[tuple[str, type[Wrapper], list[str]]] = [
     ("atomicity", NonAtomicAck, ["test_atomicity_failure_rollback"]),
     ("atomicity", AckSkipsLockCheck, ["test_concurrent_ack_prevention"]),
@@ -471,6 +493,12 @@ CASES: list[tuple[str, type[Wrapper], list[str]]] = [
         AbandonDoesNotCount,
         ["test_orch_count_has_no_cap", "test_worker_count_rises_on_each_abandon", "test_orch_mixed_abandons_accumulate"],
     ),
+    (
+        "eager_dispatch",
+        EagerLeasesNotLocked,
+        ["test_eager_locks_up_to_max_items_in_order", "test_eager_leases_ack_like_fetched_ones"],
+    ),
+    ("eager_dispatch", EagerIgnoresTags, ["test_eager_respects_tags_sessions_and_names"]),
 ]
 
 
