@@ -1,8 +1,10 @@
 """A runtime in its own process, for crash and multi-process tests.
 
-usage: python proc_runtime.py sqlite PATH | postgres URL SCHEMA   [--log FILE] [--crash]
+usage: python proc_runtime.py sqlite PATH | postgres URL SCHEMA   [--log FILE] [--crash] [--die-after-eager]
 Prints "ready" once the runtime runs. With --crash, the activity "Step" of attempt 1 prints
-"in-activity <instance>" and blocks so the parent can SIGKILL the process mid-orchestration.
+"in-activity <instance>" and blocks so the parent can SIGKILL the process mid-orchestration. With
+--die-after-eager, the process dies (``os._exit``, no cleanup) right after the first turn's commit that
+locked activities for it by eager dispatch, printing "eager <count>" first.
 """
 
 from __future__ import annotations
@@ -46,6 +48,29 @@ def build_registry(log_path: str | None, crash: bool) -> dt.Registry:
     return reg
 
 
+class DieAfterEager:
+    """Forwards to the provider; exits the process at once after an ack returned eager leases."""
+
+    def __init__(self, inner: object) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._inner, name)
+
+    async def __aenter__(self) -> DieAfterEager:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._inner.close()  # type: ignore[attr-defined]
+
+    async def ack_orchestration_item(self, *args: object, **kwargs: object) -> object:
+        leases = await self._inner.ack_orchestration_item(*args, **kwargs)  # type: ignore[attr-defined]
+        if leases:
+            print(f"eager {len(leases)}", flush=True)
+            os._exit(9)  # a crash: the locks stay behind
+        return leases
+
+
 async def main() -> None:
     args = sys.argv[1:]
     log_path = args[args.index("--log") + 1] if "--log" in args else None
@@ -56,7 +81,8 @@ async def main() -> None:
         from duroxide_trio.providers.postgres import PostgresProvider
 
         provider = await PostgresProvider.connect(args[1], schema=args[2], pool_max=4)
-    async with provider, dt.open_runtime(provider, build_registry(log_path, crash), OPTIONS):
+    runner = DieAfterEager(provider) if "--die-after-eager" in args else provider
+    async with provider, dt.open_runtime(runner, build_registry(log_path, crash), OPTIONS):  # type: ignore[arg-type]
         print("ready", flush=True)
         await anyio.sleep_forever()
 

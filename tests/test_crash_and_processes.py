@@ -69,6 +69,35 @@ async def test_sigkill_mid_orchestration_then_another_runtime_finishes(target_ki
             proc.wait()
 
 
+async def test_runtime_killed_after_an_eager_ack_leaves_its_activities_to_another(target_kind, tmp_path, request):
+    """A runtime dies right after a turn's commit locked activities for it (eager dispatch): they are
+    neither lost nor run twice; another runtime takes them once their locks are released (the dead
+    process's lease) or expire, and the orchestration completes."""
+    target = _target(target_kind, tmp_path, request)
+    log = tmp_path / "activities.log"
+    proc = _spawn(target, "--die-after-eager", "--log", str(log))
+    try:
+        await _read_line(proc, "ready")
+        provider = await _open(target)
+        async with provider:
+            client = dt.Client(provider)
+            await client.start_orchestration("eager-crash", "Pipeline", 1)
+            line = await _read_line(proc, "eager ")
+            assert int(line.split()[1]) >= 1  # a turn's commit locked activities for the doomed runtime
+            await anyio.to_thread.run_sync(proc.wait)
+            assert proc.returncode == 9
+            async with dt.open_runtime(provider, build_registry(str(log), False), OPTIONS) as rt:
+                state = await rt.client.wait_for_orchestration("eager-crash", timeout=30)
+        assert state.status is dt.Status.COMPLETED
+        assert state.output == 10 + 20 + 30 + 40
+        runs = collections.Counter(" ".join(line.split()[:2]) for line in log.read_text().splitlines())
+        assert len(runs) == 4 and max(runs.values()) == 1, runs
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 async def test_three_processes_share_one_database_without_double_processing(target_kind, tmp_path, request):
     target = _target(target_kind, tmp_path, request)
     log = tmp_path / "activities.log"
