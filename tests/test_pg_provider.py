@@ -346,3 +346,39 @@ async def test_stale_prepared_statements_after_a_migration_are_replaced(pg_url: 
         assert len(await p.read("m")) == 1
 
 # The provider validation suite against PostgreSQL runs in tests/test_validation_postgres.py.
+
+
+async def test_older_clients_ack_still_commits_after_the_eager_dispatch_migration(pg_url, pg_schema):
+    """A process running the code before migration 8 calls the 30-argument ``ack_turn``: its turn still
+    commits (history, activities for any fetch, the 'w' notification path), nothing is locked eagerly."""
+    async with running(pg_url, pg_schema) as p:
+        await p.enqueue_start(StartOrchestration("old-1", ORCH, "1", "1.0"))
+        item = await p.fetch_orchestration_item(30)
+        assert item is not None
+        s = sql.Identifier(pg_schema).as_string(None)
+        old_ack = (
+            f"SELECT * FROM {s}.ack_turn(%s, %s, %s, "
+            "%b::bigint[], %b::text[], %b::text[], "
+            "%b::text[], %b::text[], %b::bigint[], %b::bigint[], %b::text[], %b::text[], "
+            "%b::text[], %b::text[], %b::boolean[], %b::bigint[], "
+            "%b::text[], %b::bigint[], %b::bigint[], "
+            "%s, %s, %s, %s, %s, %s, %s, "
+            "%s, %b::text[], %b::text[], %b::text[])"
+        )
+        from duroxide_trio.history import encode_event, encode_work_item
+
+        started = Event(1, OrchestrationStarted(ORCH, "1.0", "1"), None, now_ms())
+        work = ActivityExecute("old-1", 1, 2, "Act", '"x"')
+        params = (
+            item.lock_token, now_ms(), 1, [1], [started.type_name], [encode_event(started)],
+            [encode_work_item(work)], ["old-1"], [1], [2], [None], [None],
+            [], [], [], [], [], [], [],
+            ORCH, "1.0", None, "Running", None, False, None,
+            False, [], [], [],
+        )  # fmt: skip
+        async with admin(pg_url) as conn:
+            rows = await fetch_all(conn, old_ack, params)
+        assert rows == [("old-1", False)]
+        assert await p.read("old-1") == [started]
+        leases = await p.fetch_work_items(30, 10)
+        assert [(lease.item.instance, lease.item.id, lease.attempt_count) for lease in leases] == [("old-1", 2, 1)]
