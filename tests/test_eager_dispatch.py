@@ -9,6 +9,7 @@ import pytest
 
 import duroxide_trio as dt
 from duroxide_trio.stress._counting import CountingProvider
+from duroxide_trio.testing.faults import Fault, FaultyProvider
 
 pytestmark = pytest.mark.anyio
 
@@ -102,3 +103,20 @@ async def test_orchestration_only_runtime_locks_nothing(make_provider) -> None:
             assert rt.stats.activities_eager == 0
             assert rt.stats.orchestration_turns > 0
         assert workers.stats.activities_completed == 2 * FAN
+
+
+async def test_a_lost_commit_answer_does_not_strand_its_activities(make_provider) -> None:
+    """Every turn's commit succeeds but its answer is lost once (the connection dropped after the
+    commit): the activities it locked eagerly are given back at once, so the orchestration finishes
+    long before the 60 s worker lock would have expired."""
+    provider = await make_provider()
+    async with provider:
+        faulty = FaultyProvider(provider, {"ack_orchestration_item": Fault(every=2, after=True, limit=4)})
+        options = dt.RuntimeOptions(worker_lock_timeout=60.0, poll_interval=0.2)
+        async with dt.open_runtime(faulty, _registry(), options) as rt:  # type: ignore[arg-type]
+            for i in range(2):
+                await rt.client.start_orchestration(f"lost-{i}", "FanOut", FAN)
+            for i in range(2):
+                state = await rt.client.wait_for_orchestration(f"lost-{i}", timeout=20)
+                assert state.status is dt.Status.COMPLETED and state.output == 2 * sum(range(FAN))
+        assert faulty.faults["ack_orchestration_item"].injected >= 1

@@ -422,6 +422,13 @@ class EagerIgnoresTags(Wrapper):
         return await self._inner.ack_orchestration_item(*args, eager=eager, **kwargs)
 
 
+class EagerReleaseDoesNothing(Wrapper):
+    """``release_eager`` reports success but leaves the locks in place (they wait out their timeout)."""
+
+    async def release_eager(self, claim: str) -> int:
+        return 2 if claim else 0
+
+
 CASES: list[tuple[str, type[Wrapper], list[str]]] = [
     ("atomicity", NonAtomicAck, ["test_atomicity_failure_rollback"]),
     ("atomicity", AckSkipsLockCheck, ["test_concurrent_ack_prevention"]),
@@ -499,6 +506,7 @@ CASES: list[tuple[str, type[Wrapper], list[str]]] = [
         ["test_eager_locks_up_to_max_items_in_order", "test_eager_leases_ack_like_fetched_ones"],
     ),
     ("eager_dispatch", EagerIgnoresTags, ["test_eager_respects_tags_sessions_and_names"]),
+    ("eager_dispatch", EagerReleaseDoesNothing, ["test_release_gives_back_what_a_lost_answer_locked"]),
 ]
 
 

@@ -331,6 +331,11 @@ class TurnToCommit:
     cancelled_activities: Sequence[ScheduledActivity]
     eager: tuple[int, ...] = ()
     eager_lock_ms: int = 0
+    eager_claim: str = ""
+
+    def eager_suffix(self) -> str:
+        """What the tokens of this turn's eager locks end with (``release_eager`` finds them by it)."""
+        return f"~{self.eager_claim}" if self.eager_claim else ""
 
 
 @attrs.frozen
@@ -430,7 +435,10 @@ class ProviderKernel:
         picks = eager_picks(worker_items, cancelled, eager)
         lock_ms = ms(eager.lock_timeout) if eager is not None and picks else 0
         committed = await self._commit_turn(
-            TurnToCommit(lock_token, execution_id, turn, metadata, cancelled, picks, lock_ms)
+            TurnToCommit(
+                lock_token, execution_id, turn, metadata, cancelled, picks, lock_ms,
+                eager.claim if eager is not None else "",
+            )
         )
         leases = [WorkItemLease(item=worker_items[k], lock_token=token, attempt_count=1) for k, token in sorted(committed.eager)]
         self._fan_out_turn(turn, committed, metadata)

@@ -360,12 +360,21 @@ class EagerLock:
         lock_timeout: The worker lock timeout, seconds.
         tags: The runtime's tag filter: only items it accepts.
         activities: Only activities of these names (``None``: any name), e.g. those registered here.
+        claim: The caller's id for this request's locks (letters and digits; unique per commit attempt):
+            when an ack's answer is lost (a dropped connection after the commit), ``release_eager(claim)``
+            gives back what it locked instead of leaving it locked until the lock expires. ``""``: none.
     """
 
     max_items: int
     lock_timeout: float
     tags: TagFilter = attrs.field(factory=TagFilter)
     activities: frozenset[str] | None = None
+    claim: str = attrs.field(default="")
+
+    @claim.validator
+    def _check_claim(self, attribute: object, value: str) -> None:
+        if not isinstance(value, str) or not (value == "" or (value.isascii() and value.isalnum())):
+            raise ValueError(f"EagerLock.claim must be letters and digits, got {value!r:.100}")
 
     def accepts(self, item: ActivityExecute) -> bool:
         """Whether ``item`` may be locked eagerly: no session, its tag accepted, its name allowed."""
@@ -906,6 +915,12 @@ class EagerCapable(Protocol):
         ``eager.max_items`` of the ``worker_items`` that ``eager.accepts`` for ``eager.lock_timeout``
         seconds and return them as leases (same shape as ``fetch_work_items``: own token, attempt 1), in
         scheduling order; empty without ``eager``. Nothing is locked if the ack fails."""
+        ...
+
+    async def release_eager(self, claim: str) -> int:
+        """Give back every item an eager ack locked under ``claim`` (``EagerLock.claim``) and that is
+        still locked by it: visible at once, its attempt not counted. For an ack whose answer was lost;
+        returns how many (0 for ``""``)."""
         ...
 
 

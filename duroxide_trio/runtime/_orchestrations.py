@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import time
 from collections.abc import Sequence
 
@@ -22,6 +23,7 @@ from ..history import ErrorDetails, Status
 from ..orchestration._decide import Abandon, Decision, TurnPolicy, decide_turn, refused_commit
 from ..orchestration._replay import TurnResult
 from ..providers.base import (
+    EagerCapable,
     EagerLock,
     ExecutionMetadata,
     OrchestrationItem,
@@ -209,6 +211,15 @@ async def _ack(
                 await eager.hand_over(request, leases)
 
 
+async def _release_eager(env: WorkerEnv, eager: EagerCapable, claim: str) -> None:
+    """After a failed eager commit attempt: give back whatever it may have locked (bounded, never raises)."""
+    with anyio.move_on_after(5):
+        try:
+            await eager.release_eager(claim)
+        except Exception as exc:  # noqa: BLE001 - the locks expire instead
+            log.info("giving back the eager locks of a failed commit failed (%s); they expire instead", exc)
+
+
 async def _ack_retrying(
     env: WorkerEnv,
     item: OrchestrationItem,
@@ -223,17 +234,24 @@ async def _ack_retrying(
 
     async def commit() -> Sequence[WorkItemLease]:
         try:
-            if eager is not None:
-                return await eager.ack_orchestration_item(
-                    item.lock_token,
-                    result.execution_id,
-                    result.history_delta,
-                    result.worker_items,
-                    result.orchestrator_items,
-                    metadata,
-                    cancelled,
-                    eager=request,
-                )
+            if eager is not None and request is not None:
+                # A fresh claim per attempt: if this attempt's answer is lost after it committed, its
+                # eager locks are given back at once instead of waiting out the worker lock.
+                attempt = attrs.evolve(request, claim=secrets.token_hex(8))
+                try:
+                    return await eager.ack_orchestration_item(
+                        item.lock_token,
+                        result.execution_id,
+                        result.history_delta,
+                        result.worker_items,
+                        result.orchestrator_items,
+                        metadata,
+                        cancelled,
+                        eager=attempt,
+                    )
+                except Exception:
+                    await _release_eager(env, eager, attempt.claim)
+                    raise
             await env.provider.ack_orchestration_item(
                 item.lock_token,
                 result.execution_id,

@@ -82,7 +82,7 @@ class QueuesJob(PgBase):
         metadata, cancelled_activities = commit.metadata, commit.cancelled_activities
         now = turn.now
         orch_visible = [o.visible(now) for o in turn.orchestrator]
-        salt = self._new_token() if commit.eager else ""
+        salt = self._new_token() + commit.eager_suffix() if commit.eager else ""
         params = (
             lock_token,
             now,
@@ -130,6 +130,23 @@ class QueuesJob(PgBase):
             position = {(w.instance, w.execution_id, w.activity_id): k for k, w in enumerate(turn.workers)}
             eager = [(position[(i, x, a)], tok) for i, x, a, tok in zip(e_inst, e_exec, e_act, e_tok, strict=True)]
         return TurnCommitted(instance_id, bool(wake), [at for at in orch_visible if at > now], eager=eager)
+
+    async def release_eager(self, claim: str) -> int:
+        """Give back what an eager ack locked under ``claim`` (its answer was lost), attempts uncounted."""
+        if not claim:
+            return 0
+        s = self._quoted_schema()
+        released = await self._exec(
+            "release_eager",
+            f"UPDATE {s}.worker_queue SET lock_token = NULL, locked_until = NULL, visible_at = %s, "
+            "attempt_count = GREATEST(attempt_count - 1, 0) WHERE lock_token LIKE %s",
+            (self.clock.now_ms(), "%~" + claim),
+            "rowcount",
+            idempotent=True,
+        )
+        if released:
+            self.notifier.notify("worker")
+        return int(released)
 
     async def abandon_orchestration_item(
         self, lock_token: str, delay: float | None = None, ignore_attempt: bool = False

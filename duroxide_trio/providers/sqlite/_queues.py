@@ -208,7 +208,8 @@ class QueuesJob(SqliteBase):
                     )
             if turn.workers:
                 # Eager dispatch: the picked items are inserted already locked for the caller (attempt 1).
-                locks: dict[int, str] = {k: self._new_token() for k in commit.eager}
+                suffix = commit.eager_suffix()
+                locks: dict[int, str] = {k: self._new_token() + suffix for k in commit.eager}
                 until = now + commit.eager_lock_ms
                 conn.executemany(
                     "INSERT INTO worker_queue(work_item, visible_at, attempt_count, instance_id, execution_id, "
@@ -255,6 +256,24 @@ class QueuesJob(SqliteBase):
         return TurnCommitted(
             outcome["instance"], outcome["wake"], outcome.get("later", ()), outcome.get("final"), outcome.get("eager", ())
         )
+
+    async def release_eager(self, claim: str) -> int:
+        """Give back what an eager ack locked under ``claim`` (its answer was lost), attempts uncounted."""
+        if not claim:
+            return 0
+
+        def _release(conn: sqlite3.Connection) -> int:
+            cur = conn.execute(
+                "UPDATE worker_queue SET lock_token = NULL, locked_until = NULL, visible_at = ?, "
+                "attempt_count = MAX(attempt_count - 1, 0) WHERE lock_token LIKE ?",
+                (self.clock.now_ms(), "%~" + claim),
+            )
+            return int(cur.rowcount)
+
+        released = await self._run("release_eager", _release)
+        if released:
+            self.notifier.notify("worker")
+        return released
 
     async def abandon_orchestration_item(
         self, lock_token: str, delay: float | None = None, ignore_attempt: bool = False

@@ -210,3 +210,25 @@ async def test_eager_abandon_makes_it_fetchable(factory: ProviderFactory) -> Non
         moved = await _fetch_all(p)
         expect_eq(lease_ids(moved), [("inst", 1)], "fetch after the eager lease was abandoned")
         expect_eq(moved[0].attempt_count, 1, "attempt count after an abandon that gives the attempt back")
+
+
+async def test_release_gives_back_what_a_lost_answer_locked(factory: ProviderFactory) -> None:
+    """``release_eager(claim)`` frees the items an eager ack locked under ``claim`` (as when the ack's
+    answer was lost after it committed): fetchable at once, the attempt not counted, the old tokens
+    dead; other claims' locks are untouched."""
+    async with fresh_provider(factory) as p:
+        eager = eager_of(p)
+        await create_instance(p, "inst")
+        lost = await _eager_turn(p, "inst", _acts("inst", 1, 2), EagerLock(2, LONG, claim="c0ffee01"))
+        kept = await _eager_turn(p, "inst", _acts("inst", 3), EagerLock(1, LONG, claim="c0ffee02"))
+        expect_eq(len(lost) + len(kept), 3, "items locked by the two eager acks")
+        expect_eq(await ok(eager.release_eager("c0ffee01"), "release_eager"), 2, "items released")
+        expect_eq(await ok(eager.release_eager(""), "release_eager('')"), 0, "items released for no claim")
+        moved = await _fetch_all(p)
+        expect_eq(sorted(lease_ids(moved)), [("inst", 1), ("inst", 2)], "items fetchable after the release")
+        expect_eq([lease.attempt_count for lease in moved], [1, 1], "attempt counts after the release")
+        err = await expect_error(
+            p.ack_work_item(lost[0].lock_token, activity_result("inst", 1)), "ack with a released eager token"
+        )
+        expect_permanent(err, "ack with a released eager token")
+        await ok(p.ack_work_item(kept[0].lock_token, activity_result("inst", 3)), "ack of the other claim's lease")
