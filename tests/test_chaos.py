@@ -5,6 +5,7 @@ history examination, the process liveness lease that makes a dead process's work
 from __future__ import annotations
 
 import os
+import re
 
 import anyio
 import pytest
@@ -210,8 +211,7 @@ async def test_chaos_killed_session_owner_moves_its_session_and_kv_state_stays_e
     assert cr.passed, detail
     assert v.terminal == v.launched >= 12 and v.counts == {}, detail
     kills = [e for e in cr.timeline if e["kind"] == "kill" and e["ok"]]
-    assert len(kills) >= 3 and any("running 1 session" in e["detail"] or "running 2 session" in e["detail"]
-                                   for e in kills), detail  # fmt: skip
+    assert len(kills) >= 2 and any(re.search(r"running [1-9]\d* session", e["detail"]) for e in kills), detail
     # A killed owner's session went on in another process (after its claim expired) and completed there:
     # the ledger shows its activities on two processes, one at a time, in order.
     assert v.sessions_examined >= 2 and v.session_executions >= 4 * v.sessions_examined, detail
@@ -287,6 +287,9 @@ def test_examine_sessions_finds_overlaps_reordering_and_moves_without_a_fault(an
     assert any("while activity 2 ran on pid 10" in p for p in examine_sessions(both, timeline, {10, 11})[0])
     timeline.events.append(dt_chaos_event(1.0, "kill", 10))
     assert examine_sessions(moved, timeline, {10}) == ([], 1, 2, 1)
+    restarted = ChaosTimeline()
+    restarted.events.append(dt_chaos_event(0.5, "restart-db", 0))
+    assert examine_sessions(moved, restarted, set())[0] == []  # claims lapse while the server is down
     # A re-run after the owner died (its first execution finished, the ack was lost) is not a violation.
     rerun = [row(2, 10, 0, 100), row(2, 11, 2000, 2100), row(3, 11, 2120, 2200)]
     assert examine_sessions(rerun, timeline, {10}) == ([], 1, 3, 1)

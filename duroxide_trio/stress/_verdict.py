@@ -24,7 +24,8 @@ What it counts (see the README's "Chaos testing" section for how to read each fi
 - ``session_violations``: from the ledger (each execution's process, start and end): a session whose
   activities overlapped in time (two running at once, unless one of them ran in a stalled process), ran
   out of scheduling order (an activity began before the one scheduled before it had finished once), or
-  moved to another process although the one that ran it was neither killed nor stalled.
+  moved to another process although the one that ran it was neither killed nor stalled (nor the
+  database restarted shortly before).
   ``sessions_moved`` counts the moves a kill or a stall explains (a figure).
 - ``drain_s``: from the last fault to the moment every launched instance was terminal.
 
@@ -60,6 +61,8 @@ FAILURES = (
     "session_violations",
 )  # fmt: skip
 
+#: Seconds after a database restart in which a session may move without its owner being killed or stalled.
+RESTART_MOVES_FOR = 30.0
 #: How many ids each failure list keeps (the counts are complete).
 MAX_LISTED = 50
 
@@ -201,6 +204,9 @@ def examine_sessions(
     stalls = [(e.pid, e.at, e.until if e.until is not None else e.at)
               for e in timeline.events if e.kind == "stall" and e.ok]  # fmt: skip
     kills = {e.pid: e.at for e in timeline.events if e.kind == "kill" and e.ok and e.pid in killed_pids}
+    # A database restart can let any claim lapse (its owner cannot renew while the server is down).
+    restarts = [(e.at, e.until if e.until is not None else e.at)
+                for e in timeline.events if e.kind == "restart-db" and e.ok]  # fmt: skip
     slack = 0.5  # seconds: the timeline's and the ledger's clocks are read at slightly different moments
 
     def stalled_during(row: LedgerRow) -> bool:
@@ -210,7 +216,11 @@ def examine_sessions(
 
     def left_by_fault(pid: int, before_ms: int) -> bool:
         moment = timeline.wall_to_s(before_ms) + slack
-        return (pid in kills and kills[pid] <= moment) or any(p == pid and at <= moment for p, at, _ in stalls)
+        return (
+            (pid in kills and kills[pid] <= moment)
+            or any(p == pid and at <= moment for p, at, _ in stalls)
+            or any(at <= moment <= until + RESTART_MOVES_FOR for at, until in restarts)
+        )
 
     by_session: dict[str, list[LedgerRow]] = collections.defaultdict(list)
     for row in rows:
