@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import attrs
 
+from ..history import ActivityCompleted
 from ..registry import Registry
 
 if TYPE_CHECKING:
@@ -558,6 +559,13 @@ class KeyValues(Scenario):
             stored = await client.get_values(instance_id)
             if stored != values:
                 return f"wrong key-value state in the store: expected {values!r:.200}, got {stored!r:.200}"
+            # The counter went up once per turn that followed an activity: as many as history completed.
+            turns = 0
+            for execution_id in await client.list_executions(instance_id):
+                history = await client.get_history(instance_id, execution_id)
+                turns += sum(1 for e in history if isinstance(e.kind, ActivityCompleted))
+            if stored.get("counter") != turns:
+                return f"counter {stored.get('counter')} but history holds {turns} activity completions"
             return None
 
         return Launch("StressKeyValues", {"seed": seq, "iteration": 0, "total": n}, check, verify=verify)
