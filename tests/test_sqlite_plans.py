@@ -25,8 +25,9 @@ async def _plan(tmp_path, sql: str, params) -> list[str]:
         conn.close()
 
 
-async def test_the_orchestration_claim_walks_the_visibility_index_without_sorting(tmp_path):
-    steps = await _plan(tmp_path, _queues._CLAIM_NEXT, (1, 1) + (None,) * 8)
+@pytest.mark.parametrize("claim", ["_CLAIM_NEXT", "_CLAIM_NEXT_IN_RANGE"])
+async def test_the_orchestration_claim_walks_the_visibility_index_without_sorting(tmp_path, claim):
+    steps = await _plan(tmp_path, getattr(_queues, claim), {"now": 1, "lo": 10**12, "hi": 2 * 10**12 - 1})
     assert not any("TEMP B-TREE" in s for s in steps), steps
     assert any("oq_visible" in s for s in steps), steps
 
