@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import anyio
+import attrs
 import pytest
 from helpers import FAST
 
@@ -39,7 +40,9 @@ async def test_runtime_survives_transient_provider_errors(make_provider):
         "enqueue_start": Fault(every=5, limit=1),
     }
     provider = FaultyProvider(inner, faults)
-    async with provider, dt.open_runtime(provider, pipeline_registry(), FAST) as rt:
+    # Without eager dispatch, so that the worker fetches (and their faults) happen at all.
+    options = attrs.evolve(FAST, eager_activities=False)
+    async with provider, dt.open_runtime(provider, pipeline_registry(), options) as rt:
         started = []
         for i in range(10):
             for _ in range(3):
