@@ -188,10 +188,12 @@ def test_providers_declare_their_capabilities() -> None:
     from duroxide_trio.testing.faults import FaultyProvider
 
     assert SqliteProvider.capabilities == ProviderCapabilities(
-        batch_work_items=True, process_leases=True, work_outlook=True, key_values=True, worker_routing=True
+        batch_work_items=True, process_leases=True, work_outlook=True, key_values=True, worker_routing=True,
+        eager_dispatch=True,
     )
     assert PostgresProvider.capabilities == ProviderCapabilities(
-        batch_work_items=True, listener=True, process_leases=True, key_values=True, worker_routing=True
+        batch_work_items=True, listener=True, process_leases=True, key_values=True, worker_routing=True,
+        eager_dispatch=True,
     )
     assert capabilities_of(object()) is NO_CAPABILITIES
     assert FaultyProvider(SqliteProvider, {}).capabilities == SqliteProvider.capabilities
