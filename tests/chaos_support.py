@@ -74,11 +74,12 @@ class LossyKV(_Wrapper):
         self._path = path
         self._acks = 0
 
-    async def ack_orchestration_item(self, *args: Any, **kwargs: Any) -> None:
-        await self._inner.ack_orchestration_item(*args, **kwargs)
+    async def ack_orchestration_item(self, *args: Any, **kwargs: Any) -> Any:
+        leases = await self._inner.ack_orchestration_item(*args, **kwargs)
         self._acks += 1
         if self._acks % 3 == 0:
             await anyio.to_thread.run_sync(self._corrupt)
+        return leases  # the activities eager dispatch locked for the runtime
 
     def _corrupt(self) -> None:
         conn = sqlite3.connect(self._path, timeout=30.0, isolation_level=None)

@@ -239,7 +239,7 @@ async def _ack_retrying(
                 # eager locks are given back at once instead of waiting out the worker lock.
                 attempt = attrs.evolve(request, claim=secrets.token_hex(8))
                 try:
-                    return await eager.ack_orchestration_item(
+                    leases = await eager.ack_orchestration_item(
                         item.lock_token,
                         result.execution_id,
                         result.history_delta,
@@ -252,6 +252,10 @@ async def _ack_retrying(
                 except Exception:
                     await _release_eager(env, eager, attempt.claim)
                     raise
+                if leases is None:  # a wrapper that drops the answer: nothing may stay locked unseen
+                    await _release_eager(env, eager, attempt.claim)
+                    return ()
+                return leases
             await env.provider.ack_orchestration_item(
                 item.lock_token,
                 result.execution_id,
