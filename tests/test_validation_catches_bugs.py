@@ -13,6 +13,7 @@ import pytest
 
 from duroxide_trio.history import ActivityExecute, Event, KeyValueSet, StartOrchestration, TimerDue, WorkItem
 from duroxide_trio.providers.base import (
+    AckedWithTurns,
     DeleteResult,
     ExecutionMetadata,
     InstanceFilter,
@@ -22,6 +23,7 @@ from duroxide_trio.providers.base import (
     PruneResult,
     ScheduledActivity,
     TagFilter,
+    TurnRequest,
     VersionRange,
     WorkerRouting,
     WorkItemLease,
@@ -324,6 +326,15 @@ class IgnoresVersionFilter(Wrapper):
         return await self._inner.fetch_orchestration_item(lock_timeout, poll_timeout)
 
 
+class HandoverIgnoresVersionFilter(Wrapper):
+    """The activity ack hands over the next turn of any instance, whatever the runtime can replay."""
+
+    async def ack_work_items_and_fetch(
+        self, entries: Sequence[tuple[str, WorkItem | None]], turns: TurnRequest
+    ) -> AckedWithTurns:
+        return await self._inner.ack_work_items_and_fetch(entries, attrs.evolve(turns, versions=None))
+
+
 class AbandonLosesMessages(Wrapper):
     """An abandon that drops the batch's messages instead of making them visible again."""
 
@@ -471,6 +482,7 @@ CASES: list[tuple[str, type[Wrapper], list[str]]] = [
         AbandonDoesNotCount,
         ["test_orch_count_has_no_cap", "test_worker_count_rises_on_each_abandon", "test_orch_mixed_abandons_accumulate"],
     ),
+    ("ack_fetches_turns", HandoverIgnoresVersionFilter, ["test_version_filter_applies"]),
 ]
 
 

@@ -82,11 +82,26 @@ async def orchestration_worker(
                 started = True  # released already
                 await fetcher.wait_for_work()
                 continue
-            task_group.start_soon(_turn_in_slot, env, item, slots, name=f"turn {item.instance_id}")
+            start_turn(env, item, slots, task_group)
             started = True
         finally:
             if not started:
                 slots.release()
+
+
+def start_turn(
+    env: WorkerEnv, item: OrchestrationItem, slots: anyio.Semaphore, task_group: anyio.abc.TaskGroup
+) -> None:
+    """Run the locked batch ``item`` as a turn (lock renewal, decide, commit or abandon) in its own task,
+    in a slot of ``slots`` acquired by the caller and released when the turn ends. The one turn path:
+    for a batch a dispatcher fetched and for one an activity ack handed over."""
+    task_group.start_soon(_turn_in_slot, env, item, slots, name=f"turn {item.instance_id}")
+
+
+async def give_back_turn(env: WorkerEnv, item: OrchestrationItem) -> None:
+    """Release a locked batch that will not run here (e.g. handed over as the runtime stops) without
+    counting an attempt; never raises (the lock expires instead)."""
+    await _abandon(env, item, 0.0, ignore_attempt=True)
 
 
 async def _turn_in_slot(env: WorkerEnv, item: OrchestrationItem, slots: anyio.Semaphore) -> None:

@@ -17,7 +17,7 @@ from ..client import Client
 from ..clock import clock_of
 from ..providers.base import Provider, ProviderError, as_listener
 from ..registry import Registry
-from ._activities import Acker, activity_worker, run_session_renewer
+from ._activities import Acker, TurnHandoff, activity_worker, run_session_renewer
 from ._asyncio_loop import AsyncioLoopThread
 from ._env import StopSignal, WorkerEnv
 from ._leases import LeaseRenewer
@@ -165,6 +165,8 @@ async def _run(runtime: Runtime) -> AsyncIterator[Runtime]:
                 async with anyio.create_task_group() as workers:
                     runtime._workers_scope = workers.cancel_scope
                     turn_slots = anyio.Semaphore(options.orchestration_slots)
+                    if options.orchestration_concurrency > 0:
+                        acker.hand_turns_to(TurnHandoff(turn_slots, workers))
                     for i in range(options.orchestration_concurrency):
                         workers.start_soon(
                             orchestration_worker, env, i, turn_slots, workers, name=f"orchestration-dispatcher-{i}"
@@ -175,6 +177,7 @@ async def _run(runtime: Runtime) -> AsyncIterator[Runtime]:
                             activity_worker, env, i, slots, workers, acker, name=f"activity-dispatcher-{i}"
                         )
             finally:
+                acker.hand_turns_to(None)
                 workers_done.set()
                 acker.poke()
 

@@ -178,7 +178,8 @@ class PostgresProvider(QueuesJob, HistoryJob, ManagementJob, ListenerJob, Leases
     #: Batch work items, the LISTEN listener and process leases (no work outlook: tests' virtual time
     #: runs on SQLite).
     capabilities = ProviderCapabilities(
-        batch_work_items=True, listener=True, process_leases=True, key_values=True, worker_routing=True
+        batch_work_items=True, listener=True, process_leases=True, key_values=True, worker_routing=True,
+        ack_fetches_turns=True,
     )
 
     def __init__(

@@ -27,7 +27,8 @@ class SqliteProvider(QueuesJob, HistoryJob, ManagementJob, LeasesJob):
 
     #: Batch work items, process leases and the work outlook; no cross-process listener (SQLite has none).
     capabilities = ProviderCapabilities(
-        batch_work_items=True, process_leases=True, work_outlook=True, key_values=True, worker_routing=True
+        batch_work_items=True, process_leases=True, work_outlook=True, key_values=True, worker_routing=True,
+        ack_fetches_turns=True,
     )
 
     @classmethod

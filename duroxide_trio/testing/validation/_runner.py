@@ -42,6 +42,7 @@ CATEGORY_MODULES: dict[str, str] = {
     "duplicate_start": "duplicate_start",
     "size_limits": "size_limits",
     "poison_accounting": "poison_accounting",
+    "ack_fetches_turns": "ack_fetches_turns",
 }
 
 #: Per-test time limit (seconds) of the runner and the pytest plugin.
