@@ -516,3 +516,35 @@ def test_renamed_failure_events_keep_their_stored_tag_and_old_names() -> None:
     assert not issubclass(h.ActivityFailedEvent, BaseException)
     with pytest.raises(AttributeError):
         _ = h.NoSuchEvent  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("ending", ["waiting", "completed", "raised"])
+def test_a_finished_turn_is_freed_at_once_without_the_cycle_collector(ending):
+    """A turn's context, futures and coroutine are freed by reference counting when the turn ends, so a
+    busy runtime does not pile every turn's object graph up for the cyclic garbage collector."""
+    import gc
+    import weakref
+
+    seen: list[weakref.ref] = []
+
+    async def orch(ctx, _):
+        seen.append(weakref.ref(ctx))
+        a, b = ctx.schedule_activity("A", 1), ctx.schedule_activity("B", 2)
+        seen.append(weakref.ref(a))
+        ctx.logger.info("scheduled")
+        if ending == "raised":
+            raise ValueError("boom")
+        values = await ctx.join([a, b])
+        return values
+
+    gc.disable()
+    try:
+        inst = Instance(orch)
+        if ending == "completed":
+            inst.complete(2, 10)
+            inst.complete(3, 20)
+        assert seen and all(ref() is None for ref in seen), "the turn's objects wait for the cycle collector"
+    finally:
+        gc.enable()
+    expected = {"waiting": Status.RUNNING, "completed": Status.COMPLETED, "raised": Status.FAILED}[ending]
+    assert (inst.last.status or Status.RUNNING) == expected

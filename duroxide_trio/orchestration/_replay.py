@@ -773,12 +773,37 @@ class Turn:
         """Replay the history, apply the new messages, and return what to commit. Failures of the code or
         of the history (an exception, nondeterminism, a bad await) end the instance Failed in the result."""
         try:
-            self._run()
-        except _Fail as f:
-            self._fail = f.details
-        result = self._finalize()
-        result.warnings.extend(self.cleanup_errors)
-        return result
+            try:
+                self._run()
+            except _Fail as f:
+                self._fail = f.details
+            result = self._finalize()
+            result.warnings.extend(self.cleanup_errors)
+            return result
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        """Drop what the turn holds once its result is taken. The context, the futures, the coroutine and
+        an escaped exception's traceback all refer back to the turn; cut here, the whole graph is freed
+        at once by reference counting instead of waiting for (and feeding) the cyclic garbage collector."""
+        for action in self._pending:
+            if action.future is not None:
+                action.future.action = None  # a future and its action refer to each other
+        for sched in self._schedules.values():
+            if sched.future is not None:
+                sched.future.action = None
+        self._pending.clear()
+        self._schedules.clear()
+        self._subs.clear()
+        self._buffers.clear()
+        self._leaf_sub.clear()
+        self._tasks.clear()
+        self._current_task = None
+        self._coro = None
+        self._output = None
+        self._app_error = None
+        del self.ctx
 
     def _run(self) -> None:
         history = self.plan.history

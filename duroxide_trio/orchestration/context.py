@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import logging
 import uuid
+import weakref
 from collections.abc import Coroutine, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -247,14 +248,19 @@ class _ReplaySafeLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
     def __init__(self, logger: logging.Logger, ctx: OrchestrationContext) -> None:
         super().__init__(logger, {"instance_id": ctx.instance_id, "execution_id": ctx.execution_id,
                                   "orchestration": ctx.name})
-        self._ctx = ctx
+        # A weak reference: the context holds this adapter, so a strong one would make a cycle that only
+        # the cyclic garbage collector frees (every turn's whole object graph with it).
+        self._ctx = weakref.ref(ctx)
+        self._instance_id = ctx.instance_id
 
     def isEnabledFor(self, level: int) -> bool:  # noqa: N802 - logging API
-        return not self._ctx.is_replaying and self.logger.isEnabledFor(level)
+        ctx = self._ctx()
+        replaying = ctx is None or ctx.is_replaying  # a context gone with its turn logs nothing more
+        return not replaying and self.logger.isEnabledFor(level)
 
     def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
         kwargs["extra"] = {**self.extra, **kwargs.get("extra", {})} if self.extra else kwargs.get("extra", {})
-        return f"[{self._ctx.instance_id}] {msg}", kwargs
+        return f"[{self._instance_id}] {msg}", kwargs
 
 
 class OrchestrationContext:

@@ -1,0 +1,37 @@
+"""The SQLite fetches walk an index in queue order and stop at the first claimable row: none sorts the
+whole queue (with a correlated lock/version check per row) on every fetch, which made a fetch's cost grow
+with the queue (at 1000 instances in flight the orchestration fetch took 40 % of the connection thread)."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+import duroxide_trio as dt
+from duroxide_trio.providers.sqlite import _queues
+
+pytestmark = pytest.mark.anyio
+
+
+async def _plan(tmp_path, sql: str, params) -> list[str]:
+    path = tmp_path / "plans.db"
+    provider = await dt.SqliteProvider.open(str(path))
+    await provider.close()
+    conn = sqlite3.connect(path)
+    try:
+        return [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql, params)]
+    finally:
+        conn.close()
+
+
+async def test_the_orchestration_claim_walks_the_visibility_index_without_sorting(tmp_path):
+    steps = await _plan(tmp_path, _queues._CLAIM_NEXT, (1, 1) + (None,) * 8)
+    assert not any("TEMP B-TREE" in s for s in steps), steps
+    assert any("oq_visible" in s for s in steps), steps
+
+
+async def test_the_routed_activity_fetch_does_not_sort_the_queue(tmp_path):
+    params = {"now": 1, "all": 0, "untagged": 1, "tags": "[]", "owner": "w", "room": 1, "max": 5}
+    steps = await _plan(tmp_path, _queues._ROUTED_CANDIDATES, params)
+    assert not any("TEMP B-TREE" in s for s in steps), steps
