@@ -537,8 +537,7 @@ class QueuesJob(SqliteBase):
             items: list[OrchestrationItem] = []
             for instance_id in acked_targets(entries, results):
                 if len(items) < turns.max_items and conn.execute(
-                    f"SELECT 1 FROM orchestrator_queue q WHERE q.instance_id = ? AND {_CLAIMABLE} LIMIT 1",
-                    (instance_id, now, now, lo, lo, hi, hi, lo, lo, hi, hi),
+                    _CLAIMABLE_INSTANCE, (instance_id, now, now, lo, lo, hi, hi, lo, lo, hi, hi)
                 ).fetchone() is not None:
                     items.append(self._claim(conn, instance_id, self._new_token(), now, lock_ms))
                 else:
@@ -607,6 +606,11 @@ _CLAIMABLE = f"""
 # oq_visible and stops at the first claimable row; ordering by id alone sorted every visible row (each with
 # its lock and version checks) on every fetch, a cost that grew with the queue.
 _CLAIM_NEXT = f"SELECT q.instance_id FROM orchestrator_queue q WHERE {_CLAIMABLE} ORDER BY q.visible_at, q.id LIMIT 1"
+
+
+# Whether one instance is claimable now (the handed-over turn of an activity ack): its own messages
+# through oq_instance, never a walk of the queue.
+_CLAIMABLE_INSTANCE = f"SELECT 1 FROM orchestrator_queue q WHERE q.instance_id = ? AND {_CLAIMABLE} LIMIT 1"
 
 
 def _has_orchestrator_work(conn: sqlite3.Connection, now: int, lo: int | None, hi: int | None) -> bool:
