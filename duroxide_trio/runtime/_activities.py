@@ -124,10 +124,19 @@ async def activity_worker(
                 env.sessions.fetched()
             # Fetched work counts as busy from now on: the acker outlives every fetched item.
             env.stats.busy_activity_workers += len(leases)
+            # Fewer than asked for: the queue held no more (for this runtime's filter) at the fetch. Wait
+            # for the next notification (or the poll) instead of an idle fetch right away; one committed
+            # during this fetch ends the wait at once.
+            drained = routed is not None and fetch_many is not None and 0 < len(leases) < held
             for lease in leases:
                 task_group.start_soon(_run_in_slot, env, lease, slots, acker, name=f"activity {lease.item.name}")
                 held -= 1
-            if not leases:
+            if drained:
+                for _ in range(held):
+                    slots.release()
+                held = 0
+                await fetcher.wait_for_work()
+            elif not leases:
                 if env.stopping:
                     break
                 for _ in range(held):
