@@ -540,7 +540,9 @@ class Client:
     async def get_queue_depths(self) -> QueueDepths:
         """Messages waiting in the orchestrator, worker and timer queues, and the age of the oldest ready
         message of each; ``worker_by_tag`` counts ready activities per tag (untagged under ``None``), so
-        work that no runtime's ``activity_tags`` accepts is visible.
+        work that no runtime's ``activity_tags`` accepts is visible; ``orchestrator_by_version`` counts
+        instances with ready orchestration work per the version their next turn runs at (``None``: a start
+        that asks for no version), so work no runtime's ``supported_replay_versions`` contains is visible.
 
         Returns:
             A ``QueueDepths`` (ages in ms; ``None`` when nothing is ready).

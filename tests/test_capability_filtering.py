@@ -91,3 +91,63 @@ async def test_old_and_new_code_side_by_side_during_a_rolling_deploy(make_provid
             for iid in v2:
                 state = await client.wait_for_orchestration(iid, timeout=20)
                 assert (state.status, state.output) == (dt.Status.COMPLETED, "new:2.0.0"), iid
+
+
+HANDED_BACK = "outside this runtime's supported_replay_versions"
+
+
+def _upgrading_registry(new_body: bool) -> dt.Registry:
+    """"Upgrade" 1.0.0 continues as new to 2.0.0; only the new deployment (``new_body``) has 2.0.0."""
+    reg = dt.Registry()
+
+    @reg.orchestration("Upgrade", version="1.0.0")
+    async def upgrade(ctx: dt.OrchestrationContext, n: int) -> str:
+        return await ctx.continue_as_new(n, version="2.0.0")
+
+    if new_body:
+        @reg.orchestration("Upgrade", version="2.0.0")
+        async def upgraded(ctx: dt.OrchestrationContext, n: int) -> str:
+            return f"new:{ctx.version}"
+
+    return reg
+
+
+async def _wait_for_depths(client: dt.Client, expected: dict[str | None, int]) -> None:
+    """Until ``orchestrator_by_version`` shows ``expected`` (a commit in another task; no event says so)."""
+    with anyio.fail_after(10):
+        while (await client.get_queue_depths()).orchestrator_by_version != expected:
+            await anyio.sleep(0.02)
+
+
+async def test_a_start_for_a_version_no_runtime_runs_waits_and_is_shown_by_version(make_provider, caplog):
+    old = _registry("old", {"1.0.0": "old"})
+    new = _registry("new", {"1.0.0": "wrongly-replayed", "2.0.0": "new"})
+    caplog.set_level("INFO", logger="duroxide_trio")
+    async with running(make_provider, old, OLD) as (provider, client):
+        # Started by the new deployment's client (the old runtime's own client knows no 2.0.0).
+        await dt.Client(provider).start_orchestration("b", "Deploy", 2, version="2.0.0")
+        await client.start_orchestration("probe", "Deploy", 1, version="1.0.0")  # queued after b
+        assert (await client.wait_for_orchestration("probe", timeout=10)).output == "old:1.0.0"
+        assert (await client.get_status("b")).status is dt.Status.NOT_FOUND
+        depths = await client.get_queue_depths()
+        assert depths.orchestrator_by_version == {"2.0.0": 1}
+        assert depths.worker_by_tag == {}  # next to the per-tag worker depths: nothing else waits
+    # The old runtime never fetched b (it would have had to give it back).
+    assert not [r for r in caplog.records if HANDED_BACK in r.getMessage()]
+    async with running(make_provider, new, NEW) as (_, client):
+        state = await client.wait_for_orchestration("b", timeout=10)
+        assert (state.status, state.output) == (dt.Status.COMPLETED, "new:2.0.0")
+        assert (await client.get_queue_depths()).orchestrator_by_version == {}
+
+
+async def test_continue_as_new_to_a_new_version_is_taken_by_the_new_deployment(make_provider, caplog):
+    old, new = _upgrading_registry(False), _upgrading_registry(True)
+    caplog.set_level("INFO", logger="duroxide_trio")
+    async with running(make_provider, old, OLD) as (provider, client):
+        await client.start_orchestration("u", "Upgrade", 2, version="1.0.0")
+        await _wait_for_depths(client, {"2.0.0": 1})  # the successor waits for a 2.x runtime
+        assert not [r for r in caplog.records if HANDED_BACK in r.getMessage()]
+        async with dt.open_runtime(provider, new, NEW):  # the rolling deploy: both run side by side
+            state = await client.wait_for_orchestration("u", timeout=10)
+            assert (state.status, state.output, state.execution_id) == (dt.Status.COMPLETED, "new:2.0.0", 2)
+    assert not [r for r in caplog.records if HANDED_BACK in r.getMessage()]

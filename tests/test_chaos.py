@@ -5,6 +5,7 @@ history examination, the process liveness lease that makes a dead process's work
 from __future__ import annotations
 
 import os
+import re
 
 import anyio
 import pytest
@@ -36,10 +37,12 @@ def test_chaos_specs_parse_and_reject_nonsense(anyio_backend):
     assert (restart.every, restart.mode) == (20.0, "immediate")
     faults = parse_chaos("faults:rate=0.05")
     assert faults.rate == 0.05 and faults.after_share == 0.5
+    assert kill.target == "any" and parse_chaos("kill:every=2s,target=session").target == "session"
     stall = parse_chaos("stall:every=10s,for=500ms")
     assert (stall.every, stall.duration) == (10.0, 0.5)
     for bad in ("explode:every=1s", "kill", "kill:every=soon", "faults:rate=2", "stall:every=1s",
-                "restart-db:every=1s,mode=gentle", "kill:every=1s,bogus=1"):  # fmt: skip
+                "restart-db:every=1s,mode=gentle", "kill:every=1s,bogus=1", "kill:every=1s,target=db",
+                "stall:every=1s,for=1s,target=session"):  # fmt: skip
         with pytest.raises(ChaosSpecError):
             parse_chaos(bad)
 
@@ -184,6 +187,121 @@ async def test_chaos_postgres_kills_faults_and_a_restart_leave_a_clean_verdict(a
     restarts = [e for e in cr.timeline if e["kind"] == "restart-db"]
     assert len(restarts) == 1 and restarts[0]["ok"], cr.timeline
     assert cluster.restarts == 1
+
+
+# ---------------------------------------------------------------------------------------------------------
+# sessions and key-value state under kills (issue 12): a session owner killed mid-session, the mixed run's
+# key-value state checked against its history
+
+
+@pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+async def test_chaos_killed_session_owner_moves_its_session_and_kv_state_stays_exact(
+    kind, anyio_backend, tmp_path, request
+):
+    if kind == "sqlite":
+        target = ChaosTarget.sqlite(str(tmp_path / "sessions.db"))
+    else:
+        target = ChaosTarget.postgres(request.getfixturevalue("pg_url"))
+    config = StressConfig(duration=12, max_concurrent=12, tasks_per_instance=4, scenario="mixed")
+    chaos = [parse_chaos("kill:every=2.5s,target=session")]  # the victim runs a session's activity
+    cr = await run_chaos(target, config, processes=3, chaos=chaos, stuck_after=45, seed=4)
+    v = cr.verdict
+    detail = f"{v.reasons}; timeline {cr.timeline}; processes {cr.process_table}"
+    assert cr.passed, detail
+    assert v.terminal == v.launched >= 12 and v.counts == {}, detail
+    kills = [e for e in cr.timeline if e["kind"] == "kill" and e["ok"]]
+    assert len(kills) >= 2 and any(re.search(r"running [1-9]\d* session", e["detail"]) for e in kills), detail
+    # A killed owner's session went on in another process (after its claim expired) and completed there:
+    # the ledger shows its activities on two processes, one at a time, in order.
+    assert v.sessions_examined >= 2 and v.session_executions >= 4 * v.sessions_examined, detail
+    assert v.sessions_moved >= 1, detail
+    # Every instance's (and child's) stored key-value state is exactly what its history wrote.
+    assert v.kv_instances_checked >= v.launched, detail
+    assert v.drain_s is not None and v.drain_s < 15.0, detail
+
+
+def _support_on_path(monkeypatch) -> None:
+    """The worker processes import ``chaos_support`` (the broken providers) from this directory."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")])))
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+async def test_verdict_fails_a_run_whose_sessions_have_no_affinity(anyio_backend, tmp_path, monkeypatch):
+    """A deliberately broken run: the provider hides worker routing, so session items run side by side on
+    both processes. The verdict must say so from the ledger (and the outputs show it too)."""
+    _support_on_path(monkeypatch)
+    target = ChaosTarget.custom("chaos_support:open_without_sessions", {"path": str(tmp_path / "ns.db")})
+    config = StressConfig(duration=4, max_concurrent=6, tasks_per_instance=4, scenario="sessions")
+    cr = await run_chaos(target, config, processes=2, seed=5)
+    v = cr.verdict
+    assert not cr.passed
+    assert v.counts.get("session_violations", 0) > 0, v.reasons
+    assert any("session_violations".replace("_", " ") in r for r in v.reasons)
+    assert any("ran on pid" in p or "began" in p or "moved" in p for p in v.session_violations)
+    assert v.counts.get("wrong_output", 0) > 0  # the scenario's own check agrees
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+async def test_verdict_fails_a_run_whose_store_loses_and_repeats_kv_writes(anyio_backend, tmp_path, monkeypatch):
+    """A deliberately broken run: the store drops some key-value writes and applies a counter increment
+    twice. The verdict compares every instance's stored state with its history."""
+    _support_on_path(monkeypatch)
+    target = ChaosTarget.custom("chaos_support:open_lossy_kv", {"path": str(tmp_path / "lossy.db")})
+    config = StressConfig(duration=4, max_concurrent=6, tasks_per_instance=3, scenario="kv")
+    cr = await run_chaos(target, config, processes=2, seed=6)
+    v = cr.verdict
+    assert not cr.passed
+    assert v.counts.get("kv_mismatch", 0) > 0, v.reasons
+    assert any("lost ['last']" in m or "differs ['counter']" in m for m in v.kv_mismatch), v.kv_mismatch[:3]
+    assert any("wrong key-value state in the store" in w for w in v.wrong_output), v.wrong_output[:3]
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+def test_examine_sessions_finds_overlaps_reordering_and_moves_without_a_fault(anyio_backend):
+    """Faked ledger rows against the session rules; a move after a kill is allowed (and counted)."""
+    from duroxide_trio.stress._chaos import ChaosTimeline
+    from duroxide_trio.stress._ledger import LedgerRow
+    from duroxide_trio.stress._verdict import examine_sessions
+
+    timeline = ChaosTimeline()
+    t0 = int(timeline.origin_wall * 1000)
+
+    def row(act: int, pid: int, start: int, end: int, session: str = "s") -> LedgerRow:
+        return LedgerRow("i", 1, act, "Step", pid, 1, t0 + end, session, t0 + start)
+
+    clean = [row(2, 10, 0, 100), row(3, 10, 120, 200), row(4, 10, 220, 300)]
+    assert examine_sessions(clean, timeline, set()) == ([], 1, 3, 0)
+    overlap = [row(2, 10, 0, 100), row(3, 10, 50, 150)]
+    problems = examine_sessions(overlap, timeline, set())[0]
+    assert any("activity 3 began on pid 10 while activity 2 ran on pid 10" in p for p in problems), problems
+    reordered = [row(3, 10, 0, 100), row(2, 10, 120, 200)]
+    (problem,) = examine_sessions(reordered, timeline, set())[0]
+    assert "activity 3 began before activity 2" in problem
+    moved = [row(2, 10, 0, 100), row(3, 11, 2000, 2100)]
+    (problem,) = examine_sessions(moved, timeline, set())[0]
+    assert "moved from pid 10 to pid 11" in problem and "neither killed nor stalled" in problem
+    # Two processes at once (the broken run's picture) is an overlap even when each one was killed later.
+    both = [row(2, 10, 0, 100), row(3, 11, 50, 150)]
+    assert any("while activity 2 ran on pid 10" in p for p in examine_sessions(both, timeline, {10, 11})[0])
+    timeline.events.append(dt_chaos_event(1.0, "kill", 10))
+    assert examine_sessions(moved, timeline, {10}) == ([], 1, 2, 1)
+    restarted = ChaosTimeline()
+    restarted.events.append(dt_chaos_event(0.5, "restart-db", 0))
+    assert examine_sessions(moved, restarted, set())[0] == []  # claims lapse while the server is down
+    # A re-run after the owner died (its first execution finished, the ack was lost) is not a violation.
+    rerun = [row(2, 10, 0, 100), row(2, 11, 2000, 2100), row(3, 11, 2120, 2200)]
+    assert examine_sessions(rerun, timeline, {10}) == ([], 1, 3, 1)
+    # Rows without a session are not looked at.
+    assert examine_sessions([row(2, 10, 0, 100, session=None), row(2, 11, 50, 150, session=None)],
+                            timeline, set()) == ([], 0, 0, 0)  # fmt: skip
+
+
+def dt_chaos_event(at: float, kind: str, pid: int):
+    from duroxide_trio.stress._chaos import ChaosEvent
+
+    return ChaosEvent(at, kind, f"{kind} pid {pid}", pid=pid)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -219,3 +219,21 @@ def test_version_and_module_entry_point() -> None:
     assert proc.returncode == 0 and proc.stdout.startswith(f"duroxide-trio {metadata.version('duroxide-trio')}")
     helped = cli("--help")
     assert helped.returncode == 0 and "instances" in helped.stdout and "stress" in helped.stdout
+
+
+def test_metrics_show_waiting_orchestrations_by_version(tmp_path: Path) -> None:
+    db = tmp_path / "waiting.db"
+
+    async def main() -> None:
+        async with await dt.SqliteProvider.open(db) as provider:  # no runtime: the starts wait
+            client = dt.Client(provider)
+            await client.start_orchestration("new-1", "Deploy", version="2.0.0")
+            await client.start_orchestration("new-2", "Deploy", version="2.0.0")
+            await client.start_orchestration("any", "Deploy")
+
+    anyio.run(main)
+    metrics = json.loads(cli("instances", "metrics", "--json", "--db", str(db)).stdout)
+    assert metrics["queues"]["orchestrator_by_version"] == {"2.0.0": 2, "null": 1}
+    shown = cli("instances", "metrics", "--db", str(db)).stdout
+    rows = {line.rsplit(None, 1)[0].strip(): line.split()[-1] for line in shown.splitlines() if line.strip()}
+    assert rows["instances at 2.0.0"] == "2" and rows["instances at the latest version"] == "1"

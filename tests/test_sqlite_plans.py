@@ -25,14 +25,17 @@ async def _plan(tmp_path, sql: str, params) -> list[str]:
         conn.close()
 
 
-async def test_the_orchestration_claim_walks_the_visibility_index_without_sorting(tmp_path):
-    steps = await _plan(tmp_path, _queues._CLAIM_NEXT, (1, 1) + (None,) * 8)
+@pytest.mark.parametrize("claim", ["_CLAIM_NEXT", "_CLAIM_NEXT_IN_RANGE"])
+async def test_the_orchestration_claim_walks_the_visibility_index_without_sorting(tmp_path, claim):
+    steps = await _plan(tmp_path, getattr(_queues, claim), {"now": 1, "lo": 10**12, "hi": 2 * 10**12 - 1})
     assert not any("TEMP B-TREE" in s for s in steps), steps
     assert any("oq_visible" in s for s in steps), steps
 
 
-async def test_the_handed_over_turn_checks_only_its_instance(tmp_path):
-    steps = await _plan(tmp_path, _queues._CLAIMABLE_INSTANCE, ("inst", 1, 1) + (None,) * 8)
+@pytest.mark.parametrize("query", ["_CLAIMABLE_INSTANCE", "_CLAIMABLE_INSTANCE_IN_RANGE"])
+async def test_the_handed_over_turn_checks_only_its_instance(tmp_path, query):
+    params = {"inst": "inst", "now": 1, "lo": 1, "hi": 2}
+    steps = await _plan(tmp_path, getattr(_queues, query), params)
     assert any("oq_instance" in s for s in steps), steps
     assert not any("TEMP B-TREE" in s or s.startswith("SCAN") for s in steps), steps
 

@@ -65,6 +65,8 @@ async def test_fanout_on_sqlite(anyio_backend: str) -> None:
         ("sub-orchestrations", 3),
         ("continue-as-new", 3),
         ("events", 3),
+        ("kv", 3),
+        ("sessions", 4),
         ("mixed", 2),
     ],
 )
@@ -73,7 +75,7 @@ async def test_scenario_on_sqlite(scenario: str, tasks: int, anyio_backend: str)
     result = await stress.run(dt.SqliteFactory(), config)
     assert_sane(result, config)
     if scenario == "mixed":
-        assert result.completed >= 6  # every part of the round robin ran at least once
+        assert result.completed >= 8  # every part of the round robin ran at least once
 
 
 @pytest.mark.anyio
@@ -114,6 +116,40 @@ async def test_wrong_outputs_are_failures(kind: str, anyio_backend: str) -> None
         assert result.failed_application == result.failed
         assert "deliberately broken activity" in result.failures[0].message
     assert result.unexpected_errors >= result.failed
+
+
+@pytest.mark.anyio
+async def test_sessions_scenario_fails_when_the_runtime_gives_sessions_no_affinity(
+    anyio_backend: str, tmp_path
+) -> None:
+    """A provider without the worker-routing capability: session items run side by side, and every
+    ``sessions`` instance is a wrong output saying so."""
+    import chaos_support
+
+    config = stress.StressConfig(**(SMOKE | {"tasks_per_instance": 4}), scenario="sessions")
+    result = await stress.run(chaos_support.WithoutSessionsFactory(str(tmp_path / "ns.db")), config)
+    assert result.launched > 0 and result.completed == 0 and not result.passed
+    assert {f.kind for f in result.failures} == {"wrong_output"}
+    assert all("session step" in f.message for f in result.failures), result.failures[:3]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+async def test_kv_scenario_fails_when_the_store_loses_or_repeats_writes(anyio_backend: str, tmp_path) -> None:
+    """The ``kv`` scenario's check reads the store (``Client.get_values``), not only the output."""
+    import chaos_support
+
+    class LossyFactory:
+        def description(self) -> str:
+            return "lossy kv"
+
+        async def create_provider(self):
+            return await chaos_support.open_lossy_kv(str(tmp_path / "lossy.db"))
+
+    config = stress.StressConfig(**(SMOKE | {"tasks_per_instance": 3}), scenario="kv")
+    result = await stress.run(LossyFactory(), config)
+    assert result.launched > 0 and not result.passed
+    assert any("wrong key-value state in the store" in f.message for f in result.failures), result.failures[:3]
 
 
 @pytest.mark.anyio
@@ -261,5 +297,6 @@ async def test_config_validation_and_presets(tmp_path: Path, anyio_backend: str)
     assert stress.StressConfig().concurrency_label == "2:2"
     assert stress.StressConfig(**stress.PRESETS["high-concurrency"]).concurrency_label == "4:4"
     assert set(stress.SCENARIOS) == {
-        "fanout", "sequential", "large-payload", "timers", "sub-orchestrations", "continue-as-new", "events", "mixed"
+        "fanout", "sequential", "large-payload", "timers", "sub-orchestrations", "continue-as-new", "events", "kv",
+        "sessions", "mixed",
     }  # fmt: skip

@@ -21,6 +21,7 @@ from duroxide_trio.providers.base import (
     ProviderError,
     PruneOptions,
     PruneResult,
+    QueueDepths,
     ScheduledActivity,
     TagFilter,
     TurnRequest,
@@ -335,6 +336,29 @@ class HandoverIgnoresVersionFilter(Wrapper):
         return await self._inner.ack_work_items_and_fetch(entries, attrs.evolve(turns, versions=None))
 
 
+class IgnoresStartVersion(Wrapper):
+    """Filters by the recorded version only: a start (or continue-as-new) is fetched whatever version it
+    asks for, so the wrong runtime locks it and has to give it back."""
+
+    async def fetch_orchestration_item(
+        self, lock_timeout: float, poll_timeout: float = 0.0, *, versions: VersionRange | None = None
+    ) -> OrchestrationItem | None:
+        await self._sql("UPDATE orchestrator_queue SET start_version_key = NULL, is_successor = 0")
+        return await self._inner.fetch_orchestration_item(lock_timeout, poll_timeout, versions=versions)
+
+
+class DepthsByRecordedVersion(Wrapper):
+    """``orchestrator_by_version`` counts ready messages per recorded version: new instances count under
+    ``None``, a pending continue-as-new under its old version, and an instance once per message."""
+
+    async def get_queue_depths(self) -> QueueDepths:
+        depths = await self._inner.get_queue_depths()
+        rows = await self._inner._run("broken", lambda conn: conn.execute(
+            "SELECT i.version, COUNT(*) FROM orchestrator_queue q LEFT JOIN instances i USING (instance_id) "
+            "WHERE q.visible_at <= ? AND q.lock_token IS NULL GROUP BY i.version", (now_ms(),)).fetchall())
+        return attrs.evolve(depths, orchestrator_by_version={v: n for v, n in rows})
+
+
 class AbandonLosesMessages(Wrapper):
     """An abandon that drops the batch's messages instead of making them visible again."""
 
@@ -464,6 +488,18 @@ CASES: list[tuple[str, type[Wrapper], list[str]]] = [
         "capability_filtering",
         IgnoresVersionFilter,
         ["test_filter_skips_instances_outside_the_range", "test_skipped_instance_does_not_block_others"],
+    ),
+    (
+        "capability_filtering",
+        IgnoresStartVersion,
+        ["test_start_outside_the_range_is_not_fetched", "test_start_bounds_are_inclusive_then_exclusive",
+         "test_start_outside_the_range_does_not_block_others",
+         "test_continue_as_new_to_another_version_moves_the_instance"],
+    ),
+    (
+        "capability_filtering",
+        DepthsByRecordedVersion,
+        ["test_queue_depths_count_waiting_instances_by_version", "test_queue_depths_show_work_no_range_takes"],
     ),
     ("continue_as_new_races", AbandonLosesMessages, ["test_successor_keeps_its_input_across_abandons"]),
     (

@@ -26,6 +26,7 @@ from rich.table import Table
 from rich.tree import Tree
 
 from ..history import Status
+from ..providers.base import version_key
 from . import app
 from ._provider import CannotOpen, DbOption, SchemaOption, UrlOption, masked, open_provider
 
@@ -447,6 +448,11 @@ def metrics(
             ("Executions", m.total_executions),
             ("History events", m.total_events),
             ("Orchestrator queue", q.orchestrator_queue),
+            # instances waiting per the version their next turn runs at (work no runtime's
+            # supported_replay_versions contains stays here)
+            *((f"  instances at {escape(version)}" if version is not None else "  instances at the latest version", n)
+              for version, n in sorted(q.orchestrator_by_version.items(),
+                                       key=lambda kv: (kv[0] is None, version_key(kv[0]) or 0, kv[0] or ""))),
             ("Worker queue", q.worker_queue),
             *((f"  tag {tag}" if tag is not None else "  untagged", n)
               for tag, n in sorted(q.worker_by_tag.items(), key=lambda kv: (kv[0] is not None, kv[0] or ""))

@@ -149,8 +149,8 @@ def stress(
     ),
     chaos: list[str] = typer.Option(
         None, "--chaos", show_default=False,
-        help="Chaos spec, repeatable (needs --processes): kill:every=3s | restart-db:every=20s[,mode=fast|"
-        "immediate] | faults:rate=0.05 | stall:every=10s,for=2s.",
+        help="Chaos spec, repeatable (needs --processes): kill:every=3s[,target=session] | "
+        "restart-db:every=20s[,mode=fast|immediate] | faults:rate=0.05 | stall:every=10s,for=2s.",
     ),
     chaos_own_database: bool = typer.Option(
         False, "--chaos-own-database",

@@ -219,9 +219,10 @@ def _decide(
                       f"instance {instance!r}: {plan.reason}")
 
     if plan.version is not None and not policy.accepts_version(plan.version):
-        # The fetch filters by the version recorded on the instance; a start (or a continue-as-new to
-        # another version) carries its version only in the message, so it can reach a runtime outside its
-        # range. That is not a failure of the instance: another runtime's work, given back uncounted.
+        # The fetch filters by the version a turn runs at (recorded, or asked for by a start or a
+        # continue-as-new), so this is a safety net: a provider that filters less, or two pending starts
+        # asking for different versions, can still bring a batch to a runtime outside its range. That is
+        # not a failure of the instance: another runtime's work, given back uncounted.
         delay = policy.retry_delay(1)
         return Abandon(delay, logging.INFO,
                        f"instance {instance!r}: orchestration {plan.name!r} version {plan.version} is outside "

@@ -121,8 +121,9 @@ def version_key(version: str | None) -> int | None:
 class VersionRange:
     """The orchestration versions a runtime can replay: ``at_least <= version < below`` (either bound
     may be ``None``: open). ``RuntimeOptions.supported_replay_versions`` takes one; a runtime then only
-    fetches instances whose recorded version is inside it, so old and new code can run side by side
-    during a rolling deploy. A new instance (no recorded version yet) is fetched by any runtime.
+    fetches instances whose next turn runs at a version inside it (the recorded one, or the one a start or
+    continue-as-new asks for), so old and new code can run side by side during a rolling deploy. A start
+    that asks for no version is fetched by any runtime (it runs at that runtime's latest version).
 
     Build one with :meth:`any`, :meth:`between`, :meth:`exactly` or :meth:`major`.
 
@@ -430,6 +431,11 @@ class QueueDepths:
     #: Ready (unlocked) worker items per activity tag; untagged items count under ``None``. An item no
     #: runtime's ``activity_tags`` accepts waits here.
     worker_by_tag: dict[str | None, int] = attrs.field(factory=dict)
+    #: Instances with ready orchestration work (a visible message, no live lock) per the version their
+    #: next turn runs at: the recorded version, or the one a pending continue-as-new asks for; for a new
+    #: instance, the one its start asks for (``None``: no version asked, each runtime runs its latest). An
+    #: instance at a version no runtime's ``supported_replay_versions`` contains waits here.
+    orchestrator_by_version: dict[str | None, int] = attrs.field(factory=dict)
 
 
 @attrs.frozen
@@ -623,9 +629,11 @@ class Provider(Protocol):
         message of that instance with a fresh token (attempt_count + 1 each; the batch reports the max),
         and return them with the current execution's history. ``None`` if there is no work.
 
-        With ``versions`` (capability filtering), skip instances whose recorded orchestration version is
-        outside the range (an instance not created yet, or without a readable version, is not skipped);
-        the runtime passes it only when ``RuntimeOptions.supported_replay_versions`` is not "any"."""
+        With ``versions`` (capability filtering), skip instances whose next turn runs at a version outside
+        the range: an existing instance's recorded version, or, while a continue-as-new is pending, the
+        version it asks for; a new instance's, the version its start asks for. A message that asks for no
+        version (the runtime's latest) or a version that is not readable is not skipped. The runtime
+        passes ``versions`` only when ``RuntimeOptions.supported_replay_versions`` is not "any"."""
         ...
 
     async def ack_orchestration_item(

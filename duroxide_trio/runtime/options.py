@@ -92,8 +92,10 @@ class RuntimeOptions:
     - ``max_sessions``: how many sessions this runtime owns at once; items of further sessions wait for
       another runtime or for a session to be released.
     - ``supported_replay_versions``: capability filtering, a ``dt.VersionRange`` (default: any). The
-      runtime only fetches instances whose recorded orchestration version is inside it, so a rolling
-      deploy can run old and new code side by side; an instance no runtime accepts waits in the queue.
+      runtime only fetches instances whose next turn runs at a version inside it (the recorded version,
+      or the one a start or continue-as-new asks for), so a rolling deploy can run old and new code side
+      by side; an instance no runtime accepts waits in the queue
+      (``Client.get_queue_depths().orchestrator_by_version``).
     - ``provider_retry_cap``: the longest wait between retries after a retryable provider error (the
       wait doubles with each consecutive failure).
 

@@ -2,7 +2,9 @@
 
 Spec grammar (one ``--chaos`` option each, every spec with its own schedule)::
 
-    kill:every=3s                          SIGKILL a random running runtime process, start a fresh one
+    kill:every=3s[,target=session]         SIGKILL a random running runtime process, start a fresh one
+                                           (``target=session``: one running a session's activity, i.e. a
+                                           session owner mid-session, when one does within 2 s)
     restart-db:every=20s[,mode=fast|immediate]
                                            restart PostgreSQL (only a cluster the harness started itself,
                                            unless --chaos-own-database)
@@ -70,6 +72,7 @@ class ChaosSpec:
     rate: float = 0.0  # faults
     after_share: float = 0.5  # faults: the share of injected faults raised after the real call
     fetch_after: bool = False  # faults: also raise after a fetch committed (strands its items)
+    target: str = "any"  # kill: "any" running process, or "session" (one running a session's activity)
     text: str = ""
 
     def describe(self) -> str:
@@ -135,6 +138,10 @@ def parse_chaos(text: str) -> ChaosSpec:
                 if mode not in ("fast", "immediate"):
                     raise ChaosSpecError(f"{text!r}: mode must be fast or immediate")
                 fields["mode"] = mode
+            if kind == "kill" and (target := take("target")) is not None:
+                if target not in ("any", "session"):
+                    raise ChaosSpecError(f"{text!r}: target must be any or session")
+                fields["target"] = target
             if kind == "stall":
                 duration = take("for")
                 if duration is None:

@@ -49,7 +49,7 @@ def verdict_table(results: Sequence[ChaosResult], title: str = "Chaos verdict") 
     """A rich table with one row per chaos run: the verdict's figures and PASS / FAIL."""
     table = Table(title=title, header_style="bold", border_style="grey50")
     for name in ("Run", "Procs", "Chaos", "Launched", "Terminal", "Lost", "Stuck", "Wrong", "Twice",
-                 "Lost results", "Dup. exec", "Caused by", "Drain s", "p99 ms", "max ms", "Verdict"):  # fmt: skip
+                 "Lost results", "KV", "Sessions", "Dup. exec", "Caused by", "Drain s", "p99 ms", "max ms", "Verdict"):  # fmt: skip
         table.add_column(name, justify="left" if name in ("Run", "Chaos", "Caused by", "Verdict") else "right")
     for cr in results:
         v, r = cr.verdict, cr.result
@@ -57,7 +57,8 @@ def verdict_table(results: Sequence[ChaosResult], title: str = "Chaos verdict") 
             f"{r.scenario} {r.config.concurrency_label}", str(cr.processes), cr.chaos_label, str(v.launched),
             str(v.terminal), str(v.counts.get("lost", 0)), str(v.counts.get("stuck", 0)),
             str(v.counts.get("wrong_output", 0)), str(v.counts.get("completed_twice", 0)),
-            str(v.counts.get("lost_activity_results", 0)),
+            str(v.counts.get("lost_activity_results", 0)), str(v.counts.get("kv_mismatch", 0)),
+            f"{v.counts.get('session_violations', 0)} ({v.sessions_moved} moved)",
             f"{v.duplicate_executions} ({v.duplicate_rate:.2f}%)", _causes(cr), _s(v.drain_s),
             f"{r.latency_ms.p99:.0f}", f"{r.latency_ms.max:.0f}",
             Text("PASS", style="bold green") if cr.passed else Text("FAIL", style="bold red"),
@@ -77,6 +78,10 @@ def verdict_lines(cr: ChaosResult) -> list[str]:
         f"activities: {v.logical_activities} logical, {v.activity_executions} executions (ledger), "
         f"{v.duplicate_executions} duplicates ({v.duplicate_rate:.2f}%, max {v.max_executions_per_activity} per "
         f"activity; caused by {_causes(cr)}), unrecorded completions {v.unrecorded_completions}",
+        f"key-value state: {v.kv_instances_checked} instances checked against their history, "
+        f"{v.counts.get('kv_mismatch', 0)} mismatched; sessions: {v.sessions_examined} ({v.session_executions} "
+        f"executions, {v.sessions_moved} moved by a kill or stall), {v.counts.get('session_violations', 0)} "
+        "violations (overlap, order, moved without a fault)",
         f"timing: last fault at {_s(v.last_fault_s)}s, all terminal at {_s(v.all_terminal_s)}s, drain "
         f"{_s(v.drain_s)}s; latency p50 {r.latency_ms.p50:.0f} ms, p99 {r.latency_ms.p99:.0f} ms, max "
         f"{r.latency_ms.max:.0f} ms; {r.orch_throughput:.1f} orch/s",

@@ -50,6 +50,9 @@ ProgressCallback = Callable[[StressMonitor], None]
 STUCK_AFTER = 60.0
 #: The workers' liveness ``stale_after``: short enough that a 2 s stall moves the stalled process's work.
 LEASE_STALE_AFTER = 1.5
+#: The workers' ``worker_lock_timeout``: a session claim lasts this long (the liveness lease frees a dead
+#: process's activity locks at once, not its sessions), so a killed owner's session moves within seconds.
+WORKER_LOCK_TIMEOUT = 5.0
 _MARK = {"kill": "K", "restart-db": "R", "stall": "S"}
 
 
@@ -277,6 +280,7 @@ async def run_chaos(
     seed: int | None = None,
     liveness: bool = True,
     lease_stale_after: float = LEASE_STALE_AFTER,
+    worker_lock_timeout: float = WORKER_LOCK_TIMEOUT,
 ) -> ChaosResult:
     """Run ``config`` with ``processes`` runtime processes under ``chaos``; see the module docstring.
 
@@ -286,7 +290,8 @@ async def run_chaos(
     own, stops the run and raises :class:`StressAborted` (its ``chaos`` attribute holds the partial
     :class:`ChaosResult`). ``liveness``: the workers hold process liveness leases (fast recovery, see
     ``runtime/_liveness.py``); ``lease_stale_after``: a worker without heartbeat for this long (a stall)
-    is reclaimed."""
+    is reclaimed; ``worker_lock_timeout``: the workers' activity lock and session claim duration (a session
+    whose owner died moves to another process when its claim expires)."""
     if processes < 1:
         raise ValueError("processes must be at least 1")
     specs = list(chaos)
@@ -306,6 +311,7 @@ async def run_chaos(
     spec: dict[str, Any] = {
         "config": config.as_dict(), "target": target.worker_target(), "backend": backend,
         "liveness": {"enabled": liveness, "stale_after": lease_stale_after},
+        "worker_lock_timeout": worker_lock_timeout,
     }  # fmt: skip
     if fault_spec is not None:
         spec["faults"] = {
@@ -501,7 +507,7 @@ async def _load_and_drain(
 
     def action(spec: ChaosSpec) -> Callable[[], Any]:
         if spec.kind == "kill":
-            return pool.kill_random
+            return lambda: pool.kill_random(spec.target)
         if spec.kind == "stall":
             return lambda: pool.stall_random(spec.duration)
         return lambda: restart_db(spec)
@@ -615,10 +621,25 @@ async def _one_instance(
         reason = launch.check(state.output, state)
     except Exception as exc:  # noqa: BLE001
         reason = f"wrong output: {describe_error(exc)}"
+    if reason is None and launch.verify is not None:
+        reason = await _verify(client, instance_id, launch)
     if reason is not None:
         monitor._record_failure(instance_id, "wrong_output", reason, now)
         return
     monitor._record_completion((now - started) * 1000.0, now)
+
+
+async def _verify(client: Any, instance_id: str, launch: Launch) -> str | None:
+    """``launch.verify``, retried through store errors (e.g. the database restarting)."""
+    assert launch.verify is not None
+    for attempt in range(20):
+        try:
+            return await launch.verify(client, instance_id)
+        except Exception as exc:  # noqa: BLE001 - retried, then counted as wrong
+            if attempt == 19:
+                return f"verify: {describe_error(exc)}"
+            await anyio.sleep(0.25)
+    return None
 
 
 def format_traceback(exc: BaseException) -> str:

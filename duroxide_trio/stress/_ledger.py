@@ -4,7 +4,9 @@ database, so executions are counted by the database, not by the harness's memory
 A row is written when an activity body has finished, just before its result is returned to the runtime:
 an execution whose process was killed before that point never produced a result either. A logical
 activity is ``(instance_id, execution_id, activity_id)``; more than one row for it is a duplicate
-execution (allowed: activities are at-least-once).
+execution (allowed: activities are at-least-once). A row also holds when the body began
+(``started_ms``) and the activity's ``session_id``, so that the verdict can check that a session's
+activities ran one at a time, in order, on one process at a time.
 
 ``SqliteLedger`` uses a table ``chaos_ledger`` in the SQLite file; ``PostgresLedger`` a table
 ``chaos_ledger`` in the run's schema (both retry through database restarts); ``FileLedger`` an
@@ -38,6 +40,8 @@ class LedgerRow:
     pid: int
     attempt: int
     at_ms: int
+    session_id: str | None = None
+    started_ms: int | None = None
 
     @property
     def key(self) -> tuple[str, int, int]:
@@ -53,9 +57,11 @@ class Ledger(Protocol):
         ...
 
     async def record(
-        self, instance_id: str, execution_id: int, activity_id: int, name: str, attempt: int
-    ) -> None:
-        """Record one execution (retried through database restarts)."""
+        self, instance_id: str, execution_id: int, activity_id: int, name: str, attempt: int, *,
+        session_id: str | None = None, started_ms: int | None = None,
+    ) -> None:  # fmt: skip
+        """Record one execution (retried through database restarts); ``started_ms``: when its body began
+        (epoch milliseconds), ``session_id``: the activity's session."""
         ...
 
     async def read_all(self) -> list[LedgerRow]:
@@ -110,7 +116,7 @@ class _GroupCommit:
 _CREATE = (
     "CREATE TABLE IF NOT EXISTS {t} (instance_id TEXT NOT NULL, execution_id BIGINT NOT NULL, "
     "activity_id BIGINT NOT NULL, name TEXT NOT NULL, pid INTEGER NOT NULL, attempt INTEGER NOT NULL, "
-    "at_ms BIGINT NOT NULL)"
+    "at_ms BIGINT NOT NULL, session_id TEXT, started_ms BIGINT)"
 )
 
 
@@ -134,16 +140,20 @@ class SqliteLedger:
         """Create the table if missing."""
         await self._run(lambda c: c.execute(_CREATE.format(t="chaos_ledger")))
 
-    async def record(self, instance_id: str, execution_id: int, activity_id: int, name: str, attempt: int) -> None:
+    async def record(
+        self, instance_id: str, execution_id: int, activity_id: int, name: str, attempt: int, *,
+        session_id: str | None = None, started_ms: int | None = None,
+    ) -> None:  # fmt: skip
         """Record one execution (group-committed with concurrent ones)."""
-        row = (instance_id, execution_id, activity_id, name, os.getpid(), attempt, int(time.time() * 1000))
+        row = (instance_id, execution_id, activity_id, name, os.getpid(), attempt, int(time.time() * 1000),
+               session_id, started_ms)  # fmt: skip
         await self._group.write(row)
 
     async def _flush(self, rows: list[tuple[Any, ...]]) -> None:
         def insert(c: sqlite3.Connection) -> None:
             c.execute("BEGIN IMMEDIATE")
             try:
-                c.executemany("INSERT INTO chaos_ledger VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+                c.executemany("INSERT INTO chaos_ledger VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
                 c.execute("COMMIT")
             except BaseException:
                 c.execute("ROLLBACK")
@@ -216,17 +226,21 @@ class PostgresLedger:
         """Create the table if missing."""
         await self._execute(_CREATE.format(t=self._table()))
 
-    async def record(self, instance_id: str, execution_id: int, activity_id: int, name: str, attempt: int) -> None:
+    async def record(
+        self, instance_id: str, execution_id: int, activity_id: int, name: str, attempt: int, *,
+        session_id: str | None = None, started_ms: int | None = None,
+    ) -> None:  # fmt: skip
         """Record one execution (group-committed with concurrent ones)."""
         await self._group.write(
-            (instance_id, execution_id, activity_id, name, os.getpid(), attempt, int(time.time() * 1000))
+            (instance_id, execution_id, activity_id, name, os.getpid(), attempt, int(time.time() * 1000),
+             session_id, started_ms)  # fmt: skip
         )
 
     async def _flush(self, rows: list[tuple[Any, ...]]) -> None:
         columns = list(zip(*rows, strict=True))
         await self._execute(
             f"INSERT INTO {self._table()} SELECT * FROM unnest(%s::text[], %s::bigint[], %s::bigint[], "
-            "%s::text[], %s::integer[], %s::integer[], %s::bigint[])",
+            "%s::text[], %s::integer[], %s::integer[], %s::bigint[], %s::text[], %s::bigint[])",
             [list(c) for c in columns],
         )
 
@@ -254,12 +268,15 @@ class FileLedger:
         """Create the file if missing."""
         await anyio.to_thread.run_sync(lambda: open(self.path, "a").close())
 
-    async def record(self, instance_id: str, execution_id: int, activity_id: int, name: str, attempt: int) -> None:
+    async def record(
+        self, instance_id: str, execution_id: int, activity_id: int, name: str, attempt: int, *,
+        session_id: str | None = None, started_ms: int | None = None,
+    ) -> None:  # fmt: skip
         """Append one execution."""
         import json
 
         line = json.dumps([instance_id, execution_id, activity_id, name, os.getpid(), attempt,
-                           int(time.time() * 1000)]) + "\n"  # fmt: skip
+                           int(time.time() * 1000), session_id, started_ms]) + "\n"  # fmt: skip
 
         def append() -> None:
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)

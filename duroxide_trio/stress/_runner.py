@@ -27,7 +27,7 @@ import attrs
 
 from ..errors import DuroxideError
 from ..history import Status
-from ..providers.base import Provider, ProviderFactory
+from ..providers.base import Provider, ProviderFactory, TagFilter
 from ..registry import Registry
 from ..runtime import RecentError, Runtime, RuntimeOptions, open_runtime
 from ._config import StressConfig
@@ -40,7 +40,7 @@ from ._result import (
     latency_stats,
     percentile,
 )
-from ._scenarios import Launch, get_scenario
+from ._scenarios import STRESS_TAG, Launch, get_scenario
 from ._seed import SeedResult, register_seeds, seed
 
 __all__ = ["ErrorEntry", "StressAborted", "StressMonitor", "run", "run_suite", "runtime_options"]
@@ -70,6 +70,7 @@ def runtime_options(config: StressConfig) -> RuntimeOptions:
     """The runtime options of a stress run. Dispatchers are woken in-process whenever work is committed
     and at timer deadlines; the 100 ms poll (duroxide's stress value) is only the fallback."""
     return RuntimeOptions(
+        activity_tags=TagFilter.default_and(STRESS_TAG),  # the ``sessions`` scenario's tagged activities
         orchestration_concurrency=config.orchestration_concurrency,
         worker_concurrency=config.worker_concurrency,
         poll_interval=0.1,
@@ -713,6 +714,11 @@ async def _one_instance(
         reason = launch.check(state.output, state)
     except Exception as exc:  # noqa: BLE001 - a check that cannot even read the output
         reason = f"wrong output: {describe_error(exc)}"
+    if reason is None and launch.verify is not None:
+        try:
+            reason = await launch.verify(client, instance_id)
+        except Exception as exc:  # noqa: BLE001 - a store that cannot be read counts as wrong
+            reason = f"verify: {describe_error(exc)}"
     if reason is not None:
         monitor._record_failure(instance_id, "wrong_output", reason, now)
         return

@@ -11,6 +11,7 @@ to the wrong instance, or to the wrong activity of an instance, shows up as a wr
 
 from __future__ import annotations
 
+import os
 import zlib
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import attrs
 
+from ..history import ActivityCompleted
 from ..registry import Registry
 
 if TYPE_CHECKING:
@@ -26,10 +28,15 @@ if TYPE_CHECKING:
     from ..orchestration.context import OrchestrationContext
     from ._config import StressConfig
 
-__all__ = ["SCENARIOS", "Launch", "Scenario", "get_scenario"]
+__all__ = ["SCENARIOS", "STRESS_TAG", "Launch", "Scenario", "get_scenario"]
 
 Check = Callable[[Any, "OrchestrationState"], "str | None"]
 Driver = Callable[["Client", str], Awaitable[None]]
+Verify = Callable[["Client", str], Awaitable["str | None"]]
+
+#: The activity tag of the ``sessions`` scenario's tagged activities; the stress runtimes accept it
+#: (``RuntimeOptions.activity_tags = TagFilter.default_and(STRESS_TAG)``).
+STRESS_TAG = "stress"
 
 #: Timer length of the ``timers`` scenario, in milliseconds.
 TIMER_MS = 20
@@ -40,12 +47,15 @@ SMALL_KB, MEDIUM_KB, LARGE_KB, INPUT_KB, CHILD_INPUT_KB = 10, 50, 100, 25, 50
 @attrs.frozen
 class Launch:
     """One instance to start: ``orchestration(input)``, then ``check(output, state)`` returns ``None`` when
-    the output is right or a reason; ``drive(client, instance_id)`` runs next to the wait if given."""
+    the output is right or a reason; ``drive(client, instance_id)`` runs next to the wait if given;
+    ``verify(client, instance_id)``, if given, reads the store once the output checked out (e.g. the
+    instance's committed key-value state) and returns ``None`` or a reason."""
 
     orchestration: str
     input: Any
     check: Check
     drive: Driver | None = None
+    verify: Verify | None = None
 
 
 class Scenario:
@@ -470,6 +480,203 @@ class Events(Scenario):
 
 
 # ---------------------------------------------------------------------------------------------------------
+# durable key-value state
+
+
+#: Activities (and counter increments) per execution of the ``kv`` scenario.
+KV_STEPS = 2
+
+
+async def _kv(ctx: OrchestrationContext, input: dict[str, int]) -> Any:
+    seed, iteration, total = input["seed"], input["iteration"], input["total"]
+    counter = ctx.get_value("counter", 0)  # carried across continue-as-new
+    if counter != iteration * KV_STEPS:
+        return {"kv_mismatch": {"counter": counter, "iteration": iteration, "values": ctx.get_values()}}
+    if iteration == 0:
+        ctx.set_value("seed", seed)
+        ctx.set_value("scratch", f"tmp-{seed}")
+    elif iteration == 1:
+        ctx.clear_value("scratch")
+    elif iteration == 2:
+        ctx.clear_values()  # everything goes, then the counter is put back
+        ctx.set_value("counter", counter)
+    for step in range(KV_STEPS):
+        value = await ctx.schedule_activity("StressProcessTask", [seed, iteration * KV_STEPS + step])
+        # One increment per turn, read-modify-write: a turn lost or committed twice shows in the count.
+        ctx.set_value("counter", ctx.get_value("counter", 0) + 1)
+        ctx.set_value("last", value)
+    ctx.set_value(f"e{iteration}", ctx.get_value("last"))
+    if iteration + 1 < total:
+        return await ctx.continue_as_new({"seed": seed, "iteration": iteration + 1, "total": total})
+    return {"counter": ctx.get_value("counter"), "values": ctx.get_values()}
+
+
+def kv_expected(seed: int, total: int) -> dict[str, Any]:
+    """The key-value state the ``kv`` scenario's instance ``seed`` ends with after ``total`` executions."""
+    values: dict[str, Any] = {}
+    counter = 0
+    for iteration in range(total):
+        if iteration == 0:
+            values.update(seed=seed, scratch=f"tmp-{seed}")
+        elif iteration == 1:
+            values.pop("scratch", None)
+        elif iteration == 2:
+            values = {"counter": counter}
+        for step in range(KV_STEPS):
+            counter += 1
+            values["counter"] = counter
+            values["last"] = _value(seed, iteration * KV_STEPS + step)
+        values[f"e{iteration}"] = values["last"]
+    return values
+
+
+class KeyValues(Scenario):
+    """``kv``: durable key-value state written, read and cleared across turns and continue-as-new."""
+    name = "kv"
+    description = (
+        f"durable key-value state: N executions (continue-as-new) of {KV_STEPS} activities, a counter "
+        "incremented per turn (set_value(get_value() + 1)), keys set, cleared and carried; the output and "
+        "Client.get_values must both hold exactly what the code wrote"
+    )
+
+    def register(self, registry: Registry, config: StressConfig) -> None:
+        _register_process_task(registry, config)
+        _add_orchestration(registry, "StressKeyValues", _kv)
+
+    def plan(self, seq: int, config: StressConfig) -> Launch:
+        n = config.tasks_per_instance
+        values = kv_expected(seq, n)
+        equals = _equals({"counter": n * KV_STEPS, "values": values})
+
+        def check(output: Any, state: OrchestrationState) -> str | None:
+            if (reason := equals(output, state)) is not None:
+                return reason
+            if state.execution_id != n:
+                return f"wrong execution: expected execution {n} to complete, status reports {state.execution_id}"
+            return None
+
+        async def verify(client: Client, instance_id: str) -> str | None:
+            stored = await client.get_values(instance_id)
+            if stored != values:
+                return f"wrong key-value state in the store: expected {values!r:.200}, got {stored!r:.200}"
+            # The counter went up once per turn that followed an activity: as many as history completed.
+            turns = 0
+            for execution_id in await client.list_executions(instance_id):
+                history = await client.get_history(instance_id, execution_id)
+                turns += sum(1 for e in history if isinstance(e.kind, ActivityCompleted))
+            if stored.get("counter") != turns:
+                return f"counter {stored.get('counter')} but history holds {turns} activity completions"
+            return None
+
+        return Launch("StressKeyValues", {"seed": seq, "iteration": 0, "total": n}, check, verify=verify)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# sessions and tags
+
+#: What each process has seen of each session (the per-process state a session exists for): the last
+#: step it ran and how many of the session's steps run in it right now.
+_SESSION_SEEN: dict[str, dict[str, Any]] = {}
+#: How many sessions a process remembers (the oldest are forgotten first).
+SESSIONS_REMEMBERED = 20_000
+
+
+async def _sessions(ctx: OrchestrationContext, input: dict[str, int]) -> dict[str, Any]:
+    seed, n = input["seed"], input["tasks"]
+    session = f"stress-{ctx.instance_id}"
+    steps = [
+        ctx.schedule_activity(
+            "StressSessionStep", {"seed": seed, "i": i, "n": n}, session_id=session,
+            tag=STRESS_TAG if i % 2 else None,
+        )
+        for i in range(n)
+    ]  # fmt: skip
+    tagged = [ctx.schedule_activity("StressTagged", [seed, 100 + i], tag=STRESS_TAG) for i in range(n)]
+    results = await ctx.join(steps + tagged)
+    return {"session": session, "steps": results[:n], "tagged": results[n:]}
+
+
+def _check_steps(steps: Any, session: str, n: int, seed: int) -> str | None:
+    """Why the session steps of one instance did not run one at a time, in scheduling order, in one
+    process at a time (a step re-run after its process died runs in the next owner)."""
+    if not isinstance(steps, list) or len(steps) != n:
+        return f"expected {n} session steps, got {steps!r:.200}"
+    previous_pid = None
+    for i, step in enumerate(steps):
+        if not isinstance(step, dict):
+            return f"session step {i}: got {step!r:.100}"
+        if step.get("value") != _value(seed, i) or step.get("i") != i:
+            return f"session step {i}: wrong result {step!r:.200}"
+        if step.get("session") != session or step.get("tag") != (STRESS_TAG if i % 2 else None):
+            return f"session step {i} ran with session {step.get('session')!r}, tag {step.get('tag')!r}"
+        if step.get("overlap"):
+            return f"session step {i} ran while another step of its session ran in the same process"
+        prev = step.get("prev")
+        if step.get("pid") == previous_pid or i == 0:
+            allowed = {i - 1, i} if i else {None, 0}  # i: the step itself ran here before (a retried ack)
+            if prev not in allowed:
+                return f"session step {i} ran after step {prev} in process {step.get('pid')}: out of order"
+        elif prev is not None and prev > i:
+            return f"session step {i} ran after step {prev}: out of order"
+        previous_pid = step.get("pid")
+    return None
+
+
+class Sessions(Scenario):
+    """``sessions``: N activities on one session (one at a time, in order, in one process) next to N
+    tagged activities; every step reports what its process saw of the session."""
+    name = "sessions"
+    description = (
+        f"N activities with one session_id (every other one also tagged {STRESS_TAG!r}) must run one at a "
+        f"time, in scheduling order, in one process; next to N activities tagged {STRESS_TAG!r} (the stress "
+        "runtimes accept the tag)"
+    )
+
+    def register(self, registry: Registry, config: StressConfig) -> None:
+        delay = config.activity_delay_ms / 1000.0
+
+        async def session_step(ctx: ActivityContext, item: dict[str, int]) -> dict[str, Any]:
+            session = ctx.session_id or ""
+            seen = _SESSION_SEEN.setdefault(session, {"last": None, "running": 0})
+            prev, overlap = seen["last"], seen["running"] > 0
+            seen["running"] += 1
+            try:
+                await anyio.sleep(delay or 0.001)  # long enough for a second step to show as an overlap
+            finally:
+                seen["running"] -= 1
+            seen["last"] = item["i"]
+            if len(_SESSION_SEEN) > SESSIONS_REMEMBERED:  # a long run: forget the oldest sessions
+                del _SESSION_SEEN[next(iter(_SESSION_SEEN))]
+            return {
+                "i": item["i"], "value": _value(item["seed"], item["i"]), "prev": prev, "overlap": overlap,
+                "pid": os.getpid(), "session": ctx.session_id, "tag": ctx.tag,
+            }  # fmt: skip
+
+        async def tagged(ctx: ActivityContext, item: list[int]) -> dict[str, Any]:
+            if delay:
+                await anyio.sleep(delay)
+            return {"value": _value(*item), "tag": ctx.tag, "session": ctx.session_id}
+
+        _add_activity(registry, "StressSessionStep", session_step)
+        _add_activity(registry, "StressTagged", tagged)
+        _add_orchestration(registry, "StressSessions", _sessions)
+
+    def plan(self, seq: int, config: StressConfig) -> Launch:
+        n = config.tasks_per_instance
+        tagged = [{"value": _value(seq, 100 + i), "tag": STRESS_TAG, "session": None} for i in range(n)]
+
+        def check(output: Any, state: OrchestrationState) -> str | None:
+            if not isinstance(output, dict):
+                return f"wrong output: expected a dict, got {output!r:.200}"
+            if output.get("tagged") != tagged:
+                return f"wrong tagged results: expected {tagged!r:.200}, got {output.get('tagged')!r:.200}"
+            reason = _check_steps(output.get("steps"), str(output.get("session")), n, seq)
+            return None if reason is None else f"wrong output: {reason}"
+
+        return Launch("StressSessions", {"seed": seq, "tasks": n}, check)
+
+
+# ---------------------------------------------------------------------------------------------------------
 # mixed
 
 
@@ -480,7 +687,8 @@ class Mixed(Scenario):
 
     def __init__(self) -> None:
         self.parts: list[Scenario] = [
-            Fanout(), Timers(), SubOrchestrations(), ContinueAsNew(), Events(), LargePayload()
+            Fanout(), Timers(), SubOrchestrations(), ContinueAsNew(), Events(), LargePayload(), KeyValues(),
+            Sessions(),
         ]  # fmt: skip
 
     def register(self, registry: Registry, config: StressConfig) -> None:
@@ -493,7 +701,10 @@ class Mixed(Scenario):
 
 SCENARIOS: dict[str, type[Scenario]] = {
     cls.name: cls
-    for cls in (Fanout, Sequential, LargePayload, Timers, SubOrchestrations, ContinueAsNew, Events, Mixed)
+    for cls in (
+        Fanout, Sequential, LargePayload, Timers, SubOrchestrations, ContinueAsNew, Events, KeyValues, Sessions,
+        Mixed,
+    )  # fmt: skip
 }
 
 

@@ -16,10 +16,21 @@ What it counts (see the README's "Chaos testing" section for how to read each fi
   figure, not a failure (activities are at-least-once), split by the fault that caused each
   (``duplicates_by_cause``: kill / stall / restart-db / faults). ``unrecorded_completions`` counts
   completions in history without a ledger row (0 unless the ledger itself lost writes).
+- ``kv_mismatch``: an instance (or sub-orchestration) whose key-value state in the store is not what its
+  history wrote (``KeyValueSet`` / ``KeyValueCleared`` of its latest execution, carried values
+  included): a write lost, or one applied that the history does not hold. The ``kv`` scenario's own
+  check adds that the values are what its code computes (a counter incremented once per turn equals
+  the turns it took).
+- ``session_violations``: from the ledger (each execution's process, start and end): a session whose
+  activities overlapped in time (two running at once, unless one of them ran in a stalled process), ran
+  out of scheduling order (an activity began before the one scheduled before it had finished once), or
+  moved to another process although the one that ran it was neither killed nor stalled (nor the
+  database restarted shortly before).
+  ``sessions_moved`` counts the moves a kill or a stall explains (a figure).
 - ``drain_s``: from the last fault to the moment every launched instance was terminal.
 
-The verdict passes when lost, stuck, wrong_output, completed_twice and lost_activity_results are all 0
-and every launched instance is terminal.
+The verdict passes when lost, stuck, wrong_output, completed_twice, lost_activity_results, kv_mismatch
+and session_violations are all 0 and every launched instance is terminal.
 """
 
 from __future__ import annotations
@@ -36,12 +47,22 @@ from ..history import (
     ActivityFailedEvent,
     ActivityScheduled,
     Event,
+    kv_state,
 )
+from ..providers.base import capabilities_of
 from ._chaos import ChaosTimeline
 from ._ledger import LedgerRow
 
-__all__ = ["Verdict", "compute_verdict", "examine_history"]
+__all__ = ["Verdict", "compute_verdict", "examine_history", "examine_sessions"]
 
+#: Failure lists, in the order ``Verdict.reasons`` names them.
+FAILURES = (
+    "lost", "stuck", "wrong_output", "completed_twice", "lost_activity_results", "kv_mismatch",
+    "session_violations",
+)  # fmt: skip
+
+#: Seconds after a database restart in which a session may move without its owner being killed or stalled.
+RESTART_MOVES_FOR = 30.0
 #: How many ids each failure list keeps (the counts are complete).
 MAX_LISTED = 50
 
@@ -58,6 +79,12 @@ class Verdict:
     wrong_output: list[str] = attrs.field(factory=list)
     completed_twice: list[str] = attrs.field(factory=list)
     lost_activity_results: list[str] = attrs.field(factory=list)
+    kv_mismatch: list[str] = attrs.field(factory=list)
+    session_violations: list[str] = attrs.field(factory=list)
+    kv_instances_checked: int = 0
+    sessions_examined: int = 0
+    session_executions: int = 0
+    sessions_moved: int = 0
     instances_examined: int = 0
     executions_examined: int = 0
     logical_activities: int = 0
@@ -77,7 +104,7 @@ class Verdict:
     def reasons(self) -> list[str]:
         """Why the verdict fails (empty when it passes)."""
         out = []
-        for name in ("lost", "stuck", "wrong_output", "completed_twice", "lost_activity_results"):
+        for name in FAILURES:
             items = getattr(self, name)
             count = self.counts.get(name, len(items))
             if count:
@@ -90,7 +117,8 @@ class Verdict:
 
     @property
     def passed(self) -> bool:
-        """No lost, stuck, wrong, twice-completed instance and no lost activity result."""
+        """No lost, stuck, wrong, twice-completed instance, no lost activity result, no key-value state
+        other than the history wrote, no session that ran out of order or two activities at once."""
         return not self.reasons
 
     @property
@@ -167,6 +195,86 @@ def _cause(
     return "faults" if faults else "other"
 
 
+def examine_sessions(
+    rows: Sequence[LedgerRow], timeline: ChaosTimeline, killed_pids: set[int]
+) -> tuple[list[str], int, int, int]:
+    """(violations, sessions examined, their executions, moves explained by a kill or a stall) of the
+    ledger rows that carry a session (see the module docstring). A process killed by the harness runs
+    nothing after its kill; a stalled one may finish a stale execution late (its lock was reclaimed)."""
+    stalls = [(e.pid, e.at, e.until if e.until is not None else e.at)
+              for e in timeline.events if e.kind == "stall" and e.ok]  # fmt: skip
+    kills = {e.pid: e.at for e in timeline.events if e.kind == "kill" and e.ok and e.pid in killed_pids}
+    # A database restart can let any claim lapse (its owner cannot renew while the server is down).
+    restarts = [(e.at, e.until if e.until is not None else e.at)
+                for e in timeline.events if e.kind == "restart-db" and e.ok]  # fmt: skip
+    slack = 0.5  # seconds: the timeline's and the ledger's clocks are read at slightly different moments
+
+    def stalled_during(row: LedgerRow) -> bool:
+        begin = timeline.wall_to_s(row.started_ms if row.started_ms is not None else row.at_ms)
+        end = timeline.wall_to_s(row.at_ms)
+        return any(pid == row.pid and at - slack <= end and until + slack >= begin for pid, at, until in stalls)
+
+    def left_by_fault(pid: int, before_ms: int) -> bool:
+        moment = timeline.wall_to_s(before_ms) + slack
+        return (
+            (pid in kills and kills[pid] <= moment)
+            or any(p == pid and at <= moment for p, at, _ in stalls)
+            or any(at <= moment <= until + RESTART_MOVES_FOR for at, until in restarts)
+        )
+
+    by_session: dict[str, list[LedgerRow]] = collections.defaultdict(list)
+    for row in rows:
+        if row.session_id is not None and row.started_ms is not None:
+            by_session[row.session_id].append(row)
+    problems: list[str] = []
+    executions = moved = 0
+    for session, runs in sorted(by_session.items()):
+        executions += len(runs)
+        runs.sort(key=lambda r: (r.started_ms or 0, r.at_ms))
+        # one at a time: no execution begins while another one of the session runs
+        running: LedgerRow | None = None
+        for row in runs:
+            assert row.started_ms is not None
+            if running is not None and row.started_ms < running.at_ms:
+                if not (stalled_during(running) or stalled_during(row)):
+                    problems.append(
+                        f"session {session}: activity {row.activity_id} began on pid {row.pid} while activity "
+                        f"{running.activity_id} ran on pid {running.pid}"
+                    )
+                    break
+            if running is None or row.at_ms > running.at_ms:
+                running = row
+        # scheduling order: an activity begins only once the one scheduled before it finished once
+        first_start: dict[tuple[str, int, int], int] = {}
+        first_end: dict[tuple[str, int, int], int] = {}
+        for row in runs:
+            assert row.started_ms is not None
+            first_start[row.key] = min(first_start.get(row.key, row.started_ms), row.started_ms)
+            first_end[row.key] = min(first_end.get(row.key, row.at_ms), row.at_ms)
+        keys = sorted(first_start)
+        for earlier, later in zip(keys, keys[1:], strict=False):
+            if earlier[:2] == later[:2] and first_start[later] < first_end[earlier]:
+                problems.append(
+                    f"session {session}: activity {later[2]} began before activity {earlier[2]} (scheduled "
+                    "before it) had finished"
+                )
+                break
+        # one process at a time: the session moves only when the process that ran it was killed or stalled
+        for before, row in zip(runs, runs[1:], strict=False):
+            if row.pid == before.pid:
+                continue
+            assert row.started_ms is not None
+            if left_by_fault(before.pid, row.started_ms):
+                moved += 1
+            else:
+                problems.append(
+                    f"session {session}: moved from pid {before.pid} to pid {row.pid} (activity "
+                    f"{row.activity_id}) although pid {before.pid} was neither killed nor stalled"
+                )
+                break
+    return problems, len(by_session), executions, moved
+
+
 async def _describe_stuck(admin: Any, instance_id: str) -> str:
     """What the store says about a stuck instance (for the report): status and queue depth hints."""
     try:
@@ -206,6 +314,7 @@ async def compute_verdict(
     if all_terminal_s is not None:
         v.drain_s = max(all_terminal_s - max(v.last_fault_s or 0.0, load_end_s), 0.0)
     completed_keys: set[tuple[str, int, int]] = set()
+    kv_store = capabilities_of(provider).key_values
     for instance_id, launch in launched.items():
         state = await client.get_status(instance_id)
         if state.status is Status.NOT_FOUND:
@@ -226,6 +335,8 @@ async def compute_verdict(
                     reason = launch.check(state.output, state)
                 except Exception as exc:  # noqa: BLE001 - a check that cannot read the output
                     reason = f"{type(exc).__name__}: {exc}"
+                if reason is None and launch.verify is not None:
+                    reason = await launch.verify(client, instance_id)
                 if reason is not None:
                     v._add("wrong_output", f"{instance_id}: {reason[:120]}")
             else:
@@ -234,6 +345,7 @@ async def compute_verdict(
                 v._add("wrong_output", f"{instance_id}: failed {err.category if err else ''}/{err.kind if err else ''}")
         for member in await admin.get_instance_tree(instance_id):
             v.instances_examined += 1
+            history = []
             for execution_id in await admin.list_executions(member):
                 v.executions_examined += 1
                 history = await admin.read_history(member, execution_id)
@@ -245,6 +357,20 @@ async def compute_verdict(
                 for act in missing:
                     v._add("lost_activity_results", f"{member}#{execution_id} activity {act}")
                 completed_keys.update((member, execution_id, a) for a in done)
+            if kv_store and history:
+                # The latest execution's history holds the carried values and every write since.
+                v.kv_instances_checked += 1
+                stored = await provider.get_kv_values(member)
+                written = kv_state(history)
+                if stored != written:
+                    lost = sorted(set(written) - set(stored))
+                    extra = sorted(set(stored) - set(written))
+                    changed = sorted(k for k in set(written) & set(stored) if written[k] != stored[k])
+                    detail = ", ".join(
+                        f"{label} {keys[:3]}" for label, keys in (("lost", lost), ("not written", extra),
+                                                                  ("differs", changed)) if keys
+                    )  # fmt: skip
+                    v._add("kv_mismatch", f"{member}: store {detail} (e.g. {changed[:1] and stored[changed[0]]!s:.40})")
     by_key: dict[tuple[str, int, int], list[LedgerRow]] = collections.defaultdict(list)
     for row in ledger_rows:
         by_key[row.key].append(row)
@@ -259,5 +385,10 @@ async def compute_verdict(
             v.duplicate_executions += len(rows) - 1
             causes[_cause(rows, timeline, killed_pids, faults)] += len(rows) - 1
     v.duplicates_by_cause = dict(causes)
+    problems, v.sessions_examined, v.session_executions, v.sessions_moved = examine_sessions(
+        ledger_rows, timeline, killed_pids
+    )
+    for problem in problems:
+        v._add("session_violations", problem)
     v.unrecorded_completions = len(completed_keys - set(by_key))
     return v

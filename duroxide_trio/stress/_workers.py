@@ -58,13 +58,31 @@ FETCH_OPS = ("fetch_orchestration_item", "fetch_work_item", "fetch_work_items")
 # worker side
 
 
-def _ledgered(handler: ActivityHandler, ledger: Ledger) -> Callable[..., Any]:
+SessionHook = Callable[[str, int, bool], None]
+
+
+def _ledgered(handler: ActivityHandler, ledger: Ledger, on_session: SessionHook | None = None) -> Callable[..., Any]:
     async def run(ctx: Any, *args: Any) -> Any:
-        if handler.is_async:
-            result = await handler.fn(ctx, *args)
-        else:
-            result = await anyio.to_thread.run_sync(handler.fn, ctx, *args)
-        await ledger.record(ctx.instance_id, ctx.execution_id, ctx.activity_id, ctx.activity_name, ctx.attempt)
+        started_ms = int(time.time() * 1000)
+        session = ctx.session_id is not None and on_session is not None
+        if session:
+            assert on_session is not None
+            on_session(ctx.session_id, 1, False)
+        done = False
+        try:
+            if handler.is_async:
+                result = await handler.fn(ctx, *args)
+            else:
+                result = await anyio.to_thread.run_sync(handler.fn, ctx, *args)
+            done = True
+        finally:
+            if session:
+                assert on_session is not None
+                on_session(ctx.session_id, -1, done)
+        await ledger.record(
+            ctx.instance_id, ctx.execution_id, ctx.activity_id, ctx.activity_name, ctx.attempt,
+            session_id=ctx.session_id, started_ms=started_ms,
+        )  # fmt: skip
         return result
 
     if handler.takes_input:
@@ -80,8 +98,10 @@ def _ledgered(handler: ActivityHandler, ledger: Ledger) -> Callable[..., Any]:
     return without_input
 
 
-def build_registry(config: StressConfig, ledger: Ledger) -> Registry:
-    """The scenario's orchestrations and activities, every activity writing its ledger row."""
+def build_registry(config: StressConfig, ledger: Ledger, on_session: SessionHook | None = None) -> Registry:
+    """The scenario's orchestrations and activities, every activity writing its ledger row;
+    ``on_session(session_id, +1 / -1, finished)`` is called when an activity with a session begins /
+    ends."""
     from ._scenarios import get_scenario
 
     inner = Registry()
@@ -90,7 +110,7 @@ def build_registry(config: StressConfig, ledger: Ledger) -> Registry:
     for name in inner.activity_names:
         handler = inner.get_activity(name)
         assert handler is not None
-        registry.add_activity(_ledgered(handler, ledger), name)
+        registry.add_activity(_ledgered(handler, ledger, on_session), name)
     for name in inner.orchestration_names:
         for version in inner.versions(name):
             orch = inner.resolve_orchestration(name, version)
@@ -176,7 +196,23 @@ async def _worker(spec: dict[str, Any]) -> None:
     config = StressConfig(**spec["config"])
     target = spec["target"]
     ledger = open_ledger(target)
-    registry = build_registry(config, ledger)
+    running: dict[str, int] = {}
+    finished: dict[str, None] = {}  # sessions with an activity finished here (the newest 10 000)
+
+    def on_session(session_id: str, delta: int, done: bool) -> None:
+        # Told at once (not with the 0.25 s stats): ``kill:target=session`` picks a process mid-session,
+        # preferably one whose session already finished an activity here (the ledger then shows the move).
+        running[session_id] = running.get(session_id, 0) + delta
+        if not running[session_id]:
+            del running[session_id]
+        if done:
+            finished[session_id] = None
+            if len(finished) > 10_000:
+                del finished[next(iter(finished))]
+        _emit({"t": "sessions", "running": sum(running.values()),
+               "continued": sum(n for s, n in running.items() if s in finished)})  # fmt: skip
+
+    registry = build_registry(config, ledger, on_session)
     # A replacement may start while the database restarts: keep trying to connect for a while.
     deadline = time.monotonic() + 60.0
     while True:
@@ -202,7 +238,10 @@ async def _worker(spec: dict[str, Any]) -> None:
             runtime_provider = wrap_faults(
                 provider, faults["rate"], faults["after_share"], faults["fetch_after"], spec.get("seed", 0)
             )
-        async with open_runtime(runtime_provider, registry, runtime_options(config)) as rt:
+        rt_options = runtime_options(config)
+        if spec.get("worker_lock_timeout"):
+            rt_options = attrs.evolve(rt_options, worker_lock_timeout=float(spec["worker_lock_timeout"]))
+        async with open_runtime(runtime_provider, registry, rt_options) as rt:
             from ..providers.base import ProviderError
 
             # Under chaos every provider error is expected (injected faults, restarts, stolen locks are
@@ -285,6 +324,8 @@ class WorkerProcess:
     expected_errors: int = 0
     unexpected_errors: int = 0
     stalls: int = 0
+    sessions_running: int = 0  # session activities running in it now (as it last told)
+    sessions_continued: int = 0  # of those, the ones whose session finished an activity here before
     faulty: bool = False
     proc: Any = attrs.field(default=None, repr=False)
     ready: anyio.Event = attrs.field(factory=anyio.Event, repr=False)
@@ -412,6 +453,9 @@ class WorkerPool:
             wp.ready.set()
             if self.faults_off and wp.faulty:  # started with faults before stop_faults
                 self._faults_off(wp)
+        elif kind == "sessions":
+            wp.sessions_running = int(msg.get("running", 0))
+            wp.sessions_continued = int(msg.get("continued", 0))
         elif kind == "stats":
             wp.turns = int(msg.get("turns", 0))
             wp.activities = int(msg.get("activities", 0))
@@ -443,9 +487,21 @@ class WorkerPool:
         return {wp.pid for wp in self.processes if wp.state == state}
 
     # -- chaos ------------------------------------------------------------------------------------------
-    async def kill_random(self) -> None:
-        """SIGKILL a random running process and start a fresh one in its slot."""
+    async def kill_random(self, target: str = "any", wait_for_target: float = 2.0) -> None:
+        """SIGKILL a random running process and start a fresh one in its slot. ``target="session"``: a
+        process running a session's activity, preferably of a session that already finished one there
+        (waiting up to ``wait_for_target`` seconds for one; else any)."""
         candidates = self.running()
+        if target == "session":
+            with anyio.move_on_after(wait_for_target):
+                while not any(wp.sessions_continued > 0 for wp in candidates):
+                    await anyio.sleep(0.005)
+                    candidates = self.running()
+            candidates = (
+                [wp for wp in candidates if wp.sessions_continued > 0]
+                or [wp for wp in candidates if wp.sessions_running > 0]
+                or candidates
+            )
         if not candidates:
             self.timeline.record("kill", "skipped: no running process", ok=False)
             return
@@ -456,7 +512,8 @@ class WorkerPool:
             os.kill(wp.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        self.timeline.record("kill", f"SIGKILL process {wp.name} (pid {wp.pid})", pid=wp.pid)
+        detail = f" (running {wp.sessions_running} session activities)" if target == "session" else ""
+        self.timeline.record("kill", f"SIGKILL process {wp.name} (pid {wp.pid}){detail}", pid=wp.pid)
         await self._spawn(wp.slot)
 
     async def stall_random(self, seconds: float) -> None:

@@ -55,9 +55,10 @@ class ManagementJob(PgBase):
     async def get_queue_depths(self) -> QueueDepths:
         now = self.clock.now_ms()
         row = await self._one("get_queue_depths", self._q.queue_depths, {"now": now}, idempotent=True)
-        by_tag = await self._all("get_queue_depths", self._q.worker_by_tag, {"now": now}, idempotent=True)
+        by = await self._all("get_queue_depths", self._q.depths_by, {"now": now}, idempotent=True)
         return QueueDepths(
-            worker_by_tag={tag: int(count) for tag, count in by_tag},
+            worker_by_tag={key: int(count) for what, key, count in by if what == "t"},
+            orchestrator_by_version={key: int(count) for what, key, count in by if what == "v"},
             orchestrator_queue=int(row[0]),
             worker_queue=int(row[1]),
             oldest_orchestrator_age_ms=None if row[2] is None else max(now - int(row[2]), 0),

@@ -46,10 +46,6 @@ class Queries:
             "%s::integer)"
         )
         self.renew_sessions = f"SELECT {s}.renew_sessions(%s, %s, %s, %s)"
-        self.worker_by_tag = (
-            f"SELECT tag, count(*) FROM {s}.worker_queue WHERE lock_token IS NULL OR locked_until <= %(now)s "
-            "GROUP BY tag"
-        )
         self.ack_work = f"SELECT {s}.ack_work_items(%s, %b::bigint[], %b::text[], %b::text[], %b::text[])"
         self.ack_work_fetch = (
             f"SELECT * FROM {s}.ack_work_items_fetch(%s, %b::bigint[], %b::text[], %b::text[], %b::text[], "
@@ -118,6 +114,27 @@ class Queries:
             f"SELECT 1 FROM {s}.instance_locks l WHERE l.instance_id = q.instance_id AND l.locked_until > %(now)s)), "
             f"(SELECT min(visible_at) FROM {s}.worker_queue WHERE visible_at <= %(now)s AND "
             "(lock_token IS NULL OR locked_until <= %(now)s))"
+        )
+        # Ready worker items per tag ('t') and instances with ready orchestration work per the version
+        # their next turn runs at ('v'; the rule is the SQLite provider's _ORCHESTRATOR_BY_VERSION), in one
+        # round trip.
+        self.depths_by = (
+            f"SELECT 't', tag, count(*) FROM {s}.worker_queue WHERE lock_token IS NULL OR locked_until <= %(now)s "
+            "GROUP BY tag "
+            "UNION ALL "
+            "SELECT 'v', CASE WHEN i.instance_id IS NULL THEN st.start_version "
+            "WHEN sc.found THEN sc.start_version ELSE i.version END, count(*) "
+            f"FROM (SELECT DISTINCT q.instance_id FROM {s}.orchestrator_queue q WHERE q.visible_at <= %(now)s "
+            f"AND NOT EXISTS (SELECT 1 FROM {s}.instance_locks l WHERE l.instance_id = q.instance_id "
+            "AND l.locked_until > %(now)s)) r "
+            f"LEFT JOIN {s}.instances i ON i.instance_id = r.instance_id "
+            f"LEFT JOIN LATERAL (SELECT true AS found, x.start_version FROM {s}.orchestrator_queue x "
+            "WHERE x.instance_id = r.instance_id AND x.is_successor AND x.visible_at <= %(now)s "
+            "ORDER BY x.id LIMIT 1) sc ON true "
+            f"LEFT JOIN LATERAL (SELECT true AS found, x.start_version FROM {s}.orchestrator_queue x "
+            "WHERE x.instance_id = r.instance_id AND x.is_start AND x.visible_at <= %(now)s "
+            "ORDER BY x.id LIMIT 1) st ON true "
+            "WHERE i.instance_id IS NOT NULL OR st.found GROUP BY 2"
         )
         self.children = (
             f"SELECT instance_id FROM {s}.instances WHERE parent_instance_id = %s ORDER BY created_at, seq"

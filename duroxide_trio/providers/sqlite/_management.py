@@ -125,10 +125,14 @@ class ManagementJob(SqliteBase):
                     (now,),
                 )
             }
+            by_version = {
+                version: count for version, count in conn.execute(_ORCHESTRATOR_BY_VERSION, {"now": now})
+            }
             return QueueDepths(
                 orchestrator_queue=orch,
                 worker_queue=work,
                 worker_by_tag=by_tag,
+                orchestrator_by_version=by_version,
                 oldest_orchestrator_age_ms=None if oldest_orch is None else max(now - oldest_orch, 0),
                 oldest_worker_age_ms=None if oldest_work is None else max(now - oldest_work, 0),
             )
@@ -332,3 +336,30 @@ def _prune_one(conn: sqlite3.Connection, instance_id: str, options: PruneOptions
         ).rowcount
         conn.execute("DELETE FROM executions WHERE instance_id = ? AND execution_id = ?", (instance_id, eid))
     return PruneResult(1, len(victims), events)
+
+
+#: Instances with ready orchestration work (a visible message, no live lock) per the version their next
+#: turn runs at: the recorded one, or the one a pending continue-as-new asks for; a new instance, the one
+#: its first start asks for (NULL: none asked, the runtime's latest). Messages of an instance that neither
+#: exists nor has a start (never fetched) are not counted.
+_ORCHESTRATOR_BY_VERSION = """
+SELECT v, COUNT(*) FROM (
+    SELECT CASE
+             WHEN i.instance_id IS NULL THEN
+               (SELECT s.start_version FROM orchestrator_queue s WHERE s.instance_id = r.instance_id
+                AND s.is_start = 1 AND s.visible_at <= :now ORDER BY s.id LIMIT 1)
+             WHEN EXISTS (SELECT 1 FROM orchestrator_queue s WHERE s.instance_id = r.instance_id
+                          AND s.is_successor = 1 AND s.visible_at <= :now) THEN
+               (SELECT s.start_version FROM orchestrator_queue s WHERE s.instance_id = r.instance_id
+                AND s.is_successor = 1 AND s.visible_at <= :now ORDER BY s.id LIMIT 1)
+             ELSE i.version
+           END AS v
+    FROM (SELECT DISTINCT q.instance_id FROM orchestrator_queue q
+          WHERE q.visible_at <= :now AND NOT EXISTS (SELECT 1 FROM instance_locks l
+                WHERE l.instance_id = q.instance_id AND l.locked_until > :now)) r
+    LEFT JOIN instances i ON i.instance_id = r.instance_id
+    WHERE i.instance_id IS NOT NULL
+       OR EXISTS (SELECT 1 FROM orchestrator_queue s WHERE s.instance_id = r.instance_id
+                  AND s.is_start = 1 AND s.visible_at <= :now)
+) GROUP BY v
+"""

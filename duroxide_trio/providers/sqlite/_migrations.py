@@ -129,6 +129,29 @@ MIGRATIONS[7] = (
     "END",
 )
 
+# 8: capability filtering of starts: a start (or continue-as-new) message records the version it asks
+# for (``start_version``, its key ``start_version_key``; NULL: none asked) and whether it is a
+# continue-as-new (``is_successor``), set by a trigger from the message, so the filtered fetch never takes
+# an instance whose turn would run outside the runtime's range (see ``_queues._CLAIMABLE_IN_RANGE``).
+_START_VERSION = "json_extract(NEW.work_item, '$.version')"
+_STORED_VERSION = "json_extract(work_item, '$.version')"
+MIGRATIONS[8] = (
+    "ALTER TABLE orchestrator_queue ADD COLUMN start_version TEXT",
+    "ALTER TABLE orchestrator_queue ADD COLUMN start_version_key INTEGER",
+    "ALTER TABLE orchestrator_queue ADD COLUMN is_successor INTEGER NOT NULL DEFAULT 0",
+    f"UPDATE orchestrator_queue SET start_version = {_STORED_VERSION}, "
+    f"start_version_key = {_version_key_sql(_STORED_VERSION)}, "
+    "is_successor = coalesce(json_extract(work_item, '$.type') = 'ContinueAsNew', 0) "
+    "WHERE is_start = 1 AND json_valid(work_item)",
+    "CREATE TRIGGER oq_start_version AFTER INSERT ON orchestrator_queue "
+    "WHEN NEW.is_start = 1 AND json_valid(NEW.work_item) BEGIN "
+    f"UPDATE orchestrator_queue SET start_version = {_START_VERSION}, "
+    f"start_version_key = {_version_key_sql(_START_VERSION)}, "
+    "is_successor = coalesce(json_extract(NEW.work_item, '$.type') = 'ContinueAsNew', 0) "
+    "WHERE id = NEW.id; END",
+    "CREATE INDEX oq_successor ON orchestrator_queue(instance_id) WHERE is_successor = 1",
+)
+
 # 6: worker routing (activity tags and sessions): fetches filter by tag and look up a session's oldest
 # item and its owner; partial indexes keep both cheap. (3-5 are unused: KV needed no SQLite change.)
 MIGRATIONS[6] = """

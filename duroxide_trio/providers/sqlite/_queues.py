@@ -59,8 +59,8 @@ class QueuesJob(SqliteBase):
         def _fetch(conn: sqlite3.Connection) -> OrchestrationItem | None:
             now = self.clock.now_ms()
             row = conn.execute(
-                _CLAIM_NEXT,
-                (now, now, lo, lo, hi, hi, lo, lo, hi, hi),
+                _CLAIM_NEXT if lo is None and hi is None else _CLAIM_NEXT_IN_RANGE,
+                {"now": now, "lo": lo, "hi": hi},
             ).fetchone()
             if row is None:
                 nxt = conn.execute(
@@ -529,6 +529,7 @@ class QueuesJob(SqliteBase):
         lock_ms = ms(turns.lock_timeout)
         versions = turns.versions
         lo, hi = versions.key_bounds() if versions is not None else (None, None)
+        claimable = _CLAIMABLE_INSTANCE if lo is None and hi is None else _CLAIMABLE_INSTANCE_IN_RANGE
         left: list[str] = []
 
         def _ack(conn: sqlite3.Connection) -> AckedWithTurns:
@@ -537,7 +538,7 @@ class QueuesJob(SqliteBase):
             items: list[OrchestrationItem] = []
             for instance_id in acked_targets(entries, results):
                 if len(items) < turns.max_items and conn.execute(
-                    _CLAIMABLE_INSTANCE, (instance_id, now, now, lo, lo, hi, hi, lo, lo, hi, hi)
+                    claimable, {"inst": instance_id, "now": now, "lo": lo, "hi": hi}
                 ).fetchone() is not None:
                     items.append(self._claim(conn, instance_id, self._new_token(), now, lock_ms))
                 else:
@@ -589,35 +590,64 @@ class QueuesJob(SqliteBase):
             self.notifier.notify("worker")
 
 
-#: A visible message of an unlocked instance that exists (or that the message starts) and whose recorded
-#: version key is inside [lo, hi] (NULL bounds: open; a NULL key: any runtime may take it). Parameters:
-#: now, now, lo, lo, hi, hi (the instance in range), lo, lo, hi, hi (no instance out of range).
-_IN_RANGE = "(? IS NULL OR i.version_key IS NULL OR i.version_key >= ?) AND (? IS NULL OR i.version_key IS NULL OR i.version_key <= ?)"
-_CLAIMABLE = f"""
-    q.visible_at <= ?
-    AND NOT EXISTS (SELECT 1 FROM instance_locks l WHERE l.instance_id = q.instance_id AND l.locked_until > ?)
-    AND (EXISTS (SELECT 1 FROM instances i WHERE i.instance_id = q.instance_id AND {_IN_RANGE})
-         OR (q.is_start = 1 AND NOT EXISTS (SELECT 1 FROM instances i WHERE i.instance_id = q.instance_id
-                                            AND NOT ({_IN_RANGE}))))
+def _in_range(key: str) -> str:
+    """SQL: version key ``key`` is inside [:lo, :hi] (NULL bounds: open; a NULL key: any runtime may)."""
+    return f"({key} IS NULL OR ((:lo IS NULL OR {key} >= :lo) AND (:hi IS NULL OR {key} <= :hi)))"
+
+
+_READY = """
+    q.visible_at <= :now
+    AND NOT EXISTS (SELECT 1 FROM instance_locks l WHERE l.instance_id = q.instance_id AND l.locked_until > :now)
 """
+_SUCCESSOR = "s.instance_id = q.instance_id AND s.is_successor = 1 AND s.visible_at <= :now"
+
+#: A visible message of an unlocked instance that exists or that the message starts (no filtering).
+_CLAIMABLE = f"""{_READY}
+    AND (q.is_start = 1 OR EXISTS (SELECT 1 FROM instances i WHERE i.instance_id = q.instance_id))
+"""
+
+#: The same, for a runtime that replays only versions in [:lo, :hi]: an instance that exists runs at its
+#: recorded version, or, when a continue-as-new is pending, at the version that message asks for; a new
+#: instance at the version its start asks for. A message that asks for no version runs at the fetching
+#: runtime's latest registered version, which SQL cannot know: any runtime may take it (the turn decision
+#: still gives a batch back that the runtime cannot run).
+_CLAIMABLE_IN_RANGE = f"""{_READY}
+    AND ((EXISTS (SELECT 1 FROM instances i WHERE i.instance_id = q.instance_id
+                  AND ({_in_range("i.version_key")}
+                       OR EXISTS (SELECT 1 FROM orchestrator_queue s WHERE {_SUCCESSOR})))
+          AND NOT EXISTS (SELECT 1 FROM orchestrator_queue s WHERE {_SUCCESSOR}
+                          AND NOT {_in_range("s.start_version_key")}))
+         OR (q.is_start = 1 AND {_in_range("q.start_version_key")}
+             AND NOT EXISTS (SELECT 1 FROM instances i WHERE i.instance_id = q.instance_id)))
+"""
+
+
+def _claimable(lo: int | None, hi: int | None) -> str:
+    return _CLAIMABLE if lo is None and hi is None else _CLAIMABLE_IN_RANGE
 
 
 # The instance of the oldest claimable message. In (visible_at, id) order, as on PostgreSQL: the scan walks
 # oq_visible and stops at the first claimable row; ordering by id alone sorted every visible row (each with
 # its lock and version checks) on every fetch, a cost that grew with the queue.
 _CLAIM_NEXT = f"SELECT q.instance_id FROM orchestrator_queue q WHERE {_CLAIMABLE} ORDER BY q.visible_at, q.id LIMIT 1"
+_CLAIM_NEXT_IN_RANGE = (
+    f"SELECT q.instance_id FROM orchestrator_queue q WHERE {_CLAIMABLE_IN_RANGE} ORDER BY q.visible_at, q.id LIMIT 1"
+)
 
 
 # Whether one instance is claimable now (the handed-over turn of an activity ack): its own messages
 # through oq_instance, never a walk of the queue.
-_CLAIMABLE_INSTANCE = f"SELECT 1 FROM orchestrator_queue q WHERE q.instance_id = ? AND {_CLAIMABLE} LIMIT 1"
+_CLAIMABLE_INSTANCE = f"SELECT 1 FROM orchestrator_queue q WHERE q.instance_id = :inst AND {_CLAIMABLE} LIMIT 1"
+_CLAIMABLE_INSTANCE_IN_RANGE = (
+    f"SELECT 1 FROM orchestrator_queue q WHERE q.instance_id = :inst AND {_CLAIMABLE_IN_RANGE} LIMIT 1"
+)
 
 
 def _has_orchestrator_work(conn: sqlite3.Connection, now: int, lo: int | None, hi: int | None) -> bool:
     return (
         conn.execute(
-            f"SELECT 1 FROM orchestrator_queue q WHERE {_CLAIMABLE} LIMIT 1",
-            (now, now, lo, lo, hi, hi, lo, lo, hi, hi),
+            f"SELECT 1 FROM orchestrator_queue q WHERE {_claimable(lo, hi)} LIMIT 1",
+            {"now": now, "lo": lo, "hi": hi},
         ).fetchone()
         is not None
     )

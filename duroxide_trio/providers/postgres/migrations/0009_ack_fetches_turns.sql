@@ -1,4 +1,4 @@
--- duroxide-trio PostgreSQL schema, version 8: the activity ack hands over the next turns
+-- duroxide-trio PostgreSQL schema, version 9: the activity ack hands over the next turns
 -- (ProviderCapabilities.ack_fetches_turns). ack_work_items_fetch acks as ack_work_items does and, in the
 -- same transaction, locks up to array_length(p_turn_tokens) instances the committed completions were sent
 -- to (distinct, in entry order), each as fetch_orchestration_item does (not locked by anyone, a visible
@@ -47,19 +47,28 @@ BEGIN
         GROUP BY u.target ORDER BY min(u.ord)
     LOOP
         IF v_taken >= v_max
-           -- claimable exactly as in fetch_orchestration_item (version filter included)
+           -- claimable exactly as in fetch_orchestration_item (capability filtering of migration 8)
            OR NOT EXISTS (
                SELECT 1 FROM @schema@.orchestrator_queue q
                WHERE q.instance_id = v_inst AND q.visible_at <= p_now
-                 AND (EXISTS (SELECT 1 FROM @schema@.instances i
+                 AND (
+                     (EXISTS (SELECT 1 FROM @schema@.instances i
                               WHERE i.instance_id = q.instance_id
-                                AND (p_lo IS NULL OR i.version_key IS NULL OR i.version_key >= p_lo)
-                                AND (p_hi IS NULL OR i.version_key IS NULL OR i.version_key <= p_hi))
-                      OR (q.is_start AND NOT EXISTS (
-                              SELECT 1 FROM @schema@.instances i
-                              WHERE i.instance_id = q.instance_id
-                                AND NOT ((p_lo IS NULL OR i.version_key IS NULL OR i.version_key >= p_lo)
-                                         AND (p_hi IS NULL OR i.version_key IS NULL OR i.version_key <= p_hi))))))
+                                AND (((p_lo IS NULL OR i.version_key IS NULL OR i.version_key >= p_lo)
+                                      AND (p_hi IS NULL OR i.version_key IS NULL OR i.version_key <= p_hi))
+                                     OR EXISTS (SELECT 1 FROM @schema@.orchestrator_queue s
+                                                WHERE s.instance_id = q.instance_id AND s.is_successor
+                                                  AND s.visible_at <= p_now)))
+                      AND NOT EXISTS (SELECT 1 FROM @schema@.orchestrator_queue s
+                                      WHERE s.instance_id = q.instance_id AND s.is_successor
+                                        AND s.visible_at <= p_now AND s.start_version_key IS NOT NULL
+                                        AND ((p_lo IS NOT NULL AND s.start_version_key < p_lo)
+                                             OR (p_hi IS NOT NULL AND s.start_version_key > p_hi))))
+                     OR (q.is_start
+                         AND (q.start_version_key IS NULL
+                              OR ((p_lo IS NULL OR q.start_version_key >= p_lo)
+                                  AND (p_hi IS NULL OR q.start_version_key <= p_hi)))
+                         AND NOT EXISTS (SELECT 1 FROM @schema@.instances i WHERE i.instance_id = q.instance_id))))
            OR EXISTS (SELECT 1 FROM @schema@.instance_locks l
                       WHERE l.instance_id = v_inst AND l.locked_until > p_now)
            OR NOT pg_try_advisory_xact_lock(hashtextextended(v_inst, @lock_seed@))
