@@ -349,7 +349,7 @@ async def test_stale_prepared_statements_after_a_migration_are_replaced(pg_url: 
 
 
 async def test_older_clients_ack_still_commits_after_the_eager_dispatch_migration(pg_url, pg_schema):
-    """A process running the code before migration 9 calls the 30-argument ``ack_turn``: its turn still
+    """A process running the code before migration 10 calls the 30-argument ``ack_turn``: its turn still
     commits (history, activities for any fetch, the 'w' notification path), nothing is locked eagerly."""
     async with running(pg_url, pg_schema) as p:
         await p.enqueue_start(StartOrchestration("old-1", ORCH, "1", "1.0"))

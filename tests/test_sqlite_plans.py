@@ -32,6 +32,14 @@ async def test_the_orchestration_claim_walks_the_visibility_index_without_sortin
     assert any("oq_visible" in s for s in steps), steps
 
 
+@pytest.mark.parametrize("query", ["_CLAIMABLE_INSTANCE", "_CLAIMABLE_INSTANCE_IN_RANGE"])
+async def test_the_handed_over_turn_checks_only_its_instance(tmp_path, query):
+    params = {"inst": "inst", "now": 1, "lo": 1, "hi": 2}
+    steps = await _plan(tmp_path, getattr(_queues, query), params)
+    assert any("oq_instance" in s for s in steps), steps
+    assert not any("TEMP B-TREE" in s or s.startswith("SCAN") for s in steps), steps
+
+
 async def test_the_routed_activity_fetch_does_not_sort_the_queue(tmp_path):
     params = {"now": 1, "all": 0, "untagged": 1, "tags": "[]", "owner": "w", "room": 1, "max": 5}
     steps = await _plan(tmp_path, _queues._ROUTED_CANDIDATES, params)

@@ -13,6 +13,7 @@ import pytest
 
 from duroxide_trio.history import ActivityExecute, Event, KeyValueSet, StartOrchestration, TimerDue, WorkItem
 from duroxide_trio.providers.base import (
+    AckedWithTurns,
     DeleteResult,
     EagerLock,
     ExecutionMetadata,
@@ -24,6 +25,7 @@ from duroxide_trio.providers.base import (
     QueueDepths,
     ScheduledActivity,
     TagFilter,
+    TurnRequest,
     VersionRange,
     WorkerRouting,
     WorkItemLease,
@@ -326,6 +328,15 @@ class IgnoresVersionFilter(Wrapper):
         return await self._inner.fetch_orchestration_item(lock_timeout, poll_timeout)
 
 
+class HandoverIgnoresVersionFilter(Wrapper):
+    """The activity ack hands over the next turn of any instance, whatever the runtime can replay."""
+
+    async def ack_work_items_and_fetch(
+        self, entries: Sequence[tuple[str, WorkItem | None]], turns: TurnRequest
+    ) -> AckedWithTurns:
+        return await self._inner.ack_work_items_and_fetch(entries, attrs.evolve(turns, versions=None))
+
+
 class IgnoresStartVersion(Wrapper):
     """Filters by the recorded version only: a start (or continue-as-new) is fetched whatever version it
     asks for, so the wrong runtime locks it and has to give it back."""
@@ -543,6 +554,7 @@ CASES: list[tuple[str, type[Wrapper], list[str]]] = [
     ),
     ("eager_dispatch", EagerIgnoresTags, ["test_eager_respects_tags_sessions_and_names"]),
     ("eager_dispatch", EagerReleaseDoesNothing, ["test_release_gives_back_what_a_lost_answer_locked"]),
+    ("ack_fetches_turns", HandoverIgnoresVersionFilter, ["test_version_filter_applies"]),
 ]
 
 

@@ -290,6 +290,18 @@ def decode_activity(text: str) -> ActivityExecute:
     return item
 
 
+def acked_targets(
+    entries: Sequence[tuple[str, WorkItem | None]], results: Sequence[ProviderError | None]
+) -> list[str]:
+    """The distinct instances the committed completions of an activity ack were sent to, in entry order
+    (the candidates of ``ack_work_items_and_fetch``)."""
+    targets: dict[str, None] = {}
+    for (_, completion), result in zip(entries, results, strict=True):
+        if result is None and completion is not None:
+            targets.setdefault(completion.target_instance, None)
+    return list(targets)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Notification fan-out
 

@@ -54,9 +54,12 @@ __all__ = [
     "ProviderErrorKind",
     "ProviderFactory",
     "RoutingCapable",
+    "AckFetchesTurns",
+    "AckedWithTurns",
     "BatchWorkItems",
     "EagerCapable",
     "EagerLock",
+    "TurnRequest",
     "ListenerCapable",
     "NO_CAPABILITIES",
     "OutlookCapable",
@@ -72,6 +75,7 @@ __all__ = [
     "WorkerRouting",
     "WorkOutlook",
     "KeyValueStore",
+    "as_ack_fetching",
     "as_batch",
     "as_eager",
     "as_key_values",
@@ -800,6 +804,9 @@ class ProviderCapabilities:
     - ``eager_dispatch``: :class:`EagerCapable` (``ack_orchestration_item(..., eager=EagerLock(...))``
       locks some of the activities the turn enqueues for the committing runtime and returns them as
       leases, in the same round trip). Without it every activity waits for a worker fetch.
+    - ``ack_fetches_turns``: :class:`AckFetchesTurns` (``ack_work_items_and_fetch``: the activity ack
+      also locks and returns the next turns of the instances its completions were sent to, in the same
+      transaction). Without it the runtime acks, and its orchestration dispatchers fetch those turns.
     """
 
     batch_work_items: bool = False
@@ -809,6 +816,7 @@ class ProviderCapabilities:
     worker_routing: bool = False
     key_values: bool = False
     eager_dispatch: bool = False
+    ack_fetches_turns: bool = False
 
 
 #: The capabilities of a provider that declares none.
@@ -834,6 +842,49 @@ class BatchWorkItems(Protocol):
         """``ack_work_item`` for each ``(lock_token, completion)`` in one transaction; one entry per
         input: ``None`` when that ack committed, else its (permanent) error. Raises only when the whole
         batch failed (e.g. a lost connection)."""
+        ...
+
+
+@attrs.frozen
+class TurnRequest:
+    """What ``ack_work_items_and_fetch`` is asked to lock besides the acks: up to ``max_items`` turns
+    (orchestration batches) of the instances the committed completions were sent to, each locked for
+    ``lock_timeout`` seconds, filtered by ``versions`` as ``fetch_orchestration_item(versions=)`` does
+    (``None``: no filter).
+
+    Attributes:
+        lock_timeout: The instance lock of each returned batch, in seconds (as the fetch's).
+        max_items: At most this many batches (0: none, the call is then a plain ack).
+        versions: The runtime's capability filter (``RuntimeOptions.supported_replay_versions``).
+    """
+
+    lock_timeout: float
+    max_items: int
+    versions: VersionRange | None = None
+
+
+@attrs.frozen
+class AckedWithTurns:
+    """The answer of ``ack_work_items_and_fetch``: one ack result per entry (as ``ack_work_items``) and
+    the batches it locked, each exactly what ``fetch_orchestration_item`` would have returned."""
+
+    results: list[ProviderError | None]
+    items: list[OrchestrationItem]
+
+
+class AckFetchesTurns(Protocol):
+    """``ProviderCapabilities.ack_fetches_turns``: acknowledging activities and fetching the next turns
+    of their instances in one transaction (one round trip)."""
+
+    async def ack_work_items_and_fetch(
+        self, entries: Sequence[tuple[str, WorkItem | None]], turns: TurnRequest
+    ) -> AckedWithTurns:
+        """``ack_work_items(entries)``, and in the same transaction, for the distinct instances the
+        committed completions were sent to (in entry order), lock up to ``turns.max_items`` of them as
+        ``fetch_orchestration_item`` does: an instance is taken only if it is not locked by anyone (an
+        expired lock counts as none), has a visible message and passes ``turns.versions``; every visible
+        message of a taken instance is in its batch (attempt_count + 1 each). An instance not taken is
+        left as it was, and its dispatchers are woken as after a plain ack."""
         ...
 
 
@@ -940,6 +991,11 @@ def as_eager(provider: object) -> EagerCapable | None:
 def as_key_values(provider: object) -> KeyValueStore | None:
     """``provider`` as :class:`KeyValueStore` if it declares that capability, else ``None``."""
     return cast(KeyValueStore, provider) if capabilities_of(provider).key_values else None
+
+
+def as_ack_fetching(provider: object) -> AckFetchesTurns | None:
+    """``provider`` as :class:`AckFetchesTurns` if it declares ``ack_fetches_turns``, else ``None``."""
+    return cast(AckFetchesTurns, provider) if capabilities_of(provider).ack_fetches_turns else None
 
 
 def as_batch(provider: object) -> BatchWorkItems | None:

@@ -21,18 +21,23 @@ from ..orchestration import limits
 from ..orchestration._replay import describe_exception
 from ..orchestration.context import KV_READ_ACTIVITY
 from ..providers.base import (
+    AckFetchesTurns,
     EagerLock,
+    OrchestrationItem,
     ProviderError,
     ProviderErrorKind,
+    TurnRequest,
     WorkerRouting,
     WorkItemLease,
+    as_ack_fetching,
     as_batch,
     as_key_values,
     as_provider_error,
     as_routing,
 )
 from ..registry import ActivityHandler, Registry, decode_payload, encode_payload
-from ._env import Fetcher, FetchFailed, WorkerEnv
+from ._env import EagerSlots, Fetcher, FetchFailed, WorkerEnv
+from ._orchestrations import give_back_turn, start_turn
 from .options import RuntimeOptions
 
 try:
@@ -44,6 +49,7 @@ except ImportError:  # pragma: no cover
 __all__ = [
     "Acker",
     "EagerActivities",
+    "TurnHandoff",
     "activity_outcome",
     "activity_worker",
     "decide_activity",
@@ -121,10 +127,19 @@ async def activity_worker(
                 env.sessions.fetched()
             # Fetched work counts as busy from now on: the acker outlives every fetched item.
             env.stats.busy_activity_workers += len(leases)
+            # Fewer than asked for: the queue held no more (for this runtime's filter) at the fetch. Wait
+            # for the next notification (or the poll) instead of an idle fetch right away; one committed
+            # during this fetch ends the wait at once.
+            drained = routed is not None and fetch_many is not None and 0 < len(leases) < held
             for lease in leases:
                 task_group.start_soon(_run_in_slot, env, lease, slots, acker, name=f"activity {lease.item.name}")
                 held -= 1
-            if not leases:
+            if drained:
+                for _ in range(held):
+                    slots.release()
+                held = 0
+                await fetcher.wait_for_work()
+            elif not leases:
                 if env.stopping:
                     break
                 for _ in range(held):
@@ -263,15 +278,37 @@ async def _run_in_slot(env: WorkerEnv, lease: WorkItemLease, slots: anyio.Semaph
         acker.poke()
 
 
+@attrs.frozen
+class TurnHandoff:
+    """Where an activity ack's handed-over turns run: the runtime's orchestration turn slots and the
+    dispatchers' task group (see :meth:`Acker.hand_turns_to`)."""
+
+    slots: anyio.Semaphore
+    task_group: anyio.abc.TaskGroup
+    #: Eager dispatch for those turns' activities (``None``: off).
+    eager: EagerSlots | None = None
+
+
 class Acker:
     """Group commit for activity completions: everything finished while the previous ack was in flight is
-    acked in the next single round trip (when the provider has ``ack_work_items``)."""
+    acked in the next single round trip (when the provider has ``ack_work_items``).
+
+    With a provider that declares ``ack_fetches_turns`` and a :class:`TurnHandoff` (this runtime runs
+    orchestration dispatchers), the same round trip also locks the next turns of the instances the
+    completions go to, as many as there are free turn slots, and runs them on the dispatchers' turn path:
+    no orchestration fetch for them, and no dispatcher is woken for nothing."""
 
     def __init__(self, env: WorkerEnv) -> None:
         self._env = env
         self._pending: list[list[Any]] = []
         self._wake = anyio.Event()
         self._window: anyio.Event | None = None  # shared by every entry of the next batch
+        self._turns: TurnHandoff | None = None
+
+    def hand_turns_to(self, handoff: TurnHandoff | None) -> None:
+        """Hand the turns an ack locks to ``handoff`` from now on (``None``: stop asking for turns, e.g.
+        when the dispatchers' task group ends)."""
+        self._turns = handoff
 
     def poke(self) -> None:
         """Wake the ack loop (new work, or a state change such as shutdown)."""
@@ -315,12 +352,62 @@ class Acker:
 
     async def _ack_batch(self, entries: list[tuple[str, Any]]) -> list[ProviderError | None]:
         env = self._env
+        handoff = self._turns
+        fetching = as_ack_fetching(env.provider)
+        reserved = 0
+        if fetching is not None and handoff is not None and not env.stopping:
+            # Reserve a free turn slot per instance these completions go to (never wait for one).
+            wanted = len({c.target_instance for _, c in entries if c is not None})
+            while reserved < wanted and handoff.slots.value > 0:
+                handoff.slots.acquire_nowait()
+                reserved += 1
+        if not reserved:
+            return await self._commit(entries, None)
+        assert fetching is not None and handoff is not None
+        options = env.options
+        versions = options.supported_replay_versions
+        request = TurnRequest(options.orchestrator_lock_timeout, reserved, None if versions.is_any else versions)
+        items: list[OrchestrationItem] = []
+        try:
+            results = await self._commit(entries, (fetching, request, items))
+        finally:
+            await self._hand_over(handoff, items, reserved)
+        return results
+
+    async def _hand_over(self, handoff: TurnHandoff, items: list[OrchestrationItem], reserved: int) -> None:
+        """Run the handed-over turns in their reserved slots (given back if the dispatchers are gone);
+        release the reservations left unused."""
+        env = self._env
+        for item in items[:reserved]:
+            reserved -= 1
+            if self._turns is handoff:
+                env.stats.turns_handed_over += 1
+                start_turn(env, item, handoff.slots, handoff.task_group, handoff.eager)
+            else:
+                handoff.slots.release()
+                await give_back_turn(env, item)
+        for _ in range(reserved):
+            handoff.slots.release()
+
+    async def _commit(
+        self,
+        entries: list[tuple[str, Any]],
+        turns: tuple[AckFetchesTurns, TurnRequest, list[OrchestrationItem]] | None,
+    ) -> list[ProviderError | None]:
+        """The ack of ``entries`` with retries; with ``turns``, through ``ack_work_items_and_fetch``, the
+        batches it locked put in the given list."""
+        env = self._env
         provider = env.provider
         batch = as_batch(provider)
         many = batch.ack_work_items if batch is not None else None
 
         async def commit() -> list[ProviderError | None]:
             try:
+                if turns is not None:
+                    fetching, request, items = turns
+                    acked = await fetching.ack_work_items_and_fetch(entries, request)
+                    items.extend(acked.items)
+                    return list(acked.results)
                 if many is not None:
                     return list(await many(entries))
                 results: list[ProviderError | None] = []

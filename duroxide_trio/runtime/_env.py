@@ -4,14 +4,15 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Generic, TypeVar
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 import anyio.abc
 import attrs
 
 from ..clock import Clock
-from ..providers.base import Notifier, Provider, as_provider_error
+from ..history import ActivityExecute
+from ..providers.base import EagerLock, Notifier, Provider, WorkItemLease, as_provider_error
 from ..registry import Registry
 from ._asyncio_loop import AsyncioLoopThread
 from ._leases import LeaseRenewer
@@ -23,9 +24,22 @@ from .options import RuntimeOptions
 if TYPE_CHECKING:
     from ..client import Client
 
-__all__ = ["FETCH_FAILED", "FetchFailed", "Fetcher", "StopSignal", "WorkerEnv"]
+__all__ = ["FETCH_FAILED", "EagerSlots", "FetchFailed", "Fetcher", "StopSignal", "WorkerEnv"]
 
 T = TypeVar("T")
+
+
+class EagerSlots(Protocol):
+    """Eager dispatch seen from a turn (``_activities.EagerActivities``): reserve activity slots before
+    the commit, hand the leases it locked over after it."""
+
+    def reserve(self, worker_items: Sequence[ActivityExecute]) -> EagerLock | None:
+        """Take free slots for the activities this runtime would run; the request (``None``: none)."""
+        ...
+
+    async def hand_over(self, request: EagerLock, leases: Sequence[WorkItemLease]) -> None:
+        """Run the locked ``leases`` in the reserved slots and give the others back."""
+        ...
 
 
 class StopSignal:

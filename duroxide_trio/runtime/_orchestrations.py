@@ -35,8 +35,7 @@ from ..providers.base import (
     as_provider_error,
     now_ms,
 )
-from ._activities import EagerActivities
-from ._env import Fetcher, FetchFailed, WorkerEnv
+from ._env import EagerSlots, Fetcher, FetchFailed, WorkerEnv
 
 log = logging.getLogger("duroxide_trio.runtime.orchestrations")
 _user_log = logging.getLogger("duroxide_trio.orchestration")
@@ -66,7 +65,7 @@ async def orchestration_worker(
     index: int,
     slots: anyio.Semaphore,
     task_group: anyio.abc.TaskGroup,
-    eager: EagerActivities | None = None,
+    eager: EagerSlots | None = None,
 ) -> None:
     """Fetch locked batches while a turn slot is free; each turn runs as its own task, so a turn's commit
     overlaps the next fetch (the engine itself is synchronous and fast). With ``eager`` (eager dispatch),
@@ -94,15 +93,34 @@ async def orchestration_worker(
                 started = True  # released already
                 await fetcher.wait_for_work()
                 continue
-            task_group.start_soon(_turn_in_slot, env, item, slots, eager, name=f"turn {item.instance_id}")
+            start_turn(env, item, slots, task_group, eager)
             started = True
         finally:
             if not started:
                 slots.release()
 
 
+def start_turn(
+    env: WorkerEnv,
+    item: OrchestrationItem,
+    slots: anyio.Semaphore,
+    task_group: anyio.abc.TaskGroup,
+    eager: EagerSlots | None = None,
+) -> None:
+    """Run the locked batch ``item`` as a turn (lock renewal, decide, commit or abandon) in its own task,
+    in a slot of ``slots`` acquired by the caller and released when the turn ends. The one turn path:
+    for a batch a dispatcher fetched and for one an activity ack handed over."""
+    task_group.start_soon(_turn_in_slot, env, item, slots, eager, name=f"turn {item.instance_id}")
+
+
+async def give_back_turn(env: WorkerEnv, item: OrchestrationItem) -> None:
+    """Release a locked batch that will not run here (e.g. handed over as the runtime stops) without
+    counting an attempt; never raises (the lock expires instead)."""
+    await _abandon(env, item, 0.0, ignore_attempt=True)
+
+
 async def _turn_in_slot(
-    env: WorkerEnv, item: OrchestrationItem, slots: anyio.Semaphore, eager: EagerActivities | None
+    env: WorkerEnv, item: OrchestrationItem, slots: anyio.Semaphore, eager: EagerSlots | None
 ) -> None:
     env.stats.busy_orchestration_workers += 1
     try:
@@ -112,7 +130,7 @@ async def _turn_in_slot(
         slots.release()
 
 
-async def _process_with_renewal(env: WorkerEnv, item: OrchestrationItem, eager: EagerActivities | None) -> None:
+async def _process_with_renewal(env: WorkerEnv, item: OrchestrationItem, eager: EagerSlots | None) -> None:
     options = env.options
 
     def on_lost(exc: BaseException) -> None:
@@ -149,7 +167,7 @@ if trio is not None:
     _decide = trio.lowlevel.enable_ki_protection(_decide)
 
 
-async def process_item(env: WorkerEnv, item: OrchestrationItem, eager: EagerActivities | None = None) -> None:
+async def process_item(env: WorkerEnv, item: OrchestrationItem, eager: EagerSlots | None = None) -> None:
     """Decide what the batch means, then commit or abandon it (the only I/O); with ``eager``, the commit
     hands the activities it locked for this runtime to the activity slots."""
     began = time.perf_counter()
@@ -187,7 +205,7 @@ async def _abandon(env: WorkerEnv, item: OrchestrationItem, delay: float, *, ign
 
 
 async def _ack(
-    env: WorkerEnv, item: OrchestrationItem, result: TurnResult, eager: EagerActivities | None = None
+    env: WorkerEnv, item: OrchestrationItem, result: TurnResult, eager: EagerSlots | None = None
 ) -> None:
     output = result.output
     if result.status == Status.FAILED and result.error is not None:

@@ -17,7 +17,7 @@ from ..client import Client
 from ..clock import clock_of
 from ..providers.base import Provider, ProviderError, as_eager, as_listener
 from ..registry import Registry
-from ._activities import Acker, EagerActivities, activity_worker, run_session_renewer
+from ._activities import Acker, EagerActivities, TurnHandoff, activity_worker, run_session_renewer
 from ._asyncio_loop import AsyncioLoopThread
 from ._env import StopSignal, WorkerEnv
 from ._leases import LeaseRenewer
@@ -173,6 +173,8 @@ async def _run(runtime: Runtime) -> AsyncIterator[Runtime]:
                         and as_eager(runtime.provider) is not None
                         else None
                     )
+                    if options.orchestration_concurrency > 0:
+                        acker.hand_turns_to(TurnHandoff(turn_slots, workers, eager))
                     for i in range(options.orchestration_concurrency):
                         workers.start_soon(
                             orchestration_worker, env, i, turn_slots, workers, eager,
@@ -183,6 +185,7 @@ async def _run(runtime: Runtime) -> AsyncIterator[Runtime]:
                             activity_worker, env, i, slots, workers, acker, name=f"activity-dispatcher-{i}"
                         )
             finally:
+                acker.hand_turns_to(None)
                 workers_done.set()
                 acker.poke()
 

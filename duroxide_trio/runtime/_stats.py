@@ -37,6 +37,8 @@ class RuntimeStats:
 
     orchestration_turns: int = 0
     orchestration_fetches: int = 0
+    #: Turns an activity ack locked and handed to this runtime's turn slots (no orchestration fetch).
+    turns_handed_over: int = 0
     activities_completed: int = 0
     activities_failed: int = 0
     activity_fetches: int = 0

@@ -48,6 +48,10 @@ class Queries:
         )
         self.renew_sessions = f"SELECT {s}.renew_sessions(%s, %s, %s, %s)"
         self.ack_work = f"SELECT {s}.ack_work_items(%s, %b::bigint[], %b::text[], %b::text[], %b::text[])"
+        self.ack_work_fetch = (
+            f"SELECT * FROM {s}.ack_work_items_fetch(%s, %b::bigint[], %b::text[], %b::text[], %b::text[], "
+            "%s, %b::text[], %s, %s)"
+        )
         self.renew_work = (
             f"UPDATE {s}.worker_queue SET locked_until = %s, visible_at = %s "
             "WHERE id = %s AND lock_token = %s AND locked_until > %s"

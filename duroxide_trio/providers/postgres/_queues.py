@@ -20,14 +20,17 @@ from ...history import (
 from .._kernel import (
     TurnCommitted,
     TurnToCommit,
+    acked_targets,
     decode_activity,
     decode_batch,
     ms,
 )
 from ..base import (
+    AckedWithTurns,
     OrchestrationItem,
     ProviderError,
     ProviderErrorKind,
+    TurnRequest,
     VersionRange,
     WorkerRouting,
     WorkItemLease,
@@ -266,44 +269,52 @@ class QueuesJob(PgBase):
         self, entries: Sequence[tuple[str, WorkItem | None]]
     ) -> list[ProviderError | None]:
         """Ack several work items in one round trip; one result per entry (``None`` = acked)."""
-
-        def lost() -> ProviderError:
-            return ProviderError.permanent(
-                "ack_work_item",
-                "lock token invalid or expired (the activity was cancelled or its lock lost)",
-                kind=ProviderErrorKind.LOCK_LOST,
-            )
-
-        results: list[ProviderError | None] = [None] * len(entries)
-        positions: list[int] = []
-        ids: list[int] = []
-        tokens: list[str] = []
-        items: list[str | None] = []
-        targets: list[str | None] = []
-        seen: set[int] = set()
-        for k, (token, completion) in enumerate(entries):
-            row_id = _row_id(token) if isinstance(token, str) else None
-            if row_id is None or row_id in seen:
-                results[k] = lost()
-                continue
-            seen.add(row_id)
-            positions.append(k)
-            ids.append(row_id)
-            tokens.append(token)
-            items.append(encode_work_item(completion) if completion is not None else None)
-            targets.append(completion.target_instance if completion is not None else None)
-        if not ids:
-            return results
-        row = await self._one("ack_work_item", self._q.ack_work, (self.clock.now_ms(), ids, tokens, items, targets))
-        enqueued = False
-        for k, ok, item in zip(positions, row[0], items, strict=True):
-            if ok:
-                enqueued = enqueued or item is not None
-            else:
-                results[k] = lost()
-        if enqueued:
+        ack = _WorkAck(entries)
+        if not ack.ids:
+            return ack.results
+        row = await self._one("ack_work_item", self._q.ack_work, (self.clock.now_ms(), *ack.params()))
+        if ack.apply(row[0]):
             self.notifier.notify("orchestrator")
-        return results
+        return ack.results
+
+    async def ack_work_items_and_fetch(
+        self, entries: Sequence[tuple[str, WorkItem | None]], turns: TurnRequest
+    ) -> AckedWithTurns:
+        """``ack_work_items`` and, in the same server function call (one transaction), lock up to
+        ``turns.max_items`` next turns of the instances the committed completions were sent to (see
+        ``AckFetchesTurns``)."""
+        ack = _WorkAck(entries)
+        if not ack.ids:
+            return AckedWithTurns(ack.results, [])
+        tokens = [self._new_token() for _ in range(max(0, turns.max_items))]
+        versions = turns.versions
+        lo, hi = versions.key_bounds() if versions is not None and not versions.is_any else (None, None)
+        async with self._releasing_unseen_claim("orchestrator", *tokens):
+            rows = await self._all(
+                "ack_work_item",
+                self._q.ack_work_fetch,
+                (self.clock.now_ms(), *ack.params(), ms(turns.lock_timeout), tokens, lo, hi),
+            )
+        enqueued = ack.apply(rows[0][0])
+        items: list[OrchestrationItem] = []
+        for _, instance_id, name, version, execution_id, has_instance, texts, attempt, history in rows[1:]:
+            items.append(
+                decode_batch(
+                    instance_id=instance_id,
+                    lock_token=tokens[len(items)],
+                    attempt_count=attempt,
+                    message_texts=texts,
+                    has_instance=bool(has_instance),
+                    name=name,
+                    version=version,
+                    execution_id=execution_id,
+                    history_texts=history or (),
+                )
+            )
+        taken = {item.instance_id for item in items}
+        if enqueued and any(t not in taken for t in acked_targets(entries, ack.results)):
+            self.notifier.notify("orchestrator")
+        return AckedWithTurns(ack.results, items)
 
     async def renew_work_item_lock(self, lock_token: str, extend_for: float) -> None:
         row_id = _row_id(lock_token)
@@ -341,30 +352,80 @@ class QueuesJob(PgBase):
             self.notifier.notify("worker")
 
     @contextlib.asynccontextmanager
-    async def _releasing_unseen_claim(self, queue: str, token: str) -> AsyncIterator[None]:
+    async def _releasing_unseen_claim(self, queue: str, *tokens: str) -> AsyncIterator[None]:
         """A fetch that failed with a transient error (the connection dropped, a timeout) may have
         committed its claim without the caller ever seeing it: the locks would strand their work until
         they expire (a full worker lock timeout) although this process is alive. Release exactly that
-        fetch's locks (found by its token), best effort for a few seconds, then re-raise."""
+        fetch's locks (found by its tokens), best effort for a few seconds, then re-raise."""
         try:
             yield
         except ProviderError as exc:
-            if exc.retryable and not self._closed:
+            if exc.retryable and not self._closed and tokens:
+                token = tokens[0]
                 s = self._quoted_schema()
                 if queue == "worker":
                     query = (f"UPDATE {s}.worker_queue SET lock_token = NULL, locked_until = NULL, visible_at = %s "
                              "WHERE lock_token LIKE %s")  # fmt: skip
                     params: tuple[Any, ...] = (self.clock.now_ms(), "%." + token)
                 else:
-                    query, params = f"DELETE FROM {s}.instance_locks WHERE lock_token = %s", (token,)
+                    query = f"DELETE FROM {s}.instance_locks WHERE lock_token = ANY(%s)"
+                    params = (list(tokens),)
                 with anyio.CancelScope(shield=True), anyio.move_on_after(5):
                     while True:
                         try:
                             await self._exec("release_unseen_claim", query, params, "none", idempotent=True)
+                            self.notifier.notify(queue)  # what they held (or an ack enqueued) is fetchable
                             break
                         except ProviderError:
                             await anyio.sleep(0.25)
             raise
+
+class _WorkAck:
+    """An activity ack's entries as the arrays the server functions take (tokens that cannot be this
+    provider's, and repeated rows, are refused here as lost locks)."""
+
+    def __init__(self, entries: Sequence[tuple[str, WorkItem | None]]) -> None:
+        self.results: list[ProviderError | None] = [None] * len(entries)
+        self.positions: list[int] = []
+        self.ids: list[int] = []
+        self.tokens: list[str] = []
+        self.items: list[str | None] = []
+        self.targets: list[str | None] = []
+        seen: set[int] = set()
+        for k, (token, completion) in enumerate(entries):
+            row_id = _row_id(token) if isinstance(token, str) else None
+            if row_id is None or row_id in seen:
+                self.results[k] = _lost()
+                continue
+            seen.add(row_id)
+            self.positions.append(k)
+            self.ids.append(row_id)
+            self.tokens.append(token)
+            self.items.append(encode_work_item(completion) if completion is not None else None)
+            self.targets.append(completion.target_instance if completion is not None else None)
+
+    def params(self) -> tuple[Any, ...]:
+        """``(ids, tokens, items, targets)``."""
+        return self.ids, self.tokens, self.items, self.targets
+
+    def apply(self, acked: Sequence[bool]) -> bool:
+        """Record the server's per-row answer; whether any completion was enqueued."""
+        enqueued = False
+        for k, ok, item in zip(self.positions, acked, self.items, strict=True):
+            if ok:
+                enqueued = enqueued or item is not None
+            else:
+                self.results[k] = _lost()
+        return enqueued
+
+
+def _lost() -> ProviderError:
+    return ProviderError.permanent(
+        "ack_work_item",
+        "lock token invalid or expired (the activity was cancelled or its lock lost)",
+        kind=ProviderErrorKind.LOCK_LOST,
+    )
+
 
 def _row_id(token: str) -> int | None:
     """Work-item tokens are ``'<row id>.<random>'``; None for anything else."""

@@ -18,6 +18,7 @@ from ...history import (
 from .._kernel import (
     TurnCommitted,
     TurnToCommit,
+    acked_targets,
     decode_activity,
     decode_batch,
     ms,
@@ -27,11 +28,13 @@ from ..base import (
     FAILED,
     RUNNING,
     TERMINAL_STATUSES,
+    AckedWithTurns,
     Clock,
     InstanceAlreadyExists,
     OrchestrationItem,
     ProviderError,
     ProviderErrorKind,
+    TurnRequest,
     VersionRange,
     WorkerRouting,
     WorkItemLease,
@@ -66,47 +69,7 @@ class QueuesJob(SqliteBase):
                 if nxt is not None:
                     next_visible.append(nxt)
                 return None
-            instance_id = row[0]
-            conn.execute(
-                "INSERT OR REPLACE INTO instance_locks(instance_id, lock_token, locked_until) VALUES (?, ?, ?)",
-                (instance_id, token, now + lock_ms),
-            )
-            rows = conn.execute(
-                """
-                UPDATE orchestrator_queue SET lock_token = ?, attempt_count = attempt_count + 1
-                WHERE instance_id = ? AND visible_at <= ?
-                RETURNING id, work_item, attempt_count
-                """,
-                (token, instance_id, now),
-            ).fetchall()
-            rows.sort(key=lambda r: r[0])
-            inst = conn.execute(
-                "SELECT name, version, current_execution_id FROM instances WHERE instance_id = ?",
-                (instance_id,),
-            ).fetchone()
-            name, version, execution_id = inst if inst is not None else ("", None, 1)
-            history_texts = (
-                [
-                    t
-                    for (t,) in conn.execute(
-                        "SELECT event_data FROM history WHERE instance_id = ? AND execution_id = ? ORDER BY event_id",
-                        (instance_id, execution_id),
-                    )
-                ]
-                if inst is not None
-                else []
-            )
-            return decode_batch(
-                instance_id=instance_id,
-                lock_token=token,
-                attempt_count=max(r[2] for r in rows),
-                message_texts=[r[1] for r in rows],
-                has_instance=inst is not None,
-                name=name,
-                version=version,
-                execution_id=execution_id,
-                history_texts=history_texts,
-            )
+            return self._claim(conn, row[0], token, now, lock_ms)
 
         # A cheap read first (same hop): an idle poll must not take the write lock.
         item = await self._run(
@@ -117,6 +80,52 @@ class QueuesJob(SqliteBase):
         )
         self._note_next(next_visible)
         return item
+
+    def _claim(
+        self, conn: sqlite3.Connection, instance_id: str, token: str, now: int, lock_ms: int
+    ) -> OrchestrationItem:
+        """Lock a claimable ``instance_id`` under ``token`` and tag every visible message of it: the batch
+        ``fetch_orchestration_item`` returns."""
+        conn.execute(
+            "INSERT OR REPLACE INTO instance_locks(instance_id, lock_token, locked_until) VALUES (?, ?, ?)",
+            (instance_id, token, now + lock_ms),
+        )
+        rows = conn.execute(
+            """
+            UPDATE orchestrator_queue SET lock_token = ?, attempt_count = attempt_count + 1
+            WHERE instance_id = ? AND visible_at <= ?
+            RETURNING id, work_item, attempt_count
+            """,
+            (token, instance_id, now),
+        ).fetchall()
+        rows.sort(key=lambda r: r[0])
+        inst = conn.execute(
+            "SELECT name, version, current_execution_id FROM instances WHERE instance_id = ?",
+            (instance_id,),
+        ).fetchone()
+        name, version, execution_id = inst if inst is not None else ("", None, 1)
+        history_texts = (
+            [
+                t
+                for (t,) in conn.execute(
+                    "SELECT event_data FROM history WHERE instance_id = ? AND execution_id = ? ORDER BY event_id",
+                    (instance_id, execution_id),
+                )
+            ]
+            if inst is not None
+            else []
+        )
+        return decode_batch(
+            instance_id=instance_id,
+            lock_token=token,
+            attempt_count=max(r[2] for r in rows),
+            message_texts=[r[1] for r in rows],
+            has_instance=inst is not None,
+            name=name,
+            version=version,
+            execution_id=execution_id,
+            history_texts=history_texts,
+        )
 
     def _note_next(self, next_visible: list[int]) -> None:
         if next_visible:
@@ -498,6 +507,34 @@ class QueuesJob(SqliteBase):
 
         return await self._run("renew_sessions", _renew)
 
+    def _ack_rows(
+        self, conn: sqlite3.Connection, encoded: list[tuple[str, WorkItem | None, str | None]], now: int
+    ) -> list[ProviderError | None]:
+        """Delete each live-locked row of ``encoded`` and enqueue its completion; one result per entry."""
+        results: list[ProviderError | None] = []
+        for token, completion, text in encoded:
+            row = conn.execute(
+                "DELETE FROM worker_queue WHERE lock_token = ? AND locked_until > ? RETURNING id",
+                (token, now),
+            ).fetchone()
+            if row is None:
+                results.append(
+                    ProviderError.permanent(
+                        "ack_work_item",
+                        "lock token invalid or expired (the activity was cancelled or its lock lost)",
+                        kind=ProviderErrorKind.LOCK_LOST,
+                    )
+                )
+                continue
+            if completion is not None and text is not None:
+                conn.execute(
+                    "INSERT INTO orchestrator_queue(instance_id, work_item, is_start, visible_at) "
+                    "VALUES (?, ?, 0, ?)",
+                    (completion.target_instance, text, now),
+                )
+            results.append(None)
+        return results
+
     async def ack_work_items(
         self, entries: Sequence[tuple[str, WorkItem | None]]
     ) -> list[ProviderError | None]:
@@ -505,35 +542,42 @@ class QueuesJob(SqliteBase):
         encoded = [(tok, c, encode_work_item(c) if c is not None else None) for tok, c in entries]
 
         def _ack(conn: sqlite3.Connection) -> list[ProviderError | None]:
-            now = self.clock.now_ms()
-            results: list[ProviderError | None] = []
-            for token, completion, text in encoded:
-                row = conn.execute(
-                    "DELETE FROM worker_queue WHERE lock_token = ? AND locked_until > ? RETURNING id",
-                    (token, now),
-                ).fetchone()
-                if row is None:
-                    results.append(
-                        ProviderError.permanent(
-                            "ack_work_item",
-                            "lock token invalid or expired (the activity was cancelled or its lock lost)",
-                            kind=ProviderErrorKind.LOCK_LOST,
-                        )
-                    )
-                    continue
-                if completion is not None and text is not None:
-                    conn.execute(
-                        "INSERT INTO orchestrator_queue(instance_id, work_item, is_start, visible_at) "
-                        "VALUES (?, ?, 0, ?)",
-                        (completion.target_instance, text, now),
-                    )
-                results.append(None)
-            return results
+            return self._ack_rows(conn, encoded, self.clock.now_ms())
 
         results = await self._run("ack_work_item", _ack)
         if any(r is None and c is not None for r, (_, c) in zip(results, entries, strict=True)):
             self.notifier.notify("orchestrator")
         return results
+
+    async def ack_work_items_and_fetch(
+        self, entries: Sequence[tuple[str, WorkItem | None]], turns: TurnRequest
+    ) -> AckedWithTurns:
+        """``ack_work_items`` and, in the same transaction, lock up to ``turns.max_items`` next turns of
+        the instances the committed completions were sent to (see ``AckFetchesTurns``)."""
+        encoded = [(tok, c, encode_work_item(c) if c is not None else None) for tok, c in entries]
+        lock_ms = ms(turns.lock_timeout)
+        versions = turns.versions
+        lo, hi = versions.key_bounds() if versions is not None else (None, None)
+        claimable = _CLAIMABLE_INSTANCE if lo is None and hi is None else _CLAIMABLE_INSTANCE_IN_RANGE
+        left: list[str] = []
+
+        def _ack(conn: sqlite3.Connection) -> AckedWithTurns:
+            now = self.clock.now_ms()
+            results = self._ack_rows(conn, encoded, now)
+            items: list[OrchestrationItem] = []
+            for instance_id in acked_targets(entries, results):
+                if len(items) < turns.max_items and conn.execute(
+                    claimable, {"inst": instance_id, "now": now, "lo": lo, "hi": hi}
+                ).fetchone() is not None:
+                    items.append(self._claim(conn, instance_id, self._new_token(), now, lock_ms))
+                else:
+                    left.append(instance_id)
+            return AckedWithTurns(results, items)
+
+        acked = await self._run("ack_work_item", _ack)
+        if left:  # completions of instances not handed back: their dispatchers fetch them
+            self.notifier.notify("orchestrator")
+        return acked
 
     async def renew_work_item_lock(self, lock_token: str, extend_for: float) -> None:
         def _renew(conn: sqlite3.Connection) -> None:
@@ -617,6 +661,14 @@ def _claimable(lo: int | None, hi: int | None) -> str:
 _CLAIM_NEXT = f"SELECT q.instance_id FROM orchestrator_queue q WHERE {_CLAIMABLE} ORDER BY q.visible_at, q.id LIMIT 1"
 _CLAIM_NEXT_IN_RANGE = (
     f"SELECT q.instance_id FROM orchestrator_queue q WHERE {_CLAIMABLE_IN_RANGE} ORDER BY q.visible_at, q.id LIMIT 1"
+)
+
+
+# Whether one instance is claimable now (the handed-over turn of an activity ack): its own messages
+# through oq_instance, never a walk of the queue.
+_CLAIMABLE_INSTANCE = f"SELECT 1 FROM orchestrator_queue q WHERE q.instance_id = :inst AND {_CLAIMABLE} LIMIT 1"
+_CLAIMABLE_INSTANCE_IN_RANGE = (
+    f"SELECT 1 FROM orchestrator_queue q WHERE q.instance_id = :inst AND {_CLAIMABLE_IN_RANGE} LIMIT 1"
 )
 
 

@@ -43,6 +43,7 @@ CATEGORY_MODULES: dict[str, str] = {
     "size_limits": "size_limits",
     "poison_accounting": "poison_accounting",
     "eager_dispatch": "eager_dispatch",
+    "ack_fetches_turns": "ack_fetches_turns",
 }
 
 #: Per-test time limit (seconds) of the runner and the pytest plugin.

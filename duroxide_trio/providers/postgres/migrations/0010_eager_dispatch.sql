@@ -1,4 +1,4 @@
--- duroxide-trio PostgreSQL schema, version 9: eager dispatch (ProviderCapabilities.eager_dispatch).
+-- duroxide-trio PostgreSQL schema, version 10: eager dispatch (ProviderCapabilities.eager_dispatch).
 --
 -- A turn's ack may lock some of the activities it enqueues for the runtime that commits it, in the same
 -- transaction and the same round trip, instead of leaving them for a later worker fetch: the 29-argument
