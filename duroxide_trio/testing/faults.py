@@ -50,12 +50,17 @@ class Fault:
 
 #: Operations faulted under another operation's name: the routed worker fetch (tags, sessions) is the
 #: batched worker fetch the runtime makes, so a ``"fetch_work_items"`` fault covers both.
-_FAULT_ALIASES = {"fetch_routed_work_items": "fetch_work_items"}
+#: Operations that do the job of another one (and more) fail with that one's fault too.
+_FAULT_ALIASES = {
+    "fetch_routed_work_items": "fetch_work_items",
+    "ack_work_items_and_fetch": "ack_work_items",  # the activity ack that also hands over next turns
+}
 
 
 class FaultyProvider:
     """A provider wrapper that injects ``ProviderError``s into the named operations (a
-    ``"fetch_work_items"`` fault also fails ``fetch_routed_work_items``)."""
+    ``"fetch_work_items"`` fault also fails ``fetch_routed_work_items``, an ``"ack_work_items"`` fault
+    also fails ``ack_work_items_and_fetch``)."""
 
     def __init__(self, inner: Any, faults: dict[str, Fault], *, seed: int = 0) -> None:
         self._inner = inner
