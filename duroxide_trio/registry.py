@@ -41,10 +41,17 @@ def _plain(value: Any, depth: int = 0) -> bool:
         return True
     if depth > 16:
         return False
+    # Plain loops with the scalar test inlined: this runs for every payload of every turn.
     if kind is list:
-        return all(_plain(v, depth + 1) for v in value)
+        for v in value:
+            if type(v) not in _SCALARS and not _plain(v, depth + 1):
+                return False
+        return True
     if kind is dict:
-        return all(type(k) is str and _plain(v, depth + 1) for k, v in value.items())
+        for k, v in value.items():
+            if type(k) is not str or (type(v) not in _SCALARS and not _plain(v, depth + 1)):
+                return False
+        return True
     return False
 
 
