@@ -53,32 +53,12 @@ class QueuesJob(PgBase):
             query, params = self._q.fetch_orch_versions, (*params, *versions.key_bounds())
         async with self._releasing_unseen_claim("orchestrator", token):
             row = await self._one("fetch_orchestration_item", query, params)
-        (
-            instance_id,
-            name,
-            version,
-            execution_id,
-            has_instance,
-            texts,
-            attempt,
-            history_texts,
-            next_visible,
-        ) = row
-        if instance_id is None:
+        if row[0] is None:
+            next_visible = row[8]
             if next_visible is not None:
                 self.notifier.notify_at("orchestrator", next_visible)
             return None
-        return decode_batch(
-            instance_id=instance_id,
-            lock_token=token,
-            attempt_count=attempt,
-            message_texts=texts,
-            has_instance=bool(has_instance),
-            name=name,
-            version=version,
-            execution_id=execution_id,
-            history_texts=history_texts or (),
-        )
+        return _batch_from_row(row, token)
 
     async def _commit_turn(self, commit: TurnToCommit) -> TurnCommitted:
         lock_token, execution_id, turn = commit.lock_token, commit.execution_id, commit.turn
@@ -296,21 +276,8 @@ class QueuesJob(PgBase):
                 (self.clock.now_ms(), *ack.params(), ms(turns.lock_timeout), tokens, lo, hi),
             )
         enqueued = ack.apply(rows[0][0])
-        items: list[OrchestrationItem] = []
-        for _, instance_id, name, version, execution_id, has_instance, texts, attempt, history in rows[1:]:
-            items.append(
-                decode_batch(
-                    instance_id=instance_id,
-                    lock_token=tokens[len(items)],
-                    attempt_count=attempt,
-                    message_texts=texts,
-                    has_instance=bool(has_instance),
-                    name=name,
-                    version=version,
-                    execution_id=execution_id,
-                    history_texts=history or (),
-                )
-            )
+        # The ack's own row first, then one per locked turn, tokens in order.
+        items = [_batch_from_row(row[1:], token) for row, token in zip(rows[1:], tokens, strict=False)]
         taken = {item.instance_id for item in items}
         if enqueued and any(t not in taken for t in acked_targets(entries, ack.results)):
             self.notifier.notify("orchestrator")
@@ -433,3 +400,20 @@ def _row_id(token: str) -> int | None:
     if not dot or not head.isdigit() or len(head) > 18:
         return None
     return int(head)
+
+
+def _batch_from_row(row: Sequence[Any], token: str) -> OrchestrationItem:
+    """A locked batch from the row shape both server functions return: instance, name, version,
+    execution, has_instance, message texts, attempt count, history texts (then anything else)."""
+    instance_id, name, version, execution_id, has_instance, texts, attempt, history = row[:8]
+    return decode_batch(
+        instance_id=instance_id,
+        lock_token=token,
+        attempt_count=attempt,
+        message_texts=texts,
+        has_instance=bool(has_instance),
+        name=name,
+        version=version,
+        execution_id=execution_id,
+        history_texts=history or (),
+    )
