@@ -25,7 +25,7 @@ class Queries:
         self.fetch_orch = f"SELECT * FROM {s}.fetch_orchestration_item(%s, %s, %s)"
         self.fetch_orch_versions = f"SELECT * FROM {s}.fetch_orchestration_item(%s, %s, %s, %s, %s)"
         self.ack_orch = (
-            f"SELECT * FROM {s}.ack_turn(%s, %s, %s, "
+            f"SELECT * FROM {s}.commit_turn(%s, %s, %s, "
             "%b::bigint[], %b::text[], %b::text[], "
             "%b::text[], %b::text[], %b::bigint[], %b::bigint[], %b::text[], %b::text[], "
             "%b::text[], %b::text[], %b::boolean[], %b::bigint[], "

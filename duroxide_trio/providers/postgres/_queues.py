@@ -27,6 +27,7 @@ from .._kernel import (
 )
 from ..base import (
     AckedWithTurns,
+    InstanceInfo,
     OrchestrationItem,
     ProviderError,
     ProviderErrorKind,
@@ -107,12 +108,14 @@ class QueuesJob(PgBase):
                 row = await self._one("ack_orchestration_item", self._q.ack_orch, params)
         else:
             row = await self._one("ack_orchestration_item", self._q.ack_orch, params)
-        instance_id, wake, e_inst, e_exec, e_act, e_tok = row
+        instance_id, wake, e_inst, e_exec, e_act, e_tok = row[:6]
+        # A turn that ends its instance gets the instance's row back (migration 11), for its waiters.
+        final = InstanceInfo(instance_id, *row[6:]) if row[6] is not None else None
         eager: list[tuple[int, str]] = []
         if e_tok:
             position = {(w.instance, w.execution_id, w.activity_id): k for k, w in enumerate(turn.workers)}
             eager = [(position[(i, x, a)], tok) for i, x, a, tok in zip(e_inst, e_exec, e_act, e_tok, strict=True)]
-        return TurnCommitted(instance_id, bool(wake), [at for at in orch_visible if at > now], eager=eager)
+        return TurnCommitted(instance_id, bool(wake), [at for at in orch_visible if at > now], final, eager)
 
     async def release_eager(self, claim: str) -> int:
         """Give back what an eager ack locked under ``claim`` (its answer was lost), attempts uncounted."""
