@@ -189,7 +189,15 @@ class Client:
                     f"{', '.join(self.registry.versions(name))})"
                 )
         text = _payload(input, f"input of orchestration {name!r}")
-        await self.provider.enqueue_start(StartOrchestration(instance_id, name, text, version))
+        notifier = self.provider.notifier
+        # Watched from before the start is stored: a wait that follows knows the new instance has not
+        # finished unless something was notified for it meanwhile, and need not read it first.
+        notifier.watch_start(instance_id)
+        try:
+            await self.provider.enqueue_start(StartOrchestration(instance_id, name, text, version))
+        except BaseException:
+            notifier.forget_start(instance_id)
+            raise
 
     async def _require_instance(self, instance_id: str, operation: str) -> None:
         if not await self.provider.instance_exists(instance_id):
@@ -352,19 +360,25 @@ class Client:
         deadline = clock.monotonic() + timeout
         notifier = self.provider.notifier
         final: InstanceInfo | None = None
+        # Started here and nothing notified for it since: not finished yet, so the first read is skipped.
+        unread = notifier.unnotified_start(instance_id) and timeout > 0
         while True:
             event = notifier.instance_event(instance_id)
             try:
-                # The provider may hand over the committed terminal state with its notification.
-                state = self._state(instance_id, final) if final is not None else await self.get_status(instance_id)
-                if state.status.is_terminal:
-                    return state
-                remaining = deadline - clock.monotonic()
-                if remaining <= 0:
-                    raise OrchestrationTimeout(
-                        f"instance {instance_id!r} did not finish within {_seconds(timeout)} "
-                        f"(status {state.status.value})"
-                    )
+                if unread:
+                    unread = False
+                    remaining = deadline - clock.monotonic()
+                else:
+                    # The provider may hand over the committed terminal state with its notification.
+                    state = self._state(instance_id, final) if final is not None else await self.get_status(instance_id)
+                    if state.status.is_terminal:
+                        return state
+                    remaining = deadline - clock.monotonic()
+                    if remaining <= 0:
+                        raise OrchestrationTimeout(
+                            f"instance {instance_id!r} did not finish within {_seconds(timeout)} "
+                            f"(status {state.status.value})"
+                        )
                 with clock.move_on_after(min(remaining, poll_interval)):
                     await event.wait()
                 final = notifier.take_final(instance_id) if event.is_set() else None

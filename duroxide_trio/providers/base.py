@@ -10,6 +10,7 @@ execution ids: the runtime owns all semantics. Instances are created only by ``a
 
 from __future__ import annotations
 
+import collections
 import heapq
 import re
 from collections.abc import Sequence
@@ -524,6 +525,10 @@ class InstanceFilter:
 # Wake-ups
 
 
+#: How many started-but-not-yet-waited-for instances a ``Notifier`` remembers (``watch_start``).
+_WATCHED_STARTS = 4096
+
+
 class Notifier:
     """In-process wake-ups between a provider and the runtime/client that share it.
 
@@ -541,6 +546,8 @@ class Notifier:
         self._deadlines: dict[str, list[float]] = {}
         self._final: dict[str, InstanceInfo] = {}
         self._waiters: dict[str, int] = {}
+        # Instances started through this notifier's provider and not yet waited for: True once notified.
+        self._started: collections.OrderedDict[str, bool] = collections.OrderedDict()
 
     # queues ---------------------------------------------------------------------------------------
     def generation(self, key: str) -> int:
@@ -601,16 +608,39 @@ class Notifier:
             ev.set()
         for key in list(self._gen):
             self._gen[key] += 1
+        for instance_id in self._started:  # notifications may have been missed: read them all again
+            self._started[instance_id] = True
 
     # instances -------------------------------------------------------------------------------------
     def notify_instance(self, instance_id: str, final: InstanceInfo | None = None) -> None:
         """``instance_id`` reached a terminal state; ``final`` (optional) is its committed info, handed to
         a waiter so that it need not read it back."""
+        if instance_id in self._started:
+            self._started[instance_id] = True
         ev = self._events.pop("instance:" + instance_id, None)
         if ev is not None:
             if final is not None:
                 self._final[instance_id] = final
             ev.set()
+
+    def watch_start(self, instance_id: str) -> None:
+        """A client is about to store the start of the new instance ``instance_id``: from now on, any
+        notification for it is remembered until :meth:`unnotified_start` is asked (bounded: the oldest
+        of more than 4096 watched starts is forgotten, and its waiter reads the store as usual)."""
+        self._started[instance_id] = False
+        self._started.move_to_end(instance_id)
+        if len(self._started) > _WATCHED_STARTS:
+            self._started.popitem(last=False)
+
+    def forget_start(self, instance_id: str) -> None:
+        """The start watched by :meth:`watch_start` was not stored (it failed)."""
+        self._started.pop(instance_id, None)
+
+    def unnotified_start(self, instance_id: str) -> bool:
+        """True (once) if ``instance_id`` was started through :meth:`watch_start` and nothing was notified
+        for it since (no terminal state committed here, heard from another process, or possibly missed):
+        it is not finished yet, so a waiter may skip its first read of the store."""
+        return self._started.pop(instance_id, True) is False
 
     def take_final(self, instance_id: str) -> InstanceInfo | None:
         """The terminal info passed to the last ``notify_instance`` of ``instance_id`` (once)."""
