@@ -10,8 +10,9 @@ import json
 import math
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
+import anyio
 import attrs
 
 from .clock import clock_of
@@ -34,18 +35,23 @@ from .providers.base import (
     InstanceFilter,
     InstanceInfo,
     InstanceNotFound,
+    OrchestrationItem,
     Provider,
     ProviderAdmin,
     PruneOptions,
     PruneResult,
     QueueDepths,
     SystemMetrics,
+    TurnRequest,
     as_key_values,
+    as_start_fetching,
 )
 from .registry import Registry, decode_payload, encode_payload, parse_version
 
 __all__ = [
     "Client",
+    "FirstTurnHandoff",
+    "FirstTurnSlot",
     "ManagementNotAvailable",
     "OrchestrationState",
     "OrchestrationTimeout",
@@ -121,6 +127,27 @@ def _seconds(value: float) -> str:
     return f"{value:.3g} s" if value < 100 else f"{value:.0f} s"
 
 
+class FirstTurnSlot(Protocol):
+    """A turn slot reserved by :meth:`FirstTurnHandoff.reserve` for one start's first turn."""
+
+    #: What the start may lock (one batch, the runtime's lock timeout and version filter).
+    request: TurnRequest
+
+    async def hand_over(self, item: OrchestrationItem | None) -> None:
+        """Run ``item``, the batch the start locked, in the slot; ``None``: free the slot."""
+        ...
+
+
+class FirstTurnHandoff(Protocol):
+    """Where a runtime's own client hands the first turns its starts lock (``open_runtime`` gives
+    ``runtime.client`` one): with a provider that declares ``start_fetches_turn``, a start stored while
+    a turn slot is free also locks the new instance's first turn, which runs in that runtime at once."""
+
+    def reserve(self) -> FirstTurnSlot | None:
+        """A free turn slot, or ``None`` (never waits)."""
+        ...
+
+
 class Client:
     """``Client(provider)``; ``Client(provider, registry=registry)`` also validates names and types outputs.
 
@@ -133,16 +160,22 @@ class Client:
         provider: The store (``SqliteProvider``, ``PostgresProvider`` or any ``Provider``).
         registry: If given, ``start_orchestration`` refuses names and versions it does not have, and
             outputs are converted to the orchestrations' return annotations.
+        first_turns: Set by ``open_runtime`` for ``runtime.client`` (see :class:`FirstTurnHandoff`):
+            its starts hand their first turns straight to that runtime.
 
     Raises:
         TypeError: ``provider`` is not a provider.
     """
 
-    def __init__(self, provider: Provider, *, registry: Registry | None = None) -> None:
+    def __init__(
+        self, provider: Provider, *, registry: Registry | None = None, first_turns: FirstTurnHandoff | None = None
+    ) -> None:
         if not isinstance(provider, Provider):
             raise TypeError(f"Client needs a provider, got {type(provider).__name__}")
         self.provider = provider
         self.registry = registry
+        self._first_turns = first_turns
+        self._start_fetching = as_start_fetching(provider) if first_turns is not None else None
 
     # starting and signalling ----------------------------------------------------------------------
     async def start_orchestration(
@@ -189,12 +222,25 @@ class Client:
                     f"{', '.join(self.registry.versions(name))})"
                 )
         text = _payload(input, f"input of orchestration {name!r}")
+        start = StartOrchestration(instance_id, name, text, version)
         notifier = self.provider.notifier
         # Watched from before the start is stored: a wait that follows knows the new instance has not
         # finished unless something was notified for it meanwhile, and need not read it first.
         notifier.watch_start(instance_id)
         try:
-            await self.provider.enqueue_start(StartOrchestration(instance_id, name, text, version))
+            fetching = self._start_fetching
+            slot = self._first_turns.reserve() if fetching is not None and self._first_turns is not None else None
+            if slot is None:
+                await self.provider.enqueue_start(start)
+                return
+            # The runtime's first turn: locked with the start, run in the reserved slot (never dropped).
+            with anyio.CancelScope(shield=True):
+                item: OrchestrationItem | None = None
+                try:
+                    assert fetching is not None
+                    item = await fetching.enqueue_start_and_fetch(start, slot.request)
+                finally:
+                    await slot.hand_over(item)
         except BaseException:
             notifier.forget_start(instance_id)
             raise

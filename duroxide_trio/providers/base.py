@@ -61,6 +61,7 @@ __all__ = [
     "EagerCapable",
     "EagerLock",
     "TurnRequest",
+    "StartFetchesTurn",
     "ListenerCapable",
     "NO_CAPABILITIES",
     "OutlookCapable",
@@ -77,6 +78,7 @@ __all__ = [
     "WorkOutlook",
     "KeyValueStore",
     "as_ack_fetching",
+    "as_start_fetching",
     "as_batch",
     "as_eager",
     "as_key_values",
@@ -837,6 +839,9 @@ class ProviderCapabilities:
     - ``ack_fetches_turns``: :class:`AckFetchesTurns` (``ack_work_items_and_fetch``: the activity ack
       also locks and returns the next turns of the instances its completions were sent to, in the same
       transaction). Without it the runtime acks, and its orchestration dispatchers fetch those turns.
+    - ``start_fetches_turn``: :class:`StartFetchesTurn` (``enqueue_start_and_fetch``: storing a start
+      also locks and returns the new instance's first turn, in the same transaction). Without it a
+      runtime's client stores the start, and the orchestration dispatchers fetch the first turn.
     """
 
     batch_work_items: bool = False
@@ -847,6 +852,7 @@ class ProviderCapabilities:
     key_values: bool = False
     eager_dispatch: bool = False
     ack_fetches_turns: bool = False
+    start_fetches_turn: bool = False
 
 
 #: The capabilities of a provider that declares none.
@@ -915,6 +921,20 @@ class AckFetchesTurns(Protocol):
         expired lock counts as none), has a visible message and passes ``turns.versions``; every visible
         message of a taken instance is in its batch (attempt_count + 1 each). An instance not taken is
         left as it was, and its dispatchers are woken as after a plain ack."""
+        ...
+
+
+class StartFetchesTurn(Protocol):
+    """``ProviderCapabilities.start_fetches_turn``: storing a start and fetching the new instance's first
+    turn in one transaction (one round trip)."""
+
+    async def enqueue_start_and_fetch(self, item: StartOrchestration, turn: TurnRequest) -> OrchestrationItem | None:
+        """``enqueue_start(item)`` (raising ``InstanceAlreadyExists`` exactly as it does), and in the same
+        transaction, when ``turn.max_items >= 1``, lock the new instance as ``fetch_orchestration_item``
+        would (for ``turn.lock_timeout`` seconds, only if nobody holds its lock and its start passes
+        ``turn.versions``; every visible message of it in the batch, attempt_count + 1) and return that
+        batch. ``None``: the start is stored and left for any dispatcher, who is woken as after
+        ``enqueue_start``."""
         ...
 
 
@@ -1026,6 +1046,11 @@ def as_key_values(provider: object) -> KeyValueStore | None:
 def as_ack_fetching(provider: object) -> AckFetchesTurns | None:
     """``provider`` as :class:`AckFetchesTurns` if it declares ``ack_fetches_turns``, else ``None``."""
     return cast(AckFetchesTurns, provider) if capabilities_of(provider).ack_fetches_turns else None
+
+
+def as_start_fetching(provider: object) -> StartFetchesTurn | None:
+    """``provider`` as :class:`StartFetchesTurn` if it declares ``start_fetches_turn``, else ``None``."""
+    return cast(StartFetchesTurn, provider) if capabilities_of(provider).start_fetches_turn else None
 
 
 def as_batch(provider: object) -> BatchWorkItems | None:

@@ -24,6 +24,7 @@ from ._leases import LeaseRenewer
 from ._liveness import run_liveness
 from ._metrics import RuntimeMetrics
 from ._orchestrations import orchestration_worker
+from ._starts import FirstTurns
 from ._stats import ProviderErrors, RuntimeStats
 from ._watchdog import Watchdog
 from .options import RuntimeOptions
@@ -61,7 +62,8 @@ class Runtime:
         self._errors = ProviderErrors(self.stats, self.metrics, self.clock, options.provider_retry_cap)
         self.services: Any = None  # the task group of the runtime's own services (set by open_runtime)
         self._acker: Acker | None = None
-        self.client = Client(provider, registry=registry)
+        self._first_turns = FirstTurns()
+        self.client = Client(provider, registry=registry, first_turns=self._first_turns)
         #: This runtime's id as a session owner: sessions it claims run only here until released.
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
 
@@ -174,7 +176,9 @@ async def _run(runtime: Runtime) -> AsyncIterator[Runtime]:
                         else None
                     )
                     if options.orchestration_concurrency > 0:
-                        acker.hand_turns_to(TurnHandoff(turn_slots, workers, eager))
+                        handoff = TurnHandoff(turn_slots, workers, eager)
+                        acker.hand_turns_to(handoff)
+                        runtime._first_turns.open(env, handoff)
                     for i in range(options.orchestration_concurrency):
                         workers.start_soon(
                             orchestration_worker, env, i, turn_slots, workers, eager,
@@ -186,6 +190,7 @@ async def _run(runtime: Runtime) -> AsyncIterator[Runtime]:
                         )
             finally:
                 acker.hand_turns_to(None)
+                runtime._first_turns.close()
                 workers_done.set()
                 acker.poke()
 

@@ -39,6 +39,8 @@ class RuntimeStats:
     orchestration_fetches: int = 0
     #: Turns an activity ack locked and handed to this runtime's turn slots (no orchestration fetch).
     turns_handed_over: int = 0
+    #: First turns this runtime's client locked with the start and handed to its turn slots (no fetch).
+    starts_handed_over: int = 0
     activities_completed: int = 0
     activities_failed: int = 0
     activity_fetches: int = 0

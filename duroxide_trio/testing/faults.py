@@ -54,13 +54,14 @@ class Fault:
 _FAULT_ALIASES = {
     "fetch_routed_work_items": "fetch_work_items",
     "ack_work_items_and_fetch": "ack_work_items",  # the activity ack that also hands over next turns
+    "enqueue_start_and_fetch": "enqueue_start",  # a runtime client's start that also locks the first turn
 }
 
 
 class FaultyProvider:
     """A provider wrapper that injects ``ProviderError``s into the named operations (a
     ``"fetch_work_items"`` fault also fails ``fetch_routed_work_items``, an ``"ack_work_items"`` fault
-    also fails ``ack_work_items_and_fetch``)."""
+    also fails ``ack_work_items_and_fetch``, an ``"enqueue_start"`` fault ``enqueue_start_and_fetch``)."""
 
     def __init__(self, inner: Any, faults: dict[str, Fault], *, seed: int = 0) -> None:
         self._inner = inner

@@ -40,6 +40,7 @@ class Queries:
         )
         self.enqueue_orch = f"SELECT {s}.enqueue_orchestrator(%s, %s, %s, %s, %s)"
         self.enqueue_start = f"SELECT {s}.enqueue_start(%s, %s, %s)"
+        self.enqueue_start_fetch = f"SELECT * FROM {s}.enqueue_start_fetch(%s, %s, %s, %s, %s, %s, %s)"
         self.enqueue_worker = f"SELECT {s}.enqueue_worker(%s, %s, %s, %s, %s, %s, %s)"
         self.fetch_work = f"SELECT * FROM {s}.fetch_work_items(%s, %s, %s::integer, %s)"
         self.fetch_routed = (

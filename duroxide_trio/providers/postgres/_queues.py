@@ -172,6 +172,20 @@ class QueuesJob(PgBase):
         )
         self.notifier.notify("orchestrator")
 
+    async def enqueue_start_and_fetch(self, item: StartOrchestration, turn: TurnRequest) -> OrchestrationItem | None:
+        """``enqueue_start`` and, in the same server function call (one transaction), lock the new
+        instance's first turn for the caller (see ``StartFetchesTurn``)."""
+        token = self._new_token() if turn.max_items >= 1 else ""
+        versions = turn.versions
+        lo, hi = versions.key_bounds() if versions is not None and not versions.is_any else (None, None)
+        params = (item.instance, encode_work_item(item), self.clock.now_ms(), ms(turn.lock_timeout), token, lo, hi)
+        async with self._releasing_unseen_claim("orchestrator", *([token] if token else [])):
+            rows = await self._all("enqueue_start", self._q.enqueue_start_fetch, params)
+        if not rows:
+            self.notifier.notify("orchestrator")
+            return None
+        return _batch_from_row(rows[0], token)
+
     async def enqueue_for_worker(self, item: ActivityExecute) -> None:
         await self._exec(
             "enqueue_for_worker",

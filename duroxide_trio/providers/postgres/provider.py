@@ -181,6 +181,7 @@ class PostgresProvider(QueuesJob, HistoryJob, ManagementJob, ListenerJob, Leases
         batch_work_items=True, listener=True, process_leases=True, key_values=True, worker_routing=True,
         eager_dispatch=True,
         ack_fetches_turns=True,
+        start_fetches_turn=True,
     )
 
     def __init__(

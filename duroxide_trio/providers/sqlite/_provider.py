@@ -30,6 +30,7 @@ class SqliteProvider(QueuesJob, HistoryJob, ManagementJob, LeasesJob):
         batch_work_items=True, process_leases=True, work_outlook=True, key_values=True, worker_routing=True,
         eager_dispatch=True,
         ack_fetches_turns=True,
+        start_fetches_turn=True,
     )
 
     @classmethod

@@ -339,24 +339,46 @@ class QueuesJob(SqliteBase):
 
         await self._run("enqueue_for_orchestrator", _enqueue)
 
+    def _insert_start(self, conn: sqlite3.Connection, item: StartOrchestration, text: str, now: int) -> None:
+        exists = conn.execute(
+            "SELECT 1 FROM instances WHERE instance_id = ? "
+            "UNION ALL SELECT 1 FROM orchestrator_queue WHERE instance_id = ? AND is_start = 1 LIMIT 1",
+            (item.instance, item.instance),
+        ).fetchone()
+        if exists is not None:
+            raise InstanceAlreadyExists(item.instance)
+        conn.execute(
+            "INSERT INTO orchestrator_queue(instance_id, work_item, is_start, visible_at) VALUES (?, ?, 1, ?)",
+            (item.instance, text, now),
+        )
+
     async def enqueue_start(self, item: StartOrchestration) -> None:
         text = encode_work_item(item)
-
-        def _start(conn: sqlite3.Connection) -> None:
-            exists = conn.execute(
-                "SELECT 1 FROM instances WHERE instance_id = ? "
-                "UNION ALL SELECT 1 FROM orchestrator_queue WHERE instance_id = ? AND is_start = 1 LIMIT 1",
-                (item.instance, item.instance),
-            ).fetchone()
-            if exists is not None:
-                raise InstanceAlreadyExists(item.instance)
-            conn.execute(
-                "INSERT INTO orchestrator_queue(instance_id, work_item, is_start, visible_at) VALUES (?, ?, 1, ?)",
-                (item.instance, text, self.clock.now_ms()),
-            )
-
-        await self._run("enqueue_start", _start)
+        await self._run("enqueue_start", lambda conn: self._insert_start(conn, item, text, self.clock.now_ms()))
         self.notifier.notify("orchestrator")
+
+    async def enqueue_start_and_fetch(self, item: StartOrchestration, turn: TurnRequest) -> OrchestrationItem | None:
+        """``enqueue_start`` and, in the same transaction, lock the new instance's first turn for the
+        caller (see ``StartFetchesTurn``)."""
+        text = encode_work_item(item)
+        lock_ms = ms(turn.lock_timeout)
+        versions = turn.versions
+        lo, hi = versions.key_bounds() if versions is not None else (None, None)
+        claimable = _CLAIMABLE_INSTANCE if lo is None and hi is None else _CLAIMABLE_INSTANCE_IN_RANGE
+
+        def _start(conn: sqlite3.Connection) -> OrchestrationItem | None:
+            now = self.clock.now_ms()
+            self._insert_start(conn, item, text, now)
+            if turn.max_items < 1 or conn.execute(
+                claimable, {"inst": item.instance, "now": now, "lo": lo, "hi": hi}
+            ).fetchone() is None:
+                return None
+            return self._claim(conn, item.instance, self._new_token(), now, lock_ms)
+
+        batch = await self._run("enqueue_start", _start)
+        if batch is None:
+            self.notifier.notify("orchestrator")
+        return batch
 
     async def enqueue_for_worker(self, item: ActivityExecute) -> None:
         text = encode_work_item(item)
