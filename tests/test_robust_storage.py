@@ -189,11 +189,11 @@ def test_providers_declare_their_capabilities() -> None:
 
     assert SqliteProvider.capabilities == ProviderCapabilities(
         batch_work_items=True, process_leases=True, work_outlook=True, key_values=True, worker_routing=True,
-        eager_dispatch=True, ack_fetches_turns=True,
+        eager_dispatch=True, ack_fetches_turns=True, start_fetches_turn=True,
     )
     assert PostgresProvider.capabilities == ProviderCapabilities(
         batch_work_items=True, listener=True, process_leases=True, key_values=True, worker_routing=True,
-        eager_dispatch=True, ack_fetches_turns=True,
+        eager_dispatch=True, ack_fetches_turns=True, start_fetches_turn=True,
     )
     assert capabilities_of(object()) is NO_CAPABILITIES
     assert FaultyProvider(SqliteProvider, {}).capabilities == SqliteProvider.capabilities
