@@ -337,6 +337,21 @@ class HandoverIgnoresVersionFilter(Wrapper):
         return await self._inner.ack_work_items_and_fetch(entries, attrs.evolve(turns, versions=None))
 
 
+class StartHandoverIgnoresVersionFilter(Wrapper):
+    """The start hands over the new instance's first turn whatever version it asks for."""
+
+    async def enqueue_start_and_fetch(self, item: StartOrchestration, turn: TurnRequest) -> OrchestrationItem | None:
+        return await self._inner.enqueue_start_and_fetch(item, attrs.evolve(turn, versions=None))
+
+
+class StartHandoverLocksForAnHour(Wrapper):
+    """The handed-over first turn is locked for an hour whatever timeout was asked: a runtime that crashes
+    after the start strands the instance for that long."""
+
+    async def enqueue_start_and_fetch(self, item: StartOrchestration, turn: TurnRequest) -> OrchestrationItem | None:
+        return await self._inner.enqueue_start_and_fetch(item, attrs.evolve(turn, lock_timeout=3600.0))
+
+
 class IgnoresStartVersion(Wrapper):
     """Filters by the recorded version only: a start (or continue-as-new) is fetched whatever version it
     asks for, so the wrong runtime locks it and has to give it back."""
@@ -555,6 +570,8 @@ CASES: list[tuple[str, type[Wrapper], list[str]]] = [
     ("eager_dispatch", EagerIgnoresTags, ["test_eager_respects_tags_sessions_and_names"]),
     ("eager_dispatch", EagerReleaseDoesNothing, ["test_release_gives_back_what_a_lost_answer_locked"]),
     ("ack_fetches_turns", HandoverIgnoresVersionFilter, ["test_version_filter_applies"]),
+    ("start_fetches_turn", StartHandoverIgnoresVersionFilter, ["test_version_filter_applies"]),
+    ("start_fetches_turn", StartHandoverLocksForAnHour, ["test_handed_over_lock_expires"]),
 ]
 
 

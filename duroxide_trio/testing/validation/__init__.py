@@ -7,7 +7,8 @@ the factory has it, else ``provider.close()``). Categories (one module each): at
 instance_locking, lock_expiration, multi_execution, queue_semantics, instance_creation, management,
 long_polling, poison, cancellation, deletion, pruning, bulk_deletion, custom_status, kv, tag_routing,
 sessions, capability_filtering, continue_as_new_races, duplicate_start, size_limits, poison_accounting,
-ack_fetches_turns (``ProviderCapabilities.ack_fetches_turns``; skipped without it), eager_dispatch.
+ack_fetches_turns (``ProviderCapabilities.ack_fetches_turns``; skipped without it), eager_dispatch,
+start_fetches_turn (``ProviderCapabilities.start_fetches_turn``; skipped without it).
 
 Run it
   - without pytest: ``report = await run_validation(factory, categories=None, on_result=None)``, or the

@@ -44,6 +44,7 @@ CATEGORY_MODULES: dict[str, str] = {
     "poison_accounting": "poison_accounting",
     "eager_dispatch": "eager_dispatch",
     "ack_fetches_turns": "ack_fetches_turns",
+    "start_fetches_turn": "start_fetches_turn",
 }
 
 #: Per-test time limit (seconds) of the runner and the pytest plugin.
