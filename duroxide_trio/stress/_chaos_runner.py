@@ -251,7 +251,7 @@ class _RemoteRuntimes:
 
     def __init__(self, config: StressConfig, pool: WorkerPool) -> None:
         self.stats = RuntimeStats()
-        self.options = runtime_options(config)
+        self.options = runtime_options(config, shared=True)
         self.pool = pool
 
     def refresh(self, monitor: StressMonitor | None = None) -> None:

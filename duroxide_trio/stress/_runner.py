@@ -66,16 +66,23 @@ def wait_poll_interval(config: StressConfig) -> float:
     return max(1.0, config.max_concurrent / WAIT_POLLS_PER_S)
 
 
-def runtime_options(config: StressConfig) -> RuntimeOptions:
+#: The fallback poll of a runtime that shares its store with other processes (``--processes``): their
+#: commits reach a SQLite runtime only through it, and a killed process's expired locks are found by it.
+SHARED_POLL_INTERVAL = 0.1
+
+
+def runtime_options(config: StressConfig, *, shared: bool = False) -> RuntimeOptions:
     """The runtime options of a stress run. Dispatchers are woken in-process whenever work is committed
-    and at timer deadlines; the 100 ms poll (duroxide's stress value) is only the fallback."""
-    return RuntimeOptions(
+    and at timer deadlines, so one process polls at the runtime's default (``poll_interval`` 1 s, what a
+    user gets); a runtime in one of several processes (``shared``) polls every ``SHARED_POLL_INTERVAL``
+    (duroxide's stress value)."""
+    options = RuntimeOptions(
         activity_tags=TagFilter.default_and(STRESS_TAG),  # the ``sessions`` scenario's tagged activities
         orchestration_concurrency=config.orchestration_concurrency,
         worker_concurrency=config.worker_concurrency,
-        poll_interval=0.1,
         shutdown_grace=2.0,
     )
+    return attrs.evolve(options, poll_interval=SHARED_POLL_INTERVAL) if shared else options
 
 
 @attrs.define

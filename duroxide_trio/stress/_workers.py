@@ -238,7 +238,7 @@ async def _worker(spec: dict[str, Any]) -> None:
             runtime_provider = wrap_faults(
                 provider, faults["rate"], faults["after_share"], faults["fetch_after"], spec.get("seed", 0)
             )
-        rt_options = runtime_options(config)
+        rt_options = runtime_options(config, shared=True)
         if spec.get("worker_lock_timeout"):
             rt_options = attrs.evolve(rt_options, worker_lock_timeout=float(spec["worker_lock_timeout"]))
         async with open_runtime(runtime_provider, registry, rt_options) as rt:
