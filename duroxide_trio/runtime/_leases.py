@@ -19,6 +19,18 @@ from ..providers.base import ProviderError
 log = logging.getLogger("duroxide_trio.runtime.leases")
 
 
+#: Released leases in the heap before it may be rebuilt without them.
+_COMPACT_AT = 256
+
+
+async def _released_renew() -> None:
+    """What a released lease renews: nothing (it is never called; the lease is inactive)."""
+
+
+def _released_on_lost(exc: BaseException) -> None:
+    """What a released lease reports: nothing."""
+
+
 class Lease:
     """A lock held while work is in progress. ``on_lost`` is called once if renewal fails permanently."""
 
@@ -47,6 +59,7 @@ class LeaseRenewer:
         self._counter = itertools.count()
         self._wake = anyio.Event()
         self._stopping = False
+        self._released = 0  # released leases still in the heap (an upper bound)
 
     def hold(
         self, renew: Callable[[], Awaitable[None]], interval: float, on_lost: Callable[[BaseException], None]
@@ -69,10 +82,24 @@ class LeaseRenewer:
             self._wake.set()
         return lease
 
-    @staticmethod
-    def release(lease: Lease) -> None:
-        """Stop renewing ``lease`` (the work is done); ``on_lost`` is not called any more."""
+    def release(self, lease: Lease) -> None:
+        """Stop renewing ``lease`` (the work is done); ``on_lost`` is not called any more.
+
+        What the lease refers to (its callbacks and, through them, the turn's or the activity's state)
+        is let go at once: the entry itself leaves the heap only when it reaches the top, up to a renewal
+        interval later, and at hundreds of activities a second those would otherwise keep every finished
+        activity's context alive for that long (and make each full garbage collection walk them). When
+        released entries are most of the heap, it is rebuilt without them."""
+        if not lease.active:
+            return
         lease.active = False
+        lease.renew = _released_renew
+        lease.on_lost = _released_on_lost
+        self._released += 1
+        if self._released > _COMPACT_AT and self._released * 2 > len(self._heap):
+            self._heap = [entry for entry in self._heap if entry[2].active]
+            heapq.heapify(self._heap)
+            self._released = 0
 
     def stop(self) -> None:
         """Let :meth:`run` return once no lease is held."""
@@ -89,6 +116,7 @@ class LeaseRenewer:
             while True:
                 while self._heap and not self._heap[0][2].active:
                     heapq.heappop(self._heap)
+                    self._released = max(0, self._released - 1)
                 if not self._heap:
                     if self._stopping:
                         break
@@ -103,7 +131,9 @@ class LeaseRenewer:
                 now = self._clock.monotonic()
                 while self._heap and self._heap[0][0] <= now:
                     _, _, lease = heapq.heappop(self._heap)
-                    if lease.active:
+                    if not lease.active:
+                        self._released = max(0, self._released - 1)
+                    else:
                         lease.due = float("inf")  # not due again until this renewal ends
                         renewals.start_soon(self._renew, lease)
 
