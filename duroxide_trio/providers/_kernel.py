@@ -21,9 +21,6 @@ This module imports ``history`` and ``providers.base`` only.
 
 from __future__ import annotations
 
-import itertools
-import os
-import secrets
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
@@ -366,31 +363,6 @@ class TurnCommitted:
 
 # ---------------------------------------------------------------------------------------------------------
 # The shared base class
-
-
-class _Tokens:
-    """Lock tokens: a random per-process prefix and a counter (unique without a ``uuid4`` per lock; the
-    prefix is drawn again in a forked child, so parent and child never hand out the same token)."""
-
-    prefix = secrets.token_hex(8)
-    counter = itertools.count()
-
-    @classmethod
-    def reseed(cls) -> None:
-        """A new prefix and counter (in a forked child)."""
-        cls.prefix = secrets.token_hex(8)
-        cls.counter = itertools.count()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_Tokens.reseed)
-
-
-def new_token(process_id: str | None) -> str:
-    """A fresh lock token (32 hex digits); ``'<process>:<token>'`` once a process is registered, so
-    survivors can release exactly a dead process's locks."""
-    token = f"{_Tokens.prefix}{next(_Tokens.counter):016x}"
-    return f"{process_id}:{token}" if process_id else token
 
 
 class ProviderKernel:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import secrets
 import time
 from collections.abc import Sequence
 
@@ -19,6 +18,7 @@ except ImportError:  # pragma: no cover - trio is a dependency; asyncio-only ins
     trio = None  # type: ignore[assignment]
 
 from .._retry import Retry
+from .._tokens import new_token
 from ..history import ErrorDetails, Status
 from ..orchestration._decide import Abandon, Decision, TurnPolicy, decide_turn, refused_commit
 from ..orchestration._replay import TurnResult
@@ -255,7 +255,7 @@ async def _ack_retrying(
             if eager is not None and request is not None:
                 # A fresh claim per attempt: if this attempt's answer is lost after it committed, its
                 # eager locks are given back at once instead of waiting out the worker lock.
-                attempt = attrs.evolve(request, claim=secrets.token_hex(8))
+                attempt = attrs.evolve(request, claim=new_token())
                 try:
                     leases = await eager.ack_orchestration_item(
                         item.lock_token,

@@ -12,7 +12,8 @@ import anyio.abc
 import psycopg
 from psycopg import pq, sql
 
-from .._kernel import ProviderKernel, new_token
+from ..._tokens import new_token
+from .._kernel import ProviderKernel
 from ..base import ProviderError
 from ._driver import AnyioConnection
 from ._pool import Pool

@@ -11,7 +11,8 @@ import anyio
 import anyio.lowlevel
 import anyio.to_thread
 
-from .._kernel import ProviderKernel, new_token
+from ..._tokens import new_token
+from .._kernel import ProviderKernel
 from ..base import (
     WALL_CLOCK,
     Clock,
