@@ -11,6 +11,7 @@ execution ids: the runtime owns all semantics. Instances are created only by ``a
 from __future__ import annotations
 
 import collections
+import functools
 import heapq
 import re
 from collections.abc import Sequence
@@ -113,6 +114,7 @@ _VERSION_PART_CAP = 999_999  # each of major/minor/patch is clamped here, so a k
 _VERSION_TEXT = re.compile(r"^[0-9]{1,18}(\.[0-9]{1,18}){0,2}$")
 
 
+@functools.lru_cache(maxsize=1024)
 def version_key(version: str | None) -> int | None:
     """``"1.2.3"`` as the integer ``major * 10**12 + minor * 10**6 + patch`` (each part clamped to
     999,999), the order providers filter on; ``None`` for ``None`` or text that is not a version. The

@@ -66,6 +66,12 @@ MAX_BATCH = 32
 ACK_RETRY_FOR = 10.0
 #: A completion's ack: at least 5 tries, and up to ``ACK_RETRY_FOR`` (set per ack).
 _ACK_RETRY = Retry(attempts=5, base=0.01, factor=2.0, cap=0.5)
+
+
+@functools.lru_cache(maxsize=8)
+def _ack_policy(deadline: float) -> Retry:
+    """``_ACK_RETRY`` with ``deadline`` (one per lock timeout in use, not a new policy per commit)."""
+    return _ACK_RETRY.with_deadline(deadline)
 _ROLE = "activity dispatcher"
 
 
@@ -430,7 +436,7 @@ class Acker:
 
         # Keep retrying transient errors through a database restart (not only 5 quick attempts): a
         # completion given up on waits for its lock to expire (30 s by default) and runs again.
-        policy = _ACK_RETRY.with_deadline(min(ACK_RETRY_FOR, env.options.worker_lock_timeout / 2))
+        policy = _ack_policy(min(ACK_RETRY_FOR, env.options.worker_lock_timeout / 2))
         try:
             return await policy.call(
                 commit, retry_if=lambda exc: isinstance(exc, ProviderError) and exc.retryable, on_retry=on_retry

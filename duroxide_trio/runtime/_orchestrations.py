@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -45,6 +46,12 @@ ACK_RETRIES = 5
 #: times and up to half the lock (at most ``ACK_RETRY_FOR`` seconds, set per commit).
 ACK_RETRY_FOR = 10.0
 _ACK_RETRY = Retry(attempts=ACK_RETRIES, base=0.01, factor=2.0, cap=0.5)
+
+
+@functools.lru_cache(maxsize=8)
+def _ack_policy(deadline: float) -> Retry:
+    """``_ACK_RETRY`` with ``deadline`` (one per lock timeout in use, not a new policy per commit)."""
+    return _ACK_RETRY.with_deadline(deadline)
 _ROLE = "orchestration dispatcher"
 #: The ``outcome`` attribute of the turn metrics, by the execution's status after the turn.
 _OUTCOMES: dict[str, str] = {
@@ -301,7 +308,7 @@ async def _ack_retrying(
         env.errors.count(_ROLE, exc)
         env.errors.record(_ROLE, exc, expected=True)
 
-    policy = _ACK_RETRY.with_deadline(min(ACK_RETRY_FOR, env.options.orchestrator_lock_timeout / 2))
+    policy = _ack_policy(min(ACK_RETRY_FOR, env.options.orchestrator_lock_timeout / 2))
     try:
         return await policy.call(
             commit,
