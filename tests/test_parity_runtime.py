@@ -97,9 +97,16 @@ async def test_custom_status_readable_in_code_and_carried_across_continue_as_new
 
 async def test_duplicate_start_never_changes_a_running_instance(make_provider):
     reg = _registry()
+    t_running = anyio.Event()
+
+    @reg.activity("MarkRunning")
+    async def mark_running(ctx: dt.ActivityContext, x: int) -> int:
+        t_running.set()  # scheduled by t's first turn: its commit created the instance
+        return x
 
     @reg.orchestration("Target")
     async def target_v1(ctx: dt.OrchestrationContext, x: int) -> list:
+        await ctx.schedule_activity("MarkRunning", x)
         await ctx.wait_for_event("go")
         return ["v1", x]
 
@@ -117,6 +124,10 @@ async def test_duplicate_start_never_changes_a_running_instance(make_provider):
         await client.start_orchestration("t", "Target", 1, version="1.0.0")
         with pytest.raises(dt.InstanceAlreadyExists):
             await client.start_orchestration("t", "Target", 2, version="2.0.0")
+        # The child start must find t running (a start handed over to the runtime may otherwise overtake
+        # t's, which was stored before the dispatchers were up and waits for a fetch).
+        with anyio.fail_after(15):
+            await t_running.wait()
         await client.start_orchestration("s", "Starter")
         assert (await client.wait_for_orchestration("s", timeout=15)).output == "sent"
         state = await client.get_status("t")
