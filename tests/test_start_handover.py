@@ -81,6 +81,17 @@ async def test_the_first_turn_runs_without_an_orchestration_fetch(make_provider)
             assert (await rt.client.get_status("s-0")).output == 0
 
 
+async def test_a_start_right_after_the_runtime_opens_is_handed_over(make_provider) -> None:
+    provider = await make_provider()
+    async with provider:
+        counting = _RecordingFetches(provider)
+        async with dt.open_runtime(counting, _registry()) as rt:  # type: ignore[arg-type]
+            await rt.client.start_orchestration("first", "Twice", 4)
+            assert (await rt.client.wait_for_orchestration("first", timeout=30)).output == 8
+            assert rt.stats.starts_handed_over == 1
+            assert counting.fetched_starts == []
+
+
 async def test_other_clients_and_a_stopped_runtime_only_store_the_start(make_provider) -> None:
     provider = await make_provider()
     async with provider:

@@ -162,7 +162,7 @@ async def _run(runtime: Runtime) -> AsyncIterator[Runtime]:
         workers_done = anyio.Event()
         acker_done = anyio.Event()
 
-        async def run_workers() -> None:
+        async def run_workers(*, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
             try:
                 async with anyio.create_task_group() as workers:
                     runtime._workers_scope = workers.cancel_scope
@@ -188,6 +188,9 @@ async def _run(runtime: Runtime) -> AsyncIterator[Runtime]:
                         workers.start_soon(
                             activity_worker, env, i, slots, workers, acker, name=f"activity-dispatcher-{i}"
                         )
+                    # From here the runtime's client hands first turns over: a start made as soon as
+                    # ``open_runtime`` has returned is served like every later one.
+                    task_status.started()
             finally:
                 acker.hand_turns_to(None)
                 runtime._first_turns.close()
@@ -216,7 +219,7 @@ async def _run(runtime: Runtime) -> AsyncIterator[Runtime]:
         if options.worker_concurrency > 0:
             outer.start_soon(run_session_renewer, env, name="session-renewer")
         outer.start_soon(run_acker, name="activity-acker")
-        outer.start_soon(run_workers, name="dispatchers")
+        await outer.start(run_workers, name="dispatchers")
         try:
             yield runtime
         finally:
