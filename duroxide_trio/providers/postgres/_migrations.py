@@ -53,6 +53,8 @@ async def migrate(conn: AnyioConnection[Any], schema: str, quoted: str) -> None:
         "@schema@": quoted,
         "@channel@": sql.Literal(channel_name(schema)).as_string(conn),
         "@lock_seed@": str(hash64(f"duroxide_trio:locks:{schema}")),
+        # The worker queue's identity sequence (migration 13 draws ids before inserting locked rows).
+        "@worker_seq@": sql.Literal(f"{quoted}.worker_queue_id_seq").as_string(conn) + "::regclass",
     }
     for version, file_name, text in migrations:
         async with conn.transaction():
