@@ -382,3 +382,48 @@ async def test_older_clients_ack_still_commits_after_the_eager_dispatch_migratio
         assert await p.read("old-1") == [started]
         leases = await p.fetch_work_items(30, 10)
         assert [(lease.item.instance, lease.item.id, lease.attempt_count) for lease in leases] == [("old-1", 2, 1)]
+
+
+async def _queue_index_bytes(url: str, schema: str) -> int:
+    async with admin(url) as conn:
+        rows = await fetch_all(
+            conn,
+            "SELECT pg_indexes_size(c.oid) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = %s AND c.relname = 'orchestrator_queue'",
+            (schema,),
+        )
+    return int(rows[0][0])
+
+
+async def test_vacuum_compacts_the_queues_a_burst_grew(pg_url: str, pg_schema: str) -> None:
+    """A burst of messages leaves the queue indexes large after the rows are gone; vacuum(compact_queues=True)
+    shrinks them, and the store works as before. The queue tables carry autovacuum settings of their own."""
+    async with running(pg_url, pg_schema) as p:
+        burst = 4000
+        await first_turn(p, "burst", orchestrator_items=[TimerDue("burst", 1, 100 + k, now_ms()) for k in range(burst)])
+        # (one fetch takes every visible message of the instance; its ack consumes them)
+        turn = await p.fetch_orchestration_item(30)
+        assert turn is not None and len(turn.messages) == burst
+        await p.ack_orchestration_item(turn.lock_token, 1, [], [], [], ExecutionMetadata())
+        grown = await _queue_index_bytes(pg_url, pg_schema)
+
+        tables = await p.vacuum()  # plain: dead rows freed, pages kept
+        assert {"orchestrator_queue", "worker_queue", "instance_locks", "history"} <= set(tables)
+        assert await p.vacuum(compact_queues=True) == tables
+        compacted = await _queue_index_bytes(pg_url, pg_schema)
+        assert compacted * 4 < grown, (grown, compacted)
+
+        await first_turn(p, "after")  # still a working store
+        assert (await p.get_instance_info("after")) is not None
+        assert len(await p.read("burst")) == 1
+
+    async with admin(pg_url) as conn:
+        rows = await fetch_all(
+            conn,
+            "SELECT c.relname, c.reloptions FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = %s AND c.relname = ANY (%s) ORDER BY c.relname",
+            (pg_schema, ["instance_locks", "orchestrator_queue", "worker_queue"]),
+        )
+    assert [r[0] for r in rows] == ["instance_locks", "orchestrator_queue", "worker_queue"]
+    for _, options in rows:
+        assert "autovacuum_vacuum_threshold=5000" in options and "autovacuum_vacuum_scale_factor=0" in options
