@@ -38,6 +38,7 @@ from ..providers.base import (
 from ..registry import ActivityHandler, Registry, decode_payload, encode_payload
 from ._env import EagerSlots, Fetcher, FetchFailed, WorkerEnv
 from ._orchestrations import give_back_turn, start_turn
+from ._spawn import Spawner
 from .options import RuntimeOptions
 
 try:
@@ -76,7 +77,7 @@ _ROLE = "activity dispatcher"
 
 
 async def activity_worker(
-    env: WorkerEnv, index: int, slots: anyio.Semaphore, task_group: anyio.abc.TaskGroup, acker: Acker
+    env: WorkerEnv, index: int, slots: anyio.Semaphore, task_group: Spawner, acker: Acker
 ) -> None:
     """Fetch activities while slots are free (several per round trip when the provider can); each runs
     as its own task in the runtime's task group."""
@@ -167,7 +168,7 @@ class EagerActivities:
     (``run_activity``: decide, run with lock renewal, group ack) and gives the unused slots back.
     Nothing is reserved while the runtime stops."""
 
-    def __init__(self, env: WorkerEnv, slots: anyio.Semaphore, task_group: anyio.abc.TaskGroup, acker: Acker) -> None:
+    def __init__(self, env: WorkerEnv, slots: anyio.Semaphore, task_group: Spawner, acker: Acker) -> None:
         self._env = env
         self._slots = slots
         self._task_group = task_group
@@ -290,7 +291,7 @@ class TurnHandoff:
     dispatchers' task group (see :meth:`Acker.hand_turns_to`)."""
 
     slots: anyio.Semaphore
-    task_group: anyio.abc.TaskGroup
+    task_group: Spawner
     #: Eager dispatch for those turns' activities (``None``: off).
     eager: EagerSlots | None = None
 

@@ -37,6 +37,7 @@ from ..providers.base import (
     now_ms,
 )
 from ._env import EagerSlots, Fetcher, FetchFailed, WorkerEnv
+from ._spawn import Spawner
 
 log = logging.getLogger("duroxide_trio.runtime.orchestrations")
 _user_log = logging.getLogger("duroxide_trio.orchestration")
@@ -71,7 +72,7 @@ async def orchestration_worker(
     env: WorkerEnv,
     index: int,
     slots: anyio.Semaphore,
-    task_group: anyio.abc.TaskGroup,
+    task_group: Spawner,
     eager: EagerSlots | None = None,
 ) -> None:
     """Fetch locked batches while a turn slot is free; each turn runs as its own task, so a turn's commit
@@ -111,7 +112,7 @@ def start_turn(
     env: WorkerEnv,
     item: OrchestrationItem,
     slots: anyio.Semaphore,
-    task_group: anyio.abc.TaskGroup,
+    task_group: Spawner,
     eager: EagerSlots | None = None,
 ) -> None:
     """Run the locked batch ``item`` as a turn (lock renewal, decide, commit or abandon) in its own task,

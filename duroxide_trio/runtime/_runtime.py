@@ -24,6 +24,7 @@ from ._leases import LeaseRenewer
 from ._liveness import run_liveness
 from ._metrics import RuntimeMetrics
 from ._orchestrations import orchestration_worker
+from ._spawn import CancelScopeLike, open_spawner
 from ._starts import FirstTurns
 from ._stats import ProviderErrors, RuntimeStats
 from ._watchdog import Watchdog
@@ -53,7 +54,7 @@ class Runtime:
         self.options = options
         self.stats = RuntimeStats()
         self._stop = StopSignal()
-        self._workers_scope: anyio.CancelScope | None = None
+        self._workers_scope: CancelScopeLike | None = None
         self.clock = clock_of(provider)  # leases, backoffs and turn times (virtual in tests)
         self.leases = LeaseRenewer(self.clock)
         self.watchdog = Watchdog(options.worker_lock_timeout, options.blocked_loop_threshold)
@@ -164,7 +165,7 @@ async def _run(runtime: Runtime) -> AsyncIterator[Runtime]:
 
         async def run_workers(*, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
             try:
-                async with anyio.create_task_group() as workers:
+                async with open_spawner() as workers:
                     runtime._workers_scope = workers.cancel_scope
                     turn_slots = anyio.Semaphore(options.orchestration_slots)
                     slots = anyio.Semaphore(options.activity_slots)

@@ -30,6 +30,7 @@ from ..history import Status
 from ..providers.base import Provider, ProviderFactory, TagFilter
 from ..registry import Registry
 from ..runtime import RecentError, Runtime, RuntimeOptions, open_runtime
+from ..runtime._spawn import Spawner, open_spawner
 from ._config import StressConfig
 from ._counting import CountingProvider
 from ._result import (
@@ -655,7 +656,7 @@ async def _load_and_drain(
         monitor._cpu_start = (time.process_time(), monitor.load_start)
         monitor.phase = "load"
         load_end = monitor.load_start + config.duration
-        async with anyio.create_task_group() as instances:
+        async with open_spawner() as instances:
             await launch_until(load_end, slots, instances, instance)
             monitor.load_end = time.monotonic()
             monitor.activities_at_load_end = runtime.stats.activities_completed
@@ -692,18 +693,9 @@ async def _one_instance(
     driver_error: list[BaseException] = []
     state: Any = None
     timed_out: TimeoutError | None = None
-    async with anyio.create_task_group() as tg:
-        if launch.drive is not None:
-            drive = launch.drive
-
-            async def run_driver() -> None:
-                try:
-                    await drive(client, instance_id)
-                except Exception as exc:  # noqa: BLE001 - reported as the instance's failure
-                    driver_error.append(exc)
-                    tg.cancel_scope.cancel()
-
-            tg.start_soon(run_driver)
+    async def wait() -> bool:
+        """Wait for the instance; False once a wait error is recorded."""
+        nonlocal state, timed_out
         try:
             remaining = max(config.wait_timeout - (time.monotonic() - started), 0.0)
             state = await client.wait_for_orchestration(
@@ -713,9 +705,29 @@ async def _one_instance(
             timed_out = exc
         except Exception as exc:  # noqa: BLE001 - e.g. a provider error while polling
             monitor._record_failure(instance_id, "wait_error", describe_error(exc), time.monotonic())
-            tg.cancel_scope.cancel()
+            return False
+        return True
+
+    if launch.drive is None:
+        # Nothing runs beside the wait: no task group (one per instance was ~2 % of a run's CPU).
+        if not await wait():
             return
-        tg.cancel_scope.cancel()
+    else:
+        drive = launch.drive
+        async with anyio.create_task_group() as tg:
+
+            async def run_driver() -> None:
+                try:
+                    await drive(client, instance_id)
+                except Exception as exc:  # noqa: BLE001 - reported as the instance's failure
+                    driver_error.append(exc)
+                    tg.cancel_scope.cancel()
+
+            tg.start_soon(run_driver)
+            waited = await wait()
+            tg.cancel_scope.cancel()
+        if not waited:
+            return
 
     now = time.monotonic()
     if driver_error:
@@ -753,7 +765,7 @@ async def _one_instance(
 async def launch_until(
     load_end: float,
     slots: anyio.Semaphore,
-    instances: anyio.abc.TaskGroup,
+    instances: Spawner,
     instance: Callable[[int], Coroutine[Any, Any, None]],
 ) -> int:
     """Start ``instance(0)``, ``instance(1)``, ... in ``instances``, one per free slot (each instance
