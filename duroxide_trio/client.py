@@ -176,6 +176,7 @@ class Client:
         self.registry = registry
         self._first_turns = first_turns
         self._start_fetching = as_start_fetching(provider) if first_turns is not None else None
+        self._clock = clock_of(provider)  # virtual in tests; looked up once (a Protocol isinstance check)
 
     # starting and signalling ----------------------------------------------------------------------
     async def start_orchestration(
@@ -402,7 +403,7 @@ class Client:
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or math.isnan(timeout) or timeout < 0:
             raise ValueError(f"timeout must be a non-negative number of seconds, got {timeout!r}")
         _check_id(instance_id, "instance_id")
-        clock = clock_of(self.provider)  # virtual in tests
+        clock = self._clock
         deadline = clock.monotonic() + timeout
         notifier = self.provider.notifier
         final: InstanceInfo | None = None

@@ -7,6 +7,7 @@ dataclasses, enums, datetimes and UUIDs round-trip. Plain JSON values need no hi
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import re
@@ -133,7 +134,15 @@ def parse_version(version: str) -> tuple[int, int, int]:
     Raises:
         ValueError: ``version`` is not one to three dot-separated non-negative integers.
     """
-    if not isinstance(version, str) or not _VERSION_RE.match(version):
+    if not isinstance(version, str):
+        raise ValueError(f"version must look like '1.0.0', got {version!r}")
+    return _parse_version(version)
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_version(version: str) -> tuple[int, int, int]:
+    # Cached: every turn resolves its orchestration's version (a few tenths of a per cent of a run).
+    if not _VERSION_RE.match(version):
         raise ValueError(f"version must look like '1.0.0', got {version!r}")
     parts = [int(p) for p in version.split(".")] + [0, 0]
     return parts[0], parts[1], parts[2]
