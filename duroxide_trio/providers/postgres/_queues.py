@@ -36,6 +36,7 @@ from ..base import (
     WorkerRouting,
     WorkItemLease,
 )
+from ._arrays import BigintArray, BoolArray, TextArray
 from ._base import PgBase
 
 logger = logging.getLogger("duroxide_trio.providers.postgres")
@@ -67,26 +68,28 @@ class QueuesJob(PgBase):
         now = turn.now
         orch_visible = [o.visible(now) for o in turn.orchestrator]
         salt = self._new_token() + commit.eager_suffix() if commit.eager else ""
+        T, B = TextArray, BigintArray  # typed arrays: psycopg dumps them without scanning (see _arrays)
+        workers = turn.workers
         params = (
             lock_token,
             now,
             execution_id,
-            turn.event_ids,
-            turn.event_types,
-            turn.event_texts,
-            [w.text for w in turn.workers],
-            [w.instance for w in turn.workers],
-            [w.execution_id for w in turn.workers],
-            [w.activity_id for w in turn.workers],
-            [w.session_id for w in turn.workers],
-            [w.tag for w in turn.workers],
-            [o.target for o in turn.orchestrator],
-            [o.text for o in turn.orchestrator],
-            [o.start for o in turn.orchestrator],
-            orch_visible,
-            [c.instance_id for c in cancelled_activities],
-            [c.execution_id for c in cancelled_activities],
-            [c.activity_id for c in cancelled_activities],
+            B(turn.event_ids),
+            T(turn.event_types),
+            T(turn.event_texts),
+            T([w.text for w in workers]),
+            T([w.instance for w in workers]),
+            B([w.execution_id for w in workers]),
+            B([w.activity_id for w in workers]),
+            T([w.session_id for w in workers]),
+            T([w.tag for w in workers]),
+            T([o.target for o in turn.orchestrator]),
+            T([o.text for o in turn.orchestrator]),
+            BoolArray([o.start for o in turn.orchestrator]),
+            B(orch_visible),
+            T([c.instance_id for c in cancelled_activities]),
+            B([c.execution_id for c in cancelled_activities]),
+            B([c.activity_id for c in cancelled_activities]),
             metadata.orchestration_name,
             metadata.orchestration_version,
             metadata.parent_instance_id,
@@ -95,10 +98,10 @@ class QueuesJob(PgBase):
             turn.custom_status_changed,
             turn.custom_status,
             turn.kv.clear_all,
-            turn.kv.deleted,
-            turn.kv.keys,
-            turn.kv.values,
-            [k in commit.eager for k in range(len(turn.workers))] if commit.eager else [],
+            T(turn.kv.deleted),
+            T(turn.kv.keys),
+            T(turn.kv.values),
+            BoolArray([k in commit.eager for k in range(len(workers))] if commit.eager else []),
             commit.eager_lock_ms if commit.eager else 0,
             salt,
         )
@@ -290,7 +293,7 @@ class QueuesJob(PgBase):
             rows = await self._all(
                 "ack_work_item",
                 self._q.ack_work_fetch,
-                (self.clock.now_ms(), *ack.params(), ms(turns.lock_timeout), tokens, lo, hi),
+                (self.clock.now_ms(), *ack.params(), ms(turns.lock_timeout), TextArray(tokens), lo, hi),
             )
         enqueued = ack.apply(rows[0][0])
         # The ack's own row first, then one per locked turn, tokens in order.
@@ -390,7 +393,7 @@ class _WorkAck:
 
     def params(self) -> tuple[Any, ...]:
         """``(ids, tokens, items, targets)``."""
-        return self.ids, self.tokens, self.items, self.targets
+        return BigintArray(self.ids), TextArray(self.tokens), TextArray(self.items), TextArray(self.targets)
 
     def apply(self, acked: Sequence[bool]) -> bool:
         """Record the server's per-row answer; whether any completion was enqueued."""
