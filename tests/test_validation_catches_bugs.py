@@ -352,6 +352,18 @@ class StartHandoverLocksForAnHour(Wrapper):
         return await self._inner.enqueue_start_and_fetch(item, attrs.evolve(turn, lock_timeout=3600.0))
 
 
+class StartHandoverOnlyItsOwn(Wrapper):
+    """The start hands over only the new instance's own first turn: with a backlog it gives the queue's
+    head back and hands over nothing, so the start is never a way into the backlog."""
+
+    async def enqueue_start_and_fetch(self, item: StartOrchestration, turn: TurnRequest) -> OrchestrationItem | None:
+        batch = await self._inner.enqueue_start_and_fetch(item, turn)
+        if batch is not None and batch.instance_id != item.instance:
+            await self._inner.abandon_orchestration_item(batch.lock_token, ignore_attempt=True)
+            return None
+        return batch
+
+
 class IgnoresStartVersion(Wrapper):
     """Filters by the recorded version only: a start (or continue-as-new) is fetched whatever version it
     asks for, so the wrong runtime locks it and has to give it back."""
@@ -572,6 +584,7 @@ CASES: list[tuple[str, type[Wrapper], list[str]]] = [
     ("ack_fetches_turns", HandoverIgnoresVersionFilter, ["test_version_filter_applies"]),
     ("start_fetches_turn", StartHandoverIgnoresVersionFilter, ["test_version_filter_applies"]),
     ("start_fetches_turn", StartHandoverLocksForAnHour, ["test_handed_over_lock_expires"]),
+    ("start_fetches_turn", StartHandoverOnlyItsOwn, ["test_a_waiting_turn_goes_first"]),
 ]
 
 

@@ -35,6 +35,7 @@ from ..history import TERMINAL_STATUSES as TERMINAL_STATUSES
 from ..history import ActivityExecute, Event, StartOrchestration, Status, WorkItem
 
 __all__ = [
+    "START_OVERTAKE_LIMIT",
     "WALL_CLOCK",
     "VersionRange",
     "version_key",
@@ -842,7 +843,8 @@ class ProviderCapabilities:
       also locks and returns the next turns of the instances its completions were sent to, in the same
       transaction). Without it the runtime acks, and its orchestration dispatchers fetch those turns.
     - ``start_fetches_turn``: :class:`StartFetchesTurn` (``enqueue_start_and_fetch``: storing a start
-      also locks and returns the new instance's first turn, in the same transaction). Without it a
+      also locks and returns the queue's next turn, the new instance's first when nothing older waits,
+      in the same transaction). Without it a
       runtime's client stores the start, and the orchestration dispatchers fetch the first turn.
     """
 
@@ -926,16 +928,24 @@ class AckFetchesTurns(Protocol):
         ...
 
 
+#: Seconds a claimable orchestrator message may have waited before a start handed over by
+#: ``enqueue_start_and_fetch`` may no longer overtake it (see :class:`StartFetchesTurn`).
+START_OVERTAKE_LIMIT = 0.1
+
+
 class StartFetchesTurn(Protocol):
-    """``ProviderCapabilities.start_fetches_turn``: storing a start and fetching the new instance's first
-    turn in one transaction (one round trip)."""
+    """``ProviderCapabilities.start_fetches_turn``: storing a start and fetching the next turn in one
+    transaction (one round trip)."""
 
     async def enqueue_start_and_fetch(self, item: StartOrchestration, turn: TurnRequest) -> OrchestrationItem | None:
         """``enqueue_start(item)`` (raising ``InstanceAlreadyExists`` exactly as it does), and in the same
-        transaction, when ``turn.max_items >= 1``, lock the new instance as ``fetch_orchestration_item``
-        would (for ``turn.lock_timeout`` seconds, only if nobody holds its lock and its start passes
-        ``turn.versions``; every visible message of it in the batch, attempt_count + 1) and return that
-        batch. ``None``: the start is stored and left for any dispatcher, who is woken as after
+        transaction, when ``turn.max_items >= 1``, lock and return a batch as ``fetch_orchestration_item``
+        would (for ``turn.lock_timeout`` seconds, honouring ``turn.versions``; every visible message of
+        the instance, attempt_count + 1): the new instance's first turn, unless a claimable message has
+        waited in the queue for longer than :data:`START_OVERTAKE_LIMIT`; then the batch a fetch would
+        take (the oldest claimable instance), so that starts never overtake a backlog. A provider may
+        always take the fetch's batch (SQLite does). When the batch is another instance's, or ``None``
+        (nothing claimable), the start is stored and left for any dispatcher, who is woken as after
         ``enqueue_start``."""
         ...
 

@@ -175,8 +175,9 @@ class QueuesJob(PgBase):
         self.notifier.notify("orchestrator")
 
     async def enqueue_start_and_fetch(self, item: StartOrchestration, turn: TurnRequest) -> OrchestrationItem | None:
-        """``enqueue_start`` and, in the same server function call (one transaction), lock the new
-        instance's first turn for the caller (see ``StartFetchesTurn``)."""
+        """``enqueue_start`` and, in the same server function call (one transaction), lock for the caller
+        the batch a fetch would take next: the oldest claimable instance, the new one when nothing older
+        waits (see ``StartFetchesTurn``; migration 16)."""
         token = self._new_token() if turn.max_items >= 1 else ""
         versions = turn.versions
         lo, hi = versions.key_bounds() if versions is not None and not versions.is_any else (None, None)
@@ -186,7 +187,10 @@ class QueuesJob(PgBase):
         if not rows:
             self.notifier.notify("orchestrator")
             return None
-        return _batch_from_row(rows[0], token)
+        batch = _batch_from_row(rows[0], token)
+        if batch.instance_id != item.instance:  # the start waits for a dispatcher
+            self.notifier.notify("orchestrator")
+        return batch
 
     async def enqueue_for_worker(self, item: ActivityExecute) -> None:
         await self._exec(

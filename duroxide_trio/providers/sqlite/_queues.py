@@ -358,25 +358,27 @@ class QueuesJob(SqliteBase):
         self.notifier.notify("orchestrator")
 
     async def enqueue_start_and_fetch(self, item: StartOrchestration, turn: TurnRequest) -> OrchestrationItem | None:
-        """``enqueue_start`` and, in the same transaction, lock the new instance's first turn for the
-        caller (see ``StartFetchesTurn``)."""
+        """``enqueue_start`` and, in the same transaction, lock for the caller the batch a fetch would
+        take next: the oldest claimable instance, the new one when nothing older waits (see
+        ``StartFetchesTurn``)."""
         text = encode_work_item(item)
         lock_ms = ms(turn.lock_timeout)
         versions = turn.versions
         lo, hi = versions.key_bounds() if versions is not None else (None, None)
-        claimable = _CLAIMABLE_INSTANCE if lo is None and hi is None else _CLAIMABLE_INSTANCE_IN_RANGE
+        head = _CLAIM_NEXT if lo is None and hi is None else _CLAIM_NEXT_IN_RANGE
 
         def _start(conn: sqlite3.Connection) -> OrchestrationItem | None:
             now = self.clock.now_ms()
             self._insert_start(conn, item, text, now)
-            if turn.max_items < 1 or conn.execute(
-                claimable, {"inst": item.instance, "now": now, "lo": lo, "hi": hi}
-            ).fetchone() is None:
+            if turn.max_items < 1:
                 return None
-            return self._claim(conn, item.instance, self._new_token(), now, lock_ms)
+            row = conn.execute(head, {"now": now, "lo": lo, "hi": hi}).fetchone()
+            if row is None:
+                return None
+            return self._claim(conn, row[0], self._new_token(), now, lock_ms)
 
         batch = await self._run("enqueue_start", _start)
-        if batch is None:
+        if batch is None or batch.instance_id != item.instance:  # the start waits for a dispatcher
             self.notifier.notify("orchestrator")
         return batch
 

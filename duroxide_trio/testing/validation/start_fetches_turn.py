@@ -2,7 +2,9 @@
 ``enqueue_start_and_fetch`` stores the start exactly as ``enqueue_start`` does (``InstanceAlreadyExists``
 for a taken id) and, in the same transaction, locks the new instance exactly as
 ``fetch_orchestration_item`` would (every visible message, the lock timeout asked for, the version
-filter), never an instance locked by someone else; ``None`` leaves the stored start for any dispatcher.
+filter), never an instance locked by someone else, and never ahead of a turn that has waited in the queue
+longer than ``START_OVERTAKE_LIMIT`` (that one is handed over instead); ``None`` leaves the stored start
+for any dispatcher.
 
 Needs ``ProviderCapabilities(start_fetches_turn=True)``; skipped otherwise.
 """
@@ -16,6 +18,7 @@ from ...history import StartOrchestration
 from ...providers.base import (
     InstanceAlreadyExists,
     OrchestrationItem,
+    START_OVERTAKE_LIMIT,
     Provider,
     ProviderFactory,
     StartFetchesTurn,
@@ -251,3 +254,20 @@ async def test_abandon_makes_the_start_fetchable(factory: ProviderFactory) -> No
         again = await must_fetch_orch(p, "inst", what="the fetch right after the abandon")
         expect_eq(_starts(again), [("TestOrch", "1.0.0", '"in"')], "start messages after the abandon")
         expect_eq(again.attempt_count, 2, "attempt count after the abandon")
+
+
+async def test_a_waiting_turn_goes_first(factory: ProviderFactory) -> None:
+    """A start does not overtake the backlog: with another instance's start waiting in the queue longer
+    than ``START_OVERTAKE_LIMIT``, that instance's turn is the batch handed over, and the new start stays
+    queued for the next fetch (attempt 1)."""
+    async with fresh_provider(factory) as p:
+        _capable(p)
+        await ok(p.enqueue_start(start_item("old", input='"old"')), "enqueue_start of 'old'")
+        await anyio.sleep(past(START_OVERTAKE_LIMIT))
+        handed = _taken(await _start_fetch(p, start_item("new", input='"new"')), "old",
+                        "the batch handed over while 'old' waits")
+        expect_eq(_starts(handed), [("TestOrch", "1.0.0", '"old"')], "start messages of the handed-over batch")
+        item = await must_fetch_orch(p, "new", what="the fetch after the start that served 'old'")
+        expect_eq(_starts(item), [("TestOrch", "1.0.0", '"new"')], "start messages of the new instance")
+        expect_eq(item.attempt_count, 1, "attempt count of the queued start")
+        await ack(p, handed, [started()], execution_id=1, metadata=meta("Running"), what="ack of 'old'")
