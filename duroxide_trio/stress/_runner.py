@@ -772,19 +772,23 @@ async def launch_until(
     releases its slot), until the monotonic time ``load_end``; nothing starts after it even when the event
     loop was held. Returns how many were started."""
     seq = 0
-    while True:
-        remaining = load_end - time.monotonic()
-        if remaining <= 0:
-            return seq
-        acquired = False
-        with anyio.move_on_after(remaining):
-            await slots.acquire()
-            acquired = True
-        if not acquired:
-            return seq
-        if time.monotonic() >= load_end:
-            slots.release()
-            return seq
-        instances.start_soon(instance, seq)
-        seq += 1
-        await anyio.lowlevel.checkpoint()  # let the instance issue its start before the next one
+    remaining = load_end - time.monotonic()
+    if remaining <= 0:
+        return seq
+    # One deadline for the whole load phase (not a cancel scope per launch).
+    with anyio.move_on_after(remaining):
+        while True:
+            try:
+                slots.acquire_nowait()
+                free = True
+            except anyio.WouldBlock:
+                free = False
+                await slots.acquire()  # waits for an instance to end: the event loop ran meanwhile
+            if time.monotonic() >= load_end:
+                slots.release()
+                return seq
+            instances.start_soon(instance, seq)
+            seq += 1
+            if free:
+                await anyio.lowlevel.checkpoint()  # a burst: let the instance issue its start before the next
+    return seq

@@ -16,9 +16,9 @@ import attrs
 
 from ...history import StartOrchestration
 from ...providers.base import (
+    START_OVERTAKE_LIMIT,
     InstanceAlreadyExists,
     OrchestrationItem,
-    START_OVERTAKE_LIMIT,
     Provider,
     ProviderFactory,
     StartFetchesTurn,
