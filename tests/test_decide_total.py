@@ -142,3 +142,28 @@ def test_a_start_at_a_version_outside_the_runtimes_range_is_given_back_uncounted
     plain = decide_turn(batch, handlers=reg, codec=reg, policy=TurnPolicy(3, lambda a: 0.5), now_ms=5000)
     assert isinstance(plain, Commit) and plain.result.error is not None
     assert plain.result.error.kind == "Unregistered"
+
+
+def test_a_second_start_in_one_execution_is_a_corrupted_history() -> None:
+    """A stored execution that starts twice (a second OrchestrationStarted after the first turn's events)
+    fails the instance as a corrupted history instead of silently rerunning the code from the top; the
+    first run's coroutine is closed, not left unawaited for the garbage collector."""
+    import gc
+    import warnings
+
+    reg = make_registry(["activity", "return"])
+    history = [
+        h.Event(1, h.OrchestrationStarted("Orch", "1.0.0", "1"), None, 1000),
+        h.Event(2, h.ActivityScheduled("A", "1"), None, 1000),
+        h.Event(3, h.OrchestrationStarted("Orch", "1.0.0", "2"), None, 1000),
+    ]
+    batch = FakeBatch("i", "Orch", None, 1, history, [h.ActivityResult("i", 1, 2, "1")], 1, None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        decision = decide_turn(batch, handlers=reg, codec=reg, policy=TurnPolicy(10, lambda a: 0.5), now_ms=5000)
+        gc.collect()
+    assert isinstance(decision, Commit)
+    assert decision.result.status == Status.FAILED and decision.result.error is not None
+    assert (decision.result.error.category, decision.result.error.kind) == ("configuration", "CorruptedHistory")
+    assert "second OrchestrationStarted at event 3" in decision.result.error.message
+    assert not [w for w in caught if "never awaited" in str(w.message)]

@@ -695,6 +695,13 @@ class Turn:
         self.current_ms = ev.timestamp_ms if persisted else self.now_ms
         kind = ev.kind
         if isinstance(kind, OrchestrationStarted):
+            if self._started is not None:
+                # One execution starts once: a second start would silently rerun the code from the top
+                # (and leave the first coroutine unclosed).
+                raise _Fail(ErrorDetails(
+                    "configuration", "CorruptedHistory",
+                    f"corrupted history: a second OrchestrationStarted at event {ev.event_id}",
+                ))
             self._start(kind)
         elif isinstance(kind, DECISION_KINDS):
             self._replay_decision(ev)
