@@ -142,6 +142,40 @@ async def test_shutdown_abandons_running_activities_for_the_next_runtime(make_pr
     assert attempts == [1, 1]  # the abandoned attempt was not counted against max_attempts
 
 
+async def test_a_result_finished_during_shutdown_is_committed_before_the_runtime_returns(make_provider):
+    """An activity that finishes while the runtime stops (within the grace period) has its result stored
+    by the time ``open_runtime`` returns: the next runtime completes the orchestration without running the
+    activity again (its 60 s lock was neither stranded nor given back)."""
+    reg = dt.Registry()
+    attempts: list[int] = []
+    entered, release = anyio.Event(), anyio.Event()
+
+    @reg.activity("Finishes")
+    async def finishes(ctx: dt.ActivityContext) -> str:
+        attempts.append(ctx.attempt)
+        entered.set()
+        await release.wait()
+        return "stored"
+
+    @reg.orchestration("Job")
+    async def job(ctx: dt.OrchestrationContext) -> str:
+        return await ctx.schedule_activity("Finishes")
+
+    opts = dt.RuntimeOptions(worker_lock_timeout=60, shutdown_grace=5, poll_interval=0.2)
+    provider = await make_provider()
+    async with provider:
+        with anyio.fail_after(10):
+            async with dt.open_runtime(provider, reg, opts) as rt:
+                await rt.client.start_orchestration("s-1", "Job")
+                await entered.wait()
+                release.set()  # it returns while the runtime is stopping
+        with anyio.fail_after(10):
+            async with dt.open_runtime(provider, reg, opts) as rt:
+                state = await rt.client.wait_for_orchestration("s-1", timeout=8)
+    assert state.status is dt.Status.COMPLETED and state.output == "stored"
+    assert attempts == [1]
+
+
 async def test_long_activity_keeps_its_lock_by_renewal(make_provider):
     reg = dt.Registry()
     attempts: list[int] = []
