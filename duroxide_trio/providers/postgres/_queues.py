@@ -176,8 +176,9 @@ class QueuesJob(PgBase):
 
     async def enqueue_start_and_fetch(self, item: StartOrchestration, turn: TurnRequest) -> OrchestrationItem | None:
         """``enqueue_start`` and, in the same server function call (one transaction), lock for the caller
-        the batch a fetch would take next: the oldest claimable instance, the new one when nothing older
-        waits (see ``StartFetchesTurn``; migration 16)."""
+        the new instance's first turn, or, when a claimable message has waited longer than
+        ``START_OVERTAKE_LIMIT``, the batch a fetch would take next (see ``StartFetchesTurn``; migration
+        16)."""
         token = self._new_token() if turn.max_items >= 1 else ""
         versions = turn.versions
         lo, hi = versions.key_bounds() if versions is not None and not versions.is_any else (None, None)
