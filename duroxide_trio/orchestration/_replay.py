@@ -138,7 +138,7 @@ def plan_turn(execution_id: int, history: Sequence[Event], messages: Sequence[Wo
         ``"run"`` (replay the history, or start from a ``StartOrchestration`` / ``ContinueAsNew``, with
         the other messages to apply), ``"discard"`` (a terminal instance, or no history and no start:
         the messages are dropped) or ``"corrupt"`` (the history does not begin with
-        ``OrchestrationStarted``). Never raises.
+        ``OrchestrationStarted``, or has a second one: an execution starts once). Never raises.
     """
     starts: list[StartOrchestration | ContinueAsNew] = [
         m for m in messages if isinstance(m, (StartOrchestration, ContinueAsNew))
@@ -150,6 +150,10 @@ def plan_turn(execution_id: int, history: Sequence[Event], messages: Sequence[Wo
             return TurnPlan("corrupt", "", None, execution_id, list(history),
                             reason=f"corrupted history: the first event is {history[0].type_name}, "
                                    "not OrchestrationStarted")
+        again = next((e for e in history[1:] if isinstance(e.kind, OrchestrationStarted)), None)
+        if again is not None:  # replaying it would rerun the code from the top on a second coroutine
+            return TurnPlan("corrupt", "", None, execution_id, list(history),
+                            reason=f"corrupted history: a second OrchestrationStarted at event {again.event_id}")
         if history[-1].is_terminal():
             if isinstance(history[-1].kind, OrchestrationContinuedAsNew):
                 can = next(
@@ -695,13 +699,6 @@ class Turn:
         self.current_ms = ev.timestamp_ms if persisted else self.now_ms
         kind = ev.kind
         if isinstance(kind, OrchestrationStarted):
-            if self._started is not None:
-                # One execution starts once: a second start would silently rerun the code from the top
-                # (and leave the first coroutine unclosed).
-                raise _Fail(ErrorDetails(
-                    "configuration", "CorruptedHistory",
-                    f"corrupted history: a second OrchestrationStarted at event {ev.event_id}",
-                ))
             self._start(kind)
         elif isinstance(kind, DECISION_KINDS):
             self._replay_decision(ev)
