@@ -7,6 +7,10 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
+import subprocess
+import sys
+import textwrap
+import threading
 import time
 from typing import Any
 
@@ -385,10 +389,10 @@ async def test_sqlite_altered_database_is_a_permanent_error_naming_the_file(tmp_
                 assert str(path) in str(value) and "worker_queue" in str(value)
 
 
-async def test_sqlite_leader_under_continuous_load_gets_its_own_result(tmp_path: Any) -> None:
-    """A caller that leads a batch gets its own result after that batch even while new operations keep
-    arriving (before: the leader served batches as long as the queue was non-empty, so its caller waited
-    until the load stopped)."""
+async def test_sqlite_caller_under_continuous_load_gets_its_result_after_its_batch(tmp_path: Any) -> None:
+    """A caller gets its result when its batch ends even while new operations keep arriving (the
+    connection thread reports each batch as it ends, not once the queue is empty; an earlier executor
+    kept the first caller waiting until the load stopped)."""
     provider = await SqliteProvider.open(tmp_path / "load.db")
     produced = 0
     producing = True
@@ -405,7 +409,7 @@ async def test_sqlite_leader_under_continuous_load_gets_its_own_result(tmp_path:
     async with provider:
         with anyio.fail_after(90):
             async with anyio.create_task_group() as tg:
-                tg.start_soon(probe)  # runs first: it finds no batch in flight and leads
+                tg.start_soon(probe)  # queued first: it is in the first batch
                 await anyio.lowlevel.checkpoint()
                 stop_at = anyio.current_time() + 15  # a bound for the old behaviour, not a timing assertion
                 while returned_while_producing is None and anyio.current_time() < stop_at:
@@ -414,7 +418,7 @@ async def test_sqlite_leader_under_continuous_load_gets_its_own_result(tmp_path:
                     await anyio.lowlevel.checkpoint()
                 producing = False
         info_count = (await provider.get_queue_depths()).orchestrator_queue
-    assert returned_while_producing, "the leader's caller waited until the load stopped"
+    assert returned_while_producing, "the first caller waited until the load stopped"
     assert info_count == produced + 1  # every operation ran
 
 
@@ -527,6 +531,42 @@ async def test_sqlite_batch_with_a_failing_operation_answers_every_caller(tmp_pa
         assert outcomes["far-0"].kind == "invalid" and str(10**25) in str(outcomes["far-0"])
         depths = await provider.get_queue_depths()
         assert depths.orchestrator_queue == 11  # "dup" + ten new starts
+
+
+def _sqlite_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("duroxide-sqlite")]
+
+
+async def test_sqlite_close_ends_the_connection_thread(tmp_path: Any) -> None:
+    """Operations run on the provider's own connection thread; closing the provider ends it (no thread is
+    left behind per provider, however many were opened and closed)."""
+    for i in range(3):
+        async with await SqliteProvider.open(tmp_path / f"t{i}.db") as provider:
+            await provider.enqueue_start(StartOrchestration("t", "Orch", None, "1.0"))
+            assert any(str(tmp_path) in name for name in _sqlite_threads())
+    assert not [name for name in _sqlite_threads() if str(tmp_path) in name]
+
+
+def test_sqlite_provider_never_closed_does_not_keep_the_interpreter_alive(tmp_path: Any) -> None:
+    """A program that forgets to close its provider still exits: the connection thread ends once it has
+    been idle (``IDLE_EXIT``), and the next operation would start a new one."""
+    script = tmp_path / "forgets.py"
+    script.write_text(textwrap.dedent(f"""
+        import trio
+        from duroxide_trio import SqliteProvider
+        from duroxide_trio.providers.base import StartOrchestration
+
+        async def main():
+            provider = await SqliteProvider.open({str(tmp_path / "forgot.db")!r})
+            await provider.enqueue_start(StartOrchestration("a", "Orch", None, "1.0"))
+            await trio.sleep(0)  # never closed
+            await provider.enqueue_start(StartOrchestration("b", "Orch", None, "1.0"))
+            print("done", flush=True)
+
+        trio.run(main)
+    """))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == "done", proc.stderr
 
 
 async def test_sqlite_cancelled_callers_do_not_strand_the_others(tmp_path: Any) -> None:

@@ -1,15 +1,24 @@
-"""The connection and its group executor: every operation is one function run in a worker thread
-inside one transaction; concurrent callers share one thread hop (group commit)."""
+"""The connection and its group executor: every operation is one function run in the provider's
+connection thread inside one transaction; the operations queued together share one transaction (group
+commit), and the thread takes the next batch as soon as one ends."""
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import sqlite3
+import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import anyio
-import anyio.lowlevel
 import anyio.to_thread
+import sniffio
+
+try:
+    import trio.lowlevel
+except ImportError:  # pragma: no cover - trio is a dependency; asyncio-only installs still work
+    trio = None  # type: ignore[assignment]
 
 from ..._tokens import new_token
 from .._kernel import ProviderKernel
@@ -25,11 +34,23 @@ from ._errors import provider_error as _provider_error
 T = TypeVar("T")
 
 
-class _Job:
-    """One queued operation. ``finished`` once ``result`` or ``error`` is final; ``wake`` is set when the
-    job finished or when its caller should take over as leader."""
+#: The connection thread ends after this many seconds without a job (a later job starts a new one), so a
+#: provider that is never closed keeps no thread alive and does not hold up the interpreter's exit.
+IDLE_EXIT = 1.0
 
-    __slots__ = ("op", "fn", "write", "probe", "idle", "result", "error", "finished", "wake")
+
+def _loop_caller() -> Callable[[Callable[[], None]], object]:
+    """The running event loop's thread-safe "call this soon" (trio's token, asyncio's loop)."""
+    if sniffio.current_async_library() == "trio":
+        return trio.lowlevel.current_trio_token().run_sync_soon
+    return asyncio.get_running_loop().call_soon_threadsafe
+
+
+class _Job:
+    """One queued operation. ``finished`` once ``result`` or ``error`` is final; ``wake`` is set (on the
+    caller's event loop, through ``call_soon``) when it finished."""
+
+    __slots__ = ("op", "fn", "write", "probe", "idle", "result", "error", "finished", "wake", "call_soon")
 
     def __init__(self, op: str, fn: Any, write: bool, probe: Any, idle: Any) -> None:
         self.op, self.fn, self.write, self.probe, self.idle = op, fn, write, probe, idle
@@ -37,6 +58,12 @@ class _Job:
         self.error: BaseException | None = None
         self.finished = False
         self.wake = anyio.Event()
+        self.call_soon = _loop_caller()
+
+
+def _wake_all(batch: list[_Job]) -> None:
+    for job in batch:
+        job.wake.set()
 
 
 class SqliteBase(ProviderKernel):
@@ -48,9 +75,11 @@ class SqliteBase(ProviderKernel):
         self.clock: Clock = clock or WALL_CLOCK  # every time this provider reads or stores
         self._conn = conn
         self._path = path
-        self._limiter = anyio.CapacityLimiter(1)
+        self._lock = threading.Lock()
+        self._has_jobs = threading.Condition(self._lock)
         self._queue: list[_Job] = []
-        self._leading = False
+        self._thread: threading.Thread | None = None
+        self._stopping = False
         self._closed = False
         self.notifier = Notifier(self.clock)
 
@@ -63,60 +92,80 @@ class SqliteBase(ProviderKernel):
         probe: Callable[[sqlite3.Connection], bool] | None = None,
         idle: Callable[[sqlite3.Connection], T] | None = None,
     ) -> T:
-        """Run ``fn`` inside one transaction on the provider's connection, in a worker thread.
+        """Run ``fn`` inside one transaction on the provider's connection, in its connection thread.
 
-        Operations are group-executed: the caller that finds no hop in flight becomes the leader and runs
-        every operation queued at that moment in one thread hop (each still in its own savepoint), so
-        under load many operations share one hop. A leader serves exactly one batch (the queue as it was
-        when it took it: its own operation is in it), then hands leadership to the oldest waiting caller
-        and returns, so no caller waits longer than the batch ahead of it plus its own. Every caller gets
-        its result or a ``ProviderError`` (never a raw ``sqlite3`` error), even when the batch raises or
-        a caller is cancelled. With ``probe``, a cheap autocommit read runs first; when it finds nothing,
-        ``idle`` runs instead of the write transaction (idle polls never take the write lock)."""
-        if self._closed:
-            raise ProviderError.permanent(op, "provider is closed", kind=ProviderErrorKind.CLOSED)
+        Operations are group-executed: the connection thread takes every operation queued at that
+        moment and runs them in one transaction (each in its own savepoint), reports their results to
+        their callers' event loops and takes the next batch at once, so the next batch runs while the
+        event loop is still handling the last one's results. Every caller gets its result or a
+        ``ProviderError`` (never a raw ``sqlite3`` error), even when the batch raises. A caller cancelled
+        while its operation is still queued withdraws it (it never runs); once taken, it runs and its
+        result is dropped. With ``probe``, a cheap autocommit read runs first when the operation is
+        alone in its batch; when it finds nothing, ``idle`` runs instead of the write transaction (idle
+        polls never take the write lock)."""
         job = _Job(op, fn, write, probe, idle)
-        self._queue.append(job)
-        while not job.finished:
-            if not self._leading:
-                # Nobody runs a batch, so our job is still queued: lead one batch (it includes our job).
-                await self._lead()
-                continue
-            job.wake = anyio.Event()
-            try:
-                await job.wake.wait()
-            except BaseException:
-                # Cancelled while waiting. A job still queued is withdrawn (it never runs); if we had
-                # just been chosen to lead, pass that on, so the queue is never left without a leader.
+        with self._lock:
+            if self._closed:
+                raise ProviderError.permanent(op, "provider is closed", kind=ProviderErrorKind.CLOSED)
+            self._queue.append(job)
+            if self._thread is None:
+                self._start_thread()
+            elif len(self._queue) == 1:
+                self._has_jobs.notify()
+        try:
+            await job.wake.wait()
+        except BaseException:
+            with self._lock:
                 if job in self._queue:
                     self._queue.remove(job)
-                self._promote_next()
-                raise
+            raise
         if job.error is not None:
             raise job.error
         return job.result  # type: ignore[no-any-return]
 
-    def _promote_next(self) -> None:
-        """With no batch running and callers queued, wake the oldest to lead the next batch."""
-        if not self._leading and self._queue:
-            self._queue[0].wake.set()
-
-    async def _lead(self) -> None:
-        self._leading = True
-        batch, self._queue = self._queue, []
+    def _serve(self) -> None:
+        """The connection thread: run the queued operations batch by batch until the queue stays empty
+        for ``IDLE_EXIT`` seconds or the provider stops."""
         try:
-            # Shielded: the callers in the batch wait for their results, so the batch must finish.
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(self._execute_safely, batch, limiter=self._limiter)
+            while True:
+                with self._lock:
+                    if not self._queue and not self._stopping:
+                        self._has_jobs.wait(IDLE_EXIT)
+                    if not self._queue:
+                        return
+                    batch, self._queue = self._queue, []
+                self._execute_safely(batch)  # every job of the batch is finished afterwards
+                self._report(batch)
         finally:
-            for job in batch:
-                if not job.finished:  # only if the hop itself failed (it reports every job otherwise)
-                    job.error = ProviderError.permanent(job.op, "the operation did not run (batch aborted)")
-                    job.finished = True
-                job.wake.set()
-            self._leading = False
-            self._promote_next()
-        await anyio.lowlevel.checkpoint()
+            with self._lock:
+                self._thread = None
+                if self._queue and not self._stopping:  # only if this thread failed: start a new one
+                    self._start_thread()
+
+    def _start_thread(self) -> None:  # with self._lock held
+        self._thread = threading.Thread(target=self._serve, name=f"duroxide-sqlite {self._path}")
+        self._thread.start()
+
+    @staticmethod
+    def _report(batch: list[_Job]) -> None:
+        """Wake the batch's callers, one callback per event loop they wait on."""
+        loops: dict[Any, list[_Job]] = {}
+        for job in batch:
+            loops.setdefault(job.call_soon, []).append(job)
+        for call_soon, jobs in loops.items():
+            try:
+                call_soon(functools.partial(_wake_all, jobs))
+            except RuntimeError:  # that event loop has ended: nobody waits for these jobs any more
+                pass
+
+    async def _stop_thread(self) -> None:
+        """Let the connection thread finish what is queued (refused: the provider is closed) and end."""
+        with self._lock:
+            self._stopping = True
+            thread = self._thread
+            self._has_jobs.notify()
+        if thread is not None:
+            await anyio.to_thread.run_sync(thread.join)
 
     def _execute_safely(self, batch: list[_Job]) -> None:
         """``_execute``, and whatever it raises becomes the error of every job it did not finish."""

@@ -128,7 +128,8 @@ class SqliteProvider(QueuesJob, HistoryJob, ManagementJob, LeasesJob):
             return
         self._closed = True
         with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(self._conn.close, limiter=self._limiter)
+            await self._stop_thread()
+            await anyio.to_thread.run_sync(self._conn.close)
 
     async def __aenter__(self) -> SqliteProvider:
         return self
