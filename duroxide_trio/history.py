@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 import warnings
 from typing import Any, Literal
 
 import attrs
 import cattrs
+import orjson
 
 from .errors import DuroxideError, ErrorDetails
 
@@ -690,6 +692,34 @@ WORK_ITEM_KINDS: dict[str, type] = {
 _conv = cattrs.Converter(forbid_extra_keys=False)
 #: ``json.dumps(value, separators=(",", ":"))`` without building an encoder per call (same bytes).
 _dumps = json.JSONEncoder(separators=(",", ":")).encode
+#: A run of digits long enough to be an integer orjson would read as a float (it reads integers beyond
+#: 64 bits as floats instead of failing); such texts are decoded by ``json`` (13-digit timestamps pass).
+_LONG_NUMBER = re.compile(r"\d{16}")
+_LONG_NUMBER_BYTES = re.compile(rb"\d{16}")
+
+
+def _dumps_envelope(d: dict[str, Any]) -> str:
+    """The stored text of an event or work item: orjson's compact JSON (~10x faster than ``json``),
+    unless it fails (an integer beyond 64 bits, a lone surrogate) or is not ASCII: then ``json``'s, which
+    escapes non-ASCII, so stored texts stay ASCII whatever the database's encoding. Only the decoded
+    values of an envelope matter (payload texts inside it are strings, kept exactly), so the two
+    encoders need not agree byte for byte (they differ in a few float spellings such as ``1e-05``)."""
+    try:
+        text: str = orjson.dumps(d).decode()
+    except TypeError:
+        return _dumps(d)
+    return text if text.isascii() else _dumps(d)
+
+
+def _loads_envelope(text: str | bytes) -> Any:
+    """``json.loads(text)``, through orjson when that gives the same values (no NaN/Infinity, no integer
+    too long for it, no lone surrogate: those, and any error, go to ``json`` and its message)."""
+    try:
+        if (_LONG_NUMBER if isinstance(text, str) else _LONG_NUMBER_BYTES).search(text) is None:  # type: ignore[arg-type]
+            return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        pass
+    return json.loads(text)
 
 
 class HistoryDecodeError(DuroxideError, ValueError):
@@ -757,7 +787,7 @@ def event_from_dict(d: dict[str, Any]) -> Event:
 
 def encode_event(ev: Event) -> str:
     """``ev`` as compact JSON text (the stored form)."""
-    return _dumps(event_to_dict(ev))
+    return _dumps_envelope(event_to_dict(ev))
 
 
 def decode_event(text: str | bytes) -> Event:
@@ -767,7 +797,7 @@ def decode_event(text: str | bytes) -> Event:
         HistoryDecodeError: ``text`` is not JSON, not a JSON object, or not a valid event.
     """
     try:
-        d = json.loads(text)
+        d = _loads_envelope(text)
     except (ValueError, TypeError, RecursionError) as exc:
         raise HistoryDecodeError(f"history event is not JSON: {exc}") from exc
     if not isinstance(d, dict):
@@ -799,7 +829,7 @@ def work_item_from_dict(d: dict[str, Any]) -> WorkItem:
 
 def encode_work_item(item: WorkItem) -> str:
     """``item`` as compact JSON text (the stored queue message)."""
-    return _dumps(work_item_to_dict(item))
+    return _dumps_envelope(work_item_to_dict(item))
 
 
 def decode_work_item(text: str | bytes) -> WorkItem:
@@ -809,7 +839,7 @@ def decode_work_item(text: str | bytes) -> WorkItem:
         HistoryDecodeError: ``text`` is not JSON, not a JSON object, or not a valid work item.
     """
     try:
-        d = json.loads(text)
+        d = _loads_envelope(text)
     except (ValueError, TypeError, RecursionError) as exc:
         raise HistoryDecodeError(f"work item is not JSON: {exc}") from exc
     if not isinstance(d, dict):

@@ -548,3 +548,33 @@ def test_a_finished_turn_is_freed_at_once_without_the_cycle_collector(ending):
         gc.enable()
     expected = {"waiting": Status.RUNNING, "completed": Status.COMPLETED, "raised": Status.FAILED}[ending]
     assert (inst.last.status or Status.RUNNING) == expected
+
+
+# The stored envelope goes through orjson where that gives the same values, else through json: whatever
+# the strings and numbers, an event or a work item decodes to what was encoded, and its text is ASCII.
+from hypothesis import example, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_ANY_TEXT = st.text(st.characters(codec=None, exclude_categories=()), max_size=40)  # lone surrogates too
+_ANY_INT = st.one_of(st.integers(-(2**63), 2**63 - 1), st.integers(-(2**80), 2**80))
+
+
+@settings(max_examples=300, deadline=None)
+@example(instance="caf\u00e9 \ud800", name="n", payload='"\\u00e9"', execution_id=2**70 + 12345,
+         activity_id=10**17 + 1, attempt=-(2**64) - 3, timestamp=1_764_780_000_000)
+@given(instance=_ANY_TEXT, name=_ANY_TEXT, payload=st.one_of(st.none(), _ANY_TEXT),
+       execution_id=_ANY_INT, activity_id=_ANY_INT, attempt=_ANY_INT, timestamp=_ANY_INT)
+def test_envelopes_round_trip_exactly_and_are_stored_as_ascii(
+    instance: str, name: str, payload: str | None, execution_id: int, activity_id: int, attempt: int,
+    timestamp: int,
+) -> None:
+    item = h.ActivityExecute(instance, execution_id, activity_id, name, payload, attempt=attempt)
+    text = h.encode_work_item(item)
+    assert text.isascii()
+    back = h.decode_work_item(text)
+    assert back == item and type(back.execution_id) is int and type(back.attempt) is int
+    ev = h.Event(activity_id, h.ActivityScheduled(name, payload, None, instance), None, timestamp)
+    text = h.encode_event(ev)
+    assert text.isascii()
+    assert h.decode_event(text) == ev
+    assert h.decode_event(text.encode()) == ev  # the same from bytes
