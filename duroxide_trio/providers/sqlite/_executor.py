@@ -109,7 +109,9 @@ class SqliteBase(ProviderKernel):
                 raise ProviderError.permanent(op, "provider is closed", kind=ProviderErrorKind.CLOSED)
             self._queue.append(job)
             if self._thread is None:
-                self._start_thread()
+                if not self._start_thread():
+                    self._queue.remove(job)
+                    raise ProviderError.transient(op, "cannot start the SQLite connection thread (out of threads?)")
             elif len(self._queue) == 1:
                 self._has_jobs.notify()
         try:
@@ -139,12 +141,23 @@ class SqliteBase(ProviderKernel):
         finally:
             with self._lock:
                 self._thread = None
-                if self._queue and not self._stopping:  # only if this thread failed: start a new one
-                    self._start_thread()
+                stranded: list[_Job] = []
+                if self._queue and not self._stopping and not self._start_thread():
+                    stranded, self._queue = self._queue, []  # only if this thread failed: start a new one
+            for job in stranded:
+                job.error = ProviderError.transient(job.op, "the SQLite connection thread stopped")
+                job.finished = True
+            self._report(stranded)
 
-    def _start_thread(self) -> None:  # with self._lock held
-        self._thread = threading.Thread(target=self._serve, name=f"duroxide-sqlite {self._path}")
-        self._thread.start()
+    def _start_thread(self) -> bool:
+        """Start the connection thread (with ``self._lock`` held); ``False`` if no thread can be started."""
+        thread = threading.Thread(target=self._serve, name=f"duroxide-sqlite {self._path}")
+        try:
+            thread.start()
+        except RuntimeError:
+            return False
+        self._thread = thread
+        return True
 
     @staticmethod
     def _report(batch: list[_Job]) -> None:
