@@ -1,8 +1,10 @@
-"""SQLite provider: stdlib ``sqlite3`` in WAL mode, one thread hop per provider operation.
+"""SQLite provider: stdlib ``sqlite3`` in WAL mode, one batch on the connection thread per operation.
 
-One connection per provider, owned by it and serialised with a capacity limiter of one; every operation
-is one function run in a worker thread inside one transaction (``BEGIN IMMEDIATE`` for writes, so several
-processes on one file serialise their writes and never double-process). File and in-memory modes.
+One connection per provider, owned by it; its operations run on the provider's connection thread (started by
+the first operation, ended by ``close()`` or after a second without work); every operation is one
+function run there inside one transaction (``BEGIN IMMEDIATE`` for writes, so several processes on one
+file serialise their writes and never double-process), the operations queued together sharing one
+transaction. File and in-memory modes.
 Schema changes are numbered migrations recorded in ``_duroxide_migrations``.
 
 Layout (private modules by job; this package's face is ``SqliteProvider`` and ``SqliteFactory``):

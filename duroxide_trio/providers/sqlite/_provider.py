@@ -123,7 +123,8 @@ class SqliteProvider(QueuesJob, HistoryJob, ManagementJob, LeasesJob):
         return f"SqliteProvider({self._path!r})"
 
     async def close(self) -> None:
-        """Close the connection (waits for a running operation); idempotent."""
+        """Close the connection: a running batch is waited for, operations still queued are refused
+        (``ProviderError``, kind ``closed``), the connection thread ends; idempotent."""
         if self._closed:
             return
         self._closed = True
