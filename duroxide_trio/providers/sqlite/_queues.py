@@ -534,14 +534,20 @@ class QueuesJob(SqliteBase):
     def _ack_rows(
         self, conn: sqlite3.Connection, encoded: list[tuple[str, WorkItem | None, str | None]], now: int
     ) -> list[ProviderError | None]:
-        """Delete each live-locked row of ``encoded`` and enqueue its completion; one result per entry."""
+        """Delete each live-locked row of ``encoded`` and enqueue its completion; one result per entry.
+
+        Two statements for the whole list (one DELETE for every token, one INSERT of every completion, in
+        the entries' order) rather than two per entry."""
+        rows = conn.execute(
+            "DELETE FROM worker_queue WHERE lock_token IN (SELECT value FROM json_each(?)) AND locked_until > ? "
+            "RETURNING lock_token",
+            (json.dumps([token for token, _, _ in encoded]), now),
+        ).fetchall()
+        deleted = {token for (token,) in rows}
         results: list[ProviderError | None] = []
+        completions: list[tuple[str, str, int]] = []
         for token, completion, text in encoded:
-            row = conn.execute(
-                "DELETE FROM worker_queue WHERE lock_token = ? AND locked_until > ? RETURNING id",
-                (token, now),
-            ).fetchone()
-            if row is None:
+            if token not in deleted:  # not live-locked (or a second entry for the same token)
                 results.append(
                     ProviderError.permanent(
                         "ack_work_item",
@@ -550,13 +556,15 @@ class QueuesJob(SqliteBase):
                     )
                 )
                 continue
+            deleted.discard(token)
             if completion is not None and text is not None:
-                conn.execute(
-                    "INSERT INTO orchestrator_queue(instance_id, work_item, is_start, visible_at) "
-                    "VALUES (?, ?, 0, ?)",
-                    (completion.target_instance, text, now),
-                )
+                completions.append((completion.target_instance, text, now))
             results.append(None)
+        if completions:
+            conn.executemany(
+                "INSERT INTO orchestrator_queue(instance_id, work_item, is_start, visible_at) VALUES (?, ?, 0, ?)",
+                completions,
+            )
         return results
 
     async def ack_work_items(
