@@ -143,7 +143,9 @@ def check_event(ev: Event) -> int:
     :func:`event_bytes` counts it)."""
     size = _EVENT_OVERHEAD
     for field, text in _strings(ev.kind):
-        check_text(text, limit_for_field(field), f"{field} of {ev.type_name} (event {ev.event_id})")
+        limit = limit_for_field(field)
+        if len(text) * 4 > limit:  # may be over (a code point is at most 4 bytes): name it only then
+            check_text(text, limit, f"{field} of {ev.type_name} (event {ev.event_id})")
         size += text_bytes(text)
     return size
 
