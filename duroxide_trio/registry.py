@@ -32,6 +32,8 @@ _VERSION_RE = re.compile(r"^\d+(\.\d+){0,2}$")
 #: ``json.dumps(value, separators=(",", ":"), allow_nan=False)`` without building an encoder per call.
 _dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 _SCALARS = frozenset({str, int, float, bool, type(None)})
+_SMALL_INT = 10**18
+_encode_str = json.encoder.encode_basestring_ascii
 
 
 def _plain(value: Any, depth: int = 0) -> bool:
@@ -73,6 +75,11 @@ def encode_payload(value: Any, what: str = "value") -> str | None:
     """
     if value is None:
         return None
+    kind = type(value)
+    if kind is int and -_SMALL_INT < value < _SMALL_INT:  # the same text json.dumps writes, without it
+        return int.__repr__(value)
+    if kind is str:
+        return _encode_str(value)  # what json.dumps does for a str (ensure_ascii)
     try:
         return _dumps(value if _plain(value) else converter.unstructure(value))
     except RecursionError:
@@ -96,7 +103,10 @@ def decode_payload(text: str | None, hint: Any = None) -> Any:
     if text is None:
         return None
     try:
-        value = json.loads(text)
+        if len(text) < 19 and text.isdigit() and text.isascii() and (text[0] != "0" or len(text) == 1):
+            value: Any = int(text)  # a plain non-negative integer, as json.loads reads it
+        else:
+            value = json.loads(text)
     except RecursionError:
         raise PayloadError(f"JSON text {text[:80]!r}… is nested too deeply to decode") from None
     except ValueError as exc:

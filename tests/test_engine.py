@@ -578,3 +578,34 @@ def test_envelopes_round_trip_exactly_and_are_stored_as_ascii(
     assert text.isascii()
     assert h.decode_event(text) == ev
     assert h.decode_event(text.encode()) == ev  # the same from bytes
+
+
+# Payload texts must stay what json.dumps writes, byte for byte (replay compares them), however they are
+# produced; plain integers and strings take a shortcut.
+_JSON_TEXT = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+
+
+@settings(max_examples=300, deadline=None)
+@example(value=10**18 - 1)
+@example(value="caf\u00e9 \ud800 \u2028 \"\\\n")
+@given(value=st.one_of(st.integers(), st.text(st.characters(codec=None, exclude_categories=())), st.booleans(),
+                       st.floats(allow_nan=False, allow_infinity=False), st.lists(st.integers(), max_size=3)))
+def test_payload_texts_are_what_json_writes_and_read_back_as_json_reads(value: object) -> None:
+    from duroxide_trio.registry import decode_payload, encode_payload
+
+    text = encode_payload(value)
+    assert text == _JSON_TEXT(value)
+    assert decode_payload(text) == json.loads(text)
+
+
+@pytest.mark.parametrize("text", ["0", "7", "123456789012345678", "05", "00", "-3", "\uff11", "1e3", "12 "])
+def test_payload_numbers_decode_as_json_reads_them_or_fail_as_json_does(text: str) -> None:
+    from duroxide_trio.registry import decode_payload
+
+    try:
+        expected = json.loads(text)
+    except ValueError:
+        with pytest.raises(dt.PayloadError):
+            decode_payload(text)
+    else:
+        assert decode_payload(text) == expected and type(decode_payload(text)) is type(expected)
