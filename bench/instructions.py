@@ -10,8 +10,8 @@ whatever else the machine is doing: run this before and after a change, on the s
     python bench/instructions.py --json out.json
 
 It re-runs itself under ``valgrind --tool=callgrind --dump-before=getppid``. The workload (the stress
-tool's fan-out: each instance fans out ``--tasks`` activities that sleep ``--activity-delay-ms`` and
-joins them) calls ``os.getppid()`` right before the measured instances start and right after the last
+tool's own ``fanout`` or ``sequential`` scenario, with its output check: ``--tasks`` activities that
+sleep ``--activity-delay-ms``, fanned out and joined, or one after another) calls ``os.getppid()`` right before the measured instances start and right after the last
 one completed; callgrind writes its counters at each call, so start-up, the warm-up instances and the
 shutdown are left out. Everything the process runs in between counts: the event loop, the SQLite
 connection thread, the client's starts and waits. Batching depends on timing, and under callgrind the
@@ -39,6 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", type=int, default=5, help="activities per instance (default 5)")
     p.add_argument("--activity-delay-ms", type=int, default=10, help="activity sleep (default 10)")
     p.add_argument("--provider", choices=("sqlite-memory", "sqlite"), default="sqlite-memory")
+    p.add_argument("--scenario", choices=("fanout", "sequential"), default="fanout",
+                   help="the stress scenario to run (default fanout)")
     p.add_argument("--json", type=Path, help="also write the result here")
     p.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)  # the run under valgrind
     return p
@@ -48,46 +50,47 @@ async def _workload(args: argparse.Namespace, sqlite_path: str) -> None:
     import anyio
 
     import duroxide_trio as dt
+    from duroxide_trio.stress import StressConfig, get_scenario
 
+    # The stress tool's own scenario (its activity, orchestration and output check), so this counts
+    # exactly what `duroxide-trio stress --scenario ...` runs.
+    config = StressConfig(max_concurrent=args.in_flight, tasks_per_instance=args.tasks,
+                          activity_delay_ms=args.activity_delay_ms, scenario=args.scenario)
+    scenario = get_scenario(args.scenario)
     registry = dt.Registry()
-    delay = args.activity_delay_ms / 1000
-
-    @registry.activity("Work")
-    async def work(ctx: dt.ActivityContext, i: int) -> int:
-        await anyio.sleep(delay)
-        return i * 2
-
-    @registry.orchestration("FanOut")
-    async def fan_out(ctx: dt.OrchestrationContext, n: int) -> int:
-        return sum(await ctx.join([ctx.schedule_activity("Work", i) for i in range(n)]))
-
-    expected = sum(i * 2 for i in range(args.tasks))
+    scenario.register(registry, config)
     if args.provider == "sqlite":
         provider = await dt.SqliteProvider.open(sqlite_path)
     else:
         provider = await dt.SqliteProvider.in_memory()
-    async with provider, dt.open_runtime(provider, registry, dt.RuntimeOptions()) as runtime:
+    options = dt.RuntimeOptions(orchestration_concurrency=config.orchestration_concurrency,
+                                worker_concurrency=config.worker_concurrency)
+    async with provider, dt.open_runtime(provider, registry, options) as runtime:
         client = runtime.client
         slots = anyio.Semaphore(args.in_flight)
 
-        async def one(instance_id: str) -> None:
+        async def one(seq: int) -> None:
             try:
-                await client.start_orchestration(instance_id, "FanOut", args.tasks)
+                launch = scenario.plan(seq, config)
+                instance_id = f"bench-{seq}"
+                await client.start_orchestration(instance_id, launch.orchestration, launch.input)
                 state = await client.wait_for_orchestration(instance_id, timeout=600)
-                if state.status is not dt.Status.COMPLETED or state.output != expected:
-                    raise SystemExit(f"{instance_id}: {state.status} {state.output!r} {state.error}")
+                reason = launch.check(state.output, state) if state.status is dt.Status.COMPLETED else (
+                    f"{state.status}: {state.error}")
+                if reason is not None:
+                    raise SystemExit(f"{instance_id}: {reason}")
             finally:
                 slots.release()
 
-        async def batch(prefix: str, count: int) -> None:
+        async def batch(first: int, count: int) -> None:
             async with anyio.create_task_group() as tg:
-                for i in range(count):
+                for seq in range(first, first + count):
                     await slots.acquire()
-                    tg.start_soon(one, f"{prefix}-{i}")
+                    tg.start_soon(one, seq)
 
-        await batch("warmup", args.warmup)
+        await batch(0, args.warmup)
         os.getppid()  # callgrind dumps its counters here: what follows is measured
-        await batch("measured", args.orchestrations)
+        await batch(args.warmup, args.orchestrations)
         os.getppid()  # ... and here
 
 
@@ -124,11 +127,12 @@ def main() -> None:
                              "called getppid()")
         measured = _totals(dumps[1])
     per = measured / args.orchestrations
-    result = {"orchestrations": args.orchestrations, "in_flight": args.in_flight, "tasks": args.tasks,
+    result = {"scenario": args.scenario, "orchestrations": args.orchestrations, "in_flight": args.in_flight, "tasks": args.tasks,
               "activity_delay_ms": args.activity_delay_ms, "provider": args.provider,
               "instructions": measured, "instructions_per_orchestration": round(per)}
     print(f"{per / 1e6:.2f} M instructions per orchestration ({measured:,} for {args.orchestrations}, "
-          f"{args.in_flight} in flight, {args.tasks} activities of {args.activity_delay_ms} ms, {args.provider})")
+          f"{args.scenario}, {args.in_flight} in flight, {args.tasks} activities of {args.activity_delay_ms} ms, "
+          f"{args.provider})")
     if args.json is not None:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
 
